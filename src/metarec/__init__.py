@@ -1,0 +1,11 @@
+"""metarec: cold-start recommendation by meta-learning.
+
+Every user is a learning task; a model meta-trained with MAML (or Reptile, Meta-SGD) adapts to a new
+user's first few ratings in a few gradient steps. The package is laid out as the pipeline:
+data -> tasks -> models -> meta -> baselines / eval -> serve.
+"""
+
+from metarec.errors import DataError, MetarecError, ConfigError
+
+__version__ = "0.1.0"
+__all__ = ["DataError", "MetarecError", "ConfigError", "__version__"]

@@ -1,0 +1,63 @@
+"""Meta-learning settings, frozen and validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from metarec.errors import ConfigError
+
+Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
+ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd")
+ADAPT_SCOPES: tuple[str, ...] = ("all", "head", "embeddings")
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The inner loop (``inner_steps`` of lr ``inner_lr`` on the support set), the outer loop (Adam,
+    lr ``outer_lr``, L2 weight ``l2`` on the meta-parameters: the seed's lambda ||phi||^2) and which
+    parameters adapt per user (``adapt``: all, head - MeLU / ANIL -, or embeddings).
+
+    ``maml`` differentiates through the inner loop (exact second order); ``fomaml`` drops the
+    second-order terms; ``metasgd`` learns a per-parameter inner learning rate (second order);
+    ``reptile`` moves the initialisation towards each task's adapted parameters (inner loop over the
+    whole task, no query/support distinction).
+    """
+
+    algorithm: Algorithm = "maml"
+    adapt: Literal["all", "head", "embeddings"] = "head"
+    inner_steps: int = 1
+    eval_inner_steps: int | None = None
+    inner_lr: float = 0.05
+    outer_lr: float = 1e-3
+    l2: float = 0.0
+    support_batch_size: int | None = None
+    grad_clip: float | None = 10.0
+    meta_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.adapt not in ADAPT_SCOPES:
+            raise ConfigError(f"adapt must be one of {ADAPT_SCOPES}, got {self.adapt!r}")
+        if self.inner_steps < 0 or (self.eval_inner_steps is not None and self.eval_inner_steps < 0):
+            raise ConfigError("inner steps must be >= 0")
+        if self.inner_lr < 0 or self.outer_lr <= 0 or self.l2 < 0:
+            raise ConfigError("learning rates must be positive and l2 non-negative")
+        if self.support_batch_size is not None and self.support_batch_size < 1:
+            raise ConfigError("support_batch_size must be >= 1")
+        if self.meta_batch_size < 1:
+            raise ConfigError("meta_batch_size must be >= 1")
+
+    @property
+    def test_steps(self) -> int:
+        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
+
+    @property
+    def first_order(self) -> bool:
+        return self.algorithm in ("fomaml", "reptile")
+
+    @classmethod
+    def melu(cls) -> "MetaConfig":
+        """MeLU's published settings: only the fc head adapts, local lr 5e-6, global lr 5e-5, batch 32."""
+        return cls(algorithm="maml", adapt="head", inner_steps=1, inner_lr=5e-6, outer_lr=5e-5, meta_batch_size=32)

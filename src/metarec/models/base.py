@@ -1,0 +1,126 @@
+"""The functional interface every rating model implements.
+
+A model is an ``nn.Module`` whose parameters are passed in as a dict through
+``torch.func.functional_call``; nothing mutates its weights to make fast weights. Prediction is split
+in stages so that the meta-learner can compute what does not adapt once per meta-batch:
+
+* ``users``: user attribute indices -> user vector;
+* ``items``: item indices -> item vectors (attributes looked up in the catalogue buffers);
+* ``score``: (user vector, item vectors, the task's support context) -> predicted ratings.
+
+Parameters are in two groups: ``embeddings`` (stages ``users`` / ``items``) and ``head`` (``score``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from metarec.data.encoding import FeatureEncoder, FeatureTable
+from metarec.models.embedding import AttributeEmbedding
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Context:
+    """A task's support set as the model sees it (used by models that attend over it)."""
+
+    item_vec: torch.Tensor  # [S, d]
+    rating: torch.Tensor  # [S]
+    mask: torch.Tensor  # [S] float
+
+
+class RatingModel(nn.Module):
+    """Base class: attribute embeddings of users and items, optional item-id embeddings, a head."""
+
+    uses_context: bool = False
+    head_prefixes: tuple[str, ...] = ("head.",)
+
+    def __init__(
+        self,
+        user_encoder: FeatureEncoder,
+        item_encoder: FeatureEncoder,
+        item_features: FeatureTable,
+        *,
+        embedding_size: int,
+        item_id_embedding: bool = False,
+        known_items: torch.Tensor | None = None,
+        rating_scale: tuple[float, float] = (1.0, 5.0),
+    ) -> None:
+        super().__init__()
+        self.user_embedding = AttributeEmbedding(user_encoder, embedding_size) if user_encoder.columns else None
+        self.item_embedding = AttributeEmbedding(item_encoder, embedding_size) if item_encoder.columns else None
+        n_items = len(item_features)
+        for name, tensor in item_features.single.items():
+            self.register_buffer(f"item_single__{name}", tensor.clone(), persistent=True)
+        for name, tensor in item_features.multi.items():
+            self.register_buffer(f"item_multi__{name}", tensor.clone(), persistent=True)
+        self._item_single_cols = list(item_features.single)
+        self._item_multi_cols = list(item_features.multi)
+        self.item_id = nn.Embedding(n_items, embedding_size) if item_id_embedding else None
+        if self.item_id is not None:
+            nn.init.normal_(self.item_id.weight, std=0.01)
+            known = torch.ones(n_items) if known_items is None else known_items.float()
+            # New items have no trained id vector: their id embedding is masked to zero (content only).
+            self.register_buffer("item_known", known.clone(), persistent=True)
+        self.user_dim = self.user_embedding.out_dim if self.user_embedding is not None else 0
+        self.item_dim = (self.item_embedding.out_dim if self.item_embedding is not None else 0) + (
+            embedding_size if item_id_embedding else 0
+        )
+        self.rating_scale = rating_scale
+        self.register_buffer("rating_center", torch.tensor(sum(rating_scale) / 2.0), persistent=True)
+
+    # ------------------------------------------------------------------ stages
+    def forward(self, stage: str, *args, **kwargs):  # noqa: D401 - dispatcher for functional_call
+        if stage == "users":
+            return self.embed_users(*args, **kwargs)
+        if stage == "items":
+            return self.embed_items(*args, **kwargs)
+        if stage == "score":
+            return self.score(*args, **kwargs)
+        raise ValueError(f"unknown stage {stage!r}")
+
+    def embed_users(self, single: Mapping[str, torch.Tensor], multi: Mapping[str, torch.Tensor], *, vmap_safe: bool = False) -> torch.Tensor:
+        if self.user_embedding is None:
+            first = next(iter(single.values()), None)
+            shape = () if first is None else tuple(first.shape)
+            return torch.zeros(*shape, 0, device=self.rating_center.device)
+        return self.user_embedding(single, multi, vmap_safe=vmap_safe)
+
+    def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
+        parts = []
+        if self.item_embedding is not None:
+            single = {c: getattr(self, f"item_single__{c}")[item_idx] for c in self._item_single_cols}
+            multi = {c: getattr(self, f"item_multi__{c}")[item_idx] for c in self._item_multi_cols}
+            parts.append(self.item_embedding(single, multi, vmap_safe=vmap_safe))
+        if self.item_id is not None:
+            parts.append(self.item_id(item_idx) * self.item_known[item_idx].unsqueeze(-1))
+        return torch.cat(parts, dim=-1)
+
+    def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,
+              exclude_self: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ parameter groups
+    def param_group(self, name: str) -> bool:
+        """True when parameter ``name`` belongs to the head (adapted in MeLU / ANIL style)."""
+        return name.startswith(self.head_prefixes)
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        names = [n for n, _ in self.named_parameters()]
+        return {"head": [n for n in names if self.param_group(n)], "embeddings": [n for n in names if not self.param_group(n)]}
+
+    def params(self) -> Params:
+        return {n: p for n, p in self.named_parameters()}
+
+    # ------------------------------------------------------------------ convenience (not on the hot path)
+    def predict(self, params: Params, user_single, user_multi, item_idx: torch.Tensor, context: Context | None = None) -> torch.Tensor:
+        """Full prediction for one user's items with the given parameters."""
+        u = functional_call(self, params, ("users", user_single, user_multi))
+        v = functional_call(self, params, ("items", item_idx))
+        return functional_call(self, params, ("score", u, v, context))

@@ -1,0 +1,67 @@
+"""Model configurations (frozen) and the factory that builds a model for a dataset's encodings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from metarec.data.encoding import FeatureEncoder, FeatureTable
+from metarec.errors import ConfigError
+from metarec.models.attention import AttentionRec
+from metarec.models.base import RatingModel
+from metarec.models.feature_mlp import FeatureMLP
+from metarec.models.neural_cf import NeuralCF
+
+ModelKind = Literal["feature-mlp", "neural-cf", "attention", "melu"]
+MODEL_KINDS: tuple[str, ...] = ("feature-mlp", "neural-cf", "attention", "melu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture settings; ``melu`` is FeatureMLP with MeLU's sizes (embedding 32, fc 64-64-1)."""
+
+    kind: ModelKind = "feature-mlp"
+    embedding_size: int = 32
+    hidden: tuple[int, ...] = (64, 64)
+    factors: int = 32
+    attention_size: int = 32
+    dropout: float = 0.0
+    item_id_embedding: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if self.embedding_size < 1 or any(h < 1 for h in self.hidden):
+            raise ConfigError("embedding_size and hidden sizes must be >= 1")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    @classmethod
+    def melu(cls) -> "ModelConfig":
+        return cls(kind="melu", embedding_size=32, hidden=(64, 64))
+
+
+def build_model(
+    config: ModelConfig,
+    user_encoder: FeatureEncoder,
+    item_encoder: FeatureEncoder,
+    item_features: FeatureTable,
+    *,
+    known_items: torch.Tensor | None = None,
+    rating_scale: tuple[float, float] = (1.0, 5.0),
+    seed: int = 0,
+) -> RatingModel:
+    """A freshly initialised model (deterministic in ``seed``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        common = dict(
+            embedding_size=config.embedding_size, item_id_embedding=config.item_id_embedding,
+            known_items=known_items, rating_scale=rating_scale,
+        )
+        args = (user_encoder, item_encoder, item_features)
+        if config.kind in ("feature-mlp", "melu"):
+            return FeatureMLP(*args, hidden=config.hidden, dropout=config.dropout, **common)
+        if config.kind == "neural-cf":
+            return NeuralCF(*args, factors=config.factors, hidden=config.hidden[:1], dropout=config.dropout, **common)
+        return AttentionRec(*args, attention_size=config.attention_size, hidden=config.hidden, dropout=config.dropout, **common)

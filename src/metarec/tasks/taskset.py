@@ -1,0 +1,209 @@
+"""Per-user tasks: each user's support ratings (to adapt on) and query ratings (to score).
+
+Stored compactly (CSR numpy arrays); packed once into padded torch tensors for vectorised
+meta-training, then batched by index selection, bucketed by support length to limit padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Padded tensors of ``B`` tasks. Masks are float (1 = real rating, 0 = padding) to weight losses."""
+
+    user_idx: torch.Tensor  # [B] long
+    support_item: torch.Tensor  # [B, S] long
+    support_rating: torch.Tensor  # [B, S] float
+    support_mask: torch.Tensor  # [B, S] float
+    query_item: torch.Tensor  # [B, Q] long
+    query_rating: torch.Tensor  # [B, Q] float
+    query_mask: torch.Tensor  # [B, Q] float
+
+    def __len__(self) -> int:
+        return int(self.user_idx.shape[0])
+
+    def to(self, device: torch.device | str) -> "TaskBatch":
+        return TaskBatch(*(getattr(self, f).to(device, non_blocking=True) for f in _FIELDS))
+
+    def select(self, index: torch.Tensor | np.ndarray | list[int]) -> "TaskBatch":
+        """Rows ``index``, trimmed to the longest support / query among them."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        s_len = int(self.support_mask[index].sum(1).max().item()) if len(index) else 0
+        q_len = int(self.query_mask[index].sum(1).max().item()) if len(index) else 0
+        return TaskBatch(
+            self.user_idx[index],
+            self.support_item[index, :s_len], self.support_rating[index, :s_len], self.support_mask[index, :s_len],
+            self.query_item[index, :q_len], self.query_rating[index, :q_len], self.query_mask[index, :q_len],
+        )
+
+    def task(self, i: int) -> dict[str, torch.Tensor]:
+        """One task, unpadded (the per-task reference loop uses this)."""
+        s = self.support_mask[i] > 0
+        q = self.query_mask[i] > 0
+        return {
+            "user_idx": self.user_idx[i],
+            "support_item": self.support_item[i][s], "support_rating": self.support_rating[i][s],
+            "query_item": self.query_item[i][q], "query_rating": self.query_rating[i][q],
+        }
+
+
+_FIELDS = ("user_idx", "support_item", "support_rating", "support_mask", "query_item", "query_rating", "query_mask")
+
+
+@dataclass(frozen=True, eq=False)
+class TaskSet:
+    """Tasks of one scenario. Row ``t``'s support is ``support_item[support_ptr[t]:support_ptr[t+1]]``."""
+
+    name: str
+    user_idx: np.ndarray
+    support_ptr: np.ndarray
+    support_item: np.ndarray
+    support_rating: np.ndarray
+    query_ptr: np.ndarray
+    query_item: np.ndarray
+    query_rating: np.ndarray
+    _packed: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_rows(
+        cls, name: str, user: np.ndarray, item: np.ndarray, rating: np.ndarray, is_query: np.ndarray
+    ) -> "TaskSet":
+        """Build from flat rows already sorted by user (order within a user is kept)."""
+        users, starts = np.unique(user, return_index=True)
+        order = np.argsort(starts, kind="stable")
+        users, starts = users[order], starts[order]
+        bounds = np.append(starts, len(user))
+        s_parts, q_parts = [], []
+        s_counts, q_counts = np.zeros(len(users), np.int64), np.zeros(len(users), np.int64)
+        for t in range(len(users)):
+            seg = slice(bounds[t], bounds[t + 1])
+            q = is_query[seg]
+            s_parts.append(np.flatnonzero(~q) + bounds[t])
+            q_parts.append(np.flatnonzero(q) + bounds[t])
+            s_counts[t], q_counts[t] = len(s_parts[-1]), len(q_parts[-1])
+        s_idx = np.concatenate(s_parts) if s_parts else np.zeros(0, np.int64)
+        q_idx = np.concatenate(q_parts) if q_parts else np.zeros(0, np.int64)
+        return cls(
+            name, users.astype(np.int64),
+            np.concatenate([[0], np.cumsum(s_counts)]).astype(np.int64), item[s_idx].astype(np.int64),
+            rating[s_idx].astype(np.float32),
+            np.concatenate([[0], np.cumsum(q_counts)]).astype(np.int64), item[q_idx].astype(np.int64),
+            rating[q_idx].astype(np.float32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.user_idx)
+
+    @property
+    def support_sizes(self) -> np.ndarray:
+        return np.diff(self.support_ptr)
+
+    @property
+    def query_sizes(self) -> np.ndarray:
+        return np.diff(self.query_ptr)
+
+    def support_of(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        s = slice(self.support_ptr[t], self.support_ptr[t + 1])
+        return self.support_item[s], self.support_rating[s]
+
+    def query_of(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        q = slice(self.query_ptr[t], self.query_ptr[t + 1])
+        return self.query_item[q], self.query_rating[q]
+
+    def rows(self) -> dict[str, np.ndarray]:
+        """All ratings as flat arrays with a task column and a query flag (for baselines and checks)."""
+        s_task = np.repeat(np.arange(len(self)), self.support_sizes)
+        q_task = np.repeat(np.arange(len(self)), self.query_sizes)
+        task = np.concatenate([s_task, q_task])
+        return {
+            "task": task,
+            "user_idx": self.user_idx[task] if len(task) else np.zeros(0, np.int64),
+            "item_idx": np.concatenate([self.support_item, self.query_item]),
+            "rating": np.concatenate([self.support_rating, self.query_rating]),
+            "is_query": np.concatenate([np.zeros(len(s_task), bool), np.ones(len(q_task), bool)]),
+        }
+
+    def subset(self, keep: np.ndarray, name: str | None = None) -> "TaskSet":
+        """Tasks at positions ``keep`` (bool mask or indices)."""
+        keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
+        s_sel = np.concatenate([np.arange(self.support_ptr[t], self.support_ptr[t + 1]) for t in keep]) if len(keep) else np.zeros(0, np.int64)
+        q_sel = np.concatenate([np.arange(self.query_ptr[t], self.query_ptr[t + 1]) for t in keep]) if len(keep) else np.zeros(0, np.int64)
+        return TaskSet(
+            name or self.name, self.user_idx[keep],
+            np.concatenate([[0], np.cumsum(self.support_sizes[keep])]).astype(np.int64),
+            self.support_item[s_sel.astype(np.int64)], self.support_rating[s_sel.astype(np.int64)],
+            np.concatenate([[0], np.cumsum(self.query_sizes[keep])]).astype(np.int64),
+            self.query_item[q_sel.astype(np.int64)], self.query_rating[q_sel.astype(np.int64)],
+        )
+
+    def with_support(self, support_keep: np.ndarray, name: str | None = None) -> "TaskSet":
+        """Same tasks and queries, support restricted to the flat support positions ``support_keep`` (bool)."""
+        counts = np.add.reduceat(support_keep.astype(np.int64), self.support_ptr[:-1]) if len(self) else np.zeros(0, np.int64)
+        counts[self.support_sizes == 0] = 0
+        return TaskSet(
+            name or self.name, self.user_idx,
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            self.support_item[support_keep], self.support_rating[support_keep],
+            self.query_ptr, self.query_item, self.query_rating,
+        )
+
+    # ------------------------------------------------------------------ packing
+    def packed(self) -> TaskBatch:
+        """All tasks as one padded TaskBatch, built once and cached."""
+        if "all" not in self._packed:
+            self._packed["all"] = TaskBatch(
+                torch.as_tensor(self.user_idx, dtype=torch.long),
+                *_pad(self.support_ptr, self.support_item, self.support_rating),
+                *_pad(self.query_ptr, self.query_item, self.query_rating),
+            )
+        return self._packed["all"]
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: np.random.Generator | None = None,
+        bucket: bool = True,
+        drop_last: bool = False,
+    ) -> Iterator[TaskBatch]:
+        """Meta-batches. With ``bucket``, tasks of similar support length share a batch (less padding);
+        with ``shuffle``, bucket membership and batch order change from call to call."""
+        n = len(self)
+        if n == 0:
+            return
+        packed = self.packed()
+        order = generator.permutation(n) if shuffle and generator is not None else np.arange(n)
+        if bucket:
+            # Sort within windows of 50 batches: keeps randomness across epochs, limits padding.
+            window = batch_size * 50
+            sizes = self.support_sizes
+            chunks = [order[i : i + window] for i in range(0, n, window)]
+            order = np.concatenate([c[np.argsort(sizes[c], kind="stable")] for c in chunks])
+        groups = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        if drop_last and len(groups[-1]) < batch_size and len(groups) > 1:
+            groups = groups[:-1]
+        if shuffle and generator is not None and bucket:
+            groups = [groups[i] for i in generator.permutation(len(groups))]
+        for g in groups:
+            yield packed.select(torch.as_tensor(g, dtype=torch.long))
+
+
+def _pad(ptr: np.ndarray, item: np.ndarray, rating: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    sizes = np.diff(ptr)
+    n, width = len(sizes), int(sizes.max()) if len(sizes) else 0
+    items = np.zeros((n, width), np.int64)
+    ratings = np.zeros((n, width), np.float32)
+    mask = np.zeros((n, width), np.float32)
+    rows = np.repeat(np.arange(n), sizes)
+    cols = np.arange(len(item)) - np.repeat(ptr[:-1], sizes)
+    items[rows, cols] = item
+    ratings[rows, cols] = rating
+    mask[rows, cols] = 1.0
+    return torch.from_numpy(items), torch.from_numpy(ratings), torch.from_numpy(mask)
