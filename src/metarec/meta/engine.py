@@ -18,8 +18,6 @@ per meta-batch outside it. The same maths written as a plain per-task loop lives
 from __future__ import annotations
 
 import logging
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
@@ -89,10 +87,13 @@ class MetaLearner:
         return self.inner_lrs[name] if self.inner_lrs else self.config.inner_lr
 
     # ------------------------------------------------------------------ task inputs
-    def task_inputs(self, batch: TaskBatch, params: Params, *, whole_task: bool = False) -> Task:
+    def task_inputs(self, batch: TaskBatch, params: Params, *, whole_task: bool = False,
+                    users: FeatureTable | None = None) -> Task:
         """Tensors the per-task function needs, batched on dim 0. With hoisting, user and item vectors
-        are computed here once (differentiably w.r.t. ``params``) instead of in every inner step."""
-        users = self.user_features.select(batch.user_idx)
+        are computed here once (differentiably w.r.t. ``params``) instead of in every inner step.
+        ``users`` gives the tasks' encoded user attributes directly (a served new user)."""
+        if users is None:
+            users = self.user_features.select(batch.user_idx)
         task: Task = {
             "support_item": batch.support_item, "support_rating": batch.support_rating, "support_mask": batch.support_mask,
             "query_item": batch.query_item, "query_rating": batch.query_rating, "query_mask": batch.query_mask,
@@ -159,11 +160,20 @@ class MetaLearner:
         pred = self._predict({**frozen, **adapted}, task, "query")
         return masked_mse(pred, task["query_rating"], task["query_mask"])
 
-    # ------------------------------------------------------------------ batched
-    def _vmapped(self, fn: Callable, task: Task, *shared) -> object:
-        in_dims = tuple(None for _ in shared) + (0,)
-        return vmap(lambda *args: fn(*args[:-1], args[-1]), in_dims=in_dims)(*shared, task)
+    def _predict_items(self, params: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None) -> torch.Tensor:
+        """Predicted ratings of arbitrary ``items`` (shared by all tasks) for one task's user."""
+        call = lambda *args, **kw: functional_call(self.model, params, args, kw)  # noqa: E731
+        if "user_vec" in task:
+            user, support = task["user_vec"], task["support_vec"]
+        else:
+            user = call("users", task["user_single"], task["user_multi"], vmap_safe=True)
+            support = call("items", task["support_item"], vmap_safe=True) if self.model.uses_context else None
+        if item_vec is None:
+            item_vec = call("items", items, vmap_safe=True)
+        context = Context(support, task["support_rating"], task["support_mask"]) if self.model.uses_context else None
+        return call("score", user, item_vec, context)
 
+    # ------------------------------------------------------------------ batched
     def meta_loss(self, batch: TaskBatch, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """mean_i L_Q_i(phi_i^(K)) + lambda ||phi||^2 for one meta-batch (differentiable w.r.t. phi)."""
         if self.config.algorithm == "reptile":
@@ -180,7 +190,7 @@ class MetaLearner:
         def per_task(fast_, frozen_, lrs_, task_):
             return self._query_loss_one(fast_, frozen_, task_, steps, first_order, lrs_)
 
-        losses = vmap(per_task, in_dims=(None, None, None, 0))(fast, frozen, lrs, task)
+        losses = vmap(per_task, in_dims=(None, None, None, 0), randomness="different")(fast, frozen, lrs, task)
         return losses.mean() + self.l2_penalty(params)
 
     def l2_penalty(self, params: Params) -> torch.Tensor:
@@ -213,7 +223,7 @@ class MetaLearner:
                 loss = masked_mse(self._predict({**frozen_, **adapted}, task_, "support"), task_["support_rating"], task_["support_mask"])
                 return adapted, loss
 
-            adapted, losses = vmap(per_task, in_dims=(None, None, 0))(fast, frozen, task)
+            adapted, losses = vmap(per_task, in_dims=(None, None, 0), randomness="different")(fast, frozen, task)
             grads = {n: torch.zeros_like(p) for n, p in params.items()}
             for n in self.adapted:
                 grads[n] = params[n] - adapted[n].mean(0)
@@ -236,15 +246,15 @@ class MetaLearner:
         return loss
 
     # ------------------------------------------------------------------ using the meta-learned model
-    def adapt(self, batch: TaskBatch, steps: int | None = None) -> tuple[Params, Task]:
+    def adapt(self, batch: TaskBatch, steps: int | None = None, users: FeatureTable | None = None) -> tuple[Params, Task]:
         """Personalised parameters of every task in ``batch`` (adapted entries carry a leading task dim)."""
         steps = self.config.test_steps if steps is None else steps
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         with torch.no_grad():
-            task = self.task_inputs(batch, params)
+            task = self.task_inputs(batch, params, users=users)
         fast, frozen = self._split(params)
         lrs = {n: v.detach() for n, v in self.inner_lrs.items()} or None
-        adapted = vmap(lambda f, fr, lr_, t: self._adapt_one(f, fr, t, steps, True, lr_), in_dims=(None, None, None, 0))(
+        adapted = vmap(lambda f, fr, lr_, t: self._adapt_one(f, fr, t, steps, True, lr_), in_dims=(None, None, None, 0), randomness="different")(
             fast, frozen, lrs, task
         )
         adapted = {n: v.detach() for n, v in adapted.items()}
@@ -256,7 +266,26 @@ class MetaLearner:
         adapted, task = self.adapt(batch, steps)
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
         with torch.no_grad():
-            pred = vmap(lambda a, fr, t: self._predict({**fr, **a}, t, "query"), in_dims=(0, None, 0))(adapted, frozen, task)
+            pred = vmap(lambda a, fr, t: self._predict({**fr, **a}, t, "query"), in_dims=(0, None, 0), randomness="different")(adapted, frozen, task)
+        low, high = self.model.rating_scale
+        return pred.clamp(low, high)
+
+    def catalogue_vectors(self, items: torch.Tensor) -> torch.Tensor | None:
+        """Item vectors under the meta-parameters (reusable across users when embeddings do not adapt)."""
+        if not self.hoist:
+            return None
+        with torch.no_grad():
+            return functional_call(self.model, dict(self.model.named_parameters()), ("items", items))
+
+    def predict_items(self, adapted: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores [B, N] of ``items`` for every adapted task (the full-catalogue call)."""
+        self.model.eval()
+        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
+        if item_vec is None:
+            item_vec = self.catalogue_vectors(items)
+        with torch.no_grad():
+            pred = vmap(lambda a, fr, t: self._predict_items({**fr, **a}, t, items, item_vec), in_dims=(0, None, 0),
+                        randomness="different")(adapted, frozen, task)
         low, high = self.model.rating_scale
         return pred.clamp(low, high)
 

@@ -1,0 +1,124 @@
+"""Using a meta-trained model: adapt to one new user's ratings, then predict and recommend.
+
+External ids in, external ids out. Unknown item ids in a user's ratings are reported, not fatal, unless
+no rated item is known at all; an empty support set still gives the meta-learned initialisation's
+(non-personalised) predictions when allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from metarec.errors import DataError, UnknownIdError
+from metarec.meta.checkpoint import Checkpoint
+from metarec.models.base import Params
+from metarec.tasks.taskset import TaskBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptedUser:
+    """One user's personalised parameters and what they rated."""
+
+    personalizer: "Personalizer"
+    params: Params
+    task: dict
+    rated_idx: np.ndarray
+    unknown_item_ids: list[str]
+
+    def predict(self, item_ids: Sequence[object]) -> np.ndarray:
+        """Predicted ratings of ``item_ids`` (unknown ids raise :class:`UnknownIdError`)."""
+        idx = self.personalizer.item_vocab.indices(list(item_ids))
+        return self.predict_idx(idx)
+
+    def predict_idx(self, idx: np.ndarray) -> np.ndarray:
+        items = torch.as_tensor(idx, dtype=torch.long, device=self.personalizer.device)
+        vec = None
+        if self.personalizer.catalogue_vec is not None:
+            vec = self.personalizer.catalogue_vec[items]
+        pred = self.personalizer.learner.predict_items(self.params, self.task, items, vec)
+        return pred[0].cpu().numpy()
+
+    def recommend(self, k: int = 10, exclude_rated: bool = True, candidates: Sequence[object] | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best-scored items (of the catalogue, or of ``candidates``), best first."""
+        p = self.personalizer
+        if candidates is None:
+            scores = self.predict_idx(np.arange(len(p.item_vocab)))
+            pool = np.arange(len(p.item_vocab))
+        else:
+            pool = p.item_vocab.indices(list(candidates))
+            scores = self.predict_idx(pool)
+        if exclude_rated and len(self.rated_idx):
+            keep = ~np.isin(pool, self.rated_idx)
+            pool, scores = pool[keep], scores[keep]
+        k = min(k, len(pool))
+        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, np.int64)
+        top = top[np.lexsort((pool[top], -scores[top]))]
+        return [(p.item_vocab.ids[int(pool[i])], float(scores[i])) for i in top]
+
+
+class Personalizer:
+    """A loaded checkpoint bound to its vocabularies and encoders."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.learner = checkpoint.learner
+        self.item_vocab = checkpoint.item_vocab
+        self.user_vocab = checkpoint.user_vocab
+        self.features = checkpoint.features
+        self.device = next(self.learner.model.parameters()).device
+        self.learner.model.eval()
+        all_items = torch.arange(len(self.item_vocab), device=self.device)
+        self.catalogue_vec = self.learner.catalogue_vectors(all_items)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> "Personalizer":
+        from metarec.meta.trainer import load_best
+
+        return cls(load_best(run_dir, device=device))
+
+    def adapt(
+        self,
+        ratings: Mapping[object, float],
+        user_attributes: Mapping[str, object] | None = None,
+        *,
+        steps: int | None = None,
+        allow_empty: bool = False,
+    ) -> AdaptedUser:
+        """Personalised parameters from ``{item_id: rating}`` (a few gradient steps on them)."""
+        low, high = self.checkpoint.rating_scale
+        known_idx, known_r, unknown = [], [], []
+        for item_id, value in ratings.items():
+            try:
+                r = float(value)
+            except (TypeError, ValueError):
+                raise DataError(f"rating {value!r} of item {item_id!r} is not a number", field="rating") from None
+            if not np.isfinite(r) or r < low or r > high:
+                raise DataError(f"rating {value!r} of item {item_id!r} is not in [{low:g}, {high:g}]", field="rating")
+            idx = self.item_vocab.get(item_id)
+            if idx < 0:
+                unknown.append(str(item_id))
+            else:
+                known_idx.append(idx)
+                known_r.append(r)
+        if not known_idx and not allow_empty:
+            if unknown:
+                raise UnknownIdError(f"none of the rated items is known: {unknown[:5]}")
+            raise DataError("the support set is empty: rate at least one item", field="ratings")
+        if unknown:
+            log.info("ignoring %d unknown item ids: %s", len(unknown), unknown[:5])
+        items = torch.as_tensor([known_idx], dtype=torch.long, device=self.device).reshape(1, -1)
+        rating = torch.as_tensor([known_r], dtype=torch.float32, device=self.device).reshape(1, -1)
+        mask = torch.ones_like(rating)
+        batch = TaskBatch(torch.zeros(1, dtype=torch.long, device=self.device), items, rating, mask,
+                          items[:, :0], rating[:, :0], mask[:, :0])
+        users = self.features.user_encoder.transform_record(user_attributes).to(self.device)
+        params, task = self.learner.adapt(batch, steps=steps if known_idx else 0, users=users)
+        return AdaptedUser(self, params, task, np.asarray(known_idx, dtype=np.int64), unknown)

@@ -1,0 +1,179 @@
+"""Meta-training: epochs over meta-train users, validation users for early stopping and model selection.
+
+Determinism: the batch order of epoch ``e`` and any dropout noise depend only on (seed, e), so a run
+resumed from its last checkpoint makes exactly the updates an uninterrupted run makes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from metarec._atomic import write_text
+from metarec.data.dataset import RatingDataset
+from metarec.data.loaders.registry import load_dataset
+from metarec.meta.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from metarec.meta.engine import MetaLearner
+from metarec.meta.run import RunConfig
+from metarec.models.config import build_model
+from metarec.tasks.features import encode_features
+from metarec.tasks.splits import ColdStartSplit, make_split
+from metarec.tasks.taskset import TaskSet
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_mae: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def validation_mae(learner: MetaLearner, split: ColdStartSplit, batch_size: int = 512) -> dict[str, float]:
+    """MAE per validation scenario and over all validation query ratings (the selection metric)."""
+    out: dict[str, float] = {}
+    total_abs = total_n = 0.0
+    for name, tasks in split.validation.items():
+        if not len(tasks):
+            continue
+        m = learner.evaluate(tasks, batch_size=batch_size)
+        out[f"val_{name}_mae"] = m["mae"]
+        out[f"val_{name}_rmse"] = m["rmse"]
+        total_abs += m["mae"] * m["n"]
+        total_n += m["n"]
+    out["val_mae"] = total_abs / total_n if total_n else float("nan")
+    return out
+
+
+class Trainer:
+    """Builds the split, features, model and learner of a :class:`RunConfig` and meta-trains it."""
+
+    def __init__(self, config: RunConfig, *, split: ColdStartSplit | None = None, dataset: RatingDataset | None = None,
+                 run_dir: str | Path | None = None, progress: Progress | None = None) -> None:
+        self.config = config
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        if split is None:
+            dataset = dataset or load_dataset(config.data.dataset, data_dir=config.data.data_dir)
+            split = make_split(dataset, config.split)
+        self.split = split
+        self.dataset = split.dataset
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.progress = progress
+        self.device = torch.device(config.train.device)
+        self.features = encode_features(split).to(self.device)
+        model = build_model(config.model, self.features.user_encoder, self.features.item_encoder,
+                            self.features.item_features, known_items=self.features.known_items,
+                            rating_scale=self.dataset.rating_scale, seed=config.train.seed).to(self.device)
+        self.learner = MetaLearner(model, config.meta, self.features.user_features)
+        self.state: dict = {"epoch": 0, "best_epoch": -1, "best_val_mae": float("inf"), "bad_epochs": 0}
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.learner, self.features, self.dataset.user_vocab, self.dataset.item_vocab,
+                          self.config.model, self.dataset.rating_scale, self.config.to_dict(), dict(self.state))
+
+    def _save(self, name: str) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(self.checkpoint(), self.run_dir / name, with_optimizer=(name == "last"))
+
+    def resume(self, directory: str | Path) -> None:
+        """Continue from a ``last`` checkpoint: parameters, optimiser moments, epoch and best-so-far."""
+        ckpt = load_checkpoint(directory, device=self.device)
+        self.learner.model.load_state_dict(ckpt.learner.model.state_dict())
+        with torch.no_grad():
+            for n, p in self.learner.inner_lrs.items():
+                p.copy_(ckpt.learner.inner_lrs[n])
+        names = self.learner.named_meta_parameters()
+        self.learner.optimizer.state.clear()
+        for n, p in ckpt.learner.named_meta_parameters().items():
+            if p in ckpt.learner.optimizer.state:
+                self.learner.optimizer.state[names[n]] = ckpt.learner.optimizer.state[p]
+        self.state = dict(ckpt.state)
+        if self.run_dir is not None and (self.run_dir / "metrics.jsonl").exists():
+            lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+            self.history = [json.loads(x) for x in lines if x.strip()][: self.state["epoch"]]
+
+    # ------------------------------------------------------------------ training
+    def fit(self, *, max_epochs: int | None = None) -> TrainResult:
+        """Meta-train until ``train.epochs`` or early stopping; ``max_epochs`` stops early (for tests of resume)."""
+        cfg = self.config.train
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.toml", self.config.to_toml())
+        tasks: TaskSet = self.split.meta_train
+        n_batches = -(-len(tasks) // self.config.meta.meta_batch_size)
+        stop_at = cfg.epochs if max_epochs is None else min(cfg.epochs, self.state["epoch"] + max_epochs)
+        if self.state["epoch"] == 0 and self.run_dir is not None:
+            self.history = [self._record(-1, float("nan"), 0.0)]  # the initialisation, for learning curves
+        while self.state["epoch"] < stop_at and self.state["bad_epochs"] < cfg.patience:
+            epoch = self.state["epoch"]
+            rng = np.random.default_rng([cfg.seed, epoch])
+            torch.manual_seed(cfg.seed * 100003 + epoch)
+            gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            start = time.perf_counter()
+            losses = []
+            for i, batch in enumerate(tasks.batches(self.config.meta.meta_batch_size, shuffle=True, generator=rng)):
+                losses.append(self.learner.meta_step(batch.to(self.device), generator=gen))
+                if self.progress:
+                    self.progress("train", i + 1, n_batches)
+            record = self._record(epoch, float(np.mean(losses)) if losses else float("nan"), time.perf_counter() - start)
+            self.state["epoch"] = epoch + 1
+            improved = record["val_mae"] < self.state["best_val_mae"] - 1e-6
+            if improved:
+                self.state.update(best_epoch=epoch, best_val_mae=record["val_mae"], bad_epochs=0)
+                self._save("best")
+            else:
+                self.state["bad_epochs"] += 1
+            if self.progress:
+                self.progress("epoch", epoch + 1, cfg.epochs)
+            if self.run_dir is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or improved):
+                self._save("last")
+        if self.run_dir is not None:
+            self._save("last")
+        return TrainResult(self.state["best_epoch"], self.state["best_val_mae"], self.state["epoch"], self.history, self.run_dir)
+
+    def _record(self, epoch: int, train_loss: float, seconds: float) -> dict:
+        record = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3),
+                  **validation_mae(self.learner, self.split, self.config.train.eval_batch_size)}
+        self.history.append(record) if epoch >= 0 else None
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a" if epoch >= 0 else "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        log.info("epoch %d: train loss %.4f, validation MAE %.4f", epoch, train_loss, record["val_mae"])
+        return record
+
+
+def load_best(run_dir: str | Path, device: str = "cpu") -> Checkpoint:
+    """The checkpoint selected on validation users (``best``), else the last one."""
+    run_dir = Path(run_dir)
+    for name in ("best", "last"):
+        if (run_dir / name / "checkpoint.json").exists():
+            return load_checkpoint(run_dir / name, device=device)
+    from metarec.errors import MetarecError
+
+    raise MetarecError(f"{run_dir}: no checkpoint found (expected {run_dir}/best or {run_dir}/last)")
+
+
+def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None) -> dict[str, dict[str, float]]:
+    """MAE / RMSE per test scenario, adapted and not adapted."""
+    out = {}
+    for name, tasks in split.test.items():
+        adapted = ckpt.learner.evaluate(tasks, steps=steps)
+        frozen = ckpt.learner.evaluate(tasks, steps=0)
+        out[name] = {"mae": adapted["mae"], "rmse": adapted["rmse"], "mae_no_adapt": frozen["mae"],
+                     "rmse_no_adapt": frozen["rmse"], "ratings": adapted["n"], "tasks": len(tasks)}
+    return out

@@ -1,0 +1,91 @@
+"""Training is reproducible, checkpoints round-trip exactly, and a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metarec.meta.checkpoint import load_checkpoint
+from metarec.meta.run import RunConfig
+from metarec.meta.trainer import Trainer, load_best
+from metarec.models import ModelConfig
+
+
+def config(kind: str = "feature-mlp", algorithm: str = "maml", epochs: int = 4) -> RunConfig:
+    cfg = RunConfig.preset(kind, algorithm)
+    cfg = cfg.override("model", embedding_size=8, hidden=[16, 16], factors=8, attention_size=8, dropout=0.1)
+    return cfg.override("train", epochs=epochs, patience=10).override("meta", meta_batch_size=8, inner_lr=0.05, support_batch_size=6)
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.learner.named_meta_parameters().items()}
+
+
+def test_same_seed_same_result(tiny_split):
+    split, _ = tiny_split
+    a = Trainer(config(), split=split)
+    a.fit()
+    b = Trainer(config(), split=split)
+    b.fit()
+    pa, pb = params(a), params(b)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    c = Trainer(config().override("train", seed=1), split=split)
+    c.fit()
+    assert not all(torch.equal(pa[k], params(c)[k]) for k in pa)
+
+
+@pytest.mark.parametrize("kind,algorithm", [("feature-mlp", "maml"), ("attention", "metasgd"), ("neural-cf", "reptile")])
+def test_resumed_run_equals_uninterrupted(tiny_split, tmp_path, kind, algorithm):
+    split, _ = tiny_split
+    full = Trainer(config(kind, algorithm), split=split, run_dir=tmp_path / "full")
+    full.fit()
+    part = Trainer(config(kind, algorithm), split=split, run_dir=tmp_path / "part")
+    part.fit(max_epochs=2)  # "interrupted" after two epochs
+    resumed = Trainer(config(kind, algorithm), split=split, run_dir=tmp_path / "part")
+    resumed.resume(tmp_path / "part" / "last")
+    assert resumed.state["epoch"] == 2
+    resumed.fit()
+    pf, pr = params(full), params(resumed)
+    assert all(torch.equal(pf[k], pr[k]) for k in pf), "resumed parameters differ"
+    lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    full_lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_mae"] for r in lines] == [r["val_mae"] for r in full_lines]
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tiny_split, tmp_path):
+    split, _ = tiny_split
+    trainer = Trainer(config("attention", "metasgd", epochs=2), split=split, run_dir=tmp_path / "run")
+    trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "last")
+    batch = split.test["new_users"].packed()
+    before = trainer.learner.predict_query(batch)
+    after = ckpt.learner.predict_query(batch)
+    assert torch.equal(before, after)
+    assert ckpt.item_vocab == split.dataset.item_vocab
+    files = sorted(p.name for p in (tmp_path / "run" / "last").iterdir())
+    assert files == ["checkpoint.json", "features.safetensors", "model.safetensors", "optimizer.safetensors"]
+    assert not any(p.suffix in (".pt", ".pkl", ".pickle") for p in (tmp_path / "run").rglob("*"))
+    assert load_best(tmp_path / "run") is not None
+
+
+def test_run_folder_has_config_and_metrics(tiny_split, tmp_path):
+    split, _ = tiny_split
+    Trainer(config(epochs=2), split=split, run_dir=tmp_path / "run").fit()
+    run = tmp_path / "run"
+    assert RunConfig.from_toml(run / "config.toml") == config(epochs=2)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [-1, 0, 1]
+    assert all(r["val_mae"] == r["val_mae"] for r in records)  # finite, not NaN
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(tiny_split, tmp_path):
+    split, _ = tiny_split
+    cfg = config(epochs=30).override("train", patience=2).override("meta", outer_lr=0.05)
+    result = Trainer(cfg, split=split, run_dir=tmp_path / "run").fit()
+    maes = [r["val_mae"] for r in result.history]
+    assert result.best_val_mae == pytest.approx(min(maes))
+    assert result.epochs_run <= 30
+    best = load_checkpoint(tmp_path / "run" / "best")
+    assert best.state["best_epoch"] == result.best_epoch
