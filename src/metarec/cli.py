@@ -1,0 +1,306 @@
+"""The ``metarec`` command line. The only module that prints; errors become one line and exit code 1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from metarec.errors import MetarecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cold-start recommendation by meta-learning.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch, describe, split.")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Expected failures: one red line on stderr and exit code 1 (a traceback only with --debug)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (MetarecError, ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        if _state["debug"]:
+            raise
+        message = str(exc) if not isinstance(exc, KeyError) or isinstance(exc, MetarecError) else str(exc.args[0])
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _print_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=False, disable=not err_console.is_terminal)
+
+
+# ---------------------------------------------------------------------- data
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="ml-100k, ml-1m or lastfm"),
+    cache: Optional[Path] = typer.Option(None, help="Cache folder (default: the OS cache, or $METAREC_CACHE_DIR)."),
+) -> None:
+    """Download a dataset from its official source into the cache, checking sha256."""
+    with _errors():
+        from metarec.data.fetch import fetch_dataset
+
+        path = fetch_dataset(name, cache=cache, progress=True)
+        console.print(f"{name}: {path}")
+
+
+@data_app.command("describe")
+def data_describe(
+    dataset: str = typer.Argument(..., help="A dataset name or a path."),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder holding the dataset (else $METAREC_DATA_DIR, else the cache)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Users, items, ratings, rating histogram, attribute columns, density."""
+    with _errors():
+        from metarec.data import load_dataset
+
+        info = load_dataset(dataset, data_dir=data_dir).describe()
+        if as_json:
+            _print_json(info)
+            return
+        table = Table(title=f"{info['name']}", show_header=False)
+        for key in ("users", "items", "ratings", "catalogue_items", "density", "rating_mean", "ratings_with_timestamp"):
+            table.add_row(key, f"{info[key]:.6g}" if isinstance(info[key], float) else str(info[key]))
+        table.add_row("rating histogram", ", ".join(f"{k}: {v}" for k, v in info["rating_histogram"].items()))
+        table.add_row("user attributes", ", ".join(f"{k} ({v})" for k, v in info["user_attributes"].items()) or "none")
+        table.add_row("item attributes", ", ".join(f"{k} ({v})" for k, v in info["item_attributes"].items()) or "none")
+        console.print(table)
+
+
+def _split_config(protocol: str, seed: int, query_size: int, support_size: Optional[int], new_item_year: Optional[int]):
+    from metarec.tasks import SplitConfig
+
+    return SplitConfig(protocol=protocol, seed=seed, query_size=query_size, support_size=support_size,
+                       new_item_year=new_item_year)
+
+
+@data_app.command("split")
+def data_split(
+    dataset: str = typer.Argument(..., help="A dataset name or a path."),
+    protocol: str = typer.Option("melu", help="melu (random query) or time (latest ratings are the query)."),
+    seed: int = typer.Option(0, help="Seed of the user split and the query choice."),
+    query_size: int = typer.Option(10, help="Query ratings per task."),
+    support_size: Optional[int] = typer.Option(None, help="Fixed support size K for test tasks."),
+    new_item_year: Optional[int] = typer.Option(None, help="Items released in or after this year are new."),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder holding the dataset."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Per scenario: users, tasks, median support and query sizes, and every leakage check."""
+    with _errors():
+        from metarec.data import load_dataset
+        from metarec.tasks import make_split
+
+        split = make_split(load_dataset(dataset, data_dir=data_dir),
+                           _split_config(protocol, seed, query_size, support_size, new_item_year))
+        info = split.summary()
+        if as_json:
+            _print_json(info)
+            return
+        table = Table(title=f"{info['dataset']} - {protocol} protocol, seed {seed}")
+        for col in ("scenario", "users", "tasks", "ratings", "median support", "median query"):
+            table.add_column(col, justify="right" if col != "scenario" else "left", no_wrap=col == "scenario")
+        rows = [("meta-train", info["meta_train"])] + [(f"validation {k}", v) for k, v in info["validation"].items()]
+        rows += list(info["scenarios"].items())
+        for name, d in rows:
+            table.add_row(name, str(d["users"]), str(d["tasks"]), str(d["ratings"]), f"{d['median_support']:g}", f"{d['median_query']:g}")
+        console.print(table)
+        console.print(f"new items: {info['items']['new']} ({info['items']['rule']}); old items: {info['items']['old']}")
+        for check, ok in info["leakage_checks"].items():
+            console.print(f"  {'[green]ok[/green]' if ok else '[red]FAILED[/red]'}  {check}")
+        console.print(f"fingerprint {info['fingerprint']}")
+
+
+# ---------------------------------------------------------------------- training
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Run folder (config, metrics.jsonl, checkpoints)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run.toml; flags override it."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name or path."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
+    protocol: Optional[str] = typer.Option(None, help="melu or time."),
+    model: Optional[str] = typer.Option(None, help="feature-mlp, neural-cf, attention or melu."),
+    algorithm: Optional[str] = typer.Option(None, help="maml, fomaml, reptile or metasgd."),
+    adapt: Optional[str] = typer.Option(None, help="Parameters adapted per user: all, head or embeddings."),
+    inner_steps: Optional[int] = typer.Option(None, help="Inner gradient steps."),
+    inner_lr: Optional[float] = typer.Option(None, help="Inner learning rate alpha."),
+    outer_lr: Optional[float] = typer.Option(None, help="Outer (Adam) learning rate beta."),
+    l2: Optional[float] = typer.Option(None, help="L2 weight lambda on the meta-parameters."),
+    meta_batch_size: Optional[int] = typer.Option(None, help="Tasks per meta-batch."),
+    item_id_embedding: Optional[bool] = typer.Option(None, "--item-ids/--no-item-ids", help="Learn id vectors of warm items."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
+    patience: Optional[int] = typer.Option(None, help="Epochs without validation improvement before stopping."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the split, the initialisation and the batch order."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Meta-train a model; the best checkpoint on validation users goes to RUNDIR/best."""
+    with _errors():
+        from metarec.meta.run import RunConfig
+        from metarec.meta.trainer import Trainer
+
+        if config is not None:
+            cfg = RunConfig.from_toml(config)
+            if model is not None or algorithm is not None:
+                base = RunConfig.preset(model or cfg.model.kind, algorithm)
+                cfg = RunConfig(cfg.data, cfg.split, base.model if model else cfg.model, base.meta if algorithm else cfg.meta, cfg.train)
+        else:
+            cfg = RunConfig.preset(model or "feature-mlp", algorithm)
+        cfg = cfg.override("data", dataset=dataset, data_dir=data_dir)
+        cfg = cfg.override("split", protocol=protocol, seed=seed)
+        cfg = cfg.override("model", item_id_embedding=item_id_embedding)
+        cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
+                           meta_batch_size=meta_batch_size)
+        cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)
+        if device and device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise MetarecError(f"--device {device}: CUDA is not available on this machine")
+        with _progress() as progress:
+            bar = progress.add_task("meta-training", total=None)
+            epochs_bar = progress.add_task("epochs", total=cfg.train.epochs)
+
+            def report(stage: str, done: int, total: int) -> None:
+                if stage == "train":
+                    progress.update(bar, completed=done, total=total)
+                else:
+                    progress.update(epochs_bar, completed=done)
+
+            trainer = Trainer(cfg, run_dir=out, progress=report)
+            if resume:
+                trainer.resume(out / "last")
+            result = trainer.fit()
+        console.print(f"best epoch {result.best_epoch}: validation MAE {result.best_val_mae:.4f} "
+                      f"({result.epochs_run} epochs); run folder {out}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
+    steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: the run's)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """MAE and RMSE per test scenario, with and without adaptation, on the run's own split."""
+    with _errors():
+        from metarec.data import load_dataset
+        from metarec.meta.run import RunConfig
+        from metarec.meta.trainer import evaluate_run, load_best
+        from metarec.tasks import make_split
+
+        cfg = RunConfig.from_toml(run / "config.toml")
+        ckpt = load_best(run)
+        split = make_split(load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir), cfg.split)
+        results = evaluate_run(ckpt, split, steps)
+        if as_json:
+            _print_json(results)
+            return
+        table = Table(title=f"{run} - best epoch {ckpt.state.get('best_epoch')}")
+        for col in ("scenario", "tasks", "MAE", "RMSE", "MAE (no adaptation)", "RMSE (no adaptation)"):
+            table.add_column(col, justify="right" if col != "scenario" else "left", no_wrap=col == "scenario")
+        for name, m in results.items():
+            table.add_row(name, str(m["tasks"]), f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mae_no_adapt']:.4f}", f"{m['rmse_no_adapt']:.4f}")
+        console.print(table)
+
+
+@app.command()
+def recommend(
+    run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
+    rate: List[str] = typer.Option(..., "--rate", help="ITEM_ID:RATING, repeatable."),
+    k: int = typer.Option(10, help="How many items."),
+    user: List[str] = typer.Option([], "--user", help="ATTRIBUTE=VALUE of the new user, repeatable."),
+    include_rated: bool = typer.Option(False, "--include-rated", help="Allow already rated items."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Adapt to a new user's ratings and print the top-k."""
+    with _errors():
+        from metarec.meta.personalize import Personalizer
+
+        ratings = {}
+        for entry in rate:
+            item, sep, value = entry.rpartition(":")
+            if not sep or not item:
+                raise MetarecError(f"--rate {entry!r}: expected ITEM_ID:RATING")
+            ratings[item] = value
+        attributes = {}
+        for entry in user:
+            key, sep, value = entry.partition("=")
+            if not sep:
+                raise MetarecError(f"--user {entry!r}: expected ATTRIBUTE=VALUE")
+            attributes[key] = value
+        personalizer = Personalizer.load(run)
+        adapted = personalizer.adapt(ratings, attributes or None)
+        top = adapted.recommend(k, exclude_rated=not include_rated)
+        titles = _titles(run)
+        if as_json:
+            _print_json({"items": [{"item_id": i, "score": s, **({"title": titles[i]} if i in titles else {})} for i, s in top],
+                         "unknown_item_ids": adapted.unknown_item_ids})
+            return
+        if adapted.unknown_item_ids:
+            err_console.print(f"ignored unknown item ids: {', '.join(adapted.unknown_item_ids)}")
+        table = Table()
+        for col in ("rank", "item_id", "score", "title"):
+            table.add_column(col)
+        for rank, (item, score) in enumerate(top, 1):
+            table.add_row(str(rank), item, f"{score:.3f}", titles.get(item, ""))
+        console.print(table)
+
+
+def _titles(run: Path) -> dict[str, str]:
+    """Item titles from the run's dataset, when it can be loaded (display only)."""
+    try:
+        from metarec.data import load_dataset
+        from metarec.meta.run import RunConfig
+
+        cfg = RunConfig.from_toml(run / "config.toml")
+        items = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir).items
+        return items["title"].astype(str).to_dict() if "title" in items.columns else {}
+    except Exception:  # noqa: BLE001 - titles are optional decoration
+        return {}
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Run folder of the demo."),
+    epochs: int = typer.Option(15, help="Meta-training epochs."),
+) -> None:
+    """Meta-train on ML-100K (else the synthetic dataset), compare with and without adaptation, recommend."""
+    with _errors():
+        from metarec.demo import run_demo
+
+        run_demo(out, epochs=epochs, console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

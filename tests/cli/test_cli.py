@@ -1,0 +1,100 @@
+"""The CLI through typer's runner: exit codes, output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from metarec.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_describe_ml100k_json(data_dir):
+    result = run("data", "describe", "ml-100k", "--json", "--data-dir", str(data_dir))
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert (info["users"], info["items"], info["ratings"]) == (943, 1682, 100000)
+    assert sum(info["rating_histogram"].values()) == 100000
+
+
+def test_split_json_is_deterministic(data_dir):
+    args = ("data", "split", "ml-100k", "--protocol", "melu", "--seed", "0", "--json", "--data-dir", str(data_dir))
+    first, second = run(*args), run(*args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout == second.stdout
+    info = json.loads(first.stdout)
+    assert set(info["scenarios"]) == {"warm", "new_users", "new_items", "new_users_new_items"}
+    assert all(d["users"] > 0 and d["median_query"] == 10 for d in info["scenarios"].values())
+    assert all(info["leakage_checks"].values())
+
+
+def test_split_table_output(data_dir):
+    result = run("data", "split", "ml-100k", "--protocol", "time", "--data-dir", str(data_dir))
+    assert result.exit_code == 0, result.output
+    assert "new_users_new_items" in result.stdout and "FAILED" not in result.stdout
+
+
+def test_unknown_dataset_is_one_line_error():
+    result = runner.invoke(app, ["data", "describe", "no-such-dataset"])
+    assert result.exit_code == 1
+    assert "unknown dataset 'no-such-dataset'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_data_names_the_three_ways(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAREC_DATA_DIR", str(tmp_path))
+    result = runner.invoke(app, ["data", "describe", "ml-100k"])
+    assert result.exit_code == 1
+    assert "METAREC_DATA_DIR" in result.output and "metarec data fetch ml-100k" in result.output
+
+
+def test_corrupt_file_error_names_file_line_field(data_dir, tmp_path):
+    folder = tmp_path / "ml-100k"
+    shutil.copytree(data_dir / "ml-100k", folder)
+    lines = (folder / "u.data").read_text().splitlines()
+    lines[4] = "1\t2\tfive\t881250949"
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["data", "describe", "ml-100k", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "u.data" in result.output and "line 5" in result.output and "rating" in result.output
+
+
+@pytest.mark.slow
+def test_train_evaluate_recommend(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAREC_DATA_DIR", str(data_dir))
+    out = tmp_path / "run"
+    result = run("train", "--dataset", "ml-100k", "--model", "feature-mlp", "--algorithm", "fomaml", "--epochs", "2",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "best" / "model.safetensors").exists() and (out / "metrics.jsonl").exists()
+    result = run("evaluate", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert set(scores) == {"warm", "new_users", "new_items", "new_users_new_items"}
+    assert all(0 < m["mae"] < 2 for m in scores.values())
+    result = run("recommend", str(out), "--rate", "50:5", "--rate", "181:4", "--rate", "nope:3", "--k", "5", "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert len(answer["items"]) == 5 and answer["unknown_item_ids"] == ["nope"]
+    assert all(item["item_id"] not in ("50", "181") for item in answer["items"])
+    bad = runner.invoke(app, ["recommend", str(out), "--rate", "50:9"])
+    assert bad.exit_code == 1 and "not in [1, 5]" in bad.output
+
+
+def test_train_rejects_bad_config(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("[meta]\nalgorithm = 'magic'\n")
+    result = runner.invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "algorithm must be one of" in result.output
+    config.write_text("[meta]\ninner_stepz = 3\n")
+    result = runner.invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "inner_stepz" in result.output
