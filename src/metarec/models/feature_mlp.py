@@ -7,6 +7,7 @@ only the fc head adapts in the inner loop).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from metarec.models.base import Context, RatingModel
 from metarec.models.embedding import mlp
@@ -21,5 +22,8 @@ class FeatureMLP(RatingModel):
 
     def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,
               exclude_self: bool = False) -> torch.Tensor:
-        user = user_vec.unsqueeze(-2).expand(*item_vec.shape[:-1], user_vec.shape[-1])
-        return self.head(torch.cat([user, item_vec], dim=-1)).squeeze(-1) + self.rating_center
+        # First layer on [user; item] = W_u user + W_i item + b: the user half once per user, not per item.
+        first = self.head[0]
+        du = user_vec.shape[-1]
+        hidden = F.linear(item_vec, first.weight[:, du:]) + F.linear(user_vec, first.weight[:, :du], first.bias).unsqueeze(-2)
+        return self.head[1:](hidden).squeeze(-1) + self.rating_center

@@ -153,6 +153,17 @@ class TaskSet:
             self.query_ptr, self.query_item, self.query_rating,
         )
 
+    def as_whole_query(self, name: str | None = None) -> "TaskSet":
+        """Each task's every rating as its query (support kept): ordinary supervised training on these
+        tasks with no inner step is training one global model on all of the users' ratings."""
+        rows = self.rows()
+        order = np.lexsort((~rows["is_query"], rows["task"]))
+        sizes = self.support_sizes + self.query_sizes
+        return TaskSet(
+            name or self.name, self.user_idx, self.support_ptr, self.support_item, self.support_rating,
+            np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), rows["item_idx"][order], rows["rating"][order],
+        )
+
     # ------------------------------------------------------------------ packing
     def packed(self) -> TaskBatch:
         """All tasks as one padded TaskBatch, built once and cached."""

@@ -1,0 +1,34 @@
+"""The baseline meta-learning must beat with the same architecture: one global model, no meta-learning.
+
+Trained by ordinary supervised learning on every rating of the meta-train users (expressed as tasks whose
+query is all of their ratings and with no inner step), selected on validation users like the
+meta-learner, then evaluated without and with per-user fine-tuning on the support set with the same
+inner steps and learning rate the meta-learner gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from metarec.meta.run import RunConfig
+from metarec.meta.trainer import Trainer
+from metarec.tasks.splits import ColdStartSplit
+
+
+def global_config(config: RunConfig) -> RunConfig:
+    """The meta-learner's config turned into plain training: no inner step while training, the
+    meta-learner's own inner steps (and lr) as fine-tuning at evaluation."""
+    meta = config.meta
+    return RunConfig(config.data, config.split, config.model,
+                     replace(meta, algorithm="fomaml", inner_steps=0, eval_inner_steps=meta.test_steps,
+                             support_batch_size=None), config.train)
+
+
+def train_global_model(config: RunConfig, split: ColdStartSplit, run_dir: str | Path | None = None) -> Trainer:
+    """Fit the global model; the returned trainer's learner evaluates with ``steps=0`` (no fine-tuning)
+    or by default with the meta-learner's inner-step budget (fine-tuned per user)."""
+    whole = replace(split, meta_train=split.meta_train.as_whole_query(), _cache={})
+    trainer = Trainer(global_config(config), split=whole, run_dir=run_dir)
+    trainer.fit()
+    return trainer
