@@ -92,7 +92,7 @@ class RatingDataset:
             )
         if "timestamp" in ratings.columns:
             ts = pd.to_numeric(ratings["timestamp"], errors="coerce")
-            frame["timestamp"] = ts.round().astype("Int64").to_numpy()
+            frame["timestamp"] = ts.round().astype("Int64").array  # positional; stays nullable Int64
         else:
             frame["timestamp"] = pd.array([pd.NA] * len(frame), dtype="Int64")
         if rating_scale is None:

@@ -49,6 +49,33 @@ def read_delimited(
         text = text.replace(sep, "\t")
         sep = "\t"
     text = text.replace("\r\n", "\n")
+    if "\r" in text:
+        line = text[: text.index("\r")].count("\n") + 1
+        raise DataError("stray carriage return inside a line", path=path, line=line)
+    text = text.rstrip("\n") + "\n" if text.strip("\n") else ""
+    offset = 2 if header else 1
+    counts, lengths = _fields_per_line(text, sep)
+    if header:
+        counts, lengths = counts[1:], lengths[1:]
+    min_fields = len(names) - optional_trailing
+    short = counts < min_fields
+    if short.any():
+        row = int(np.flatnonzero(short)[0])
+        if lengths[row] == 0:
+            raise DataError("empty line", path=path, line=row + offset)
+        raise DataError(
+            f"expected at least {min_fields} fields, found {int(counts[row])}",
+            path=path, line=row + offset, field=names[int(counts[row])],
+        )
+    long = counts > len(names)
+    if long.any():
+        row = int(np.flatnonzero(long)[0])
+        raise DataError(f"expected at most {len(names)} fields, found {int(counts[row])}", path=path,
+                        line=row + offset)
+    if not len(counts):
+        frame = pd.DataFrame({name: pd.Series([], dtype=str) for name in names})
+        frame.attrs["line_offset"] = offset
+        return frame
     try:
         frame = pd.read_csv(
             io.StringIO(text), sep=sep, header=0 if header else None, names=list(names), dtype=str,
@@ -56,18 +83,13 @@ def read_delimited(
         )
     except pd.errors.ParserError as exc:
         raise DataError(f"malformed line: {exc}", path=path) from None
-    offset = 2 if header else 1
-    # Lines with fewer fields than names leave NaN in the missing columns.
-    min_fields = len(names) - optional_trailing
-    present = frame.notna().to_numpy()
-    short = present[:, :min_fields].sum(axis=1) < min_fields
-    if short.any():
-        row = int(np.flatnonzero(short)[0])
-        missing = names[int(np.argmin(present[row, :min_fields]))]
-        raise DataError(
-            f"expected at least {min_fields} fields, found {int(present[row].sum())}",
-            path=path, line=row + offset, field=missing,
-        )
+    if len(frame) != len(counts):
+        raise DataError(f"parsed {len(frame)} rows from {len(counts)} lines", path=path)
+    # The C parser fills absent trailing fields with ""; they are missing, not empty.
+    for k in range(min_fields, len(names)):
+        absent = counts <= k
+        if absent.any():
+            frame[names[k]] = frame[names[k]].where(~absent, None)
     for column in required:
         empty = frame[column].isna() | (frame[column].str.strip() == "")
         if empty.any():
@@ -77,9 +99,28 @@ def read_delimited(
     return frame
 
 
+def _fields_per_line(text: str, sep: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fields and characters per line, vectorised: the C parser pads short lines silently, so count first."""
+    if not text:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if ord(sep) >= 128:  # non-ASCII separator: count on the text itself (rare)
+        lines = text[:-1].split("\n")
+        return (np.array([line.count(sep) + 1 for line in lines], dtype=np.int64),
+                np.array([len(line) for line in lines], dtype=np.int64))
+    buf = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)  # text ends with "\n", so every line has an end
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    seps = np.flatnonzero(buf == ord(sep))
+    per_line = np.diff(np.concatenate([[0], np.searchsorted(seps, ends)]))
+    return per_line + 1, ends - starts
+
+
 def to_number(frame: pd.DataFrame, column: str, path: Path, *, integer: bool = False) -> pd.Series:
     """Parse a column as numbers; the first unparsable value raises with its line."""
-    values = pd.to_numeric(frame[column], errors="coerce")
+    try:  # fast path (Arrow cast); it rejects anything odd, and then the slow path finds the culprit
+        values = frame[column].astype("float64")
+    except (ValueError, TypeError):
+        values = pd.to_numeric(frame[column], errors="coerce")
     bad = values.isna() & frame[column].notna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
@@ -98,13 +139,15 @@ def to_number(frame: pd.DataFrame, column: str, path: Path, *, integer: bool = F
     return values
 
 
-def check_ratings(ratings: pd.Series, frame: pd.DataFrame, path: Path, scale: tuple[float, float]) -> None:
-    """Reject NaN and out-of-scale ratings with the offending line."""
+def check_ratings(
+    ratings: pd.Series, frame: pd.DataFrame, path: Path, scale: tuple[float, float], *, field: str = "rating"
+) -> None:
+    """Reject NaN and out-of-scale ratings with the offending line (``field`` names the raw column)."""
     low, high = scale
     bad = ~np.isfinite(ratings.to_numpy(dtype=np.float64)) | (ratings < low) | (ratings > high)
     if bad.any():
         row = int(np.flatnonzero(np.asarray(bad))[0])
         raise DataError(
-            f"rating {frame['rating'].iloc[row]!r} is not in [{low:g}, {high:g}]", path=path,
-            line=row + frame.attrs.get("line_offset", 1), field="rating",
+            f"rating {frame[field].iloc[row]!r} is not in [{low:g}, {high:g}]", path=path,
+            line=row + frame.attrs.get("line_offset", 1), field=field,
         )

@@ -1,0 +1,113 @@
+"""Datasets known by name: where their files live and which loader reads them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from metarec.data.dataset import RatingDataset
+from metarec.errors import ConfigError, DataNotFoundError
+
+ENV_VAR = "METAREC_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    folder: str  # sub-folder name under a data dir / cache
+    marker: str  # a file whose presence says the folder is complete
+    loader: Callable[[Path], RatingDataset]
+    # (sibling folder, marker) pairs that must sit next to ``folder`` under the same root
+    extras: tuple[tuple[str, str], ...] = ()
+
+
+def _ml100k(folder: Path) -> RatingDataset:
+    from metarec.data.loaders.movielens import load_ml100k
+
+    return load_ml100k(folder)
+
+
+def _ml1m(folder: Path) -> RatingDataset:
+    from metarec.data.loaders.movielens import load_ml1m
+
+    return load_ml1m(folder)
+
+
+def _ml1m_imdb(folder: Path) -> RatingDataset:
+    from metarec.data.loaders.movielens import load_ml1m
+
+    return load_ml1m(folder, imdb_features=True)  # finds ml-1m-melu-extra/ beside (or inside) ml-1m/
+
+
+def _lastfm(folder: Path) -> RatingDataset:
+    from metarec.data.loaders.lastfm import load_lastfm
+
+    return load_lastfm(folder)
+
+
+REGISTRY: dict[str, DatasetEntry] = {
+    "ml-100k": DatasetEntry("ml-100k", "ml-100k", "u.data", _ml100k),
+    "ml-1m": DatasetEntry("ml-1m", "ml-1m", "users.dat", _ml1m),
+    "ml-1m-imdb": DatasetEntry("ml-1m-imdb", "ml-1m", "users.dat", _ml1m_imdb,
+                               extras=(("ml-1m-melu-extra", "movies_extrainfos.dat"),)),
+    "lastfm": DatasetEntry("lastfm", "hetrec2011-lastfm-2k", "user_artists.dat", _lastfm),
+}
+
+
+def dataset_names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def resolve_folder(name: str, data_dir: str | Path | None = None) -> Path:
+    """An explicit ``data_dir``, else ``$METAREC_DATA_DIR``, else the cache; never a download."""
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}, or a path")
+    candidates: list[Path] = []
+    if data_dir is not None:
+        candidates.append(Path(data_dir))
+    elif os.environ.get(ENV_VAR):
+        candidates.append(Path(os.environ[ENV_VAR]))
+    else:
+        from metarec.data.fetch import cache_dir
+
+        candidates.append(cache_dir())
+    for root in candidates:
+        for folder in (root / entry.folder, root):
+            if (folder / entry.marker).exists() and all(
+                (folder.parent / sub / marker).exists() or (folder / sub / marker).exists()
+                for sub, marker in entry.extras
+            ):
+                return folder
+    needs = "".join(f" and '{sub}/'" for sub, _ in entry.extras)
+    how = (f"or download it once with `metarec data fetch {name}`" if not entry.extras else
+           f"(the extra folders have no official download; `metarec data fetch {entry.folder}` gets '{entry.folder}/')")
+    raise DataNotFoundError(
+        f"dataset {name!r} not found (looked in {', '.join(str(c / entry.folder) for c in candidates)}). "
+        f"Provide it one of three ways: pass a folder (data_dir=... / --data-dir), set {ENV_VAR} to a folder "
+        f"holding '{entry.folder}/'{needs}, {how}."
+    )
+
+
+def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None) -> RatingDataset:
+    """Load a registered name, a folder saved by :meth:`RatingDataset.save`, RecBole atomic files, or a table.
+
+    Never downloads: a missing registered dataset raises :class:`DataNotFoundError` saying how to get it.
+    """
+    key = str(name_or_path)
+    if key in REGISTRY:
+        return REGISTRY[key].loader(resolve_folder(key, data_dir))
+    path = Path(key)
+    if path.is_dir() and (path / "dataset.json").exists():
+        return RatingDataset.load(path)
+    if path.suffix == ".inter" or (path.is_dir() and any(path.glob("*.inter"))):
+        from metarec.data.loaders.recbole import load_recbole
+
+        return load_recbole(path)
+    if path.is_file():
+        from metarec.data.loaders.tabular import load_table
+
+        return load_table(path)
+    raise ConfigError(f"unknown dataset {key!r}; known: {', '.join(dataset_names())}, or a path")

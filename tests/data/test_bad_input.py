@@ -1,0 +1,186 @@
+"""Corrupted inputs must fail with a message that names the file, the line and the field."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from metarec.data.loaders.movielens import load_ml100k, load_ml1m
+from metarec.data.loaders.tabular import ColumnMapping, load_table
+from metarec.errors import DataError
+
+@pytest.fixture
+def ml100k(data_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of u.data / u.user / u.item that a test may corrupt."""
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    for name in ("u.data", "u.user", "u.item"):
+        shutil.copyfile(data_dir / "ml-100k" / name, folder / name)
+    return folder
+
+
+def corrupt(path: Path, line: int, replacement: bytes) -> None:
+    """Replace 1-based ``line`` of ``path`` (bytes, so encodings can be broken on purpose)."""
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] = replacement
+    path.write_bytes(b"\n".join(lines))
+
+
+def message(exc: pytest.ExceptionInfo[DataError]) -> str:
+    return str(exc.value)
+
+
+@pytest.mark.realdata
+def test_rating_not_a_number(ml100k: Path) -> None:
+    corrupt(ml100k / "u.data", 7, b"115\t265\tx\t881171488")
+    with pytest.raises(DataError) as info:
+        load_ml100k(ml100k)
+    assert message(info) == f"{ml100k / 'u.data'}, line 7, field 'rating': 'x' is not a number"
+    assert "u.data" in message(info) and "line 7" in message(info) and "field 'rating'" in message(info)
+    assert (info.value.line, info.value.field) == (7, "rating")
+
+
+@pytest.mark.realdata
+def test_missing_field(ml100k: Path) -> None:
+    corrupt(ml100k / "u.data", 5, b"166\t346\t1")
+    with pytest.raises(DataError) as info:
+        load_ml100k(ml100k)
+    assert message(info) == f"{ml100k / 'u.data'}, line 5, field 'timestamp': expected at least 4 fields, found 3"
+
+
+@pytest.mark.realdata
+def test_extra_field(ml100k: Path) -> None:
+    corrupt(ml100k / "u.data", 9, b"166\t346\t1\t886397596\t99")
+    with pytest.raises(DataError) as info:
+        load_ml100k(ml100k)
+    assert message(info) == f"{ml100k / 'u.data'}, line 9: expected at most 4 fields, found 5"
+
+
+@pytest.mark.realdata
+def test_empty_required_value(ml100k: Path) -> None:
+    corrupt(ml100k / "u.data", 3, b"22\t\t1\t878887116")
+    with pytest.raises(DataError) as info:
+        load_ml100k(ml100k)
+    assert message(info) == f"{ml100k / 'u.data'}, line 3, field 'item_id': empty value"
+
+
+@pytest.mark.realdata
+def test_rating_out_of_range(ml100k: Path) -> None:
+    corrupt(ml100k / "u.data", 11, b"286\t1014\t9\t879781125")
+    with pytest.raises(DataError) as info:
+        load_ml100k(ml100k)
+    assert message(info) == f"{ml100k / 'u.data'}, line 11, field 'rating': rating '9' is not in [1, 5]"
+
+
+@pytest.mark.realdata
+def test_nan_rating(ml100k: Path) -> None:
+    corrupt(ml100k / "u.data", 2, b"186\t302\tnan\t891717742")
+    with pytest.raises(DataError) as info:
+        load_ml100k(ml100k)
+    assert message(info) == f"{ml100k / 'u.data'}, line 2, field 'rating': 'nan' is not a number"
+
+
+@pytest.mark.realdata
+def test_latin1_bytes_in_utf8_file(ml100k: Path) -> None:
+    corrupt(ml100k / "u.data", 12, "200\t222\t5\t876042340 caf\u00e9".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        load_ml100k(ml100k)
+    assert message(info) == f"{ml100k / 'u.data'}, line 12: cannot decode byte 0xe9 as utf-8"
+
+
+def test_latin1_bytes_in_utf8_csv(tmp_path: Path) -> None:
+    csv = tmp_path / "ratings.csv"
+    csv.write_bytes("user_id,item_id,rating\n1,caf\u00e9,4\n".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        load_table(csv)
+    assert str(info.value) == f"{csv}, line 2: cannot decode byte 0xe9 as utf-8"
+
+
+def test_ml1m_short_line_names_line_and_field(tmp_path: Path) -> None:
+    """3 fields are fine in ML-1M (no timestamp); 2 are not."""
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text("1::1::5::978824268\n2::1::4\n3::2\n", encoding="latin-1")
+    (folder / "users.dat").write_text("1::F::1::10::48067\n", encoding="latin-1")
+    (folder / "movies.dat").write_text("1::Toy Story (1995)::Comedy\n", encoding="latin-1")
+    with pytest.raises(DataError) as info:
+        load_ml1m(folder)
+    assert message(info) == f"{folder / 'ratings.dat'}, line 3, field 'rating': expected at least 3 fields, found 2"
+
+
+@pytest.mark.realdata
+def test_csv_missing_mapped_rating_column(ml100k: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(ml100k / "u.data", sep="\t", names=["user", "item", "score", "ts"], nrows=50)
+    csv = tmp_path / "ratings.csv"
+    frame.to_csv(csv, index=False)
+    mapping = ColumnMapping(user="user", item="item", rating="stars", timestamp="ts")
+    with pytest.raises(DataError) as info:
+        load_table(csv, mapping)
+    assert message(info) == f"{csv}, field 'stars': rating column not found (columns: user, item, score, ts)"
+    # the same mapping on a missing timestamp column
+    with pytest.raises(DataError) as info:
+        load_table(csv, ColumnMapping(user="user", item="item", rating="score", timestamp="when"))
+    assert message(info) == f"{csv}, field 'when': timestamp column not found (columns: user, item, score, ts)"
+
+
+def test_csv_nan_rating_names_line(tmp_path: Path) -> None:
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("user_id,item_id,rating\n1,10,4\n1,11,\n2,10,x\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_table(csv)
+    assert message(info) == f"{csv}, line 3, field 'rating': rating is missing (NaN) (line 1 is the header)"
+    csv.write_text("user_id,item_id,rating\n1,10,4\n2,10,x\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_table(csv)
+    assert message(info) == f"{csv}, line 3, field 'rating': rating 'x' is not a finite number (line 1 is the header)"
+    frame = pd.DataFrame({"user_id": [1, 2], "item_id": [1, 1], "rating": [4.0, float("nan")]})
+    with pytest.raises(DataError) as info:
+        load_table(frame)
+    assert message(info) == "<DataFrame>, line 2, field 'rating': rating is missing (NaN) (1-based row of the DataFrame)"
+
+
+def test_csv_bad_timestamp(tmp_path: Path) -> None:
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("user_id,item_id,rating,timestamp\n1,10,4,2001-09-09\n1,11,3,yesterday\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_table(csv)
+    assert message(info) == (f"{csv}, line 3, field 'timestamp': timestamp 'yesterday' is neither a number "
+                             "nor an ISO datetime (line 1 is the header)")
+
+
+@pytest.mark.realdata
+def test_duplicates_policy(ml100k: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    frame = pd.read_csv(ml100k / "u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"], nrows=100)
+    repeats = frame.iloc[[0, 0, 1]].assign(rating=[1, 2, 5], timestamp=[1, 2, 3])  # old timestamps
+    csv = tmp_path / "dups.csv"
+    pd.concat([frame, repeats]).to_csv(csv, index=False)
+    first = frame.iloc[0]
+
+    with caplog.at_level(logging.WARNING, logger="metarec"):
+        last = load_table(csv, duplicates="last")
+    assert f"{csv}: 3 duplicate (user, item) ratings dropped, latest kept" in caplog.messages
+    assert last.n_ratings == 100
+    kept = last.ratings.set_index(["user_id", "item_id"]).loc[(str(first.user_id), str(first.item_id))]
+    assert kept["rating"] == first.rating  # the original rating has the latest timestamp
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="metarec"):
+        mean = load_table(csv, duplicates="mean")
+    assert f"{csv}: 3 duplicate (user, item) ratings averaged" in caplog.messages
+    averaged = mean.ratings.set_index(["user_id", "item_id"]).loc[(str(first.user_id), str(first.item_id))]
+    assert averaged["rating"] == pytest.approx((first.rating + 1 + 2) / 3)
+
+    with pytest.raises(DataError) as info:
+        load_table(csv, duplicates="error")
+    assert message(info) == (f"{csv}, line 1: duplicate (user_id, item_id) pair "
+                             f"({first.user_id}, {first.item_id})")
+
+    # MovieLens itself has no duplicates, so its loader refuses them outright
+    with open(ml100k / "u.data", "ab") as handle:
+        handle.write(b"196\t242\t1\t881250950\n")
+    with pytest.raises(DataError, match=r"duplicate \(user_id, item_id\) pair \(196, 242\)"):
+        load_ml100k(ml100k)
