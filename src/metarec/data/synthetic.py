@@ -42,13 +42,14 @@ A method that adapts on a user's ratings can at most close the gap between attri
 with ``k`` ratings the Gaussian posterior over ``(c_u, e_u)`` shows how much is within reach
 (``adapted_rmse``). :func:`adaptation_gain_bound` computes all of these exactly from the truth on the
 observed pairs (expectations over the rating noise in closed form, rounding and clipping included).
-Numbers for the default config are in ``docs/synthetic.md``.
+Default config (seed 0), RMSE on each user's ratings minus 5 support ratings: oracle 0.540, Gaussian
+posterior after 5 ratings 0.728, attribute-only 0.807, global mean 1.063 (more in ``docs/synthetic.md``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -325,8 +326,7 @@ def make_synthetic(config: SyntheticConfig | None = None) -> SyntheticData:
     score = partial.expected_rating(row_user, row_item, times)
     low, high = cfg.rating_scale
     value = np.clip(np.rint(score + cfg.noise_std * rng.standard_normal(len(score))), low, high)
-    truth = SyntheticTruth(**truth_kwargs, rated_user=row_user, rated_item=row_item, rated_time=times,
-                           rated_value=value)
+    truth = replace(partial, rated_value=value)
 
     # --- frames
     user_ids = np.array([f"u{i}" for i in range(n_users)], dtype=object)

@@ -57,7 +57,7 @@ REGISTRY: dict[str, DatasetEntry] = {
 
 
 def dataset_names() -> list[str]:
-    return sorted(REGISTRY)
+    return sorted([*REGISTRY, "synthetic"])
 
 
 def resolve_folder(name: str, data_dir: str | Path | None = None) -> Path:
@@ -97,6 +97,10 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
     Never downloads: a missing registered dataset raises :class:`DataNotFoundError` saying how to get it.
     """
     key = str(name_or_path)
+    if key == "synthetic":  # generated, needs no files: the offline fallback of the demo
+        from metarec.data.synthetic import make_synthetic
+
+        return make_synthetic().dataset
     if key in REGISTRY:
         return REGISTRY[key].loader(resolve_folder(key, data_dir))
     path = Path(key)
