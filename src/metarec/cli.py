@@ -95,17 +95,19 @@ def data_describe(
         console.print(table)
 
 
-def _split_config(protocol: str, seed: int, query_size: int, support_size: Optional[int], new_item_year: Optional[int]):
+def _split_config(protocol: str, seed: int, query_size: int, support_size: Optional[int], new_item_year: Optional[int],
+                  split_dir: Optional[Path] = None):
     from metarec.tasks import SplitConfig
 
     return SplitConfig(protocol=protocol, seed=seed, query_size=query_size, support_size=support_size,
-                       new_item_year=new_item_year)
+                       new_item_year=new_item_year, split_dir=None if split_dir is None else str(split_dir))
 
 
 @data_app.command("split")
 def data_split(
     dataset: str = typer.Argument(..., help="A dataset name or a path."),
-    protocol: str = typer.Option("melu", help="melu (random query) or time (latest ratings are the query)."),
+    protocol: str = typer.Option("melu", help="melu (random query), time (latest ratings are the query) or splits."),
+    split_dir: Optional[Path] = typer.Option(None, help="With --protocol splits: a folder of published split files."),
     seed: int = typer.Option(0, help="Seed of the user split and the query choice."),
     query_size: int = typer.Option(10, help="Query ratings per task."),
     support_size: Optional[int] = typer.Option(None, help="Fixed support size K for test tasks."),
@@ -119,7 +121,7 @@ def data_split(
         from metarec.tasks import make_split
 
         split = make_split(load_dataset(dataset, data_dir=data_dir),
-                           _split_config(protocol, seed, query_size, support_size, new_item_year))
+                           _split_config(protocol, seed, query_size, support_size, new_item_year, split_dir))
         info = split.summary()
         if as_json:
             _print_json(info)
@@ -145,7 +147,8 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="A run.toml; flags override it."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name or path."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
-    protocol: Optional[str] = typer.Option(None, help="melu or time."),
+    protocol: Optional[str] = typer.Option(None, help="melu, time or splits."),
+    split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: a folder of published split files."),
     model: Optional[str] = typer.Option(None, help="feature-mlp, neural-cf, attention or melu."),
     algorithm: Optional[str] = typer.Option(None, help="maml, fomaml, reptile or metasgd."),
     adapt: Optional[str] = typer.Option(None, help="Parameters adapted per user: all, head or embeddings."),
@@ -174,7 +177,7 @@ def train(
         else:
             cfg = RunConfig.preset(model or "feature-mlp", algorithm)
         cfg = cfg.override("data", dataset=dataset, data_dir=data_dir)
-        cfg = cfg.override("split", protocol=protocol, seed=seed)
+        cfg = cfg.override("split", protocol=protocol, seed=seed, split_dir=split_dir)
         cfg = cfg.override("model", item_id_embedding=item_id_embedding)
         cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
                            meta_batch_size=meta_batch_size)

@@ -139,3 +139,37 @@ def test_config_validation():
         SplitConfig(protocol="random")
     with pytest.raises(ConfigError):
         SplitConfig(min_ratings=50, max_ratings=10)
+
+
+def test_published_metahin_splits(data_dir):
+    ml1m = load_dataset("ml-1m", data_dir=data_dir)
+    split = make_split(ml1m, SplitConfig(protocol="splits", split_dir=str(data_dir / "metahin-movielens")))
+    assert set(split.test) == set(SCENARIOS)
+    assert all(split.leakage_checks().values())
+    for ts in split.test.values():
+        assert len(ts) > 100 and (ts.query_sizes == 10).all()
+    # The query is each user's last 10 listed ratings.
+    import gzip, json
+
+    items = json.load(gzip.open(data_dir / "metahin-movielens" / "user_cold_testing.json.gz"))
+    tasks = split.test["new_users"]
+    user_id = ml1m.user_vocab.ids[int(tasks.user_idx[0])]
+    expected = [ml1m.item_vocab.index(str(i)) for i in items[user_id][-10:]]
+    assert tasks.query_of(0)[0].tolist() == expected
+
+
+def test_published_split_errors_name_the_file(tmp_path, data_dir):
+    import json
+
+    ml100k = load_dataset("ml-100k", data_dir=data_dir)
+    for stem in ("meta_training", "warm_up", "user_cold_testing", "item_cold_testing", "user_and_item_cold_testing"):
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"1": [1, 2]}))
+        (tmp_path / f"{stem}_y.json").write_text(json.dumps({"1": [4, 5]}))
+    (tmp_path / "warm_up.json").write_text(json.dumps({"1": [1, 99999]}))
+    from metarec.errors import DataError
+
+    with pytest.raises(DataError, match=r"warm_up.json.*item id 99999"):
+        make_split(ml100k, SplitConfig(protocol="splits", split_dir=str(tmp_path)))
+    (tmp_path / "warm_up.json").write_text("{not json")
+    with pytest.raises(DataError, match="warm_up.json"):
+        make_split(ml100k, SplitConfig(protocol="splits", split_dir=str(tmp_path)))

@@ -40,7 +40,8 @@ class SplitConfig:
     """How to turn a dataset into cold-start tasks.
 
     ``protocol``: ``melu`` picks each task's query at random; ``time`` takes a user's latest ratings as
-    the query and the earlier ones as support (users without timestamps are left out).
+    the query and the earlier ones as support (users without timestamps are left out); ``splits``
+    reads a peer's published split files from ``split_dir`` (see :mod:`metarec.tasks.published`).
     ``min_ratings`` / ``max_ratings``: MeLU keeps users with 13-100 ratings. A task needs
     ``query_size + min_support`` ratings in its scenario. ``support_size`` fixes K support ratings in
     validation and test tasks (for K-curves; tasks with fewer are dropped). New items: released in or
@@ -48,7 +49,7 @@ class SplitConfig:
     items first rated latest.
     """
 
-    protocol: Literal["melu", "time"] = "melu"
+    protocol: Literal["melu", "time", "splits"] = "melu"
     query_size: int = 10
     min_support: int = 3
     min_ratings: int = 13
@@ -59,11 +60,14 @@ class SplitConfig:
     new_item_year: int | None = None
     new_item_fraction: float = 0.2
     support_size: int | None = None
+    split_dir: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.protocol not in ("melu", "time"):
-            raise ConfigError(f"protocol must be 'melu' or 'time', got {self.protocol!r}")
+        if self.protocol not in ("melu", "time", "splits"):
+            raise ConfigError(f"protocol must be 'melu', 'time' or 'splits', got {self.protocol!r}")
+        if self.protocol == "splits" and not self.split_dir:
+            raise ConfigError("protocol 'splits' needs split_dir (a folder of published split files)")
         if self.user_split not in ("random", "time"):
             raise ConfigError(f"user_split must be 'random' or 'time', got {self.user_split!r}")
         if self.query_size < 1 or self.min_support < 1:
@@ -178,6 +182,11 @@ class ColdStartSplit:
 def make_split(dataset: RatingDataset, config: SplitConfig | None = None) -> ColdStartSplit:
     """Build the four scenarios (and validation tasks) of ``dataset`` under ``config``; deterministic in the seed."""
     config = config or SplitConfig()
+    if config.protocol == "splits":
+        from metarec.tasks.published import load_published_split
+
+        split = load_published_split(dataset, config.split_dir, config)
+        return split if config.support_size is None else _resplit_support(split, config.support_size)
     rng = np.random.default_rng(config.seed)
     r = dataset.ratings
     user = r["user_idx"].to_numpy()
@@ -362,7 +371,8 @@ def _scenario_users_match(split: ColdStartSplit, held_out: set) -> bool:
     train = set(split.train_users.tolist())
     test = set(split.test_users.tolist())
     val = set(split.val_users.tolist())
-    want = {"warm": train, "new_items": train, "new_users": test, "new_users_new_items": test}
+    known = train | val if split.config.protocol == "splits" else train  # published warm users may be ours for validation
+    want = {"warm": known, "new_items": known, "new_users": test, "new_users_new_items": test}
     ok = all(set(ts.user_idx.tolist()) <= want[name] for name, ts in split.test.items())
     ok &= all(set(ts.user_idx.tolist()) <= val for ts in split.validation.values())
     ok &= set(split.meta_train.user_idx.tolist()) <= train
