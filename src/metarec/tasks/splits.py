@@ -46,7 +46,10 @@ class SplitConfig:
     ``query_size + min_support`` ratings in its scenario. ``support_size`` fixes K support ratings in
     validation and test tasks (for K-curves; tasks with fewer are dropped). New items: released in or
     after ``new_item_year`` if given (else the dataset's own rule), else the ``new_item_fraction`` of
-    items first rated latest.
+    items first rated latest. ``heavy_users``: users with more than ``max_ratings`` ratings are never
+    test or validation users; ``drop`` leaves them out (MeLU's literal protocol), ``chunk`` gives their
+    old-item ratings to meta-training as several tasks of at most ``max_ratings`` ratings each, so item
+    representations learn from all the training data that baselines see too.
     """
 
     protocol: Literal["melu", "time", "splits"] = "melu"
@@ -61,6 +64,7 @@ class SplitConfig:
     new_item_fraction: float = 0.2
     support_size: int | None = None
     split_dir: str | None = None
+    heavy_users: Literal["drop", "chunk"] = "drop"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,6 +84,8 @@ class SplitConfig:
             raise ConfigError("min_ratings must be <= max_ratings")
         if self.support_size is not None and self.support_size < 1:
             raise ConfigError("support_size must be >= 1")
+        if self.heavy_users not in ("drop", "chunk"):
+            raise ConfigError(f"heavy_users must be 'drop' or 'chunk', got {self.heavy_users!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,25 +219,31 @@ def make_split(dataset: RatingDataset, config: SplitConfig | None = None) -> Col
     train_users, val_users, test_users = _split_users(users, user, ts, config, rng)
     new_item_mask, rule = _new_items(dataset, item, ts, config, rng)
 
-    role = np.full(dataset.n_users, -1, np.int8)  # 0 train, 1 val, 2 test
+    role = np.full(dataset.n_users, -1, np.int8)  # 0 train, 1 val, 2 test, 3 heavy (meta-train chunks)
     role[train_users], role[val_users], role[test_users] = 0, 1, 2
+    if config.heavy_users == "chunk":
+        heavy = (counts > config.max_ratings) & (role < 0)
+        if config.protocol == "time" or config.user_split == "time":
+            heavy &= has_time
+        role[heavy] = 3
     row_role = role[user]
     is_new = new_item_mask[item]
     # Order key within a user: query first. melu: random; time: latest first (random tie-break).
     order_key = key if config.protocol == "melu" else -np.nan_to_num(ts, nan=-np.inf) + key * 1e-3
 
-    def tasks(name: str, mask: np.ndarray, query: int) -> tuple[TaskSet, np.ndarray]:
-        """Tasks over rows ``mask``: the ``query`` rows with lowest order key per user are its query."""
+    def tasks(name: str, mask: np.ndarray, query: int, task_key: np.ndarray | None = None) -> tuple[TaskSet, np.ndarray]:
+        """Tasks over rows ``mask``: the ``query`` rows with lowest order key per task are its query."""
+        key_all = user if task_key is None else task_key
         rows = np.flatnonzero(mask)
-        rows = rows[np.lexsort((order_key[rows], user[rows]))]
-        u = user[rows]
-        rank = _rank_within(u)
-        size = np.bincount(u, minlength=dataset.n_users)[u]
-        ok = size >= query + config.min_support
+        rows = rows[np.lexsort((order_key[rows], key_all[rows]))]
+        k = key_all[rows]
+        rank = _rank_within(k)
+        _, inverse, sizes = np.unique(k, return_inverse=True, return_counts=True)
+        ok = sizes[inverse] >= query + config.min_support
         rows, rank = rows[ok], rank[ok]
         # Rows stay in order-key order: under the time protocol a task's support runs latest-first.
         is_query = rank < query
-        ts_set = TaskSet.from_rows(name, user[rows], item[rows], rating[rows], is_query)
+        ts_set = TaskSet.from_rows(name, user[rows], item[rows], rating[rows], is_query, key_all[rows])
         return ts_set, rows
 
     q = config.query_size
@@ -244,7 +256,16 @@ def make_split(dataset: RatingDataset, config: SplitConfig | None = None) -> Col
     rows = rows[np.lexsort((order_key[rows], user[rows]))]
     holdout[rows[_rank_within(user[rows]) < q]] = True
 
-    meta_train, _ = tasks("meta_train", old_train & ~holdout, q)
+    # Heavy users' old-item ratings: round-robin chunks of at most max_ratings, each chunk one task.
+    heavy_rows = (row_role == 3) & ~is_new
+    chunk = np.zeros(len(r), np.int64)
+    if heavy_rows.any():
+        rows = np.flatnonzero(heavy_rows)
+        rows = rows[np.lexsort((key[rows], user[rows]))]
+        n_chunks = -(-np.bincount(user[rows], minlength=dataset.n_users) // config.max_ratings)
+        chunk[rows] = _rank_within(user[rows]) % n_chunks[user[rows]]
+    task_key = user.astype(np.int64) * (1 << 20) + chunk
+    meta_train, _ = tasks("meta_train", (old_train & ~holdout) | heavy_rows, q, task_key)
     # Warm test tasks: support = what meta-training used of that user, query = the held-out ratings.
     in_train = np.zeros(dataset.n_users, bool)
     in_train[meta_train.user_idx] = True
@@ -264,7 +285,7 @@ def make_split(dataset: RatingDataset, config: SplitConfig | None = None) -> Col
         "new_users_new_items": tasks("val_new_users_new_items", (row_role == 1) & is_new, q)[0],
     }
     split = ColdStartSplit(
-        dataset=dataset, config=config, train_users=np.sort(train_users), val_users=np.sort(val_users),
+        dataset=dataset, config=config, train_users=np.flatnonzero((role == 0) | (role == 3)), val_users=np.sort(val_users),
         test_users=np.sort(test_users), new_item_mask=new_item_mask, meta_train=meta_train,
         validation=validation, test=test, new_item_rule=rule,
     )

@@ -72,12 +72,15 @@ class TaskSet:
 
     @classmethod
     def from_rows(
-        cls, name: str, user: np.ndarray, item: np.ndarray, rating: np.ndarray, is_query: np.ndarray
+        cls, name: str, user: np.ndarray, item: np.ndarray, rating: np.ndarray, is_query: np.ndarray,
+        task: np.ndarray | None = None,
     ) -> "TaskSet":
-        """Build from flat rows already sorted by user (order within a user is kept)."""
-        users, starts = np.unique(user, return_index=True)
-        order = np.argsort(starts, kind="stable")
-        users, starts = users[order], starts[order]
+        """Build from flat rows already sorted by task (order within a task is kept). A task is a user
+        unless ``task`` keys say otherwise (one heavy user may give several tasks)."""
+        key = user if task is None else task
+        _, starts = np.unique(key, return_index=True)
+        starts = np.sort(starts)
+        users = user[starts]
         bounds = np.append(starts, len(user))
         s_parts, q_parts = [], []
         s_counts, q_counts = np.zeros(len(users), np.int64), np.zeros(len(users), np.int64)
