@@ -290,6 +290,49 @@ def _titles(run: Path) -> dict[str, str]:
 
 
 @app.command()
+def benchmark(
+    out: Path = typer.Option(..., "--out", help="Folder for results.csv / .json / .md and the plots."),
+    dataset: str = typer.Option("ml-100k", help="Dataset name or path."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
+    protocol: str = typer.Option("melu", help="melu, time or splits."),
+    split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: the published split files."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (each: a split and an initialisation)."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="run.toml for the meta-learners (model, meta, train)."),
+    heavy_users: str = typer.Option("drop", help="drop (MeLU) or chunk: users above 100 ratings feed meta-training."),
+    support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
+    epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
+    quick: bool = typer.Option(False, "--quick", help="A small version (CI): 2 seeds, few methods, 2 epochs."),
+) -> None:
+    """Every method x scenario x metric over seeds, mean +- 95% CI, paired bootstrap, plots."""
+    with _errors():
+        from metarec.eval.benchmark import DEFAULT_METHODS, BenchmarkConfig, run_benchmark, write_results
+        from metarec.meta.run import RunConfig
+
+        def ints(text: str, what: str) -> tuple[int, ...]:
+            try:
+                return tuple(int(x) for x in text.split(",") if x.strip())
+            except ValueError:
+                raise MetarecError(f"--{what} {text!r}: expected comma-separated integers") from None
+
+        run_config = RunConfig.from_toml(config) if config else RunConfig.preset("feature-mlp", "maml")
+        if epochs is not None:
+            run_config = run_config.override("train", epochs=epochs)
+        options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users)
+        if quick:
+            cfg = BenchmarkConfig.quick(**options)
+        else:
+            cfg = BenchmarkConfig(seeds=ints(seeds, "seeds"), support_sizes=ints(support_sizes, "support-sizes"),
+                                  methods=tuple(m.strip() for m in methods.split(",")) if methods else DEFAULT_METHODS,
+                                  run=run_config, **options)
+        with err_console.status("benchmark") as status:
+            result = run_benchmark(cfg, progress=lambda msg: status.update(f"benchmark: {msg}"))
+        paths = write_results(result, out)
+        console.print(paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False)
+        console.print(f"wrote {out} in {result.seconds:.0f} s")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run folder of the demo."),
     epochs: int = typer.Option(15, help="Meta-training epochs."),
@@ -299,6 +342,38 @@ def demo(
         from metarec.demo import run_demo
 
         run_demo(out, epochs=epochs, console=console)
+
+
+@app.command()
+def serve(
+    run: Path = typer.Argument(..., help="A saved recommender folder or a run folder written by `metarec train`."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the service to the network."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="METAREC_API_KEY", show_default=False,
+                                          help="Require this value in the X-API-Key header of /v1 routes "
+                                               "(prefer the environment variable: arguments show in `ps`)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes; each loads the model and uses one torch thread."),
+) -> None:
+    """Serve recommendations over HTTP (FastAPI + uvicorn); OpenAPI docs at /docs."""
+    with _errors():
+        import os
+
+        import uvicorn
+
+        from metarec.serve.app import ENV_API_KEY, ENV_DIR, create_app
+        from metarec.serve.recommender import ColdStartRecommender
+
+        recommender = ColdStartRecommender.load(run)  # a bad folder fails here, in one line, before binding
+        err_console.print(f"serving {run} (model {recommender.model_version}) on http://{host}:{port}, "
+                          f"docs at /docs{'' if api_key else ', no API key'}", highlight=False)
+        if workers == 1:
+            uvicorn.run(create_app(recommender, api_key=api_key), host=host, port=port)
+            return
+        del recommender  # each worker process loads its own copy
+        os.environ[ENV_DIR] = str(run.resolve())
+        if api_key:
+            os.environ[ENV_API_KEY] = api_key
+        uvicorn.run("metarec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers)
 
 
 def main() -> None:

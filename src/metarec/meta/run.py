@@ -20,7 +20,12 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The outer loop's schedule: epochs over meta-train users, early stopping on validation users only."""
+    """The outer loop's schedule: epochs over meta-train users, early stopping on validation users only.
+
+    ``pretrain_epochs`` first trains the model as one global model (every rating of the meta-train
+    users, no inner loop) and starts meta-training from there: item representations learn from plain
+    supervision, meta-training then shapes the initialisation for adaptation.
+    """
 
     epochs: int = 30
     patience: int = 5
@@ -29,10 +34,11 @@ class TrainConfig:
     threads: int | None = None
     eval_batch_size: int = 512
     checkpoint_every: int = 1
+    pretrain_epochs: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.patience < 1:
-            raise ConfigError("epochs must be >= 0 and patience >= 1")
+        if self.epochs < 0 or self.patience < 1 or self.pretrain_epochs < 0:
+            raise ConfigError("epochs and pretrain_epochs must be >= 0 and patience >= 1")
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,16 @@ class Trainer:
         self.learner = MetaLearner(model, config.meta, self.features.user_features)
         self.state: dict = {"epoch": 0, "best_epoch": -1, "best_val_mae": float("inf"), "bad_epochs": 0}
         self.history: list[dict] = []
+        self.best_params: dict[str, torch.Tensor] | None = None  # in memory, for runs without a folder
+
+    def restore_best(self) -> MetaLearner:
+        """Put the best validation epoch's parameters back into the learner (no-op before any epoch)."""
+        if self.best_params is not None:
+            named = self.learner.named_meta_parameters()
+            with torch.no_grad():
+                for n, value in self.best_params.items():
+                    named[n].copy_(value)
+        return self.learner
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Checkpoint:
@@ -117,6 +127,8 @@ class Trainer:
         tasks: TaskSet = self.split.meta_train
         n_batches = -(-len(tasks) // self.config.meta.meta_batch_size)
         stop_at = cfg.epochs if max_epochs is None else min(cfg.epochs, self.state["epoch"] + max_epochs)
+        if self.state["epoch"] == 0 and cfg.pretrain_epochs and not self.state.get("pretrained"):
+            self._pretrain()
         if self.state["epoch"] == 0 and self.run_dir is not None:
             self.history = [self._record(-1, float("nan"), 0.0)]  # the initialisation, for learning curves
         while self.state["epoch"] < stop_at and self.state["bad_epochs"] < cfg.patience:
@@ -135,6 +147,7 @@ class Trainer:
             improved = record["val_mae"] < self.state["best_val_mae"] - 1e-6
             if improved:
                 self.state.update(best_epoch=epoch, best_val_mae=record["val_mae"], bad_epochs=0)
+                self.best_params = {n: p.detach().clone() for n, p in self.learner.named_meta_parameters().items()}
                 self._save("best")
             else:
                 self.state["bad_epochs"] += 1
@@ -145,6 +158,22 @@ class Trainer:
         if self.run_dir is not None:
             self._save("last")
         return TrainResult(self.state["best_epoch"], self.state["best_val_mae"], self.state["epoch"], self.history, self.run_dir)
+
+    def _pretrain(self) -> None:
+        """Plain supervised epochs over all meta-train ratings (no inner loop) on the same parameters."""
+        cfg = self.config.train
+        plain_config = replace(self.config.meta, algorithm="fomaml", inner_steps=0, support_batch_size=None)
+        plain = MetaLearner(self.learner.model, plain_config, self.features.user_features)
+        tasks = self.split.meta_train.as_whole_query()
+        for epoch in range(cfg.pretrain_epochs):
+            rng = np.random.default_rng([cfg.seed, 1_000_000 + epoch])
+            torch.manual_seed(cfg.seed * 100003 + 1_000_000 + epoch)
+            for batch in tasks.batches(self.config.meta.meta_batch_size, shuffle=True, generator=rng):
+                plain.meta_step(batch.to(self.device))
+            if self.progress:
+                self.progress("pretrain", epoch + 1, cfg.pretrain_epochs)
+        self.state["pretrained"] = True
+        log.info("pretrained %d epochs as a global model", cfg.pretrain_epochs)
 
     def _record(self, epoch: int, train_loss: float, seconds: float) -> dict:
         record = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3),

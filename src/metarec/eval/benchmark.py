@@ -1,0 +1,490 @@
+"""The benchmark: every method on the same seeded splits, every scenario, every metric, with intervals.
+
+Rules that make the numbers trustworthy:
+
+* every method is fitted on the meta-train users' ratings only and selected (hyperparameters, early
+  stopping) on validation users only; test users are scored once, at the end;
+* each seed is a different split *and* a different initialisation; results are mean and 95% CI over
+  seeds (t-interval), and the best meta-learner is compared with the best baseline (both chosen on
+  validation MAE) by a paired bootstrap over test users;
+* ranking is reported both within the 10 query items (comparable with MeLU / TaNP) and against the
+  whole catalogue (every item the user has not rated in the support set; in the new-item scenarios every
+  new item), with popularity-bias metrics of the top-10 lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metarec._atomic import atomic_path, write_json, write_text
+from metarec.baselines import (
+    ContentBased, ContentBasedConfig, GlobalMean, ItemMean, ItemMeanConfig, MatrixFactorization,
+    MatrixFactorizationConfig, MostPopular, UserItemBias, UserItemBiasConfig,
+)
+from metarec.data.dataset import RatingDataset
+from metarec.errors import ConfigError
+from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse, query_ranking_metrics
+from metarec.meta.engine import MetaLearner
+from metarec.meta.global_model import train_global_model
+from metarec.meta.run import RunConfig
+from metarec.meta.trainer import Trainer
+from metarec.tasks.splits import ColdStartSplit, SplitConfig, make_split
+from metarec.tasks.taskset import TaskSet
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("global-mean", "item-mean", "popularity", "bias", "mf", "content")
+META = ("maml", "fomaml", "reptile", "metasgd")
+DEFAULT_METHODS = (*BASELINES, "global-neural", *META)
+RATING_METRICS = ("mae", "rmse")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What to run. ``run`` is the meta-learners' base configuration (model, meta settings, schedule);
+    each meta-learning method replaces only the algorithm."""
+
+    dataset: str = "ml-100k"
+    data_dir: str | None = None
+    protocol: str = "melu"
+    split_dir: str | None = None
+    heavy_users: str = "drop"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    support_sizes: tuple[int, ...] = (1, 3, 5, 10, 20)
+    catalogue_k: int = 10
+    bootstrap: int = 2000
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.methods) - set(DEFAULT_METHODS)
+        if unknown:
+            raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(DEFAULT_METHODS)}")
+        if not self.seeds:
+            raise ConfigError("at least one seed is needed")
+
+    @classmethod
+    def quick(cls, **overrides) -> "BenchmarkConfig":
+        """A small version for CI: two seeds, few epochs, a few methods, two support sizes."""
+        run = RunConfig.preset("feature-mlp", "maml").override("train", epochs=2, patience=2)
+        base = dict(seeds=(0, 1), methods=("global-mean", "item-mean", "popularity", "bias", "mf", "maml"),
+                    support_sizes=(1, 5), bootstrap=200, run=run)
+        base.update(overrides)
+        return cls(**base)
+
+    def split_config(self, seed: int) -> SplitConfig:
+        return replace(self.run.split, protocol=self.protocol, split_dir=self.split_dir, seed=seed,
+                       heavy_users=self.heavy_users)
+
+
+# ---------------------------------------------------------------------- methods
+class Method:
+    """A fitted method exposes one or more *variants* (e.g. a meta-learner with and without adaptation)."""
+
+    name: str
+    family: str  # "baseline" or "meta"
+    history: list[dict]
+
+    def fit(self, split: ColdStartSplit) -> None:
+        raise NotImplementedError
+
+    def variants(self) -> list[str]:
+        return [self.name]
+
+    def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
+        raise NotImplementedError
+
+    def scorer(self, variant: str, tasks: TaskSet, catalogue: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
+        raise NotImplementedError
+
+    def rates(self, variant: str) -> bool:
+        """Whether the variant predicts ratings (popularity only ranks)."""
+        return True
+
+
+class BaselineMethod(Method):
+    """A baseline whose hyperparameter (if any) is chosen on validation MAE from a small grid."""
+
+    family = "baseline"
+
+    def __init__(self, name: str, candidates: Sequence[Callable[[], object]]) -> None:
+        self.name = name
+        self.candidates = candidates
+        self.model = None
+        self.history = []
+
+    def fit(self, split: ColdStartSplit) -> None:
+        best, best_mae = None, math.inf
+        val = split.validation.get("new_users")
+        for make in self.candidates:
+            model = make().fit(split)
+            if len(self.candidates) == 1 or val is None or not len(val):
+                best = model
+                break
+            m = mae_rmse(val, model.predict(val))["mae"]
+            self.history.append({"candidate": repr(getattr(model, "config", model)), "val_mae": m})
+            if m < best_mae:
+                best, best_mae = model, m
+        self.model = best
+
+    def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
+        return self.model.predict(tasks)
+
+    def scorer(self, variant, tasks, catalogue):
+        return lambda t, cand: self.model.score_items(tasks.support_of(t), cand, user_idx=int(tasks.user_idx[t]))
+
+    def rates(self, variant: str) -> bool:
+        return self.name != "popularity"
+
+
+class MetaMethod(Method):
+    """A meta-learner (or the global neural model); variants with and without per-user adaptation."""
+
+    family = "meta"
+
+    def __init__(self, name: str, config: RunConfig, *, global_model: bool = False) -> None:
+        self.name = name
+        self.config = config
+        self.global_model = global_model
+        self.learner: MetaLearner | None = None
+        self.history = []
+
+    def fit(self, split: ColdStartSplit) -> None:
+        if self.global_model:
+            trainer = train_global_model(self.config, split)
+        else:
+            trainer = Trainer(self.config, split=split)
+            trainer.fit()
+        # The selected (best validation) parameters, not the last ones.
+        self.learner = trainer.restore_best()
+        self.history = trainer.history
+
+    def variants(self) -> list[str]:
+        if self.global_model:
+            return [self.name, f"{self.name}-ft"]
+        return [self.name, f"{self.name}-no-adapt"]
+
+    def _steps(self, variant: str) -> int | None:
+        if self.global_model:
+            return None if variant.endswith("-ft") else 0
+        return 0 if variant.endswith("-no-adapt") else None
+
+    def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
+        out = []
+        packed = tasks.packed()
+        device = next(self.learner.model.parameters()).device
+        for start in range(0, len(tasks), 512):
+            batch = packed.select(torch.arange(start, min(start + 512, len(tasks)))).to(device)
+            pred = self.learner.predict_query(batch, self._steps(variant))
+            mask = batch.query_mask > 0
+            out.append(pred[mask].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def scorer(self, variant, tasks, catalogue):
+        scores = self.catalogue_scores(variant, tasks, catalogue)
+        position = np.full(int(catalogue.max()) + 1, -1, np.int64)
+        position[catalogue] = np.arange(len(catalogue))
+        return lambda t, cand: scores[t, position[cand]]
+
+    def catalogue_scores(self, variant: str, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
+        """Scores [tasks, catalogue] after adapting every task (batched, no per-user loop)."""
+        device = next(self.learner.model.parameters()).device
+        items = torch.as_tensor(catalogue, dtype=torch.long, device=device)
+        vec = self.learner.catalogue_vectors(items)
+        out = []
+        packed = tasks.packed()
+        for start in range(0, len(tasks), 128):
+            batch = packed.select(torch.arange(start, min(start + 128, len(tasks)))).to(device)
+            adapted, task = self.learner.adapt(batch, self._steps(variant))
+            out.append(self.learner.predict_items(adapted, task, items, vec).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(catalogue)))
+
+
+def make_method(name: str, config: BenchmarkConfig) -> Method:
+    """A fresh, unfitted method by name (baseline grids are chosen on validation users)."""
+    if name == "global-mean":
+        return BaselineMethod(name, [GlobalMean])
+    if name == "item-mean":
+        return BaselineMethod(name, [lambda d=d: ItemMean(ItemMeanConfig(damping=d)) for d in (1.0, 5.0, 20.0)])
+    if name == "popularity":
+        return BaselineMethod(name, [MostPopular])
+    if name == "bias":
+        return BaselineMethod(name, [lambda r=r: UserItemBias(UserItemBiasConfig(reg=r, item_bias_from_attributes=True))
+                                     for r in (2.0, 5.0, 15.0)])
+    if name == "mf":
+        return BaselineMethod(name, [lambda r=r: MatrixFactorization(MatrixFactorizationConfig(reg=r))
+                                     for r in (3.0, 10.0, 30.0)])
+    if name == "content":
+        return BaselineMethod(name, [lambda r=r: ContentBased(ContentBasedConfig(reg=r)) for r in (3.0, 10.0, 30.0)])
+    if name == "global-neural":
+        return MetaMethod(name, config.run, global_model=True)
+    algorithm_config = RunConfig.preset(config.run.model.kind, name).meta
+    meta = replace(config.run.meta, algorithm=name)
+    if name == "reptile":  # Reptile has no query/support split in its inner loop: adapt everything
+        meta = replace(meta, adapt=algorithm_config.adapt, inner_steps=max(meta.inner_steps, algorithm_config.inner_steps))
+    return MetaMethod(name, RunConfig(config.run.data, config.run.split, config.run.model, meta, config.run.train))
+
+
+# ---------------------------------------------------------------------- running
+@dataclass
+class BenchmarkResult:
+    config: BenchmarkConfig
+    rows: pd.DataFrame  # seed, scenario, method, metric, value, k
+    summary: dict
+    comparisons: dict
+    histories: dict
+    seconds: float
+
+
+def _scenario_metrics(method: Method, variant: str, tasks: TaskSet, split: ColdStartSplit,
+                      popularity: np.ndarray, k: int, catalogue_too: bool) -> dict[str, float]:
+    if not len(tasks):
+        return {}
+    out: dict[str, float] = {}
+    if method.rates(variant):
+        pred = method.predict(variant, tasks)
+        out.update({m: v for m, v in mae_rmse(tasks, pred).items() if m in RATING_METRICS})
+        out.update(query_ranking_metrics(tasks, pred, ks=(1, 3, 5)))
+    else:  # a ranking-only method: within-query ranking from its scores
+        scorer = method.scorer(variant, tasks, np.unique(tasks.query_item))
+        pred = np.concatenate([scorer(t, tasks.query_of(t)[0]) for t in range(len(tasks))])
+        out.update(query_ranking_metrics(tasks, pred, ks=(1, 3, 5)))
+    if catalogue_too:
+        new = tasks.name.endswith("new_items")
+        catalogue = np.flatnonzero(split.new_item_mask if new else np.ones(split.dataset.n_items, bool))
+        catalogue = np.intersect1d(catalogue, np.flatnonzero(_rated_items(split.dataset)))
+        out.update({f"catalogue_{m}": v for m, v in
+                    catalogue_ranking_metrics(method.scorer(variant, tasks, catalogue), tasks, catalogue, popularity, k).items()})
+    return out
+
+
+def _rated_items(dataset: RatingDataset) -> np.ndarray:
+    rated = np.zeros(dataset.n_items, bool)
+    rated[dataset.ratings["item_idx"].to_numpy()] = True
+    return rated
+
+
+def _per_task_abs_error(method: Method, variant: str, tasks: TaskSet) -> np.ndarray:
+    pred = method.predict(variant, tasks)
+    err = np.abs(pred - tasks.query_rating)
+    return np.add.reduceat(err, tasks.query_ptr[:-1]) / tasks.query_sizes
+
+
+def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = None,
+                  progress: Progress | None = None) -> BenchmarkResult:
+    """Run every method on every seed; return long-format rows plus the aggregated summary."""
+    from metarec.data.loaders.registry import load_dataset
+
+    started = time.perf_counter()
+    dataset = dataset or load_dataset(config.dataset, data_dir=config.data_dir)
+    rows: list[dict] = []
+    histories: dict[str, dict[int, list]] = {}
+    errors: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    val_mae: dict[str, list[float]] = {}
+    families: dict[str, str] = {}
+    for seed in config.seeds:
+        split = make_split(dataset, config.split_config(seed))
+        train = split.train_ratings()
+        popularity = np.bincount(train["item_idx"].to_numpy(), minlength=dataset.n_items).astype(np.float64)
+        for name in config.methods:
+            method = make_method(name, config)
+            if isinstance(method, MetaMethod):
+                method.config = method.config.override("train", seed=seed)
+            if progress:
+                progress(f"seed {seed}: {name}")
+            t0 = time.perf_counter()
+            method.fit(split)
+            fit_seconds = time.perf_counter() - t0
+            histories.setdefault(name, {})[seed] = method.history
+            for variant in method.variants():
+                families[variant] = method.family
+                rows.append(dict(seed=seed, scenario="_fit", method=variant, metric="seconds", value=fit_seconds, k=0))
+                val = split.validation.get("new_users")
+                if method.rates(variant) and val is not None and len(val):
+                    val_mae.setdefault(variant, []).append(mae_rmse(val, method.predict(variant, val))["mae"])
+                for scenario, tasks in split.test.items():
+                    for metric, value in _scenario_metrics(method, variant, tasks, split, popularity,
+                                                           config.catalogue_k, True).items():
+                        rows.append(dict(seed=seed, scenario=scenario, method=variant, metric=metric, value=value, k=0))
+                    if method.rates(variant):
+                        errors.setdefault((scenario, variant), {})[seed] = _per_task_abs_error(method, variant, tasks)
+                for k in config.support_sizes:
+                    fixed = split.with_support_size(k)
+                    for scenario, tasks in fixed.test.items():
+                        for metric, value in _scenario_metrics(method, variant, tasks, fixed, popularity,
+                                                               config.catalogue_k, False).items():
+                            rows.append(dict(seed=seed, scenario=scenario, method=variant, metric=metric, value=value, k=k))
+    frame = pd.DataFrame(rows)
+    summary = summarise(frame)
+    comparisons = compare_best(errors, val_mae, families, config.bootstrap, seed=0)
+    return BenchmarkResult(config, frame, summary, comparisons, histories, time.perf_counter() - started)
+
+
+def confidence_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of a 95% t-interval (NaN half-width for a single value)."""
+    x = np.asarray([v for v in values if v == v], dtype=np.float64)
+    if not len(x):
+        return float("nan"), float("nan")
+    if len(x) == 1:
+        return float(x[0]), float("nan")
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(half)
+
+
+def summarise(frame: pd.DataFrame) -> dict:
+    """{k: {scenario: {method: {metric: {mean, ci95, n}}}}} over seeds."""
+    out: dict = {}
+    for (k, scenario, method, metric), group in frame.groupby(["k", "scenario", "method", "metric"], sort=True):
+        mean, half = confidence_interval(group["value"].tolist())
+        out.setdefault(str(int(k)), {}).setdefault(scenario, {}).setdefault(method, {})[metric] = {
+            "mean": mean, "ci95": half, "n": int(group["value"].notna().sum())}
+    return out
+
+
+def compare_best(errors: Mapping[tuple[str, str], Mapping[int, np.ndarray]], val_mae: Mapping[str, list[float]],
+                 families: Mapping[str, str], draws: int, seed: int = 0) -> dict:
+    """Paired bootstrap over test users: best meta-learner vs best baseline (both chosen on validation MAE)."""
+    def best(family: str) -> str | None:
+        pool = {m: np.mean(v) for m, v in val_mae.items() if families.get(m) == family
+                and not m.endswith("-no-adapt") and not m.startswith("global-neural")}
+        if family == "baseline":  # the neural global model is a baseline too
+            pool.update({m: np.mean(v) for m, v in val_mae.items() if m.startswith("global-neural")})
+        return min(pool, key=pool.get) if pool else None
+
+    meta, base = best("meta"), best("baseline")
+    out = {"best_meta_learner": meta, "best_baseline": base, "scenarios": {}}
+    if meta is None or base is None:
+        return out
+    rng = np.random.default_rng(seed)
+    scenarios = sorted({s for s, _ in errors})
+    for scenario in scenarios:
+        a, b = errors.get((scenario, meta), {}), errors.get((scenario, base), {})
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        diff = np.concatenate([a[s] - b[s] for s in seeds])  # per user-task, pooled over seeds
+        if not len(diff):
+            continue
+        boots = diff[rng.integers(0, len(diff), size=(draws, len(diff)))].mean(1)
+        low, high = np.quantile(boots, [0.025, 0.975])
+        out["scenarios"][scenario] = {"mae_difference": float(diff.mean()), "ci95": [float(low), float(high)],
+                                      "p_meta_better": float((boots < 0).mean()), "tasks": int(len(diff))}
+    return out
+
+
+# ---------------------------------------------------------------------- writing
+METRIC_ORDER = ("mae", "rmse", "ndcg@1", "ndcg@3", "ndcg@5", "precision@5", "map@5", "catalogue_ndcg@10",
+                "catalogue_recall@10", "catalogue_mrr", "catalogue_coverage@10", "catalogue_popularity_percentile@10",
+                "catalogue_long_tail@10")
+
+
+def _fmt(cell: Mapping | None) -> str:
+    if not cell or cell["mean"] != cell["mean"]:
+        return "-"
+    if cell["ci95"] != cell["ci95"]:
+        return f"{cell['mean']:.4f}"
+    return f"{cell['mean']:.4f} ± {cell['ci95']:.4f}"
+
+
+def results_markdown(result: BenchmarkResult) -> str:
+    cfg = result.config
+    lines = [f"# Benchmark: {cfg.dataset}, {cfg.protocol} protocol, seeds {', '.join(map(str, cfg.seeds))}", "",
+             "Mean ± 95% CI over seeds (t-interval). Lower is better for MAE / RMSE and popularity percentile; "
+             "higher for the ranking metrics. Methods selected on validation users only.", ""]
+    full = result.summary.get("0", {})
+    for scenario in ("warm", "new_users", "new_items", "new_users_new_items"):
+        if scenario not in full:
+            continue
+        methods = full[scenario]
+        metrics = [m for m in METRIC_ORDER if any(m in v for v in methods.values())]
+        lines += [f"## {scenario}", "", "| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        order = sorted(methods, key=lambda m: methods[m].get("mae", {}).get("mean", math.inf))
+        for method in order:
+            lines.append(f"| {method} | " + " | ".join(_fmt(methods[method].get(m)) for m in metrics) + " |")
+        lines.append("")
+    comp = result.comparisons
+    if comp.get("scenarios"):
+        lines += ["## Best meta-learner vs best baseline (paired bootstrap over test users)", "",
+                  f"Chosen on validation MAE: meta-learner **{comp['best_meta_learner']}**, baseline **{comp['best_baseline']}**.", "",
+                  "| scenario | MAE difference (meta - baseline) | 95% CI | P(meta better) | tasks |", "|---|---|---|---|---|"]
+        for scenario, c in comp["scenarios"].items():
+            lines.append(f"| {scenario} | {c['mae_difference']:+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | "
+                         f"{c['p_meta_better']:.3f} | {c['tasks']} |")
+        lines.append("")
+    lines.append(f"Total time {result.seconds:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(result: BenchmarkResult, out: Path) -> list[Path]:
+    """PNG plots: each metric against support size K per method and scenario; learning curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    frame = result.rows[result.rows["k"] > 0]
+    for metric in sorted(frame["metric"].unique()):
+        sub = frame[frame["metric"] == metric]
+        scenarios = sorted(sub["scenario"].unique())
+        fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.6), squeeze=False)
+        for ax, scenario in zip(axes[0], scenarios):
+            cell = sub[sub["scenario"] == scenario].groupby(["method", "k"])["value"].mean().reset_index()
+            for method, g in cell.groupby("method"):
+                ax.plot(g["k"], g["value"], marker="o", label=method)
+            ax.set_xscale("log")
+            ax.set_xticks(sorted(cell["k"].unique()), labels=[str(k) for k in sorted(cell["k"].unique())])
+            ax.set_title(scenario)
+            ax.set_xlabel("support size K")
+            ax.set_ylabel(metric)
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out / f"k_curve_{metric.replace('@', '_at_')}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        written.append(path)
+    curves = {m: h for m, h in result.histories.items() if any("epoch" in r for v in h.values() for r in v)}
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, by_seed in curves.items():
+            for seed, hist in by_seed.items():
+                pts = [(r["epoch"], r["val_mae"]) for r in hist if "epoch" in r]
+                if pts:
+                    ax.plot(*zip(*pts), label=f"{method} (seed {seed})", alpha=0.8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation MAE")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / "learning_curves.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_results(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "results.csv") as tmp:
+        result.rows.to_csv(tmp, index=False)
+    cfg = asdict(result.config)
+    cfg["run"] = result.config.run.to_dict()
+    write_json(out / "results.json", {"config": cfg, "summary": result.summary, "comparisons": result.comparisons,
+                                      "seconds": result.seconds})
+    write_text(out / "results.md", results_markdown(result))
+    plots = plot_results(result, out)
+    return {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md", "plots": plots}

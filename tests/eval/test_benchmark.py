@@ -1,0 +1,60 @@
+"""The benchmark end to end in its quick form (what CI runs): structure present, every number finite."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from metarec.cli import app
+from metarec.eval.benchmark import compare_best, confidence_interval
+
+SCENARIOS = {"warm", "new_users", "new_items", "new_users_new_items"}
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_complete_finite_results(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAREC_DATA_DIR", str(data_dir))
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--quick", "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "results.csv")
+    assert set(rows["seed"]) == {0, 1}
+    full = rows[(rows["k"] == 0) & (rows["scenario"] != "_fit")]
+    assert set(full["scenario"]) == SCENARIOS
+    assert {"mf", "bias", "maml", "maml-no-adapt", "popularity"} <= set(full["method"])
+    for metric in ("mae", "rmse", "ndcg@3", "catalogue_ndcg@10", "catalogue_coverage@10", "catalogue_long_tail@10"):
+        assert metric in set(full["metric"]), metric
+    # every number is finite (NaN would mean a metric had nothing to measure where it must)
+    assert rows["value"].map(math.isfinite).all(), rows[~rows["value"].map(math.isfinite)].head()
+    assert set(rows.loc[rows["k"] > 0, "k"]) == {1, 5}
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["summary"]["0"]) >= SCENARIOS
+    cell = summary["summary"]["0"]["new_users"]["mf"]["mae"]
+    assert cell["n"] == 2 and math.isfinite(cell["mean"]) and math.isfinite(cell["ci95"])
+    comp = summary["comparisons"]
+    assert comp["best_meta_learner"] == "maml" and comp["best_baseline"] in {"global-mean", "item-mean", "bias", "mf"}
+    assert set(comp["scenarios"]) == SCENARIOS
+    assert (out / "results.md").read_text().count("## ") >= 5
+    assert list(out.glob("k_curve_mae.png")) and (out / "learning_curves.png").exists()
+
+
+def test_confidence_interval_known_values():
+    mean, half = confidence_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
+    assert math.isnan(confidence_interval([1.0])[1])
+
+
+def test_bootstrap_prefers_the_truly_better_method():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 1.0, 300)
+    errors = {("new_users", "maml"): {0: base - 0.05}, ("new_users", "mf"): {0: base}}
+    out = compare_best(errors, {"maml": [0.7], "mf": [0.75]}, {"maml": "meta", "mf": "baseline"}, draws=500)
+    c = out["scenarios"]["new_users"]
+    assert c["mae_difference"] == pytest.approx(-0.05) and c["ci95"][1] < 0 and c["p_meta_better"] == 1.0
