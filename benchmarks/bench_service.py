@@ -1,0 +1,237 @@
+"""Load test of the HTTP service: the real server (``metarec serve``, uvicorn) on loopback, many clients.
+
+Starts ``python -m metarec.cli serve FOLDER`` on 127.0.0.1 and a free port, waits for ``/healthz``,
+then ``--clients`` threads (one keep-alive ``http.client`` connection each) send ``--requests``
+``POST /v1/recommend`` calls in total, each for a random new user with 5 ratings of catalogue items.
+Prints p50 / p90 / p99 latency (ms), requests per second and the error count, then stops the server.
+
+    python benchmarks/bench_service.py runs/ml100k                 # a recommender or `metarec train` folder
+    python benchmarks/bench_service.py --train-quick ml-100k       # train 2 epochs into a temp folder first
+
+Only loopback traffic; the server is the child process this script started, and it is stopped at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def train_quick(dataset: str, out: Path, epochs: int, threads: int | None) -> Path:
+    """A small model (feature-mlp, MAML, few epochs) saved as a recommender folder under ``out``."""
+    from metarec.data import load_dataset
+    from metarec.meta.run import RunConfig
+    from metarec.serve import ColdStartRecommender
+
+    start = time.perf_counter()
+    config = RunConfig.preset("feature-mlp", "maml").override("train", epochs=epochs, threads=threads)
+    recommender = ColdStartRecommender().fit(load_dataset(dataset), config=config, run_dir=out / "run")
+    folder = recommender.save(out / "recommender")
+    print(f"trained {dataset} ({epochs} epochs) in {time.perf_counter() - start:.1f} s -> {folder}", flush=True)
+    return folder
+
+
+def catalogue_ids(folder: Path) -> list[str]:
+    """Item ids of a recommender, run or checkpoint folder, read from its JSON (no model loaded here)."""
+    for candidate in (folder / "checkpoint", folder / "best", folder / "last", folder):
+        spec = candidate / "checkpoint.json"
+        if spec.exists():
+            return list(json.loads(spec.read_text(encoding="utf-8"))["item_ids"])
+    raise SystemExit(f"{folder}: no checkpoint.json found (expected a recommender or run folder)")
+
+
+def start_server(folder: Path, port: int, api_key: str, workers: int, log: Path) -> subprocess.Popen:
+    """The real CLI entry point; the key goes by environment (never on the command line)."""
+    env = {**os.environ, "METAREC_API_KEY": api_key}
+    cmd = [sys.executable, "-m", "metarec.cli", "serve", str(folder), "--host", HOST, "--port", str(port),
+           "--workers", str(workers)]
+    with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would stall the server
+        return subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, timeout: float, log: Path) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with code {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            conn = http.client.HTTPConnection(HOST, port, timeout=2)
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+            if response.status == 200:
+                return json.loads(body)
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server not healthy after {timeout:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server we started (uvicorn shuts down its workers), SIGKILL to its group if stuck."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def get_json(port: int, path: str, api_key: str) -> dict:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    conn.request("GET", path, headers={"X-API-Key": api_key})
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    if response.status != 200:
+        raise SystemExit(f"GET {path}: HTTP {response.status}: {body[:200]!r}")
+    return json.loads(body)
+
+
+def make_bodies(ids: list[str], n: int, scale: tuple[float, float], k: int, seed: int) -> list[bytes]:
+    import random
+
+    rng = random.Random(seed)
+    low, high = int(scale[0]), int(scale[1])
+    bodies = []
+    for _ in range(n):
+        ratings = [{"item_id": i, "rating": rng.randint(low, high)} for i in rng.sample(ids, 5)]
+        bodies.append(json.dumps({"ratings": ratings, "k": k}).encode())
+    return bodies
+
+
+def drive(port: int, api_key: str, bodies: list[bytes], clients: int) -> tuple[list[float], int, float, list[str]]:
+    """Send every body once, ``clients`` at a time; per-request latency (s), error count, wall time."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    next_index = iter(range(len(bodies)))
+    headers = {"Content-Type": "application/json", "X-API-Key": api_key}
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        mine: list[float] = []
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                break
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/recommend", body=bodies[i], headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+                elapsed = time.perf_counter() - start
+                if response.status != 200:
+                    with lock:
+                        errors.append(f"HTTP {response.status}: {payload[:120]!r}")
+                    continue
+                mine.append(elapsed)
+            except (OSError, http.client.HTTPException) as exc:
+                with lock:
+                    errors.append(repr(exc))
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, len(errors), time.perf_counter() - start, errors[:3]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path, help="recommender folder or `metarec train` run folder")
+    parser.add_argument("--train-quick", metavar="DATASET", help="train a small model on DATASET first (temp folder)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of --train-quick")
+    parser.add_argument("--train-threads", type=int, default=1,
+                        help="torch threads of --train-quick (1 avoids OpenMP spinning on a shared machine; 0: torch's default)")
+    parser.add_argument("--requests", type=int, default=2000, help="measured requests in total")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent client threads")
+    parser.add_argument("--warmup", type=int, default=64, help="unmeasured requests first")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
+    parser.add_argument("--k", type=int, default=10, help="items per recommendation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    args = parser.parse_args()
+    if (args.folder is None) == (args.train_quick is None):
+        parser.error("give a folder or --train-quick DATASET (one of them)")
+
+    with tempfile.TemporaryDirectory(prefix="metarec-bench-") as tmp:
+        folder = train_quick(args.train_quick, Path(tmp), args.epochs, args.train_threads or None) if args.train_quick else args.folder
+        ids = catalogue_ids(folder)
+        port, api_key = free_port(), secrets.token_urlsafe(16)
+        started = time.perf_counter()
+        log = Path(tmp) / "server.log"
+        proc = start_server(folder, port, api_key, args.workers, log)
+        try:
+            health = wait_healthy(proc, port, args.startup_timeout, log)
+            startup = time.perf_counter() - started
+            model = get_json(port, "/v1/model", api_key)
+            bodies = make_bodies(ids, args.warmup + args.requests, tuple(model["rating_scale"]), args.k, args.seed)
+            if args.warmup:
+                drive(port, api_key, bodies[: args.warmup], args.clients)
+            latencies, n_errors, wall, samples = drive(port, api_key, bodies[args.warmup:], args.clients)
+        finally:
+            stop_server(proc)
+    ms = [x * 1000 for x in latencies]
+    result = {
+        "dataset": model["dataset"], "n_items": model["n_items"], "model_version": health["model_version"],
+        "workers": args.workers, "clients": args.clients, "requests": args.requests, "k": args.k,
+        "startup_s": round(startup, 2), "p50_ms": round(percentile(ms, 50), 2), "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2), "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
+        "requests_per_s": round(len(ms) / wall, 1) if wall else None, "errors": n_errors, "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every number
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['dataset']} ({result['n_items']} items, model {result['model_version']}), "
+          f"{args.workers} worker(s), {args.clients} clients, {args.requests} requests, k={args.k}, "
+          f"{result['cpus']} CPUs (load average {result['load_average_1m']}); server up in {result['startup_s']} s")
+    print(f"  latency p50 {result['p50_ms']} ms   p90 {result['p90_ms']} ms   p99 {result['p99_ms']} ms   "
+          f"mean {result['mean_ms']} ms")
+    print(f"  throughput {result['requests_per_s']} requests/s   errors {n_errors}")
+    for sample in samples:
+        print(f"  error sample: {sample}")
+
+
+if __name__ == "__main__":
+    main()

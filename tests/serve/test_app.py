@@ -1,0 +1,182 @@
+"""The HTTP service through FastAPI's TestClient: answers, validation, limits, API key, concurrency; the CLI."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from metarec.cli import app as cli_app
+from metarec.serve import create_app, create_app_from_dir
+
+KEY = "test-key-0f9c2a"
+HEADERS = {"X-API-Key": KEY}
+
+
+@pytest.fixture(scope="module")
+def client(recommender):
+    with TestClient(create_app(recommender, api_key=KEY, max_ratings=20, max_k=50)) as c:
+        yield c
+
+
+def _body(ids: list[str], **extra) -> dict:
+    ratings = [{"item_id": ids[0], "rating": 5}, {"item_id": ids[5], "rating": 4}, {"item_id": ids[9], "rating": 1}]
+    return {"ratings": ratings, "user": {"gender": "M", "age": 25}, **extra}
+
+
+def _post(client, path: str, body: dict, headers: dict | None = HEADERS):
+    return client.post(path, json=body, headers=headers)
+
+
+def _detail_locs(response) -> list[list]:
+    return [d["loc"] for d in response.json()["detail"]]
+
+
+def test_recommend(client, recommender, popular_ids):
+    r = _post(client, "/v1/recommend", _body(popular_ids, k=8))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    items = out["items"]
+    assert len(items) == 8
+    assert all(isinstance(i["item_id"], str) and i["title"] for i in items)
+    assert not {i["item_id"] for i in items} & {popular_ids[0], popular_ids[5], popular_ids[9]}
+    scores = [i["score"] for i in items]
+    assert scores == sorted(scores, reverse=True)
+    assert out["unknown_item_ids"] == [] and out["model_version"] == recommender.model_version
+
+
+def test_recommend_integer_ids_and_include_rated(client, popular_ids):
+    body = _body(popular_ids, k=50, exclude_rated=False)
+    body["ratings"][0]["item_id"] = int(popular_ids[0])  # a JSON number id is read as its string
+    r = _post(client, "/v1/recommend", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["unknown_item_ids"] == []
+    assert all(isinstance(i["item_id"], str) for i in r.json()["items"])
+
+
+def test_unknown_items_reported(client, popular_ids):
+    body = _body(popular_ids)
+    body["ratings"].append({"item_id": "no-such-film", "rating": 3})
+    r = _post(client, "/v1/recommend", body)
+    assert r.status_code == 200 and r.json()["unknown_item_ids"] == ["no-such-film"]
+
+
+def test_all_unknown_is_422(client):
+    r = _post(client, "/v1/recommend", {"ratings": [{"item_id": "nope", "rating": 4}, {"item_id": "nada", "rating": 2}]})
+    assert r.status_code == 422
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", "ratings"] and "none of the rated items is known" in detail["msg"]
+
+
+@pytest.mark.parametrize("raw", [b'"NaN"', b"NaN", b"Infinity", b"7", b"0", b'"four"', b"null"])
+def test_bad_rating_is_422_naming_the_field(client, popular_ids, raw):
+    body = b'{"ratings": [{"item_id": "%s", "rating": %s}]}' % (popular_ids[0].encode(), raw)
+    r = client.post("/v1/recommend", content=body, headers={**HEADERS, "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert ["body", "ratings", 0, "rating"] in _detail_locs(r)
+
+
+def test_limits(client, popular_ids):
+    r = _post(client, "/v1/recommend", _body(popular_ids, k=51))
+    assert r.status_code == 422 and ["body", "k"] in _detail_locs(r)
+    assert "less than or equal to 50" in r.json()["detail"][0]["msg"]
+    too_many = {"ratings": [{"item_id": i, "rating": 3} for i in popular_ids[:21]]}
+    r = _post(client, "/v1/recommend", too_many)
+    assert r.status_code == 422 and ["body", "ratings"] in _detail_locs(r)
+    r = _post(client, "/v1/recommend", {"ratings": []})
+    assert r.status_code == 422 and ["body", "ratings"] in _detail_locs(r)
+    twice = {"ratings": [{"item_id": popular_ids[0], "rating": 3}, {"item_id": popular_ids[0], "rating": 4}]}
+    r = _post(client, "/v1/recommend", twice)
+    assert r.status_code == 422 and "more than once" in r.text
+    r = _post(client, "/v1/recommend", {**_body(popular_ids), "user": {"Gender": "F"}})
+    assert r.status_code == 422 and ["body", "user"] in _detail_locs(r) and "unknown user attribute" in r.text
+    r = _post(client, "/v1/recommend", {**_body(popular_ids), "surprise": 1})
+    assert r.status_code == 422
+
+
+def test_body_size_limit(client, popular_ids):
+    big = {"ratings": [{"item_id": popular_ids[0], "rating": 3}], "user": {"gender": "x" * 70_000}}
+    assert _post(client, "/v1/recommend", big).status_code == 413
+    # no Content-Length (chunked upload): counted as it arrives
+    chunks = iter([b'{"ratings": [', b" " * 40_000, b" " * 40_000, b"]}"])
+    r = client.post("/v1/recommend", content=chunks, headers={**HEADERS, "content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_api_key(client, popular_ids):
+    assert _post(client, "/v1/recommend", _body(popular_ids), headers=None).status_code == 401
+    r = _post(client, "/v1/recommend", _body(popular_ids), headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "ApiKey"
+    assert client.get("/v1/model").status_code == 401
+    assert client.get("/v1/items/1").status_code == 401
+    assert _post(client, "/v1/recommend", _body(popular_ids)).status_code == 200
+    assert client.get("/healthz").status_code == 200  # open: load balancers probe it without a key
+
+
+def test_from_dir_without_api_key(saved_dir, recommender, popular_ids):
+    import torch
+
+    before = torch.get_num_threads()
+    with TestClient(create_app_from_dir(saved_dir)) as open_client:
+        assert open_client.get("/healthz").json()["model_version"] == recommender.model_version
+        assert _post(open_client, "/v1/recommend", _body(popular_ids), headers=None).status_code == 200
+    assert torch.get_num_threads() == before  # the caller's thread is left as it was
+
+
+def test_predict(client, popular_ids):
+    body = {**_body(popular_ids), "item_ids": [popular_ids[1], "nope", popular_ids[2]]}
+    r = _post(client, "/v1/predict", body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [p["item_id"] for p in out["predictions"]] == [popular_ids[1], popular_ids[2]]
+    assert all(1.0 <= p["score"] <= 5.0 and math.isfinite(p["score"]) for p in out["predictions"])
+    assert out["unknown_item_ids"] == ["nope"]
+    rec = _post(client, "/v1/recommend", _body(popular_ids, k=3)).json()["items"]
+    same = _post(client, "/v1/predict", {**_body(popular_ids), "item_ids": [i["item_id"] for i in rec]}).json()
+    assert [p["score"] for p in same["predictions"]] == pytest.approx([i["score"] for i in rec], rel=1e-6)
+
+
+def test_items_model_onboarding_health(client, recommender):
+    r = client.get("/v1/items/50", headers=HEADERS)
+    assert r.status_code == 200 and r.json()["title"].startswith("Star Wars")
+    r = client.get("/v1/items/no-such-item", headers=HEADERS)
+    assert r.status_code == 404 and "no-such-item" in r.json()["detail"]
+    model = client.get("/v1/model", headers=HEADERS).json()
+    assert model["model_version"] == recommender.model_version and model["n_items"] == 1682
+    assert model["dataset"] == "ml-100k" and model["model"]["kind"] == "feature-mlp"
+    assert "torch" in model["versions"] and model["limits"]["max_k"] == 50
+    onboarding = client.get("/v1/onboarding?n=12", headers=HEADERS).json()["items"]
+    assert len(onboarding) == 12 and all(i["title"] for i in onboarding)
+    assert [i["item_id"] for i in onboarding] == recommender.onboarding_items(12)["item_id"].tolist()
+    assert client.get("/v1/onboarding?n=0", headers=HEADERS).status_code == 422
+    assert client.get("/healthz").json() == {"status": "ok", "model_version": recommender.model_version}
+    assert client.get("/openapi.json").json()["paths"]["/v1/recommend"]["post"]
+
+
+def test_concurrent_requests_match_sequential(client, popular_ids):
+    bodies = []
+    for u in range(24):
+        ids = popular_ids[u % 7:] + popular_ids[: u % 7]
+        body = _body(ids, k=10)
+        body["user"] = {"gender": "MF"[u % 2], "age": 18 + u}
+        bodies.append(body)
+    sequential = [_post(client, "/v1/recommend", b).json() for b in bodies]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(lambda b: _post(client, "/v1/recommend", b).json(), bodies))
+    assert concurrent == sequential
+    assert len({tuple(i["item_id"] for i in s["items"]) for s in sequential}) > 1  # the users really differ
+
+
+def test_cli_serve_command_exists():
+    result = CliRunner().invoke(cli_app, ["serve", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--host", "--port", "--api-key", "--workers", "METAREC_API_KEY"):
+        assert flag in result.output
+
+
+def test_cli_serve_bad_folder_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli_app, ["serve", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "error" in result.output and "Traceback" not in result.output

@@ -1,0 +1,155 @@
+"""The ColdStartRecommender facade: recommend / predict / onboarding, save-load round trips, fit on frames."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec.errors import DataError, MetarecError, UnknownIdError
+from metarec.meta.run import RunConfig
+from metarec.serve import ColdStartRecommender
+
+USER = {"gender": "F", "age": 31, "occupation": "writer"}
+
+
+def _ratings(ids: list[str]) -> dict[str, float]:
+    return {ids[0]: 5, ids[3]: 4, ids[7]: 2, ids[12]: 1, ids[20]: 4}
+
+
+def test_recommend_frame(recommender, popular_ids):
+    rated = _ratings(popular_ids)
+    top = recommender.recommend(rated, USER, k=7)
+    assert list(top.columns[:2]) == ["item_id", "score"] and "title" in top.columns
+    assert len(top) == 7 and top["title"].notna().all()
+    assert not set(top["item_id"]) & set(rated)
+    assert top["score"].is_monotonic_decreasing
+    assert top.attrs["unknown_item_ids"] == [] and top.attrs["model_version"] == recommender.model_version
+    low, high = recommender.rating_scale
+    assert top["score"].between(low, high).all()
+
+
+def test_recommend_include_rated_and_unknown(recommender, popular_ids):
+    rated = {**_ratings(popular_ids), "no-such-item": 3}
+    top = recommender.recommend(rated, k=recommender.n_items, exclude_rated=False)
+    assert len(top) == recommender.n_items
+    assert top.attrs["unknown_item_ids"] == ["no-such-item"]
+    with pytest.raises(UnknownIdError, match="none of the rated items is known"):
+        recommender.recommend({"no-such-item": 3, "nor-this": 4})
+
+
+def test_predict_matches_recommend(recommender, popular_ids):
+    rated = _ratings(popular_ids)
+    top = recommender.recommend(rated, USER, k=5)
+    pred = recommender.predict(rated, [*top["item_id"], "nope"], USER)
+    assert list(pred.columns) == ["item_id", "score"]
+    assert pred["item_id"].tolist() == top["item_id"].tolist()
+    np.testing.assert_allclose(pred["score"].to_numpy(), top["score"].to_numpy(), rtol=1e-6)
+    assert pred.attrs["unknown_item_ids"] == ["nope"]
+
+
+def test_bad_inputs(recommender, popular_ids):
+    with pytest.raises(DataError, match="unknown user attribute"):
+        recommender.recommend(_ratings(popular_ids), {"Gender": "F"})
+    with pytest.raises(DataError, match="rating"):
+        recommender.recommend({popular_ids[0]: float("nan")})
+    with pytest.raises(DataError, match="rating"):
+        recommender.recommend({popular_ids[0]: 9})
+    with pytest.raises(DataError, match="k must be"):
+        recommender.recommend(_ratings(popular_ids), k=0)
+    with pytest.raises(MetarecError, match="not fitted"):
+        ColdStartRecommender().recommend({"1": 4})
+
+
+def test_onboarding_is_most_rated_in_training(recommender, ml100k):
+    first = recommender.onboarding_items(10)
+    assert len(first) == 10 and first["title"].notna().all()
+    counts = ml100k.ratings["item_id"].value_counts()
+    # most-rated within meta-training users only, which tracks overall popularity closely
+    assert first["item_id"].iloc[0] in set(counts.index[:5])
+    assert first["item_id"].is_unique
+
+
+def test_item_metadata(recommender):
+    item = recommender.item("50")
+    assert item["item_id"] == "50" and item["title"].startswith("Star Wars")
+    assert isinstance(item["genres"], list) and isinstance(item["year"], int)
+    with pytest.raises(UnknownIdError):
+        recommender.item("no-such-item")
+
+
+def test_save_load_round_trip(recommender, popular_ids, tmp_path):
+    folder = recommender.save(tmp_path / "rec")
+    assert {p.name for p in folder.iterdir()} == {"checkpoint", "items.parquet", "item_stats.parquet", "recommender.json"}
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary leftovers
+    spec = json.loads((folder / "recommender.json").read_text())
+    assert spec["model_version"] == recommender.model_version
+    loaded = ColdStartRecommender.load(folder)
+    assert loaded.model_version == recommender.model_version
+    rated = _ratings(popular_ids)
+    pd.testing.assert_frame_equal(loaded.recommend(rated, USER, k=20), recommender.recommend(rated, USER, k=20))
+    pd.testing.assert_frame_equal(loaded.onboarding_items(15), recommender.onboarding_items(15))
+    assert loaded.item("1") == recommender.item("1")
+    # saving again over the same folder replaces it whole
+    loaded.save(folder)
+    assert ColdStartRecommender.load(folder).model_version == recommender.model_version
+
+
+def test_load_run_folder(recommender, run_dir, popular_ids):
+    """A `metarec train` run folder serves the same model, with titles rebuilt from its dataset."""
+    from_run = ColdStartRecommender.load(run_dir)
+    assert from_run.model_version == recommender.model_version
+    rated = _ratings(popular_ids)
+    pd.testing.assert_frame_equal(from_run.recommend(rated, USER, k=10), recommender.recommend(rated, USER, k=10))
+    assert from_run.onboarding_items(10)["item_id"].tolist() == recommender.onboarding_items(10)["item_id"].tolist()
+    with pytest.raises(MetarecError, match="no checkpoint"):
+        ColdStartRecommender.load(run_dir.parent)
+
+
+def test_fit_on_frames(tmp_path):
+    """Frames in (attribute tables by id column or by index), a served recommender out."""
+    rng = np.random.default_rng(0)
+    n_users, n_items = 50, 60
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(n_users)], "gender": rng.choice(["F", "M"], n_users)})
+    items = pd.DataFrame({"genre": rng.choice(["drama", "comedy"], n_items),
+                          "title": [f"Film {j}" for j in range(n_items)]},
+                         index=pd.Index([f"i{j}" for j in range(n_items)], name="item_id"))
+    rows = [(f"u{u}", f"i{j}", float(rng.integers(1, 6)))
+            for u in range(n_users) for j in rng.choice(n_items, 25, replace=False)]
+    ratings = pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
+    import torch
+
+    previous = torch.get_num_threads()
+    config = RunConfig.preset("feature-mlp", "maml").override("train", epochs=1, threads=1)
+    try:
+        rec = ColdStartRecommender().fit(ratings, users, items, config=config, name="toy")
+    finally:
+        torch.set_num_threads(previous)
+    assert rec.dataset_name == "toy" and rec.n_items == n_items
+    top = rec.recommend({"i1": 5, "i2": 1}, {"gender": "M"}, k=3)
+    assert len(top) == 3 and top["title"].str.startswith("Film").all()
+    loaded = ColdStartRecommender.load(rec.save(tmp_path / "toy"))
+    pd.testing.assert_frame_equal(loaded.recommend({"i1": 5, "i2": 1}, {"gender": "M"}, k=3), top)
+
+
+@pytest.mark.parametrize("replicas", [1, 4])
+def test_threads_share_one_recommender(saved_dir, popular_ids, replicas):
+    """functional_call swaps module tensors in place: concurrent calls must not see each other's."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    rec = ColdStartRecommender.load(saved_dir, replicas=replicas)
+    rng = np.random.default_rng(replicas)
+    requests = [({popular_ids[j]: float(rng.integers(1, 6)) for j in rng.choice(40, 5, replace=False)},
+                 {"age": int(rng.integers(18, 70))}) for _ in range(120)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the service runs; results then match bit for bit
+    try:
+        sequential = [rec.recommend_records(r, u, k=10) for r, u in requests]
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            concurrent = list(pool.map(lambda ru: rec.recommend_records(ru[0], ru[1], k=10), requests))
+    finally:
+        torch.set_num_threads(previous)
+    assert concurrent == sequential
