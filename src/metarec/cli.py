@@ -333,6 +333,47 @@ def benchmark(
 
 
 @app.command()
+def onboard(
+    run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
+    n: int = typer.Option(10, "--n", help="How many items to ask a new user to rate."),
+    strategy: str = typer.Option("melu-evidence", help="popular, pop-entropy or melu-evidence."),
+    experiment: bool = typer.Option(False, "--experiment", help="Also compare the strategies on held-out users."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The items to ask a new user to rate first; with --experiment, how much each strategy helps."""
+    with _errors():
+        from metarec.data import load_dataset
+        from metarec.eval.onboarding import choose_items, onboarding_experiment
+        from metarec.meta.run import RunConfig
+        from metarec.meta.trainer import load_best
+        from metarec.tasks import make_split
+
+        cfg = RunConfig.from_toml(run / "config.toml")
+        dataset = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir)
+        split = make_split(dataset, cfg.split)
+        learner = load_best(run).learner
+        chosen = choose_items(strategy, split, learner, n)
+        titles = dataset.items["title"].astype(str).to_dict() if "title" in dataset.items.columns else {}
+        items = [{"item_id": dataset.item_vocab.ids[i], "title": titles.get(dataset.item_vocab.ids[i], "")} for i in chosen]
+        table = None
+        if experiment:
+            table = onboarding_experiment(learner, split, n_values=(n,))
+        if as_json:
+            _print_json({"strategy": strategy, "items": items,
+                         "experiment": None if table is None else table.to_dict(orient="records")})
+            return
+        out = Table(title=f"Ask a new user to rate ({strategy})")
+        out.add_column("#")
+        out.add_column("item_id")
+        out.add_column("title")
+        for i, item in enumerate(items, 1):
+            out.add_row(str(i), item["item_id"], item["title"])
+        console.print(out)
+        if table is not None:
+            console.print(table.round(4).to_string(index=False))
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Run folder of the demo."),
     epochs: int = typer.Option(15, help="Meta-training epochs."),

@@ -87,6 +87,12 @@ def test_train_evaluate_recommend(data_dir, tmp_path, monkeypatch):
     assert all(item["item_id"] not in ("50", "181") for item in answer["items"])
     bad = runner.invoke(app, ["recommend", str(out), "--rate", "50:9"])
     assert bad.exit_code == 1 and "not in [1, 5]" in bad.output
+    result = run("onboard", str(out), "--n", "4", "--strategy", "pop-entropy", "--json")
+    assert result.exit_code == 0, result.output
+    chosen = json.loads(result.stdout)["items"]
+    assert len(chosen) == 4 and len({c["item_id"] for c in chosen}) == 4 and all(c["title"] for c in chosen)
+    bad = runner.invoke(app, ["onboard", str(out), "--strategy", "astrology"])
+    assert bad.exit_code == 1 and "unknown onboarding strategy" in bad.output
 
 
 def test_train_rejects_bad_config(tmp_path):
