@@ -13,6 +13,14 @@ tensor per parameter; ``reptile`` uses (phi - mean_i phi_i^(K)) as the meta-grad
 in the ``adapt`` scope change in the inner loop; the rest (typically the embeddings) are evaluated once
 per meta-batch outside it. The same maths written as a plain per-task loop lives in
 :mod:`metarec.meta.reference`; the tests hold the two equal.
+
+Fast path. When only head parameters adapt and the model has a batched head
+(:meth:`FeatureMLP.adapt_head`, e.g. MeLU), ``vmap(grad(...))`` is replaced by the model's own batched
+inner loop: per-task weights as a leading dimension (``bmm``), the support gradient written out with
+differentiable ops (so the second-order meta-gradient is one ordinary backward, no double backward),
+weight updates kept as low-rank factors while that is cheaper, and per-item work (attribute
+embeddings, the first layer's item half) done once per distinct item of the meta-batch. Same maths,
+same tests; ``self.fast`` says which path a learner takes. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -46,6 +54,35 @@ def adapted_names(model: RatingModel, scope: str) -> list[str]:
     return list(groups[scope])
 
 
+def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for a 2-d table and any index shape (index_select: faster than advanced indexing)."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[-1])
+
+
+def _clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (2-norm over all gradients, scaled by
+    min(1, max_norm / (norm + 1e-6))) without its per-call grouping of tensors by device and dtype,
+    which costs more than the arithmetic for a model this size."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if len({(g.device, g.dtype) for g in grads}) > 1:  # pragma: no cover - mixed devices / dtypes
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coef)
+
+
+def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam, fused (one kernel over all parameters: ~2x faster than the per-tensor loop on CPU) when the
+    parameters allow it."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # pragma: no cover - device / dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
 class MetaLearner:
     """Meta-parameters (the model's), optional learned inner rates, and the outer optimiser.
 
@@ -61,20 +98,31 @@ class MetaLearner:
             raise ValueError(f"no parameters in adapt scope {config.adapt!r}")
         # Hoisting: when no embedding parameter adapts, user/item vectors are computed once per batch.
         self.hoist = not any(n in model.parameter_groups()["embeddings"] for n in self.adapted)
+        # Fast path: a model with a batched head (per-task weights as a leading dim, hand-written support
+        # gradient) replaces vmap(grad(...)) when only head parameters adapt (see _fast_state).
+        head_names = set(model.parameter_groups()["head"])
+        self.fast = (self.hoist and set(self.adapted) <= head_names
+                     and bool(getattr(model, "batched_head_supported", lambda: False)()))
         params = model.params()
+        self._params = dict(params)
         self.inner_lrs: dict[str, nn.Parameter] = {}
         if config.algorithm == "metasgd":
             self.inner_lrs = {
                 n: nn.Parameter(torch.full_like(params[n], config.inner_lr)) for n in self.adapted
             }
-        self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=config.outer_lr)
+        self.optimizer = _adam(self.meta_parameters(), config.outer_lr)
 
     # ------------------------------------------------------------------ parameters
+    def _own_params(self) -> Params:
+        """The model's parameters by name (the Parameter objects the optimiser holds; walking the
+        module tree for them costs ~0.1 ms, so the dict is built once)."""
+        return self._params
+
     def meta_parameters(self) -> list[nn.Parameter]:
         return [*self.model.parameters(), *self.inner_lrs.values()]
 
     def named_meta_parameters(self) -> dict[str, torch.Tensor]:
-        out = dict(self.model.named_parameters())
+        out = dict(self._params)
         out.update({f"inner_lr.{n}": p for n, p in self.inner_lrs.items()})
         return out
 
@@ -92,8 +140,7 @@ class MetaLearner:
         """Tensors the per-task function needs, batched on dim 0. With hoisting, user and item vectors
         are computed here once (differentiably w.r.t. ``params``) instead of in every inner step.
         ``users`` gives the tasks' encoded user attributes directly (a served new user)."""
-        if users is None:
-            users = self.user_features.select(batch.user_idx)
+        by_index = users is None
         task: Task = {
             "support_item": batch.support_item, "support_rating": batch.support_rating, "support_mask": batch.support_mask,
             "query_item": batch.query_item, "query_rating": batch.query_rating, "query_mask": batch.query_mask,
@@ -102,11 +149,22 @@ class MetaLearner:
             for part in ("item", "rating", "mask"):
                 task[f"support_{part}"] = torch.cat([task[f"support_{part}"], task[f"query_{part}"]], dim=1)
         if self.hoist:
-            call = lambda *args: functional_call(self.model, params, args)  # noqa: E731
+            own = self._own_params()
+            if all(params[n] is p for n, p in own.items()):  # the module's own parameters: skip functional_call
+                call = self.model
+            else:
+                call = lambda *args: functional_call(self.model, params, args)  # noqa: E731
+            users = self.user_features.select(batch.user_idx) if by_index else users
             task["user_vec"] = call("users", dict(users.single), dict(users.multi))
-            task["support_vec"] = call("items", task["support_item"])
-            task["query_vec"] = call("items", task["query_item"])
+            # support and query items in one embedding call, each distinct item once
+            s = task["support_item"].shape[1]
+            items, inverse = torch.unique(torch.cat([task["support_item"], task["query_item"]], dim=1), return_inverse=True)
+            vec = call("items", items)
+            task["support_vec"], task["query_vec"] = _rows(vec, inverse[:, :s]), _rows(vec, inverse[:, s:])
+            if self.fast:  # the distinct items' vectors, for per-item work done once (see _fast_meta_loss)
+                task["item_vec"], task["support_inv"], task["query_inv"] = vec, inverse[:, :s], inverse[:, s:]
         else:
+            users = self.user_features.select(batch.user_idx) if by_index else users
             task["user_single"] = dict(users.single)
             task["user_multi"] = dict(users.multi)
         return task
@@ -173,16 +231,46 @@ class MetaLearner:
         context = Context(support, task["support_rating"], task["support_mask"]) if self.model.uses_context else None
         return call("score", user, item_vec, context)
 
+
+    # ------------------------------------------------------------------ fast path (batched head)
+    def _fast_state(self, params: Params, task: Task, steps: int, first_order: bool, *, detach_lrs: bool = False,
+                    support: str = "support", support_proj: torch.Tensor | None = None):
+        """Every task's adapted head at once (the model's batched inner loop)."""
+        head = {n: params[n] for n in self.adapted}
+        if self.inner_lrs:
+            lr = {n: (v.detach() if detach_lrs else v) for n, v in self.inner_lrs.items()}
+        else:
+            lr = self.config.inner_lr
+        mask = task[f"{support}_mask"]
+        masks = task.get("step_masks")
+        per_step = [mask if masks is None else masks[:, k] for k in range(steps)]
+        return self.model.adapt_head(head, task["user_vec"], task[f"{support}_vec"], task[f"{support}_rating"],
+                                     per_step, lr, first_order, support_proj=support_proj)
+
+    def _fast_meta_loss(self, params: Params, task: Task) -> torch.Tensor:
+        # the first layer's item half once per distinct item of the batch, not once per rating
+        proj = self.model.project_items(params, task["item_vec"]) if "item_vec" in task else None
+        state = self._fast_state(params, task, self.config.inner_steps, self.config.first_order,
+                                 support_proj=None if proj is None else _rows(proj, task["support_inv"]))
+        pred = self.model.predict_head(state, task["query_vec"], None if proj is None else _rows(proj, task["query_inv"]))
+        # mean over tasks of the masked query MSE, as one weighted sum (weights: mask / (count * B))
+        mask = task["query_mask"]
+        weight = mask / (mask.sum(-1, keepdim=True).clamp(min=1.0) * mask.shape[0])
+        return ((pred - task["query_rating"]).square() * weight).sum()
+
     # ------------------------------------------------------------------ batched
     def meta_loss(self, batch: TaskBatch, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """mean_i L_Q_i(phi_i^(K)) + lambda ||phi||^2 for one meta-batch (differentiable w.r.t. phi)."""
         if self.config.algorithm == "reptile":
             raise ValueError("reptile has no meta-loss; use meta_gradients")
-        params = self.model.params()
+        params = self._own_params()
         task = self.task_inputs(batch, params)
         masks = self.step_masks(batch.support_mask, self.config.inner_steps, generator)
         if masks is not None:
             task["step_masks"] = masks
+        if self.fast:
+            loss = self._fast_meta_loss(params, task)
+            return loss + self.l2_penalty(params) if self.config.l2 else loss
         fast, frozen = self._split(params)
         lrs = dict(self.inner_lrs) or None
         steps, first_order = self.config.inner_steps, self.config.first_order
@@ -211,12 +299,24 @@ class MetaLearner:
         """Reptile: grad = phi - mean_i phi_i^(K) for adapted parameters, + 2 lambda phi for all."""
         with torch.no_grad():
             params = {n: p.detach() for n, p in self.model.named_parameters()}
-            task = self.task_inputs(batch, params, whole_task=True)
+            task = self.task_inputs(batch, self._own_params(), whole_task=True)
             masks = self.step_masks(task["support_mask"], self.config.inner_steps, generator)
             if masks is not None:
                 task["step_masks"] = masks
             fast, frozen = self._split(params)
             steps = self.config.inner_steps
+            if self.fast:
+                state = self._fast_state(params, task, steps, True)
+                pred = self.model.predict_head(state, task["support_vec"])
+                losses = masked_mse(pred, task["support_rating"], task["support_mask"])
+                adapted = self.model.head_params(state, len(batch))
+                grads = {n: torch.zeros_like(p) for n, p in params.items()}
+                for n in self.adapted:
+                    grads[n] = params[n] - adapted[n].mean(0)
+                if self.config.l2:
+                    for n, p in params.items():
+                        grads[n] = grads[n] + 2 * self.config.l2 * p
+                return grads, float(losses.mean())
 
             def per_task(fast_, frozen_, task_):
                 adapted = self._adapt_one(fast_, frozen_, task_, steps, True, None)
@@ -234,13 +334,14 @@ class MetaLearner:
 
     def meta_step(self, batch: TaskBatch, *, generator: torch.Generator | None = None) -> float:
         """One outer update of phi from one meta-batch; returns the meta-batch loss."""
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         grads, loss = self.meta_gradients(batch, generator=generator)
         named = self.named_meta_parameters()
         for n, p in named.items():
             p.grad = grads[n]
         if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(list(named.values()), self.config.grad_clip)
+            _clip_grad_norm(list(named.values()), self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
@@ -249,10 +350,18 @@ class MetaLearner:
     def adapt(self, batch: TaskBatch, steps: int | None = None, users: FeatureTable | None = None) -> tuple[Params, Task]:
         """Personalised parameters of every task in ``batch`` (adapted entries carry a leading task dim)."""
         steps = self.config.test_steps if steps is None else steps
-        params = {n: p.detach() for n, p in self.model.named_parameters()}
-        with torch.no_grad():
-            task = self.task_inputs(batch, params, users=users)
+        own = self._own_params()
+        params = {n: p.detach() for n, p in own.items()}
+        with torch.no_grad():  # the module's own parameters (no functional_call), nothing recorded
+            task = self.task_inputs(batch, own, users=users)
         fast, frozen = self._split(params)
+        if self.fast:
+            with torch.no_grad():
+                state = self._fast_state(params, task, steps, True, detach_lrs=True)
+                adapted = self.model.head_params(state, len(batch))
+            # predict_query / predict_items reuse the adapted head in its compact (low-rank) form
+            task["head_state"], task["head_params"] = state, adapted
+            return adapted, task
         lrs = {n: v.detach() for n, v in self.inner_lrs.items()} or None
         adapted = vmap(lambda f, fr, lr_, t: self._adapt_one(f, fr, t, steps, True, lr_), in_dims=(None, None, None, 0), randomness="different")(
             fast, frozen, lrs, task
@@ -262,10 +371,15 @@ class MetaLearner:
 
     def predict_query(self, batch: TaskBatch, steps: int | None = None) -> torch.Tensor:
         """Query predictions [B, Q] after ``steps`` inner steps on each task's support set (0: none)."""
-        self.model.eval()
+        if self.model.training:
+            self.model.eval()
         adapted, task = self.adapt(batch, steps)
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
         with torch.no_grad():
+            if self.fast:
+                pred = self.model.predict_head(task["head_state"], task["query_vec"])
+                low, high = self.model.rating_scale
+                return pred.clamp(low, high)
             pred = vmap(lambda a, fr, t: self._predict({**fr, **a}, t, "query"), in_dims=(0, None, 0), randomness="different")(adapted, frozen, task)
         low, high = self.model.rating_scale
         return pred.clamp(low, high)
@@ -277,13 +391,63 @@ class MetaLearner:
         with torch.no_grad():
             return functional_call(self.model, dict(self.model.named_parameters()), ("items", items))
 
-    def predict_items(self, adapted: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores [B, N] of ``items`` for every adapted task (the full-catalogue call)."""
-        self.model.eval()
-        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
+    def catalogue_projection(self, item_vec: torch.Tensor | None) -> torch.Tensor | None:
+        """What the batched head can precompute from catalogue vectors under the meta-parameters (the
+        first layer's item half applied to every item), for :meth:`predict_items`; None without it."""
+        if not self.fast or item_vec is None:
+            return None
+        with torch.no_grad():
+            return self.model.project_items(self._own_params(), item_vec)
+
+    def catalogue_gram(self, item_vec: torch.Tensor | None, max_items: int = 6000) -> torch.Tensor | None:
+        """item_vec @ item_vec^T for the whole catalogue ([N, N], N <= ``max_items``): with it the batched
+        head scores items against a user's support set by a lookup instead of a product (see
+        :meth:`predict_items`); None without a batched head or for a larger catalogue."""
+        if not self.fast or item_vec is None or item_vec.shape[0] > max_items:
+            return None
+        with torch.no_grad():
+            return item_vec @ item_vec.t()
+
+    def predict_items(self, adapted: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None = None,
+                      item_proj: torch.Tensor | None = None, catalogue_gram: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores [B, N] of ``items`` for every adapted task (the full-catalogue call). ``item_proj``:
+        :meth:`catalogue_projection` of ``item_vec`` and ``catalogue_gram``: :meth:`catalogue_gram` of the
+        catalogue's vectors (``items`` index its rows), when cached."""
+        if self.model.training:
+            self.model.eval()
         if item_vec is None:
             item_vec = self.catalogue_vectors(items)
         with torch.no_grad():
+            if self.fast:
+                n_tasks, n_items = len(task["user_vec"]), item_vec.shape[-2]
+                # items in chunks: every chunk's [B, chunk, max(S, 64)] intermediates stay within ~4 MB
+                # (large fresh allocations cost page faults, more than the products themselves)
+                width = n_tasks * max(task["support_item"].shape[-1], 64)
+                chunk = max(32, (1 << 20) // width)
+                preds = []
+                compact = task.get("head_params") is adapted  # straight from adapt(): its compact form
+                support = task["support_item"]
+                lookup = compact and catalogue_gram is not None and item_vec.dim() == 2
+                whole = lookup and n_items == catalogue_gram.shape[0] and bool(
+                    (items == torch.arange(n_items, device=items.device)).all())
+                for lo in range(0, n_items, chunk):
+                    vec = item_vec[..., lo:lo + chunk, :]
+                    proj = None if item_proj is None else item_proj[..., lo:lo + chunk, :]
+                    if compact:
+                        gram = None  # item . support vector products [B, n, S], looked up in the Gram matrix
+                        if whole:  # symmetric: the support items' rows of this column block
+                            block = catalogue_gram[:, lo:lo + chunk].index_select(0, support.reshape(-1))
+                            gram = block.view(*support.shape, -1).transpose(1, 2)
+                        elif lookup:
+                            rows = catalogue_gram.index_select(0, items[lo:lo + chunk])
+                            gram = rows.index_select(1, support.reshape(-1)).view(rows.shape[0], *support.shape).permute(1, 0, 2)
+                        preds.append(self.model.predict_head(task["head_state"], vec, proj, gram))
+                    else:
+                        preds.append(self.model.head_forward(self.model.split_head(adapted), task["user_vec"], vec)[0])
+                pred = preds[0] if len(preds) == 1 else torch.cat(preds, dim=-1)
+                low, high = self.model.rating_scale
+                return pred.clamp(low, high)
+            frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
             pred = vmap(lambda a, fr, t: self._predict_items({**fr, **a}, t, items, item_vec), in_dims=(0, None, 0),
                         randomness="different")(adapted, frozen, task)
         low, high = self.model.rating_scale

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
+from metarec.data.encoding import UNKNOWN, FeatureTable
 from metarec.errors import DataError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.models.base import Params
@@ -39,19 +41,25 @@ class AdaptedUser:
         return self.predict_idx(idx)
 
     def predict_idx(self, idx: np.ndarray) -> np.ndarray:
-        items = torch.as_tensor(idx, dtype=torch.long, device=self.personalizer.device)
-        vec = None
-        if self.personalizer.catalogue_vec is not None:
-            vec = self.personalizer.catalogue_vec[items]
-        pred = self.personalizer.learner.predict_items(self.params, self.task, items, vec)
+        p = self.personalizer
+        idx = np.asarray(idx)
+        vec = proj = None
+        if len(idx) == len(p.item_vocab) and p.catalogue_vec is not None and np.array_equal(idx, p.all_idx):
+            items, vec, proj = p.all_items, p.catalogue_vec, p.catalogue_proj  # the whole catalogue: no gathers
+        else:
+            items = torch.as_tensor(idx, dtype=torch.long, device=p.device)
+            if p.catalogue_vec is not None:
+                vec = p.catalogue_vec.index_select(0, items)
+                proj = None if p.catalogue_proj is None else p.catalogue_proj.index_select(0, items)
+        pred = p.learner.predict_items(self.params, self.task, items, vec, proj, p.catalogue_gram)
         return pred[0].cpu().numpy()
 
     def recommend(self, k: int = 10, exclude_rated: bool = True, candidates: Sequence[object] | None = None) -> list[tuple[str, float]]:
         """The ``k`` best-scored items (of the catalogue, or of ``candidates``), best first."""
         p = self.personalizer
         if candidates is None:
-            scores = self.predict_idx(np.arange(len(p.item_vocab)))
-            pool = np.arange(len(p.item_vocab))
+            pool = p.all_idx
+            scores = self.predict_idx(pool)
         else:
             pool = p.item_vocab.indices(list(candidates))
             scores = self.predict_idx(pool)
@@ -75,8 +83,48 @@ class Personalizer:
         self.features = checkpoint.features
         self.device = next(self.learner.model.parameters()).device
         self.learner.model.eval()
-        all_items = torch.arange(len(self.item_vocab), device=self.device)
-        self.catalogue_vec = self.learner.catalogue_vectors(all_items)
+        self.all_idx = np.arange(len(self.item_vocab))
+        self.all_items = torch.arange(len(self.item_vocab), device=self.device)
+        # Under the meta-parameters, catalogue item vectors (and what the head can precompute from them)
+        # are the same for every user: computed once here.
+        self.catalogue_vec = self.learner.catalogue_vectors(self.all_items)
+        self.catalogue_proj = self.learner.catalogue_projection(self.catalogue_vec)
+        self.catalogue_gram = self.learner.catalogue_gram(self.catalogue_vec)  # [N, N] (N <= 6000), else None
+        self._user_lookups = self._user_encoding_lookups()
+
+    def _encode_user(self, attributes: Mapping[str, object] | None) -> FeatureTable:
+        """The encoded attribute table of one new user: ``transform_record``'s result, computed without
+        pandas (~0.5 ms) for plain scalar values of categorical and numeric attributes."""
+        if self._user_lookups is None:
+            return self.features.user_encoder.transform_record(attributes).to(self.device)
+        record = attributes or {}
+        single = {}
+        for column, lookup in self._user_lookups:
+            value = record.get(column.name)
+            if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+                code = UNKNOWN
+            elif column.kind == "categorical" and isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+                code = lookup.get(str(value), UNKNOWN)
+            elif column.kind == "numeric" and isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+                v = float(value)
+                code = int(np.searchsorted(lookup, v, side="right")) + 1 if np.isfinite(v) else UNKNOWN
+            else:  # anything else (strings to parse as numbers, ...): the encoder's own path
+                return self.features.user_encoder.transform_record(attributes).to(self.device)
+            single[column.name] = torch.tensor([code], dtype=torch.long, device=self.device)
+        return FeatureTable(single, {})
+
+    def _user_encoding_lookups(self):
+        """Per user column, the value -> index map (categorical) or bucket edges (numeric); None when a
+        column is multi-valued (then the encoder's own path is used)."""
+        out = []
+        for column in self.features.user_encoder.columns:
+            if column.kind == "categorical":
+                out.append((column, {v: i + 1 for i, v in enumerate(column.values)}))
+            elif column.kind == "numeric":
+                out.append((column, np.asarray(column.edges, dtype=np.float64)))
+            else:
+                return None
+        return out
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu") -> "Personalizer":
@@ -119,6 +167,6 @@ class Personalizer:
         mask = torch.ones_like(rating)
         batch = TaskBatch(torch.zeros(1, dtype=torch.long, device=self.device), items, rating, mask,
                           items[:, :0], rating[:, :0], mask[:, :0])
-        users = self.features.user_encoder.transform_record(user_attributes).to(self.device)
+        users = self._encode_user(user_attributes)
         params, task = self.learner.adapt(batch, steps=steps if known_idx else 0, users=users)
         return AdaptedUser(self, params, task, np.asarray(known_idx, dtype=np.int64), unknown)

@@ -21,9 +21,10 @@ from torch import nn
 from torch.func import functional_call
 
 from metarec.data.encoding import FeatureEncoder, FeatureTable
-from metarec.models.embedding import AttributeEmbedding
+from metarec.models.embedding import AttributeEmbedding, PackedAttributes
 
 Params = dict[str, torch.Tensor]
+PACKED_MIN_ROWS = 128  # item lookups of fewer rows go column by column (embedding_bag): less fixed cost
 
 
 @dataclass(frozen=True)
@@ -89,18 +90,34 @@ class RatingModel(nn.Module):
         if self.user_embedding is None:
             first = next(iter(single.values()), None)
             shape = () if first is None else tuple(first.shape)
-            return torch.zeros(*shape, 0, device=self.rating_center.device)
+            return torch.zeros(*shape, 0, dtype=self.rating_center.dtype, device=self.rating_center.device)
         return self.user_embedding(single, multi, vmap_safe=vmap_safe)
+
+    def _packed_items(self) -> PackedAttributes:
+        """The catalogue's attributes packed for one-gather embedding (cached; rebuilt if a buffer changes)."""
+        buffers = [getattr(self, f"item_single__{c}") for c in self._item_single_cols]
+        buffers += [getattr(self, f"item_multi__{c}") for c in self._item_multi_cols]
+        key = tuple((b.data_ptr(), b._version, b.device) for b in buffers)
+        cached = self.__dict__.get("_packed_cache")
+        if cached is None or cached[0] != key:
+            single = {c: getattr(self, f"item_single__{c}") for c in self._item_single_cols}
+            multi = {c: getattr(self, f"item_multi__{c}") for c in self._item_multi_cols}
+            cached = (key, PackedAttributes(self.item_embedding, single, multi))
+            self.__dict__["_packed_cache"] = cached
+        return cached[1]
 
     def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
         parts = []
-        if self.item_embedding is not None:
+        if self.item_embedding is not None and not vmap_safe and item_idx.numel() >= PACKED_MIN_ROWS:
+            # many rows (a meta-batch's items, a catalogue): every attribute in one gather
+            parts.append(self._packed_items().embed(self.item_embedding, item_idx))
+        elif self.item_embedding is not None:
             single = {c: getattr(self, f"item_single__{c}")[item_idx] for c in self._item_single_cols}
             multi = {c: getattr(self, f"item_multi__{c}")[item_idx] for c in self._item_multi_cols}
             parts.append(self.item_embedding(single, multi, vmap_safe=vmap_safe))
         if self.item_id is not None:
             parts.append(self.item_id(item_idx) * self.item_known[item_idx].unsqueeze(-1))
-        return torch.cat(parts, dim=-1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,
               exclude_self: bool = False) -> torch.Tensor:

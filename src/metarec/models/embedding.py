@@ -17,12 +17,84 @@ def _key(column: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", column)
 
 
+class _PackedBags(torch.autograd.Function):
+    """Every attribute embedding of a set of rows in one gather and one ``index_add``: output row
+    ``r * C + c`` (slot c of row r) = inv_count[r * C + c] * sum of ``table[flat[t]]`` over t with
+    ``owner[t] = r * C + c``. The backward is one ``index_add`` into the concatenated table (and is
+    itself differentiable)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, flat: torch.Tensor, owner: torch.Tensor, inv_count: torch.Tensor) -> torch.Tensor:
+        out = table.new_zeros(inv_count.shape[0], table.shape[1]).index_add_(0, owner, table.index_select(0, flat))
+        ctx.save_for_backward(flat, owner, inv_count)
+        ctx.n_rows = table.shape[0]
+        return out * inv_count.unsqueeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        flat, owner, inv_count = ctx.saved_tensors
+        src = (grad_out * inv_count.unsqueeze(-1)).index_select(0, owner)
+        grad = grad_out.new_zeros(ctx.n_rows, grad_out.shape[1])
+        # in place unless this backward is itself being differentiated
+        grad = grad.index_add(0, flat, src) if torch.is_grad_enabled() else grad.index_add_(0, flat, src)
+        return grad, None, None, None
+
+
+class PackedAttributes:
+    """A catalogue's encoded attributes laid out for :meth:`PackedAttributes.embed`: per row, the
+    positions of its non-padding values in the concatenation of the column tables (-1 = none), the
+    column slot of each, and 1 / (number of values) per slot. Derived data, rebuilt from the buffers."""
+
+    def __init__(self, embedding: "AttributeEmbedding", single: Mapping[str, torch.Tensor], multi: Mapping[str, torch.Tensor]) -> None:
+        columns = [*embedding.single_columns, *embedding.multi_columns]
+        offsets, start = {}, 0
+        for c in columns:
+            offsets[c] = start
+            start += embedding.table(c).num_embeddings
+        parts, slots, counts = [], [], []
+        for slot, c in enumerate(embedding.single_columns):
+            parts.append(single[c].unsqueeze(-1) + offsets[c])
+            slots.append(torch.full_like(parts[-1], slot))
+            counts.append(torch.ones_like(single[c], dtype=torch.float64))
+        for slot, c in enumerate(embedding.multi_columns, start=len(embedding.single_columns)):
+            idx = multi[c]
+            valid = idx != PAD
+            parts.append(torch.where(valid, idx + offsets[c], torch.full_like(idx, -1)))
+            slots.append(torch.full_like(idx, slot))
+            counts.append(valid.sum(-1).to(torch.float64))
+        index, slot = torch.cat(parts, -1), torch.cat(slots, -1)
+        # compact: the real entries of each row first, then the row trimmed to its longest real entry list
+        order = torch.argsort((index < 0).to(torch.int8), dim=-1, stable=True)
+        index, slot = index.gather(-1, order), slot.gather(-1, order)
+        width = int((index >= 0).sum(-1).max()) if index.numel() else 0
+        self.index, self.slot = index[:, :width].contiguous(), slot[:, :width].contiguous()
+        self.inv_count = (1.0 / torch.stack(counts, -1).clamp(min=1.0)).contiguous()  # [n, C], float64
+        self._inv_cast: dict[torch.dtype, torch.Tensor] = {}
+        self.n_slots = len(columns)
+
+    def embed(self, embedding: "AttributeEmbedding", rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows), C * dim]: the same vectors as ``embedding(single[rows], multi[rows])``."""
+        flat_rows = rows.reshape(-1)
+        n, c = flat_rows.shape[0], self.n_slots
+        index, slot = self.index.index_select(0, flat_rows), self.slot.index_select(0, flat_rows)
+        valid = index >= 0
+        owner = (torch.arange(n, device=rows.device).unsqueeze(-1) * c + slot)[valid]
+        table = torch.cat([embedding.table(col).weight for col in [*embedding.single_columns, *embedding.multi_columns]])
+        inv_count = self._inv_cast.get(table.dtype)
+        if inv_count is None:  # 1 / count rounded once to the tables' dtype
+            inv_count = self._inv_cast[table.dtype] = self.inv_count.to(table.dtype)
+        inv = inv_count.index_select(0, flat_rows).reshape(-1)
+        out = _PackedBags.apply(table, index[valid], owner, inv)
+        return out.reshape(*rows.shape, c * embedding.dim)
+
+
 def bag_mean(index: torch.Tensor, weight: torch.Tensor, *, vmap_safe: bool) -> torch.Tensor:
     """Mean of the embeddings of the non-padding indices in the last dimension of ``index``.
 
     Outside ``vmap`` this is ``F.embedding_bag(mode='mean', padding_idx=0)``. With ``vmap_safe`` the
     same mean is a masked gather: PyTorch has neither a ``vmap`` batching rule nor a double backward
-    for ``embedding_bag``, and the inner loop needs both when embeddings adapt.
+    for ``embedding_bag``, and the inner loop needs both when embeddings adapt. (Many rows at once - a
+    meta-batch's items, a catalogue - go through :class:`PackedAttributes` instead.)
     """
     if not vmap_safe and index.dim() >= 1:
         flat = index.reshape(-1, index.shape[-1])
@@ -53,6 +125,9 @@ class AttributeEmbedding(nn.Module):
                 table.weight[PAD].zero_()
         self.dim = dim
         self.out_dim = dim * len(self.columns)
+
+    def table(self, column: str) -> nn.Embedding | nn.EmbeddingBag:
+        return self.single[_key(column)] if column in self.single_columns else self.multi[_key(column)]
 
     def forward(
         self, single: Mapping[str, torch.Tensor], multi: Mapping[str, torch.Tensor], *, vmap_safe: bool = False
