@@ -4,9 +4,13 @@ Starts ``python -m metarec.cli serve FOLDER`` on 127.0.0.1 and a free port, wait
 then ``--clients`` threads (one keep-alive ``http.client`` connection each) send ``--requests``
 ``POST /v1/recommend`` calls in total, each for a random new user with 5 ratings of catalogue items.
 Prints p50 / p90 / p99 latency (ms), requests per second and the error count, then stops the server.
+It also prints the CPU time the server (all its processes) and the load generator spent per request:
+on a machine with few cores, latency at a fixed number of clients is roughly
+clients x (server + client CPU per request) / cores, which is what a latency target has to beat.
 
     python benchmarks/bench_service.py runs/ml100k                 # a recommender or `metarec train` folder
     python benchmarks/bench_service.py --train-quick ml-100k       # train 2 epochs into a temp folder first
+    python benchmarks/bench_service.py FOLDER --workers 2 --repeat 3   # 3 measured rounds, one server
 
 Only loopback traffic; the server is the child process this script started, and it is stopped at exit.
 """
@@ -60,11 +64,11 @@ def catalogue_ids(folder: Path) -> list[str]:
     raise SystemExit(f"{folder}: no checkpoint.json found (expected a recommender or run folder)")
 
 
-def start_server(folder: Path, port: int, api_key: str, workers: int, log: Path) -> subprocess.Popen:
+def start_server(folder: Path, port: int, api_key: str, workers: int, log: Path, extra: list[str]) -> subprocess.Popen:
     """The real CLI entry point; the key goes by environment (never on the command line)."""
     env = {**os.environ, "METAREC_API_KEY": api_key}
     cmd = [sys.executable, "-m", "metarec.cli", "serve", str(folder), "--host", HOST, "--port", str(port),
-           "--workers", str(workers)]
+           "--workers", str(workers), *extra]
     with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would stall the server
         return subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -98,6 +102,53 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children (uvicorn's workers), from /proc; 0 elsewhere."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(int(c) for c in children)
+    return total
+
+
+def connections_per_process(pid: int, port: int) -> list[int]:
+    """Established connections to ``port`` held by each process of the server's tree (Linux /proc; [] else).
+
+    With several workers, each keep-alive connection stays with the worker that accepted it, so an
+    uneven split (say 11 / 5) makes one worker the bottleneck: printed with every round."""
+    try:
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "01":
+                    inodes.add(cols[9])
+        counts, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            n = 0
+            for fd in Path(f"/proc/{p}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    n += 1
+            if n:
+                counts.append(n)
+            todo.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+        return sorted(counts, reverse=True)
+    except (OSError, ValueError, IndexError):
+        return []
 
 
 def get_json(port: int, path: str, api_key: str) -> dict:
@@ -186,6 +237,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent client threads")
     parser.add_argument("--warmup", type=int, default=64, help="unmeasured requests first")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
+    parser.add_argument("--no-batching", action="store_true", help="serve with --no-batching (one request per call)")
+    parser.add_argument("--batch-size", type=int, default=None, help="server --batch-size")
+    parser.add_argument("--batch-wait-ms", type=float, default=None, help="server --batch-wait-ms")
+    parser.add_argument("--repeat", type=int, default=1, help="measured rounds against the same server")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one more `metarec serve` argument, e.g. --server-arg=--switch-interval-ms=0 (repeatable)")
     parser.add_argument("--k", type=int, default=10, help="items per recommendation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=300.0)
@@ -194,43 +251,72 @@ def main() -> None:
     if (args.folder is None) == (args.train_quick is None):
         parser.error("give a folder or --train-quick DATASET (one of them)")
 
+    extra = ["--no-batching"] if args.no_batching else []
+    if args.batch_size is not None:
+        extra += ["--batch-size", str(args.batch_size)]
+    if args.batch_wait_ms is not None:
+        extra += ["--batch-wait-ms", str(args.batch_wait_ms)]
+    extra += args.server_arg
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="metarec-bench-") as tmp:
         folder = train_quick(args.train_quick, Path(tmp), args.epochs, args.train_threads or None) if args.train_quick else args.folder
         ids = catalogue_ids(folder)
         port, api_key = free_port(), secrets.token_urlsafe(16)
         started = time.perf_counter()
         log = Path(tmp) / "server.log"
-        proc = start_server(folder, port, api_key, args.workers, log)
+        proc = start_server(folder, port, api_key, args.workers, log, extra)
         try:
             health = wait_healthy(proc, port, args.startup_timeout, log)
             startup = time.perf_counter() - started
             model = get_json(port, "/v1/model", api_key)
-            bodies = make_bodies(ids, args.warmup + args.requests, tuple(model["rating_scale"]), args.k, args.seed)
+            bodies = make_bodies(ids, args.warmup + args.requests * args.repeat, tuple(model["rating_scale"]),
+                                 args.k, args.seed)
             if args.warmup:
                 drive(port, api_key, bodies[: args.warmup], args.clients)
-            latencies, n_errors, wall, samples = drive(port, api_key, bodies[args.warmup:], args.clients)
+            for r in range(args.repeat):
+                chunk = bodies[args.warmup + r * args.requests: args.warmup + (r + 1) * args.requests]
+                load_before = os.getloadavg()  # before this round: mostly other work on the machine
+                split: list[int] = []
+                sampler = threading.Timer(0.5, lambda: split.extend(connections_per_process(proc.pid, port)))
+                server_cpu, client_cpu = process_tree_cpu(proc.pid), time.process_time()
+                sampler.start()
+                latencies, n_errors, wall, samples = drive(port, api_key, chunk, args.clients)
+                sampler.cancel()
+                server_cpu, client_cpu = process_tree_cpu(proc.pid) - server_cpu, time.process_time() - client_cpu
+                rounds.append((latencies, n_errors, wall, samples, server_cpu, client_cpu, load_before, list(split)))
         finally:
             stop_server(proc)
-    ms = [x * 1000 for x in latencies]
-    result = {
-        "dataset": model["dataset"], "n_items": model["n_items"], "model_version": health["model_version"],
-        "workers": args.workers, "clients": args.clients, "requests": args.requests, "k": args.k,
-        "startup_s": round(startup, 2), "p50_ms": round(percentile(ms, 50), 2), "p90_ms": round(percentile(ms, 90), 2),
-        "p99_ms": round(percentile(ms, 99), 2), "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
-        "requests_per_s": round(len(ms) / wall, 1) if wall else None, "errors": n_errors, "cpus": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every number
-    }
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(f"{result['dataset']} ({result['n_items']} items, model {result['model_version']}), "
-          f"{args.workers} worker(s), {args.clients} clients, {args.requests} requests, k={args.k}, "
-          f"{result['cpus']} CPUs (load average {result['load_average_1m']}); server up in {result['startup_s']} s")
-    print(f"  latency p50 {result['p50_ms']} ms   p90 {result['p90_ms']} ms   p99 {result['p99_ms']} ms   "
-          f"mean {result['mean_ms']} ms")
-    print(f"  throughput {result['requests_per_s']} requests/s   errors {n_errors}")
-    for sample in samples:
-        print(f"  error sample: {sample}")
+    if not args.json:
+        print(f"{model['dataset']} ({model['n_items']} items, model {health['model_version']}), "
+              f"{args.workers} worker(s), batching {'off' if args.no_batching else 'on'} {' '.join(extra)}, "
+              f"{args.clients} clients, {args.requests} requests, k={args.k}, {os.cpu_count()} CPUs; "
+              f"server up in {startup:.2f} s")
+    for latencies, n_errors, wall, samples, server_cpu, client_cpu, load, split in rounds:
+        ms = [x * 1000 for x in latencies]
+        n = max(1, len(ms) + n_errors)
+        result = {
+            "dataset": model["dataset"], "n_items": model["n_items"], "model_version": health["model_version"],
+            "workers": args.workers, "batching": not args.no_batching, "server_options": extra,
+            "clients": args.clients, "requests": args.requests, "k": args.k,
+            "startup_s": round(startup, 2), "p50_ms": round(percentile(ms, 50), 2), "p90_ms": round(percentile(ms, 90), 2),
+            "p99_ms": round(percentile(ms, 99), 2), "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
+            "requests_per_s": round(len(ms) / wall, 1) if wall else None, "errors": n_errors, "cpus": os.cpu_count(),
+            "server_cpu_ms_per_request": round(1000 * server_cpu / n, 3),
+            "client_cpu_ms_per_request": round(1000 * client_cpu / n, 3),
+            # other work on the machine skews every number: the 1, 5 and 15 minute load averages before the round
+            "load_average_before": [round(x, 2) for x in load],
+            "connections_per_worker": split,
+        }
+        if args.json:
+            print(json.dumps(result))
+            continue
+        print(f"  latency p50 {result['p50_ms']} ms   p90 {result['p90_ms']} ms   p99 {result['p99_ms']} ms   "
+              f"mean {result['mean_ms']} ms   | {result['requests_per_s']} requests/s   errors {n_errors}   | "
+              f"CPU per request: server {result['server_cpu_ms_per_request']} ms, "
+              f"client {result['client_cpu_ms_per_request']} ms   | connections per worker {split}   | "
+              f"load average before {result['load_average_before']}")
+        for sample in samples:
+            print(f"  error sample: {sample}")
 
 
 if __name__ == "__main__":

@@ -335,54 +335,128 @@ def benchmark(
 @app.command()
 def onboard(
     run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
-    n: int = typer.Option(10, "--n", help="How many items to ask a new user to rate."),
-    strategy: str = typer.Option("melu-evidence", help="popular, pop-entropy or melu-evidence."),
-    experiment: bool = typer.Option(False, "--experiment", help="Also compare the strategies on held-out users."),
+    n: int = typer.Option(10, "--n", min=1, help="How many items to ask a new user to rate."),
+    strategy: str = typer.Option("popular", help="popular (best on validation users), pop-entropy, melu-evidence "
+                                                 "or greedy-info; see docs/onboarding.md."),
+    experiment: bool = typer.Option(False, "--experiment", help="Compare the strategies on held-out users instead."),
+    budgets: str = typer.Option("10,20,50", help="--experiment: comma-separated budgets (items shown, or answers "
+                                                 "with --protocol walk)."),
+    protocol: str = typer.Option("shown", help="--experiment: shown (the first m items are shown, the user rates "
+                                               "those they know) or walk (shown until n answers)."),
+    users: str = typer.Option("test", help="--experiment: test, or validation (to choose strategy and budget)."),
+    seeds: str = typer.Option("0,1,2", help="--experiment: seeds of the random questionnaire."),
+    strategies: Optional[str] = typer.Option(None, help="--experiment: comma-separated strategies (default: all)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="--experiment: also write rows and summary as CSV here."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """The items to ask a new user to rate first; with --experiment, how much each strategy helps."""
+    """The items to ask a new user to rate first; with --experiment, what each strategy buys on held-out users."""
     with _errors():
         from metarec.data import load_dataset
-        from metarec.eval.onboarding import choose_items, onboarding_experiment
+        from metarec.eval.onboarding import PROTOCOLS, STRATEGIES, choose_items, onboarding_experiment, summarise
         from metarec.meta.run import RunConfig
         from metarec.meta.trainer import load_best
         from metarec.tasks import make_split
 
+        def ints(text: str, what: str) -> tuple[int, ...]:
+            try:
+                values = tuple(int(x) for x in text.split(",") if x.strip())
+            except ValueError:
+                raise MetarecError(f"--{what} {text!r}: expected comma-separated integers") from None
+            if not values:
+                raise MetarecError(f"--{what}: at least one value is needed")
+            return values
+
+        if users not in ("test", "validation"):
+            raise MetarecError(f"--users {users!r}: expected test or validation")
+        if protocol not in PROTOCOLS:
+            raise MetarecError(f"--protocol {protocol!r}: expected {' or '.join(PROTOCOLS)}")
+        chosen_strategies = tuple(x.strip() for x in strategies.split(",") if x.strip()) if strategies else STRATEGIES
+        for name in (*chosen_strategies, *(() if experiment else (strategy,))):
+            if name not in STRATEGIES:
+                raise MetarecError(f"unknown onboarding strategy {name!r}; known: {', '.join(STRATEGIES)}")
+        budget_values, seed_values = ints(budgets, "budgets"), ints(seeds, "seeds")
         cfg = RunConfig.from_toml(run / "config.toml")
         dataset = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir)
         split = make_split(dataset, cfg.split)
         learner = load_best(run).learner
-        chosen = choose_items(strategy, split, learner, n)
-        titles = dataset.items["title"].astype(str).to_dict() if "title" in dataset.items.columns else {}
-        items = [{"item_id": dataset.item_vocab.ids[i], "title": titles.get(dataset.item_vocab.ids[i], "")} for i in chosen]
-        table = None
-        if experiment:
-            table = onboarding_experiment(learner, split, n_values=(n,))
-        if as_json:
-            _print_json({"strategy": strategy, "items": items,
-                         "experiment": None if table is None else table.to_dict(orient="records")})
+        if not experiment:
+            titles = dataset.items["title"].astype(str).to_dict() if "title" in dataset.items.columns else {}
+            ids = [dataset.item_vocab.ids[i] for i in choose_items(strategy, split, learner, n)]
+            items = [{"item_id": i, "title": titles.get(i, "")} for i in ids]
+            if as_json:
+                _print_json({"strategy": strategy, "items": items})
+                return
+            table = Table(title=f"Ask a new user to rate ({strategy})")
+            for col in ("#", "item_id", "title"):
+                table.add_column(col)
+            for i, item in enumerate(items, 1):
+                table.add_row(str(i), item["item_id"], item["title"])
+            console.print(table)
             return
-        out = Table(title=f"Ask a new user to rate ({strategy})")
-        out.add_column("#")
-        out.add_column("item_id")
-        out.add_column("title")
-        for i, item in enumerate(items, 1):
-            out.add_row(str(i), item["item_id"], item["title"])
-        console.print(out)
-        if table is not None:
-            console.print(table.round(4).to_string(index=False))
+        with _progress() as progress:
+            bar = progress.add_task("onboarding experiment", total=None)
+            result = onboarding_experiment(
+                learner, split, validation=users == "validation", budgets=budget_values, strategies=chosen_strategies,
+                protocol=protocol, seeds=seed_values,
+                progress=lambda step, done, total: progress.update(bar, description=f"onboarding: {step}",
+                                                                   completed=done, total=total))
+        summary = summarise(result)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            result.rows.to_csv(out / f"onboarding_{users}_{protocol}_rows.csv", index=False)
+            summary.to_csv(out / f"onboarding_{users}_{protocol}_summary.csv", index=False)
+        if as_json:
+            _print_json({"users": users, "scenario": result.scenario, "protocol": protocol,
+                         "rows": result.rows.to_dict(orient="records"), "summary": summary.to_dict(orient="records")})
+            return
+        n_users = int(result.rows["users"].iloc[0])
+        budget_name = "items shown" if protocol == "shown" else "answers wanted"
+        table = Table(title=f"Onboarding {n_users} {users} users ({result.scenario}, protocol {protocol}): "
+                            f"adapt on the answers, score the query")
+        for col in (budget_name, "strategy", "answers", "none", "shown", "MAE", "MAE - random [95% CI]",
+                    "MAE - popular [95% CI]", "nDCG@10", "nDCG - random [95% CI]"):
+            table.add_column(col, justify="left" if col == "strategy" else "right")
+        for budget_value, group in summary.groupby("budget", sort=False):
+            for i, row in enumerate(group.to_dict("records")):
+                def delta(metric: str, reference: str = "random") -> str:
+                    key = f"{metric}_vs_{reference}"
+                    if key not in row or row[key] != row[key]:
+                        return ""
+                    low, high = row[f"{key}_ci"]
+                    return f"{row[key]:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+                sd = f" ±{row['mae_sd_seeds']:.4f}" if row["seeds"] > 1 else ""
+                table.add_row(str(budget_value) if i == 0 else "", row["strategy"], f"{row['mean_answers']:.1f}",
+                              f"{row['no_answer_users']:.0f}", f"{row['mean_shown']:.1f}", f"{row['mae']:.4f}{sd}",
+                              delta("mae"), delta("mae", "popular"), f"{row['ndcg@10']:.4f}", delta("ndcg@10"),
+                              end_section=i == len(group) - 1)
+        console.print(table)
+        console.print("answers: mean items answered; none: users who answered nothing (scored with the model "
+                      "without adaptation); random: mean ± sd over seeds; CIs: paired bootstrap over users.")
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Run folder of the demo."),
-    epochs: int = typer.Option(15, help="Meta-training epochs."),
+    out: Path = typer.Option(Path("runs/demo"), help="Run folder of the demo (checkpoints, metrics, the plot)."),
+    epochs: int = typer.Option(30, min=1, help="Maximum meta-training epochs (early stopping on validation users)."),
+    download: bool = typer.Option(True, "--download/--no-download",
+                                  help="Download ML-100K when it is neither in $METAREC_DATA_DIR nor cached."),
 ) -> None:
-    """Meta-train on ML-100K (else the synthetic dataset), compare with and without adaptation, recommend."""
+    """Meta-train on ML-100K (else the synthetic dataset), compare with two baselines, plot, recommend."""
     with _errors():
-        from metarec.demo import run_demo
+        from metarec.demo import print_demo, run_demo
 
-        run_demo(out, epochs=epochs, console=console)
+        with _progress() as progress:
+            bars: dict[str, int] = {}
+
+            def report(step: str, done: int, total: int) -> None:
+                if step not in bars:
+                    bars[step] = progress.add_task(step, total=total)
+                progress.update(bars[step], completed=done, total=total)
+
+            result = run_demo(out, epochs=epochs, download=download, progress=report,
+                              notice=lambda line: err_console.print(line, highlight=False, soft_wrap=True))
+        print_demo(result, console)
 
 
 @app.command()
@@ -394,27 +468,55 @@ def serve(
                                           help="Require this value in the X-API-Key header of /v1 routes "
                                                "(prefer the environment variable: arguments show in `ps`)."),
     workers: int = typer.Option(1, min=1, help="Worker processes; each loads the model and uses one torch thread."),
+    batching: bool = typer.Option(True, "--batching/--no-batching",
+                                  help="Adapt concurrent /v1/recommend requests together (one inference thread)."),
+    batch_size: int = typer.Option(4, min=1, help="Most users per vectorised call when batching (4 is fastest "
+                                                  "per user for MeLU's shapes on ML-1M)."),
+    batch_wait_ms: float = typer.Option(0.0, min=0.0, help="Wait this long for more requests once one is queued "
+                                                           "(0: batch only what is already waiting)."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request (uvicorn's access log)."),
 ) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn); OpenAPI docs at /docs."""
     with _errors():
+        import json
         import os
 
         import uvicorn
 
-        from metarec.serve.app import ENV_API_KEY, ENV_DIR, create_app
+        from metarec.serve.app import ENV_API_KEY, ENV_DIR, ENV_OPTIONS, create_app
         from metarec.serve.recommender import ColdStartRecommender
 
+        options = {"batching": batching, "batch_size": batch_size, "batch_wait_ms": batch_wait_ms}
         recommender = ColdStartRecommender.load(run)  # a bad folder fails here, in one line, before binding
         err_console.print(f"serving {run} (model {recommender.model_version}) on http://{host}:{port}, "
-                          f"docs at /docs{'' if api_key else ', no API key'}", highlight=False)
+                          f"docs at /docs, {workers} worker(s), batching {'on' if batching else 'off'}"
+                          f"{'' if api_key else ', no API key'}", highlight=False)
         if workers == 1:
-            uvicorn.run(create_app(recommender, api_key=api_key), host=host, port=port)
+            uvicorn.run(create_app(recommender, api_key=api_key, **options), host=host, port=port,
+                        access_log=access_log)
             return
         del recommender  # each worker process loads its own copy
         os.environ[ENV_DIR] = str(run.resolve())
+        os.environ[ENV_OPTIONS] = json.dumps(options)
         if api_key:
             os.environ[ENV_API_KEY] = api_key
-        uvicorn.run("metarec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+        # uvicorn.run(..., workers=N) without its one flaw: its shared listening socket is made with
+        # protocol 0, so asyncio never sets TCP_NODELAY on the accepted connections, and a response
+        # written in two parts waits ~40 ms for the client's delayed ACK (measured: p50 48 ms). Set on
+        # the listening socket, TCP_NODELAY is inherited by every accepted connection.
+        import socket
+
+        from uvicorn.supervisors import Multiprocess
+
+        config = uvicorn.Config("metarec.serve.app:app_from_env", factory=True, host=host, port=port,
+                                workers=workers, access_log=access_log)
+        sock = config.bind_socket()
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            Multiprocess(config, sockets=[sock]).run()
+        except KeyboardInterrupt:  # pragma: no cover - interactive stop
+            pass
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse, query_rank
 from metarec.meta.engine import MetaLearner
 from metarec.meta.global_model import train_global_model
 from metarec.meta.run import RunConfig
-from metarec.meta.trainer import Trainer
+from metarec.meta.trainer import Trainer, without_support
 from metarec.tasks.splits import ColdStartSplit, SplitConfig, make_split
 from metarec.tasks.taskset import TaskSet
 
@@ -179,9 +179,12 @@ class MetaMethod(Method):
             return None if variant.endswith("-ft") else 0
         return 0 if variant.endswith("-no-adapt") else None
 
+    def _tasks(self, variant: str, tasks: TaskSet) -> TaskSet:
+        return without_support(tasks, self.learner) if self._steps(variant) == 0 else tasks
+
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
         out = []
-        packed = tasks.packed()
+        packed = self._tasks(variant, tasks).packed()
         device = next(self.learner.model.parameters()).device
         for start in range(0, len(tasks), 512):
             batch = packed.select(torch.arange(start, min(start + 512, len(tasks)))).to(device)
@@ -202,7 +205,7 @@ class MetaMethod(Method):
         items = torch.as_tensor(catalogue, dtype=torch.long, device=device)
         vec = self.learner.catalogue_vectors(items)
         out = []
-        packed = tasks.packed()
+        packed = self._tasks(variant, tasks).packed()
         for start in range(0, len(tasks), 128):
             batch = packed.select(torch.arange(start, min(start + 128, len(tasks)))).to(device)
             adapted, task = self.learner.adapt(batch, self._steps(variant))

@@ -1,41 +1,68 @@
-"""Onboarding: which items to ask a new user to rate first, and an experiment that shows it matters.
+"""Onboarding: which items to ask a new user to rate first, and an experiment that shows what it buys.
 
-Strategies give a global order of the items (the questionnaire). The offline simulation is the classic
-one (Rashid et al., 2002): a held-out user walks down the order and "answers" the items they have
-actually rated (from their support set), until ``n`` answers; the model adapts on those answers and is
-scored on the user's query set (which no strategy may ask about). Every strategy draws from the same
-per-user pool, so differences come from the order alone.
+A strategy orders the *trained catalogue* (items meta-training saw) into a questionnaire. The offline
+simulation follows the product (``GET /v1/onboarding?n=`` shows ``n`` items; the user rates those they
+know), not an oracle that knows which items a user has seen:
 
-* ``random`` - a fresh random order per user;
-* ``popular`` - most rated first;
-* ``pop-entropy`` - log(popularity) x standard deviation of the item's ratings: popular *and* divisive
-  items say the most about a taste (Rashid et al.'s Pop*Ent);
-* ``melu-evidence`` - MeLU's evidence candidates: normalised popularity x the mean norm of the gradient
-  a rating of the item causes in the adapted parameters at the meta-learned initialisation.
+* protocol ``shown`` (default): a held-out user is shown the first ``m`` items of the order (the budget
+  is *items shown*) and answers those in their rated pool, i.e. their ratings outside the query set;
+  the number of answers varies by user and strategy and is reported;
+* protocol ``walk`` (Rashid et al., 2002): the user walks down the order until ``n`` answers (or the end
+  of the catalogue); the effort, i.e. how many items they were shown, is reported.
+
+A query item may be shown, but is never answered (the model is scored on it). The model adapts on the
+answers and is scored on the query: MAE and full-catalogue nDCG@10 (candidates: every rated item minus
+the answers). A user who answered nothing gets the model without adaptation (the meta-learned
+initialisation), which is what the product would serve.
+
+Strategies:
+
+* ``random`` - a fresh random permutation of the catalogue per user (a questionnaire with no criterion);
+* ``popular`` - most rated first: the items a newcomer most likely knows;
+* ``pop-entropy`` - log(1 + popularity) x standard deviation of the item's ratings: popular *and*
+  divisive (Rashid et al.'s Pop*Ent);
+* ``melu-evidence`` - MeLU's evidence candidates: normalised popularity x normalised mean norm of the
+  gradient one rating of the item causes in the adapted parameters at the meta-learned initialisation;
+* ``greedy-info`` - popular *and* informative *and* not redundant: items are picked one at a time by
+  P(the user knows it) x the information its rating would give about the user's taste vector (a
+  Bayesian linear model on matrix-factorisation item factors, [1, q_i]), the posterior covariance
+  updated after each pick by the expected answer; two items that say the same thing are not both asked.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
-from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse
+from metarec.eval.metrics import RELEVANT_RATING, catalogue_ndcg_at_k, catalogue_recall_at_k
 from metarec.meta.engine import MetaLearner, masked_mse
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskBatch, TaskSet
 
-STRATEGIES = ("random", "popular", "pop-entropy", "melu-evidence")
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("random", "popular", "pop-entropy", "melu-evidence", "greedy-info")
+PROTOCOLS = ("shown", "walk")
+Progress = Callable[[str, int, int], None]  # (description, done, total)
 
 
+# ---------------------------------------------------------------------- item statistics and orders
 def item_statistics(split: ColdStartSplit) -> pd.DataFrame:
     """Training rating count, mean and standard deviation per item index (meta-train users only)."""
     train = split.train_ratings()
     stats = train.groupby("item_idx")["rating"].agg(["count", "mean", "std"])
     return stats.reindex(np.arange(split.dataset.n_items)).fillna({"count": 0, "mean": np.nan, "std": 0.0})
+
+
+def trained_catalogue(split: ColdStartSplit) -> np.ndarray:
+    """The items a questionnaire may show: those meta-training saw (sorted item indices)."""
+    return np.flatnonzero(item_statistics(split)["count"].to_numpy() > 0)
 
 
 def gradient_evidence(learner: MetaLearner, split: ColdStartSplit, *, max_pairs: int = 20000, seed: int = 0) -> np.ndarray:
@@ -57,6 +84,7 @@ def gradient_evidence(learner: MetaLearner, split: ColdStartSplit, *, max_pairs:
         batch = TaskBatch(user[sl], item[sl], rating[sl], ones, item[sl], rating[sl], ones)
         with torch.no_grad():
             task = learner.task_inputs(batch, params)
+        task = {k: v for k, v in task.items() if k not in ("item_vec", "support_inv", "query_inv")}
 
         def norm_one(f, t):
             g = grad(lambda p: masked_mse(learner._predict({**frozen, **p}, t, "support"), t["support_rating"], t["support_mask"]))(f)
@@ -67,69 +95,284 @@ def gradient_evidence(learner: MetaLearner, split: ColdStartSplit, *, max_pairs:
     return per_item.reindex(np.arange(split.dataset.n_items)).fillna(0.0).to_numpy()
 
 
-def strategy_scores(strategy: str, split: ColdStartSplit, learner: MetaLearner | None = None) -> np.ndarray:
-    """A score per item index; items are asked in decreasing score (``random`` is handled per user)."""
+def greedy_information_order(split: ColdStartSplit, *, first: int = 200, factors: int = 16, reg: float = 10.0,
+                             seed: int = 0) -> np.ndarray:
+    """The ``greedy-info`` order of the trained catalogue (see the module docstring): the first ``first``
+    items greedily, the rest by popularity.
+
+    Model: a rating is ``x_i . w_u + noise`` with ``x_i = [1, q_i]`` (item factors of a matrix
+    factorisation fitted on the training ratings) and ``w_u`` the user's bias and taste, prior
+    ``N(0, s2 / penalty)``, ``s2`` the training residual variance. Asking item ``i`` is answered with
+    probability ``p_i`` (its share of training users), and an answer brings ``0.5 log(1 + x_i' S x_i / s2)``
+    nats about ``w_u``; after a pick, ``S`` takes the answer's update weighted by ``p_i`` (the expected
+    posterior), so items along directions already covered lose value.
+    """
+    from metarec.baselines import MatrixFactorization, MatrixFactorizationConfig
+
+    mf = MatrixFactorization(MatrixFactorizationConfig(factors=factors, reg=reg, seed=seed)).fit(split)
+    stats = mf.stats
+    catalogue = np.flatnonzero(stats.known_items)
+    x = np.c_[np.ones(len(catalogue)), mf.item_params[catalogue, 1:]]
+    n_users = max(int(stats.known_users.sum()), 1)
+    p = stats.item_count[catalogue] / n_users
+    # residual variance of the fitted model on the training ratings: the noise of one answer
+    fitted = (stats.global_mean + mf.user_params[stats.user, 0] + mf.item_params[stats.item, 0]
+              + np.einsum("nk,nk->n", mf.user_params[stats.user, 1:], mf.item_params[stats.item, 1:]))
+    s2 = float(np.mean((stats.rating - fitted) ** 2)) or 1.0
+    cov = np.diag(s2 / np.r_[mf.config.bias_reg, np.full(x.shape[1] - 1, mf.config.reg)])
+    chosen: list[int] = []
+    available = np.ones(len(catalogue), bool)
+    for _ in range(min(first, len(catalogue))):
+        sx = x @ cov  # [N, d]
+        var = np.einsum("nd,nd->n", sx, x)
+        value = np.where(available, p * 0.5 * np.log1p(var / s2), -np.inf)
+        best = int(np.argmax(value))
+        chosen.append(best)
+        available[best] = False
+        v = sx[best]
+        cov = cov - p[best] * np.outer(v, v) / (s2 + var[best])
+    rest = np.flatnonzero(available)
+    rest = rest[np.lexsort((catalogue[rest], -stats.item_count[catalogue[rest]]))]
+    return catalogue[np.r_[np.asarray(chosen, np.int64), rest]]
+
+
+def strategy_order(strategy: str, split: ColdStartSplit, learner: MetaLearner | None = None) -> np.ndarray:
+    """The questionnaire of a fixed strategy: trained catalogue item indices, first asked first
+    (ties: lower item index first). ``random`` has no fixed order (see :func:`random_positions`)."""
+    catalogue = trained_catalogue(split)
+    if strategy == "greedy-info":
+        return greedy_information_order(split)
     stats = item_statistics(split)
     count = stats["count"].to_numpy(dtype=np.float64)
     if strategy == "popular":
-        return count
-    if strategy == "pop-entropy":
-        return np.log1p(count) * stats["std"].fillna(0.0).to_numpy()
-    if strategy == "melu-evidence":
+        score = count
+    elif strategy == "pop-entropy":
+        score = np.log1p(count) * stats["std"].fillna(0.0).to_numpy()
+    elif strategy == "melu-evidence":
         if learner is None:
             raise ValueError("melu-evidence needs the meta-learner")
         evidence = gradient_evidence(learner, split)
-        pop = count / max(count.max(), 1.0)
-        ev = evidence / max(evidence.max(), 1e-12)
-        return pop * ev
-    raise ValueError(f"unknown onboarding strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-
-
-def questionnaire(tasks: TaskSet, order_score: np.ndarray | None, n: int, seed: int = 0) -> TaskSet:
-    """Each task's support cut to the ``n`` items of its pool that come first in the order (random order
-    per user when ``order_score`` is None); queries unchanged."""
-    task = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
-    if order_score is None:
-        key = np.random.default_rng(seed).random(len(tasks.support_item))
+        score = (count / max(count.max(), 1.0)) * (evidence / max(evidence.max(), 1e-12))
+    elif strategy == "random":
+        raise ValueError("a random questionnaire has no fixed order: it is drawn per user")
     else:
-        key = -order_score[tasks.support_item] + 1e-9 * tasks.support_item  # ties: lower index first
-    order = np.lexsort((key, task))
-    rank = np.empty(len(order), np.int64)
-    starts = np.r_[0, np.cumsum(tasks.support_sizes)[:-1]]
-    rank[order] = np.arange(len(order)) - np.repeat(starts, tasks.support_sizes)
-    return tasks.with_support(rank < n)
-
-
-def onboarding_experiment(learner: MetaLearner, split: ColdStartSplit, *, scenario: str = "new_users",
-                          validation: bool = False, n_values: Sequence[int] = (5, 10),
-                          strategies: Sequence[str] = STRATEGIES, seed: int = 0) -> pd.DataFrame:
-    """Query MAE / RMSE and full-catalogue nDCG@10 after adapting on each strategy's answers."""
-    from metarec.eval.benchmark import MetaMethod
-
-    tasks = (split.validation if validation else split.test)[scenario]
-    method = MetaMethod("meta", None)  # type: ignore[arg-type]
-    method.learner = learner
-    stats = item_statistics(split)
-    catalogue = np.flatnonzero(stats["count"].to_numpy() > 0)
-    rows = []
-    for strategy in strategies:
-        scores = None if strategy == "random" else strategy_scores(strategy, split, learner)
-        for n in n_values:
-            asked = questionnaire(tasks, scores, n, seed)
-            pred = method.predict("meta", asked)
-            rating = mae_rmse(asked, pred)
-            ranking = catalogue_ranking_metrics(method.scorer("meta", asked, catalogue), asked, catalogue,
-                                                stats["count"].to_numpy(dtype=np.float64), 10)
-            rows.append({"strategy": strategy, "n": n, "mae": rating["mae"], "rmse": rating["rmse"],
-                         "ndcg@10": ranking["ndcg@10"], "recall@10": ranking["recall@10"],
-                         "mean_answers": float(asked.support_sizes.mean()), "users": len(asked)})
-    return pd.DataFrame(rows)
+        raise ValueError(f"unknown onboarding strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    return catalogue[np.lexsort((catalogue, -score[catalogue]))]
 
 
 def choose_items(strategy: str, split: ColdStartSplit, learner: MetaLearner | None, n: int) -> np.ndarray:
     """The first ``n`` item indices of a strategy's questionnaire (trained items only)."""
-    if strategy == "random":
-        raise ValueError("a random questionnaire has no fixed items")
-    scores = strategy_scores(strategy, split, learner)
-    scores = np.where(item_statistics(split)["count"].to_numpy() > 0, scores, -np.inf)
-    return np.argsort(-scores, kind="stable")[:n]
+    return strategy_order(strategy, split, learner)[:n]
+
+
+def positions_from_order(order: np.ndarray, n_items: int) -> np.ndarray:
+    """``position[item]``: where the item comes in the questionnaire (n_items+ for items never shown)."""
+    position = np.full(n_items, np.iinfo(np.int64).max, np.int64)
+    position[order] = np.arange(len(order))
+    return position
+
+
+def random_positions(catalogue: np.ndarray, n_items: int, n_tasks: int, seed: int) -> np.ndarray:
+    """[n_tasks, n_items] positions: for each task an independent uniform permutation of ``catalogue``."""
+    rng = np.random.default_rng(seed)
+    out = np.full((n_tasks, n_items), np.iinfo(np.int64).max, np.int64)
+    for t in range(n_tasks):
+        out[t, catalogue] = rng.permutation(len(catalogue))
+    return out
+
+
+# ---------------------------------------------------------------------- simulation
+@dataclass(frozen=True)
+class Questionnaire:
+    """The outcome of onboarding every task: the tasks with support = the answers, and per task how many
+    items were shown and answered."""
+
+    tasks: TaskSet
+    shown: np.ndarray  # [T] items shown
+    answers: np.ndarray  # [T] items answered (= support size)
+
+
+def simulate(tasks: TaskSet, position: np.ndarray, budget: int, protocol: str = "shown",
+             catalogue_size: int | None = None) -> Questionnaire:
+    """Onboard every task of ``tasks``: ``position`` is [n_items] (one questionnaire for all) or
+    [T, n_items] (one per task); the pool a user can answer from is the task's support set (their
+    ratings outside the query). ``shown``: the first ``budget`` items are shown; ``walk``: items are
+    shown until ``budget`` answers (or the catalogue, ``catalogue_size`` items, runs out)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown onboarding protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    never = np.iinfo(np.int64).max
+    task = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
+    pos = position[tasks.support_item] if position.ndim == 1 else position[task, tasks.support_item]
+    if catalogue_size is None:
+        first = position if position.ndim == 1 else position[0]
+        catalogue_size = int((first < never).sum())
+    pos = np.where(_in_query(tasks), never, pos)  # a query item may be shown but is never answered
+    if protocol == "shown":
+        keep = pos < budget
+        shown = np.full(len(tasks), min(budget, catalogue_size), np.int64)
+    else:
+        order = np.lexsort((pos, task))
+        starts = np.r_[0, np.cumsum(tasks.support_sizes)[:-1]]
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order)) - np.repeat(starts, tasks.support_sizes)
+        keep = (rank < budget) & (pos < never)
+        # shown: up to the last answer; without ``budget`` answers, the whole catalogue
+        shown = np.full(len(tasks), catalogue_size, np.int64)
+        last = np.zeros(len(tasks), np.int64)
+        np.maximum.at(last, task[keep], pos[keep] + 1)
+        enough = np.bincount(task[keep], minlength=len(tasks)) >= budget
+        shown[enough] = last[enough]
+    asked = tasks.with_support(keep)
+    return Questionnaire(asked, shown, asked.support_sizes.copy())
+
+
+def _in_query(tasks: TaskSet) -> np.ndarray:
+    """Per support row: whether the item is also in the task's query (never true for a clean split)."""
+    task = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
+    q_task = np.repeat(np.arange(len(tasks)), tasks.query_sizes)
+    width = int(max(tasks.support_item.max(initial=0), tasks.query_item.max(initial=0))) + 1
+    return np.isin(task * width + tasks.support_item, q_task * width + tasks.query_item)
+
+
+# ---------------------------------------------------------------------- scoring
+def _batches(tasks: TaskSet, size: int, device: torch.device):
+    """Padded batches; a batch where nobody answered keeps one masked support column (the model then
+    sees no rating and takes no effective inner step: the meta-learned initialisation)."""
+    packed = tasks.packed()
+    for start in range(0, len(tasks), size):
+        batch = packed.select(torch.arange(start, min(start + size, len(tasks))))
+        if batch.support_item.shape[1] == 0:
+            zeros = torch.zeros(len(batch), 1)
+            batch = TaskBatch(batch.user_idx, zeros.long(), zeros, zeros, batch.query_item, batch.query_rating,
+                              batch.query_mask)
+        yield start, batch.to(device)
+
+
+def per_user_scores(learner: MetaLearner, tasks: TaskSet, candidates: np.ndarray, *, k: int = 10,
+                    steps: int | None = None, batch_size: int = 128) -> pd.DataFrame:
+    """Per task, after adapting on its support: query MAE, squared error, full-catalogue nDCG@k and
+    recall@k (candidates minus the task's support; relevant: query items rated >= 4)."""
+    device = next(learner.model.parameters()).device
+    learner.model.eval()
+    candidates = np.unique(candidates)
+    items = torch.as_tensor(candidates, dtype=torch.long, device=device)
+    vec = learner.catalogue_vectors(items)
+    mae = np.full(len(tasks), np.nan)
+    mse = np.full(len(tasks), np.nan)
+    ndcg = np.full(len(tasks), np.nan)
+    recall = np.full(len(tasks), np.nan)
+    for start, batch in _batches(tasks, batch_size, device):
+        adapted, task = learner.adapt(batch, steps)
+        with torch.no_grad():
+            scores = learner.predict_items(adapted, task, items, vec).cpu().numpy()
+        pred = learner.predict_query(batch, steps).cpu().numpy()
+        for b in range(len(batch)):
+            t = start + b
+            q_items, q_ratings = tasks.query_of(t)
+            err = pred[b, : len(q_items)] - q_ratings
+            mae[t], mse[t] = np.abs(err).mean(), (err ** 2).mean()
+            s_items, _ = tasks.support_of(t)
+            keep = ~np.isin(candidates, s_items)
+            relevant = q_items[q_ratings >= RELEVANT_RATING]
+            ndcg[t] = catalogue_ndcg_at_k(scores[b][keep], candidates[keep], relevant, k)
+            recall[t] = catalogue_recall_at_k(scores[b][keep], candidates[keep], relevant, k)
+    return pd.DataFrame({"mae": mae, "mse": mse, f"ndcg@{k}": ndcg, f"recall@{k}": recall,
+                         "query": tasks.query_sizes})
+
+
+# ---------------------------------------------------------------------- the experiment
+@dataclass
+class OnboardingResult:
+    """Long rows (one per strategy x budget x seed) and per-user scores for paired comparisons."""
+
+    rows: pd.DataFrame
+    per_user: dict[tuple[str, int, int], pd.DataFrame]
+    users: str
+    scenario: str
+    protocol: str
+
+
+def onboarding_experiment(learner: MetaLearner, split: ColdStartSplit, *, scenario: str = "new_users",
+                          validation: bool = False, budgets: Sequence[int] = (10, 20, 50),
+                          strategies: Sequence[str] = STRATEGIES, protocol: str = "shown",
+                          seeds: Sequence[int] = (0, 1, 2), k: int = 10,
+                          progress: Progress | None = None) -> OnboardingResult:
+    """Every strategy x budget on held-out users (test, or validation to choose): query MAE / RMSE and
+    full-catalogue nDCG@k after adapting on the answers; ``random`` once per seed."""
+    tasks = (split.validation if validation else split.test)[scenario]
+    if not len(tasks):
+        raise ValueError(f"no {'validation' if validation else 'test'} tasks in scenario {scenario!r}")
+    unknown = set(strategies) - set(STRATEGIES)
+    if unknown:
+        raise ValueError(f"unknown onboarding strategy {sorted(unknown)[0]!r}; known: {', '.join(STRATEGIES)}")
+    n_items = split.dataset.n_items
+    catalogue = trained_catalogue(split)
+    rated = np.zeros(n_items, bool)
+    rated[split.dataset.ratings["item_idx"].to_numpy()] = True
+    candidates = np.flatnonzero(rated)  # as the benchmark's full-catalogue ranking
+    runs = [(s, seed) for s in strategies for seed in (seeds if s == "random" else (0,))]
+    total = len(runs) * len(budgets)
+    rows, per_user, done = [], {}, 0
+    for strategy, seed in runs:
+        if strategy == "random":
+            position = random_positions(catalogue, n_items, len(tasks), seed)
+        else:
+            position = positions_from_order(strategy_order(strategy, split, learner), n_items)
+        for budget in budgets:
+            if progress:
+                progress(f"{strategy} {protocol} {budget}", done, total)
+            q = simulate(tasks, position, budget, protocol, len(catalogue))
+            scores = per_user_scores(learner, q.tasks, candidates, k=k)
+            scores["answers"], scores["shown"] = q.answers, q.shown
+            per_user[(strategy, budget, seed)] = scores
+            w = scores["query"].to_numpy()
+            rows.append({"strategy": strategy, "budget": budget, "seed": seed, "users": len(tasks),
+                         "mean_answers": float(q.answers.mean()), "no_answer_users": int((q.answers == 0).sum()),
+                         "mean_shown": float(q.shown.mean()),
+                         "mae": float(np.average(scores["mae"], weights=w)),
+                         "rmse": float(np.sqrt(np.average(scores["mse"], weights=w))),
+                         f"ndcg@{k}": float(np.nanmean(scores[f"ndcg@{k}"])),
+                         f"recall@{k}": float(np.nanmean(scores[f"recall@{k}"]))})
+            done += 1
+    if progress:
+        progress("done", total, total)
+    return OnboardingResult(pd.DataFrame(rows), per_user, "validation" if validation else "test", scenario, protocol)
+
+
+def summarise(result: OnboardingResult, *, k: int = 10, draws: int = 2000, seed: int = 0,
+              references: Sequence[str] = ("random", "popular")) -> pd.DataFrame:
+    """One row per strategy x budget: means (random: over seeds, with the seeds' standard deviation), and
+    for each reference strategy the mean per-user difference (this - reference) of MAE and nDCG@k with a
+    paired bootstrap 95% interval over users (random: seed-averaged per user)."""
+    metric = f"ndcg@{k}"
+    rng = np.random.default_rng(seed)
+    out = []
+    for (strategy, budget), group in result.rows.groupby(["strategy", "budget"], sort=False):
+        row = {"strategy": strategy, "budget": int(budget), "seeds": len(group)}
+        for col in ("mean_answers", "no_answer_users", "mean_shown", "mae", "rmse", metric):
+            row[col] = float(group[col].mean())
+        row["mae_sd_seeds"] = float(group["mae"].std(ddof=1)) if len(group) > 1 else float("nan")
+        row[f"{metric}_sd_seeds"] = float(group[metric].std(ddof=1)) if len(group) > 1 else float("nan")
+        mine = _user_means(result, strategy, int(budget), metric)
+        for reference in references:
+            base = _user_means(result, reference, int(budget), metric)
+            if base is None or strategy == reference:
+                continue
+            for col in ("mae", metric):
+                diff = (mine[col] - base[col]).to_numpy()
+                diff = diff[~np.isnan(diff)]
+                boots = diff[rng.integers(0, len(diff), size=(draws, len(diff)))].mean(1)
+                low, high = np.quantile(boots, [0.025, 0.975])
+                row[f"{col}_vs_{reference}"] = float(diff.mean())
+                row[f"{col}_vs_{reference}_ci"] = (float(low), float(high))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _user_means(result: OnboardingResult, strategy: str, budget: int, metric: str) -> pd.DataFrame | None:
+    frames = [v[["mae", metric]] for (s, b, _), v in result.per_user.items() if s == strategy and b == budget]
+    if not frames:
+        return None
+    return sum(frames) / len(frames)  # NaN nDCG (no relevant query item) is the same users in every run

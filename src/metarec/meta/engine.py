@@ -20,7 +20,10 @@ inner loop: per-task weights as a leading dimension (``bmm``), the support gradi
 differentiable ops (so the second-order meta-gradient is one ordinary backward, no double backward),
 weight updates kept as low-rank factors while that is cheaper, and per-item work (attribute
 embeddings, the first layer's item half) done once per distinct item of the meta-batch. Same maths,
-same tests; ``self.fast`` says which path a learner takes. See docs/performance.md.
+same tests; ``self.fast`` says which path a learner takes. With one inner step and a scalar inner rate
+(``maml`` / ``fomaml``, K = 1) the head's meta-gradient is also written out by hand
+(:meth:`FeatureMLP.one_step_meta_gradient`, no autograd graph for the head; ``self.manual_backward``
+turns it off), and ``meta_step`` calls the fused Adam kernel directly. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -74,6 +77,40 @@ def _clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
     torch._foreach_mul_(grads, coef)
 
 
+def _fused_adam_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], grads: list[torch.Tensor],
+                     max_norm: float | None) -> bool:
+    """Clip ``grads`` as :func:`_clip_grad_norm` does, then ``optimizer.step()`` with them, by calling the
+    fused Adam kernel directly on the optimiser's own state (the same kernel and arguments, without
+    ``Optimizer.step``'s per-call bookkeeping). False (nothing done) unless ``optimizer`` is a plain
+    fused Adam over exactly ``params`` whose state is initialised (its first step goes the usual way)."""
+    if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    if (not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]
+            or group["differentiable"] or group.get("decoupled_weight_decay", False) or len(group["params"]) != len(params)
+            or any(a is not b for a, b in zip(group["params"], params))):
+        return False
+    states = [optimizer.state.get(p) for p in params]
+    if any(not st or st["step"].dtype != torch.float32 for st in states):
+        return False
+    if len({(g.device, g.dtype) for g in grads}) > 1:  # pragma: no cover - mixed devices / dtypes
+        return False
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+    if max_norm is not None:  # clip_grad_norm_'s arithmetic; a factor of 1 is skipped (x * 1.0 == x)
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        if float(coef) < 1.0:
+            grads = torch._foreach_mul(grads, coef)
+    steps = [st["step"] for st in states]
+    torch._foreach_add_(steps, 1)
+    beta1, beta2 = group["betas"]
+    torch._fused_adam_(params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states], [],
+                       steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                       weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                       grad_scale=None, found_inf=None)
+    return True
+
+
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam, fused (one kernel over all parameters: ~2x faster than the per-tensor loop on CPU) when the
     parameters allow it."""
@@ -103,6 +140,12 @@ class MetaLearner:
         head_names = set(model.parameter_groups()["head"])
         self.fast = (self.hoist and set(self.adapted) <= head_names
                      and bool(getattr(model, "batched_head_supported", lambda: False)()))
+        # Hand-written meta-gradient (no autograd through the head) for one inner step with a scalar
+        # rate, second or first order: see FeatureMLP.one_step_meta_gradient. ``manual_backward`` = False
+        # forces the autograd path (the tests compare the two).
+        self.manual_backward = True
+        self._manual = (self.fast and config.inner_steps == 1 and config.algorithm in ("maml", "fomaml")
+                        and hasattr(model, "one_step_meta_gradient") and len(model._linear_names()) >= 2)
         params = model.params()
         self._params = dict(params)
         self.inner_lrs: dict[str, nn.Parameter] = {}
@@ -291,9 +334,50 @@ class MetaLearner:
         named = self.named_meta_parameters()
         if self.config.algorithm == "reptile":
             return self._reptile_gradients(batch, generator)
+        if self._manual and self.manual_backward:
+            return self._manual_meta_gradients(batch, generator)
         loss = self.meta_loss(batch, generator=generator)
         grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
         return {n: (torch.zeros_like(p) if g is None else g) for (n, p), g in zip(named.items(), grads)}, float(loss.detach())
+
+    def _manual_meta_gradients(self, batch: TaskBatch, generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], float]:
+        """:meth:`meta_gradients` for one inner step on the batched head: the head's forward and
+        reverse pass written out (:meth:`FeatureMLP.one_step_meta_gradient`, no graph recorded), then
+        one autograd backward through the embeddings only (user and distinct item vectors)."""
+        params = self._own_params()
+        model = self.model
+        uf, idx = self.user_features, batch.user_idx  # FeatureTable.select's rows, by index_select (cheaper)
+        user_vec = model.embed_users({k: v.index_select(0, idx) for k, v in uf.single.items()},
+                                     {k: v.index_select(0, idx) for k, v in uf.multi.items()})
+        s = batch.support_item.shape[1]
+        items, inverse = torch.unique(torch.cat([batch.support_item, batch.query_item], dim=1), return_inverse=True)
+        item_vec = model.embed_items(items)
+        mask = batch.support_mask
+        masks = self.step_masks(mask, 1, generator)
+        if masks is not None:
+            mask = masks[:, 0]
+        support_weight = mask * (2.0 * self.config.inner_lr / mask.sum(-1, keepdim=True).clamp(min=1.0))
+        q_mask = batch.query_mask
+        query_weight = q_mask / (q_mask.sum(-1, keepdim=True).clamp(min=1.0) * q_mask.shape[0])
+        head = {n: params[n].detach() for n in self.adapted}
+        with torch.no_grad():
+            loss, head_grads, d_user, d_item = model.one_step_meta_gradient(
+                head, user_vec.detach(), item_vec.detach(), inverse[:, :s], inverse[:, s:], batch.support_rating,
+                support_weight, batch.query_rating, query_weight, self.config.first_order)
+        rest = [n for n in params if n not in head_grads]
+        outputs = [(v, g) for v, g in ((user_vec, d_user), (item_vec, d_item)) if v.requires_grad]
+        found = torch.autograd.grad([v for v, _ in outputs], [params[n] for n in rest], [g for _, g in outputs],
+                                    allow_unused=True) if outputs and rest else [None] * len(rest)
+        grads = dict(head_grads)
+        grads.update({n: (torch.zeros_like(params[n]) if g is None else g) for n, g in zip(rest, found)})
+        grads = {n: grads[n] for n in params}  # model order
+        loss = float(loss)
+        if self.config.l2:
+            with torch.no_grad():
+                loss += float(self.l2_penalty(params))
+                for n, p in params.items():
+                    grads[n] = grads[n] + 2 * self.config.l2 * p
+        return grads, loss
 
     def _reptile_gradients(self, batch: TaskBatch, generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], float]:
         """Reptile: grad = phi - mean_i phi_i^(K) for adapted parameters, + 2 lambda phi for all."""
@@ -338,6 +422,8 @@ class MetaLearner:
             self.model.train()
         grads, loss = self.meta_gradients(batch, generator=generator)
         named = self.named_meta_parameters()
+        if _fused_adam_step(self.optimizer, list(named.values()), [grads[n] for n in named], self.config.grad_clip):
+            return loss
         for n, p in named.items():
             p.grad = grads[n]
         if self.config.grad_clip is not None:

@@ -66,10 +66,46 @@ class AdaptedUser:
         if exclude_rated and len(self.rated_idx):
             keep = ~np.isin(pool, self.rated_idx)
             pool, scores = pool[keep], scores[keep]
-        k = min(k, len(pool))
-        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, np.int64)
-        top = top[np.lexsort((pool[top], -scores[top]))]
-        return [(p.item_vocab.ids[int(pool[i])], float(scores[i])) for i in top]
+        return p.top_k(pool, scores, k)
+
+
+@dataclass
+class AdaptedUsers:
+    """Several new users adapted together (one padded batch): scored against the catalogue at once."""
+
+    personalizer: "Personalizer"
+    params: Params
+    task: dict
+    rated_idx: list[np.ndarray]
+    unknown_item_ids: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.rated_idx)
+
+    def catalogue_scores(self) -> np.ndarray:
+        """Predicted ratings [B, N] of every catalogue item, one row per user."""
+        p = self.personalizer
+        pred = p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec, p.catalogue_proj,
+                                       p.catalogue_gram)
+        return pred.cpu().numpy()
+
+    def recommend(self, k: int | Sequence[int] = 10, exclude_rated: bool | Sequence[bool] = True) -> list[list[tuple[str, float]]]:
+        """Per user, :meth:`AdaptedUser.recommend` of the whole catalogue (``k`` and ``exclude_rated``
+        may differ per user)."""
+        n = len(self)
+        ks = [k] * n if isinstance(k, (int, np.integer)) else list(k)
+        excludes = [exclude_rated] * n if isinstance(exclude_rated, (bool, np.bool_)) else list(exclude_rated)
+        p = self.personalizer
+        scores = self.catalogue_scores()
+        out = []
+        for row, rated, k_, exclude in zip(scores, self.rated_idx, ks, excludes):
+            pool = p.all_idx
+            if exclude and len(rated):
+                keep = np.ones(len(pool), dtype=bool)
+                keep[rated] = False
+                pool, row = pool[keep], row[keep]
+            out.append(p.top_k(pool, row, k_))
+        return out
 
 
 class Personalizer:
@@ -132,15 +168,20 @@ class Personalizer:
 
         return cls(load_best(run_dir, device=device))
 
-    def adapt(
-        self,
-        ratings: Mapping[object, float],
-        user_attributes: Mapping[str, object] | None = None,
-        *,
-        steps: int | None = None,
-        allow_empty: bool = False,
-    ) -> AdaptedUser:
-        """Personalised parameters from ``{item_id: rating}`` (a few gradient steps on them)."""
+    def top_k(self, pool: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best of ``pool`` by score, best first; ties by catalogue order (reproducible)."""
+        k = min(k, len(pool))
+        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, np.int64)
+        top = top[np.lexsort((pool[top], -scores[top]))]
+        ids = self.item_vocab.ids
+        return [(ids[int(pool[i])], float(scores[i])) for i in top]
+
+    def support(self, ratings: Mapping[object, float], *, allow_empty: bool = False) -> tuple[list[int], list[float], list[str]]:
+        """A new user's ratings checked and mapped to catalogue indices: (indices, ratings, unknown ids).
+
+        Raises :class:`DataError` for a rating that is not a number in the rating scale, and
+        :class:`UnknownIdError` when no rated item is known (unless ``allow_empty``).
+        """
         low, high = self.checkpoint.rating_scale
         known_idx, known_r, unknown = [], [], []
         for item_id, value in ratings.items():
@@ -162,6 +203,22 @@ class Personalizer:
             raise DataError("the support set is empty: rate at least one item", field="ratings")
         if unknown:
             log.info("ignoring %d unknown item ids: %s", len(unknown), unknown[:5])
+        return known_idx, known_r, unknown
+
+    def encode_user(self, attributes: Mapping[str, object] | None) -> FeatureTable:
+        """One new user's encoded attributes (a one-row table), for :meth:`adapt_encoded`."""
+        return self._encode_user(attributes)
+
+    def adapt(
+        self,
+        ratings: Mapping[object, float],
+        user_attributes: Mapping[str, object] | None = None,
+        *,
+        steps: int | None = None,
+        allow_empty: bool = False,
+    ) -> AdaptedUser:
+        """Personalised parameters from ``{item_id: rating}`` (a few gradient steps on them)."""
+        known_idx, known_r, unknown = self.support(ratings, allow_empty=allow_empty)
         items = torch.as_tensor([known_idx], dtype=torch.long, device=self.device).reshape(1, -1)
         rating = torch.as_tensor([known_r], dtype=torch.float32, device=self.device).reshape(1, -1)
         mask = torch.ones_like(rating)
@@ -170,3 +227,52 @@ class Personalizer:
         users = self._encode_user(user_attributes)
         params, task = self.learner.adapt(batch, steps=steps if known_idx else 0, users=users)
         return AdaptedUser(self, params, task, np.asarray(known_idx, dtype=np.int64), unknown)
+
+    def adapt_many(
+        self,
+        users: Sequence[tuple[Mapping[object, float], Mapping[str, object] | None]],
+        *,
+        steps: int | None = None,
+    ) -> AdaptedUsers:
+        """:meth:`adapt` of several new users ``[(ratings, attributes), ...]`` as one padded batch.
+
+        Many users per call amortise the per-call overhead (the same maths, padded support rows carry
+        no weight). The first invalid user raises; a caller that must isolate users checks each with
+        :meth:`support` and :meth:`encode_user` and calls :meth:`adapt_encoded`.
+        """
+        prepared = [(*self.support(ratings), self._encode_user(attributes)) for ratings, attributes in users]
+        return self.adapt_encoded(prepared, steps=steps)
+
+    def adapt_encoded(
+        self,
+        users: Sequence[tuple[Sequence[int], Sequence[float], list[str], FeatureTable]],
+        *,
+        steps: int | None = None,
+    ) -> AdaptedUsers:
+        """Adapt users already checked: ``(indices, ratings, unknown ids, encoded attributes)`` each,
+        as :meth:`support` and :meth:`encode_user` return them; every user needs a known rating."""
+        if not users:
+            raise DataError("adapt_encoded needs at least one user", field="ratings")
+        n, width = len(users), max(len(u[0]) for u in users)
+        if width == 0:
+            raise DataError("the support set is empty: rate at least one item", field="ratings")
+        items = np.zeros((n, width), dtype=np.int64)
+        rating = np.zeros((n, width), dtype=np.float32)
+        mask = np.zeros((n, width), dtype=np.float32)
+        for row, (idx, values, _, _) in enumerate(users):
+            if not len(idx):
+                raise DataError("the support set is empty: rate at least one item", field="ratings")
+            items[row, : len(idx)] = idx
+            rating[row, : len(idx)] = values
+            mask[row, : len(idx)] = 1.0
+        tables = [u[3] for u in users]
+        encoded = FeatureTable({c: torch.cat([t.single[c] for t in tables]) for c in tables[0].single},
+                               {c: torch.cat([t.multi[c] for t in tables]) for c in tables[0].multi})
+        item_t = torch.from_numpy(items).to(self.device)
+        rating_t = torch.from_numpy(rating).to(self.device)
+        mask_t = torch.from_numpy(mask).to(self.device)
+        batch = TaskBatch(torch.arange(n, device=self.device), item_t, rating_t, mask_t,
+                          item_t[:, :0], rating_t[:, :0], mask_t[:, :0])
+        params, task = self.learner.adapt(batch, steps=steps, users=encoded)
+        return AdaptedUsers(self, params, task, [np.asarray(u[0], dtype=np.int64) for u in users],
+                            [list(u[2]) for u in users])

@@ -197,12 +197,20 @@ def load_best(run_dir: str | Path, device: str = "cpu") -> Checkpoint:
     raise MetarecError(f"{run_dir}: no checkpoint found (expected {run_dir}/best or {run_dir}/last)")
 
 
+def without_support(tasks: TaskSet, learner: MetaLearner) -> TaskSet:
+    """The tasks as the model sees them without adaptation: a model that reads the support set directly
+    (attention, closed-form fold-in) must not see it either, or "no adaptation" would still adapt."""
+    if not learner.model.uses_context:
+        return tasks
+    return tasks.with_support(np.zeros(len(tasks.support_item), dtype=bool))
+
+
 def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None) -> dict[str, dict[str, float]]:
     """MAE / RMSE per test scenario, adapted and not adapted."""
     out = {}
     for name, tasks in split.test.items():
         adapted = ckpt.learner.evaluate(tasks, steps=steps)
-        frozen = ckpt.learner.evaluate(tasks, steps=0)
+        frozen = ckpt.learner.evaluate(without_support(tasks, ckpt.learner), steps=0)
         out[name] = {"mae": adapted["mae"], "rmse": adapted["rmse"], "mae_no_adapt": frozen["mae"],
                      "rmse_no_adapt": frozen["rmse"], "ratings": adapted["n"], "tasks": len(tasks)}
     return out

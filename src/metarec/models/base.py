@@ -50,6 +50,7 @@ class RatingModel(nn.Module):
         *,
         embedding_size: int,
         item_id_embedding: bool = False,
+        item_id_dropout: float = 0.0,
         known_items: torch.Tensor | None = None,
         rating_scale: tuple[float, float] = (1.0, 5.0),
     ) -> None:
@@ -69,6 +70,9 @@ class RatingModel(nn.Module):
             known = torch.ones(n_items) if known_items is None else known_items.float()
             # New items have no trained id vector: their id embedding is masked to zero (content only).
             self.register_buffer("item_known", known.clone(), persistent=True)
+        # DropoutNet-style: in training, a warm item's id vector is dropped with this probability, so the
+        # attribute pathway alone must predict well - which is all a new item has.
+        self.item_id_dropout = float(item_id_dropout)
         self.user_dim = self.user_embedding.out_dim if self.user_embedding is not None else 0
         self.item_dim = (self.item_embedding.out_dim if self.item_embedding is not None else 0) + (
             embedding_size if item_id_embedding else 0
@@ -116,7 +120,10 @@ class RatingModel(nn.Module):
             multi = {c: getattr(self, f"item_multi__{c}")[item_idx] for c in self._item_multi_cols}
             parts.append(self.item_embedding(single, multi, vmap_safe=vmap_safe))
         if self.item_id is not None:
-            parts.append(self.item_id(item_idx) * self.item_known[item_idx].unsqueeze(-1))
+            known = self.item_known[item_idx]
+            if self.training and self.item_id_dropout > 0:
+                known = known * (torch.rand(known.shape, device=known.device) >= self.item_id_dropout).to(known.dtype)
+            parts.append(self.item_id(item_idx) * known.unsqueeze(-1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,

@@ -29,12 +29,18 @@ class ModelConfig:
     attention_size: int = 32
     dropout: float = 0.0
     item_id_embedding: bool = False
+    item_id_dropout: float = 0.0
+    fold_in: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ConfigError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.embedding_size < 1 or any(h < 1 for h in self.hidden):
             raise ConfigError("embedding_size and hidden sizes must be >= 1")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ConfigError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
+        if self.fold_in and self.kind != "neural-cf":
+            raise ConfigError(f"fold_in is a neural-cf option (the user's factors solved from the support set), not {self.kind!r}")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
     @classmethod
@@ -57,11 +63,13 @@ def build_model(
         torch.manual_seed(seed)
         common = dict(
             embedding_size=config.embedding_size, item_id_embedding=config.item_id_embedding,
+            item_id_dropout=config.item_id_dropout,
             known_items=known_items, rating_scale=rating_scale,
         )
         args = (user_encoder, item_encoder, item_features)
         if config.kind in ("feature-mlp", "melu"):
             return FeatureMLP(*args, hidden=config.hidden, dropout=config.dropout, **common)
         if config.kind == "neural-cf":
-            return NeuralCF(*args, factors=config.factors, hidden=config.hidden[:1], dropout=config.dropout, **common)
+            return NeuralCF(*args, factors=config.factors, hidden=config.hidden[:1], dropout=config.dropout,
+                            fold_in=config.fold_in, **common)
         return AttentionRec(*args, attention_size=config.attention_size, hidden=config.hidden, dropout=config.dropout, **common)

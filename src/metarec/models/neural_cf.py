@@ -3,6 +3,12 @@
 The item side (q_v and its bias) is computed in the ``items`` stage, so when only the head adapts it is
 computed once per meta-batch; the head is the user tower and the user bias, i.e. exactly what a new
 user's ratings should personalise.
+
+With ``fold_in=True`` the user's factors are also *solved* from the support set: the inner problem of
+matrix-factorisation fold-in (ridge regression of the support residuals on [q_v, 1]) has a closed form,
+so it is solved exactly inside the model and the outer loop trains the item towers, the attribute prior
+p_u and the ridge penalties through the solution (a differentiable closed-form inner loop, as in
+Bertinetto et al., ICLR 2019). Gradient steps of MAML, if any, adapt the user tower on top of it.
 """
 
 from __future__ import annotations
@@ -17,16 +23,25 @@ from metarec.models.embedding import mlp
 class NeuralCF(RatingModel):
     """rating = center + b + b_u + b_v + p_u . q_v with p_u = f(user attrs), q_v = g(item attrs [, item id])."""
 
-    def __init__(self, *args, factors: int = 32, hidden: tuple[int, ...] = (64,), dropout: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, factors: int = 32, hidden: tuple[int, ...] = (64,), dropout: float = 0.0,
+                 fold_in: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.factors = factors
+        self.fold_in = fold_in
+        self.uses_context = fold_in
         self.item_tower = mlp([self.item_dim, *hidden, factors + 1], dropout)  # q_v and b_v
         user_in = max(self.user_dim, 1)
-        self.head = nn.ModuleDict({
+        head: dict[str, nn.Module] = {
             "user_tower": mlp([user_in, *hidden, factors + 1], dropout),  # p_u and b_u
             "bias": nn.Linear(1, 1, bias=False),
-        })
+        }
+        if fold_in:
+            # log of the ridge penalty per coordinate of [delta p_u, delta b_u]; exp(1.0) ~ 2.7 to start
+            head["log_reg"] = nn.Linear(factors + 1, 1, bias=False)
+        self.head = nn.ModuleDict(head)
         nn.init.zeros_(self.head["bias"].weight)
+        if fold_in:
+            nn.init.constant_(self.head["log_reg"].weight, 1.0)
 
     def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
         return self.item_tower(super().embed_items(item_idx, vmap_safe=vmap_safe))
@@ -37,6 +52,39 @@ class NeuralCF(RatingModel):
             user_vec = torch.ones(*user_vec.shape[:-1], 1, dtype=item_vec.dtype, device=item_vec.device)
         pu = self.head["user_tower"](user_vec)
         p, b_u = pu[..., : self.factors], pu[..., self.factors]
+        prior = self._prior(p, b_u, item_vec)
+        if not self.fold_in or context is None or context.item_vec.shape[-2] == 0:
+            return prior
+        delta, inverse, support_z, support_fit = self._solve(p, b_u, context)
+        z = self._design(item_vec)
+        pred = prior + (z * delta.unsqueeze(-2)).sum(-1)
+        if exclude_self:
+            # Scoring the support items themselves: leave-one-out predictions of the ridge fit, in closed
+            # form (r_i - yhat_{-i} = (r_i - yhat_i) / (1 - h_ii)), so an item cannot predict its own rating.
+            leverage = ((support_z @ inverse) * support_z).sum(-1) * context.mask
+            loo = context.rating - (context.rating - support_fit) / (1.0 - leverage).clamp(min=1e-3)
+            pred = torch.where(context.mask > 0, loo, pred) if pred.shape == loo.shape else pred
+        return pred
+
+    # ------------------------------------------------------------------ fold-in
+    def _prior(self, p: torch.Tensor, b_u: torch.Tensor, item_vec: torch.Tensor) -> torch.Tensor:
         q, b_v = item_vec[..., : self.factors], item_vec[..., self.factors]
         dot = (q * p.unsqueeze(-2)).sum(-1)
         return self.rating_center + self.head["bias"].weight[0, 0] + b_u.unsqueeze(-1) + b_v + dot
+
+    def _design(self, item_vec: torch.Tensor) -> torch.Tensor:
+        """[q_v, 1]: the regressors of the user's offset (factors and bias)."""
+        return torch.cat([item_vec[..., : self.factors], torch.ones_like(item_vec[..., :1])], dim=-1)
+
+    def _solve(self, p: torch.Tensor, b_u: torch.Tensor, context: Context):
+        """delta = argmin sum_s m_s (r_s - prior_s - z_s . delta)^2 + sum_j lambda_j delta_j^2."""
+        z = self._design(context.item_vec)  # [..., S, F+1]
+        mask = context.mask
+        residual = (context.rating - self._prior(p, b_u, context.item_vec)) * mask
+        zm = z * mask.unsqueeze(-1)
+        reg = torch.exp(self.head["log_reg"].weight[0])
+        gram = zm.transpose(-1, -2) @ z + torch.diag_embed(reg.expand(*z.shape[:-2], -1))
+        inverse = torch.linalg.inv(gram)
+        delta = (inverse @ (zm.transpose(-1, -2) @ residual.unsqueeze(-1))).squeeze(-1)
+        fit = self._prior(p, b_u, context.item_vec) + (z * delta.unsqueeze(-2)).sum(-1)
+        return delta, inverse, z, fit

@@ -64,6 +64,16 @@ class Recommendations:
     unknown_item_ids: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One new user's :meth:`ColdStartRecommender.recommend_records` arguments, for :meth:`recommend_many`."""
+
+    ratings: Mapping[object, float]
+    user_attributes: Mapping[str, object] | None = None
+    k: int = 10
+    exclude_rated: bool = True
+
+
 class ColdStartRecommender:
     """Fit / save / load / recommend around one meta-trained checkpoint (see the module docstring)."""
 
@@ -123,6 +133,11 @@ class ColdStartRecommender:
         # thread's swapped-in tensors. ``checkpoint`` itself stays untouched, for save() and info().
         template = _replica(checkpoint)
         self._pool = _Pool(Personalizer(_replica(template)), lambda: Personalizer(_replica(template)), self._replicas)
+        # recommend_many's own replica (made on first use: each holds the catalogue's ~60 MB Gram matrix),
+        # one batch at a time
+        self._batch_factory = lambda: Personalizer(_replica(template))
+        self._batch_personalizer: Personalizer | None = None
+        self._batch_lock = threading.Lock()
         self._checkpoint = checkpoint
 
     @property
@@ -332,9 +347,53 @@ class ColdStartRecommender:
         with self._pool.borrow() as personalizer:
             user = personalizer.adapt(ratings, record)
             top = user.recommend(int(k), exclude_rated=exclude_rated)
+        return Recommendations(self._ranked_records(top), list(user.unknown_item_ids))
+
+    def recommend_many(
+        self,
+        queries: Sequence[RecommendQuery],
+        *,
+        batch_size: int = 4,
+    ) -> list[Recommendations | MetarecError]:
+        """:meth:`recommend_records` of many new users at once: same answers (to float rounding), less work.
+
+        Users are adapted and scored against the catalogue in vectorised groups of up to ``batch_size``
+        (sorted by support size, so little padding), which amortises the per-call overhead that
+        dominates one small user. Each query gets its own answer or its own error (a
+        :class:`MetarecError`, returned, not raised), so one bad query never fails the others.
+        One batch runs at a time (it owns a replica); call it from one thread to avoid waiting.
+        """
+        self._require_fitted()
+        if batch_size < 1:
+            raise MetarecError(f"batch_size must be >= 1, got {batch_size}")
+        results: list[Recommendations | MetarecError | None] = [None] * len(queries)
+        with self._batch_lock:
+            if self._batch_personalizer is None:
+                self._batch_personalizer = self._batch_factory()
+            personalizer = self._batch_personalizer
+            ready: list[tuple[int, tuple[list[int], list[float], list[str], Any]]] = []
+            for i, query in enumerate(queries):
+                try:
+                    k = query.k
+                    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                        raise DataError(f"k must be a positive integer, got {k!r}", field="k")
+                    record = self._user_record(query.user_attributes)
+                    ready.append((i, (*personalizer.support(query.ratings), personalizer.encode_user(record))))
+                except MetarecError as exc:
+                    results[i] = exc
+            ready.sort(key=lambda entry: len(entry[1][0]))
+            for lo in range(0, len(ready), batch_size):
+                group = ready[lo:lo + batch_size]
+                users = personalizer.adapt_encoded([prepared for _, prepared in group])
+                tops = users.recommend([int(queries[i].k) for i, _ in group],
+                                       [bool(queries[i].exclude_rated) for i, _ in group])
+                for (i, prepared), top in zip(group, tops):
+                    results[i] = Recommendations(self._ranked_records(top), list(prepared[2]))
+        return results  # type: ignore[return-value]
+
+    def _ranked_records(self, top: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
         vocab = self.checkpoint.item_vocab
-        items = [{"item_id": item_id, "score": score, **self._meta[vocab.index(item_id)]} for item_id, score in top]
-        return Recommendations(items, list(user.unknown_item_ids))
+        return [{"item_id": item_id, "score": score, **self._meta[vocab.index(item_id)]} for item_id, score in top]
 
     def predict(
         self,

@@ -1,0 +1,47 @@
+"""`metarec onboard --experiment` through typer's runner on a briefly trained ML-100K run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from metarec.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_onboard_experiment_json_and_errors(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAREC_DATA_DIR", str(data_dir))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--dataset", "ml-100k", "--epochs", "1", "--item-ids", "--adapt", "head",
+                                 "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["onboard", str(out), "--experiment", "--users", "validation", "--budgets", "5,30",
+                                 "--seeds", "0,1", "--strategies", "random,popular,greedy-info", "--json",
+                                 "--out", str(tmp_path / "csv")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["users"] == "validation" and answer["protocol"] == "shown"
+    rows = answer["rows"]
+    assert len(rows) == 2 * (2 + 1 + 1)  # budgets x (random over 2 seeds, popular, greedy-info)
+    assert all(r["mean_shown"] == r["budget"] for r in rows)
+    assert all(0 <= r["no_answer_users"] <= r["users"] for r in rows)
+    summary = {(s["strategy"], s["budget"]): s for s in answer["summary"]}
+    assert set(summary) == {(s, b) for s in ("random", "popular", "greedy-info") for b in (5, 30)}
+    assert "mae_vs_random" in summary[("popular", 30)] and "mae_vs_popular" in summary[("greedy-info", 30)]
+    assert (tmp_path / "csv" / "onboarding_validation_shown_summary.csv").exists()
+
+    result = runner.invoke(app, ["onboard", str(out), "--n", "3", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)["items"]
+    assert len(items) == 3 and all(i["title"] for i in items)
+
+    for args, message in ((["--experiment", "--protocol", "telepathy"], "--protocol"),
+                          (["--experiment", "--users", "everyone"], "--users"),
+                          (["--experiment", "--budgets", "ten"], "--budgets"),
+                          (["--strategy", "random"], "no fixed order")):
+        bad = runner.invoke(app, ["onboard", str(out), *args])
+        assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output, args

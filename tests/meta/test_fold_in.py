@@ -1,0 +1,116 @@
+"""The closed-form fold-in head of NeuralCF and item-id dropout: known answers, and engine == loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metarec.errors import ConfigError
+from metarec.meta.config import MetaConfig
+from metarec.meta.engine import MetaLearner
+from metarec.meta.reference import reference_meta_gradients
+from metarec.models import Context, ModelConfig, build_model
+from metarec.tasks.taskset import TaskBatch
+
+
+def fold_in_model(tiny_split, **overrides):
+    _, feats = tiny_split
+    config = ModelConfig(**{"kind": "neural-cf", "embedding_size": 8, "hidden": (16,), "factors": 4,
+                            "item_id_embedding": True, "fold_in": True, **overrides})
+    return build_model(config, feats.user_encoder, feats.item_encoder, feats.item_features,
+                       known_items=feats.known_items, seed=1).double()
+
+
+def ridge(z: np.ndarray, y: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    return np.linalg.solve(z.T @ z + np.diag(reg), z.T @ y)
+
+
+def test_fold_in_solves_the_ridge_problem(tiny_split):
+    model = fold_in_model(tiny_split).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.head["log_reg"].weight.normal_()
+    user = torch.randn(model.user_dim, dtype=torch.float64)
+    support = model.embed_items(torch.arange(7))
+    query = model.embed_items(torch.arange(7, 12))
+    rating = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 5.0, 4.0], dtype=torch.float64)
+    mask = torch.tensor([1, 1, 1, 1, 1, 0, 0], dtype=torch.float64)  # two padding rows must not count
+    with torch.no_grad():
+        pred = model.score(user, query, Context(support, rating, mask)).numpy()
+        prior_q = model.score(user, query).numpy()
+        prior_s = model.score(user, support).numpy()
+    f = model.factors
+    z_s = np.c_[support[:5, :f].detach().numpy(), np.ones(5)]
+    z_q = np.c_[query[:, :f].detach().numpy(), np.ones(5)]
+    reg = np.exp(model.head["log_reg"].weight[0].detach().numpy())
+    delta = ridge(z_s, rating.numpy()[:5] - prior_s[:5], reg)
+    np.testing.assert_allclose(pred, prior_q + z_q @ delta, rtol=1e-9, atol=1e-9)
+    assert np.abs(delta).max() > 1e-3  # the support moved the prediction
+
+
+def test_support_scores_are_leave_one_out(tiny_split):
+    model = fold_in_model(tiny_split).eval()
+    user = torch.randn(model.user_dim, dtype=torch.float64)
+    support = model.embed_items(torch.arange(6)).detach()
+    rating = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 5.0], dtype=torch.float64)
+    mask = torch.ones(6, dtype=torch.float64)
+    with torch.no_grad():
+        loo = model.score(user, support, Context(support, rating, mask), exclude_self=True)
+        for i in range(6):
+            keep = torch.arange(6) != i
+            refit = model.score(user, support[i:i + 1], Context(support[keep], rating[keep], mask[keep]))
+            assert float(loo[i]) == pytest.approx(float(refit[0]), abs=1e-9)
+
+
+def test_no_support_gives_the_attribute_prior(tiny_split):
+    model = fold_in_model(tiny_split).eval()
+    user = torch.randn(model.user_dim, dtype=torch.float64)
+    items = model.embed_items(torch.arange(5))
+    empty = Context(items[:0], torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
+    masked = Context(items, torch.full((5,), 5.0, dtype=torch.float64), torch.zeros(5, dtype=torch.float64))
+    with torch.no_grad():
+        prior = model.score(user, items)
+        torch.testing.assert_close(model.score(user, items, empty), prior)
+        torch.testing.assert_close(model.score(user, items, masked), prior)
+
+
+@pytest.mark.parametrize("algorithm,steps", [("maml", 0), ("maml", 2), ("fomaml", 1), ("metasgd", 1)])
+def test_engine_equals_per_task_loop_with_fold_in(tiny_split, algorithm, steps):
+    split, feats = tiny_split
+    model = fold_in_model(tiny_split)
+    learner = MetaLearner(model, MetaConfig(algorithm=algorithm, inner_steps=steps, inner_lr=0.1, l2=1e-3),
+                          feats.user_features)
+    batch = split.meta_train.packed().select(torch.arange(6))
+    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in vars(batch).values()))
+    fast, fast_loss = learner.meta_gradients(batch)
+    slow, slow_loss = reference_meta_gradients(learner, batch)
+    scale = max(float(v.abs().max()) for v in slow.values())
+    assert max(float((fast[k] - slow[k]).abs().max()) for k in slow) <= 1e-5 * scale
+    assert fast_loss == pytest.approx(slow_loss, rel=1e-6)
+    assert float(fast["head.log_reg.weight"].abs().max()) > 0  # the ridge penalty is meta-learned
+
+
+def test_item_id_dropout_only_in_training_and_never_for_new_items(tiny_split):
+    model = fold_in_model(tiny_split, item_id_dropout=0.5)
+    with torch.no_grad():
+        model.item_id.weight.fill_(1.0)
+    items = torch.arange(model.item_known.numel()).repeat(20)
+    from metarec.models.base import RatingModel
+    model.train()
+    with torch.no_grad():
+        train_ids = RatingModel.embed_items(model, items)[:, -model.item_id.embedding_dim:]
+        model.eval()
+        eval_ids = RatingModel.embed_items(model, items)[:, -model.item_id.embedding_dim:]
+    known = model.item_known[items] > 0
+    kept = (train_ids[known].abs().sum(-1) > 0).double().mean()
+    assert 0.4 < float(kept) < 0.6
+    assert bool((eval_ids[known].abs().sum(-1) > 0).all())
+    assert float(train_ids[~known].abs().sum()) == 0.0 and float(eval_ids[~known].abs().sum()) == 0.0
+
+
+def test_fold_in_config_is_checked():
+    with pytest.raises(ConfigError, match="fold_in"):
+        ModelConfig(kind="feature-mlp", fold_in=True)
+    with pytest.raises(ConfigError, match="item_id_dropout"):
+        ModelConfig(item_id_dropout=1.0)
