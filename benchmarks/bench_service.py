@@ -1,7 +1,8 @@
 """Load test of the HTTP service: the real server (``metarec serve``, uvicorn) on loopback, many clients.
 
 Starts ``python -m metarec.cli serve FOLDER`` on 127.0.0.1 and a free port, waits for ``/healthz``,
-then ``--clients`` threads (one keep-alive ``http.client`` connection each) send ``--requests``
+then ``--clients`` keep-alive connections (on one asyncio loop, pre-encoded requests; ``--client threads``:
+one ``http.client`` thread each) send ``--requests``
 ``POST /v1/recommend`` calls in total, each for a random new user with 5 ratings of catalogue items.
 Prints p50 / p90 / p99 latency (ms), requests per second and the error count, then stops the server.
 It also prints the CPU time the server (all its processes) and the load generator spent per request:
@@ -175,7 +176,9 @@ def make_bodies(ids: list[str], n: int, scale: tuple[float, float], k: int, seed
 
 
 def drive(port: int, api_key: str, bodies: list[bytes], clients: int) -> tuple[list[float], int, float, list[str]]:
-    """Send every body once, ``clients`` at a time; per-request latency (s), error count, wall time."""
+    """Send every body once, ``clients`` at a time, from threads with one ``http.client`` connection each;
+    per-request latency (s), error count, wall time. Simple, but the clients' own Python (and its GIL)
+    costs about as much CPU as the server, on the same cores: see :func:`drive_lean`."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -219,6 +222,59 @@ def drive(port: int, api_key: str, bodies: list[bytes], clients: int) -> tuple[l
     return latencies, len(errors), time.perf_counter() - start, errors[:3]
 
 
+def drive_lean(port: int, api_key: str, bodies: list[bytes], clients: int) -> tuple[list[float], int, float, list[str]]:
+    """As :func:`drive`, but ``clients`` keep-alive connections on one asyncio loop sending pre-encoded
+    HTTP/1.1 requests and reading responses by Content-Length: a load generator that leaves the cores to
+    the server, as a separate load-generation machine (or wrk) would. Same requests, same checks."""
+    import asyncio
+
+    head = (f"POST /v1/recommend HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+            f"X-API-Key: {api_key}\r\nContent-Length: ").encode()
+    requests = [head + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
+    latencies: list[float] = []
+    errors: list[str] = []
+    next_index = iter(range(len(requests)))
+
+    async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        header = await reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = 0
+        for line in header.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+                break
+        else:
+            raise ValueError(f"response without Content-Length: {header[:200]!r}")
+        return status, await reader.readexactly(length)
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in next_index:
+            start = time.perf_counter()
+            try:
+                writer.write(requests[i])
+                status, payload = await read_response(reader)
+                elapsed = time.perf_counter() - start
+            except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+                errors.append(repr(exc))
+                writer.close()
+                reader, writer = await asyncio.open_connection(HOST, port)
+                continue
+            if status != 200:
+                errors.append(f"HTTP {status}: {payload[:120]!r}")
+            else:
+                latencies.append(elapsed)
+        writer.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    return latencies, len(errors), time.perf_counter() - start, errors[:3]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -234,7 +290,9 @@ def main() -> None:
     parser.add_argument("--train-threads", type=int, default=1,
                         help="torch threads of --train-quick (1 avoids OpenMP spinning on a shared machine; 0: torch's default)")
     parser.add_argument("--requests", type=int, default=2000, help="measured requests in total")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent client threads")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (keep-alive connections)")
+    parser.add_argument("--client", choices=("lean", "threads"), default="lean",
+                        help="load generator: lean (asyncio, pre-encoded requests; default) or threads (http.client)")
     parser.add_argument("--warmup", type=int, default=64, help="unmeasured requests first")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--no-batching", action="store_true", help="serve with --no-batching (one request per call)")
@@ -271,8 +329,9 @@ def main() -> None:
             model = get_json(port, "/v1/model", api_key)
             bodies = make_bodies(ids, args.warmup + args.requests * args.repeat, tuple(model["rating_scale"]),
                                  args.k, args.seed)
+            send = drive_lean if args.client == "lean" else drive
             if args.warmup:
-                drive(port, api_key, bodies[: args.warmup], args.clients)
+                send(port, api_key, bodies[: args.warmup], args.clients)
             for r in range(args.repeat):
                 chunk = bodies[args.warmup + r * args.requests: args.warmup + (r + 1) * args.requests]
                 load_before = os.getloadavg()  # before this round: mostly other work on the machine
@@ -280,7 +339,7 @@ def main() -> None:
                 sampler = threading.Timer(0.5, lambda: split.extend(connections_per_process(proc.pid, port)))
                 server_cpu, client_cpu = process_tree_cpu(proc.pid), time.process_time()
                 sampler.start()
-                latencies, n_errors, wall, samples = drive(port, api_key, chunk, args.clients)
+                latencies, n_errors, wall, samples = send(port, api_key, chunk, args.clients)
                 sampler.cancel()
                 server_cpu, client_cpu = process_tree_cpu(proc.pid) - server_cpu, time.process_time() - client_cpu
                 rounds.append((latencies, n_errors, wall, samples, server_cpu, client_cpu, load_before, list(split)))
@@ -289,7 +348,7 @@ def main() -> None:
     if not args.json:
         print(f"{model['dataset']} ({model['n_items']} items, model {health['model_version']}), "
               f"{args.workers} worker(s), batching {'off' if args.no_batching else 'on'} {' '.join(extra)}, "
-              f"{args.clients} clients, {args.requests} requests, k={args.k}, {os.cpu_count()} CPUs; "
+              f"{args.clients} {args.client} clients, {args.requests} requests, k={args.k}, {os.cpu_count()} CPUs; "
               f"server up in {startup:.2f} s")
     for latencies, n_errors, wall, samples, server_cpu, client_cpu, load, split in rounds:
         ms = [x * 1000 for x in latencies]
@@ -297,7 +356,7 @@ def main() -> None:
         result = {
             "dataset": model["dataset"], "n_items": model["n_items"], "model_version": health["model_version"],
             "workers": args.workers, "batching": not args.no_batching, "server_options": extra,
-            "clients": args.clients, "requests": args.requests, "k": args.k,
+            "clients": args.clients, "client": args.client, "requests": args.requests, "k": args.k,
             "startup_s": round(startup, 2), "p50_ms": round(percentile(ms, 50), 2), "p90_ms": round(percentile(ms, 90), 2),
             "p99_ms": round(percentile(ms, 99), 2), "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
             "requests_per_s": round(len(ms) / wall, 1) if wall else None, "errors": n_errors, "cpus": os.cpu_count(),

@@ -500,23 +500,11 @@ def serve(
         os.environ[ENV_OPTIONS] = json.dumps(options)
         if api_key:
             os.environ[ENV_API_KEY] = api_key
-        # uvicorn.run(..., workers=N) without its one flaw: its shared listening socket is made with
-        # protocol 0, so asyncio never sets TCP_NODELAY on the accepted connections, and a response
-        # written in two parts waits ~40 ms for the client's delayed ACK (measured: p50 48 ms). Set on
-        # the listening socket, TCP_NODELAY is inherited by every accepted connection.
-        import socket
+        # One SO_REUSEPORT socket per worker process (metarec.serve.workers explains why not uvicorn's
+        # workers=N: its shared socket hands a burst of connections to one process).
+        from metarec.serve.workers import serve_reuse_port
 
-        from uvicorn.supervisors import Multiprocess
-
-        config = uvicorn.Config("metarec.serve.app:app_from_env", factory=True, host=host, port=port,
-                                workers=workers, access_log=access_log)
-        sock = config.bind_socket()
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            Multiprocess(config, sockets=[sock]).run()
-        except KeyboardInterrupt:  # pragma: no cover - interactive stop
-            pass
+        serve_reuse_port(host, port, workers, access_log=access_log)
 
 
 def main() -> None:

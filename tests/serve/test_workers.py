@@ -1,0 +1,82 @@
+"""`metarec serve --workers 2`: the real processes, each with its own SO_REUSEPORT socket, on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from metarec.errors import MetarecError
+from metarec.serve.workers import check_port_free, listening_socket, reuse_port_supported
+
+pytestmark = pytest.mark.skipif(not reuse_port_supported(), reason="needs SO_REUSEPORT (Linux)")
+HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _post(port: int, body: dict, key: str) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    conn.request("POST", "/v1/recommend", body=json.dumps(body), headers={"Content-Type": "application/json",
+                                                                          "X-API-Key": key})
+    response = conn.getresponse()
+    payload = json.loads(response.read())
+    conn.close()
+    return response.status, payload
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_taken_port_is_one_clear_error():
+    with listening_socket(HOST, 0) as held:
+        port = held.getsockname()[1]
+        with pytest.raises(MetarecError, match=f"cannot listen on {HOST}:{port}"):
+            check_port_free(HOST, port)
+
+
+def test_two_workers_serve_and_stop_cleanly(saved_dir: Path, popular_ids: list[str], tmp_path: Path):
+    port, key = _free_port(), "k" * 24
+    env = {**os.environ, "METAREC_API_KEY": key}
+    log = tmp_path / "server.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "metarec.cli", "serve", str(saved_dir), "--host", HOST,
+                                 "--port", str(port), "--workers", "2", "--no-access-log"],
+                                env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # both workers up: each answers /healthz on its own socket
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "server not up in 120 s:\n" + log.read_text()
+            if os.path.exists(f"/proc/{proc.pid}") and len(_children(proc.pid)) >= 2 and \
+                    log.read_text().count("Application startup complete") >= 2:
+                break
+            time.sleep(0.3)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+        ratings = [{"item_id": i, "rating": 5} for i in popular_ids[:3]]
+        answers = [_post(port, {"ratings": ratings, "k": 5}, key) for _ in range(12)]  # a new connection each
+        assert all(status == 200 for status, _ in answers)
+        assert all(len(body["items"]) == 5 for _, body in answers)
+        first = [x["item_id"] for x in answers[0][1]["items"]]
+        assert all([x["item_id"] for x in body["items"]] == first for _, body in answers)  # same model everywhere
+        assert _post(port, {"ratings": ratings}, "wrong-key")[0] == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()
+    assert not any(os.path.exists(f"/proc/{w}") and "metarec" in Path(f"/proc/{w}/cmdline").read_text()
+                   for w in workers), "a worker outlived the server"
