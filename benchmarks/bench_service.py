@@ -42,14 +42,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def train_quick(dataset: str, out: Path, epochs: int, threads: int | None) -> Path:
-    """A small model (feature-mlp, MAML, few epochs) saved as a recommender folder under ``out``."""
+def train_quick(dataset: str, out: Path, epochs: int, threads: int | None, config_path: Path | None = None) -> Path:
+    """A small model (``config_path``'s, else feature-mlp MAML; few epochs) saved as a recommender folder."""
     from metarec.data import load_dataset
     from metarec.meta.run import RunConfig
     from metarec.serve import ColdStartRecommender
 
     start = time.perf_counter()
-    config = RunConfig.preset("feature-mlp", "maml").override("train", epochs=epochs, threads=threads)
+    base = RunConfig.from_toml(config_path) if config_path else RunConfig.preset("feature-mlp", "maml")
+    config = base.override("train", epochs=epochs, threads=threads)
     recommender = ColdStartRecommender().fit(load_dataset(dataset), config=config, run_dir=out / "run")
     folder = recommender.save(out / "recommender")
     print(f"trained {dataset} ({epochs} epochs) in {time.perf_counter() - start:.1f} s -> {folder}", flush=True)
@@ -287,6 +288,8 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", type=Path, help="recommender folder or `metarec train` run folder")
     parser.add_argument("--train-quick", metavar="DATASET", help="train a small model on DATASET first (temp folder)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of --train-quick")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="run.toml for --train-quick's model (default: feature-mlp, MAML)")
     parser.add_argument("--train-threads", type=int, default=1,
                         help="torch threads of --train-quick (1 avoids OpenMP spinning on a shared machine; 0: torch's default)")
     parser.add_argument("--requests", type=int, default=2000, help="measured requests in total")
@@ -317,7 +320,7 @@ def main() -> None:
     extra += args.server_arg
     rounds = []
     with tempfile.TemporaryDirectory(prefix="metarec-bench-") as tmp:
-        folder = train_quick(args.train_quick, Path(tmp), args.epochs, args.train_threads or None) if args.train_quick else args.folder
+        folder = train_quick(args.train_quick, Path(tmp), args.epochs, args.train_threads or None, args.config) if args.train_quick else args.folder
         ids = catalogue_ids(folder)
         port, api_key = free_port(), secrets.token_urlsafe(16)
         started = time.perf_counter()

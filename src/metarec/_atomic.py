@@ -20,10 +20,21 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); the result gets what a plain open() would give it
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: done once, at import, then restored
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_text(target: str | Path, text: str) -> None:

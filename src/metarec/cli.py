@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -285,7 +286,9 @@ def _titles(run: Path) -> dict[str, str]:
         cfg = RunConfig.from_toml(run / "config.toml")
         items = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir).items
         return items["title"].astype(str).to_dict() if "title" in items.columns else {}
-    except Exception:  # noqa: BLE001 - titles are optional decoration
+    except Exception as exc:  # noqa: BLE001 - titles are optional decoration, but say why they are missing
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        err_console.print(f"no titles: the run's dataset could not be loaded ({first[:160]})", highlight=False)
         return {}
 
 
@@ -299,7 +302,8 @@ def benchmark(
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (each: a split and an initialisation)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
     config: Optional[Path] = typer.Option(None, "--config", help="run.toml for the meta-learners (model, meta, train)."),
-    heavy_users: str = typer.Option("drop", help="drop (MeLU) or chunk: users above 100 ratings feed meta-training."),
+    heavy_users: Optional[str] = typer.Option(None, help="drop (MeLU) or chunk: users above 100 ratings feed meta-training "
+                                               "[default: the config's [split] heavy_users, else drop]."),
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
     quick: bool = typer.Option(False, "--quick", help="A small version (CI): 2 seeds, few methods, 2 epochs."),
@@ -325,8 +329,15 @@ def benchmark(
             cfg = BenchmarkConfig(seeds=ints(seeds, "seeds"), support_sizes=ints(support_sizes, "support-sizes"),
                                   methods=tuple(m.strip() for m in methods.split(",")) if methods else DEFAULT_METHODS,
                                   run=run_config, **options)
+        started = time.perf_counter()
+
+        def report(status, msg: str) -> None:
+            status.update(f"benchmark: {msg}")
+            if not err_console.is_terminal:  # a log file gets one line per step instead of a spinner
+                err_console.print(f"benchmark: {msg} (at {time.perf_counter() - started:.0f} s)", highlight=False)
+
         with err_console.status("benchmark") as status:
-            result = run_benchmark(cfg, progress=lambda msg: status.update(f"benchmark: {msg}"))
+            result = run_benchmark(cfg, progress=lambda msg: report(status, msg))
         paths = write_results(result, out)
         console.print(paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False)
         console.print(f"wrote {out} in {result.seconds:.0f} s")

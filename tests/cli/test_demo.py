@@ -59,3 +59,17 @@ def test_demo_offline_without_data_uses_synthetic(tmp_path, monkeypatch):
     notices = [line for line in result.output.splitlines() if "synthetic dataset" in line]
     assert len(notices) == 1, result.output
     assert "bias fold-in" in result.stdout and (tmp_path / "demo" / "demo.png").exists()
+
+
+def test_demo_settings_are_the_benchmark_config():
+    """`metarec demo` trains with configs/ml100k.toml's settings (the package cannot read configs/)."""
+    from pathlib import Path
+
+    from metarec.demo import demo_config
+    from metarec.meta.run import RunConfig
+
+    repo = Path(__file__).resolve().parents[2]
+    expected = RunConfig.from_toml(repo / "configs" / "ml100k.toml").to_dict()
+    actual = demo_config("ml-100k", 30).to_dict()
+    for section in ("split", "model", "meta", "train"):
+        assert actual[section] == expected[section], section

@@ -39,6 +39,10 @@ def test_quick_benchmark_writes_complete_finite_results(data_dir, tmp_path, monk
     comp = summary["comparisons"]
     assert comp["best_meta_learner"] == "maml" and comp["best_baseline"] in {"global-mean", "item-mean", "bias", "mf"}
     assert set(comp["scenarios"]) == SCENARIOS
+    # what was chosen on validation users is kept: the baselines' grids and the learning curves
+    grid = summary["histories"]["mf"]["0"]
+    assert len(grid) == 9 and all(math.isfinite(r["val_mae"]) for r in grid)
+    assert any("epoch" in r for r in summary["histories"]["maml"]["1"])
     assert (out / "results.md").read_text().count("## ") >= 5
     assert list(out.glob("k_curve_mae.png")) and (out / "learning_curves.png").exists()
 

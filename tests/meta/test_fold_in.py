@@ -114,3 +114,33 @@ def test_fold_in_config_is_checked():
         ModelConfig(kind="feature-mlp", fold_in=True)
     with pytest.raises(ConfigError, match="item_id_dropout"):
         ModelConfig(item_id_dropout=1.0)
+
+
+@pytest.mark.parametrize("fold_in,steps", [(True, 0), (True, 2), (False, 0), (False, 1)])
+def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fold_in, steps):
+    """NeuralCF is linear in the item vector: scoring a catalogue through (w, c) per user - batched
+    directly when nothing adapted, vmapped otherwise - equals the model's score of every item."""
+    from torch.func import vmap
+
+    split, feats = tiny_split
+    model = fold_in_model(tiny_split, fold_in=fold_in)
+    with torch.no_grad():
+        if fold_in:
+            model.head["log_reg"].weight.normal_()
+    learner = MetaLearner(model, MetaConfig(inner_steps=steps, inner_lr=0.1), feats.user_features)
+    batch = split.validation["new_users"].packed().select(torch.arange(5))
+    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in vars(batch).values()))
+    items = torch.arange(feats.item_features.single[next(iter(feats.item_features.single))].shape[0])
+    item_vec = learner.catalogue_vectors(items)
+    adapted, task = learner.adapt(batch)
+    assert all(v.stride(0) == 0 for v in adapted.values()) == (steps == 0)
+    fast = learner.predict_items(adapted, task, items, item_vec)
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in adapted}
+    with torch.no_grad():
+        each = vmap(lambda a, fr, t: learner._predict_items({**fr, **a}, t, items, item_vec), in_dims=(0, None, 0))(
+            adapted, frozen, task)
+    low, high = model.rating_scale
+    torch.testing.assert_close(fast, each.clamp(low, high), rtol=1e-9, atol=1e-9)
+    if fold_in:  # the support set moved the scores away from the attribute prior
+        prior = learner.predict_items(adapted, {**task, "support_mask": torch.zeros_like(task["support_mask"])}, items, item_vec)
+        assert (fast - prior).abs().max() > 1e-3

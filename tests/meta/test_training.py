@@ -89,3 +89,49 @@ def test_early_stopping_keeps_the_best_validation_epoch(tiny_split, tmp_path):
     assert result.epochs_run <= 30
     best = load_checkpoint(tmp_path / "run" / "best")
     assert best.state["best_epoch"] == result.best_epoch
+
+
+def test_resample_query_trains_on_fresh_partitions_reproducibly(tiny_split):
+    """resample_query: same seed, same result; and a different result from the fixed partition."""
+    split, _ = tiny_split
+    fixed = Trainer(config(epochs=3), split=split)
+    fixed.fit()
+    runs = []
+    for _ in range(2):
+        t = Trainer(config(epochs=3).override("train", resample_query=True), split=split)
+        t.fit()
+        runs.append(params(t))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], params(fixed)[k]) for k in runs[0])
+
+
+def test_global_model_is_plain_training_fine_tuned_with_the_meta_learners_budget(tiny_split):
+    from metarec.meta.global_model import global_config, train_global_model
+
+    split, _ = tiny_split
+    cfg = config(epochs=3).override("train", resample_query=True).override("meta", inner_steps=2)
+    plain = global_config(cfg)
+    assert (plain.meta.algorithm, plain.meta.inner_steps, plain.meta.test_steps) == ("fomaml", 0, 2)
+    assert plain.train.resample_query is False  # its tasks' query is already every rating
+    trainer = train_global_model(cfg, split)
+    # trained on every meta-train rating: each task's query holds its support too
+    assert (trainer.split.meta_train.query_sizes == split.meta_train.query_sizes + split.meta_train.support_sizes).all()
+    learner = trainer.restore_best()
+    val = split.validation["new_users"]
+    tuned, untuned = learner.evaluate(val), learner.evaluate(val, steps=0)
+    assert tuned["mae"] != untuned["mae"]  # fine-tuning on the support set changes the predictions
+
+
+def test_benchmark_meta_method_keeps_the_inner_lr_best_on_validation(tiny_split):
+    from metarec.eval.benchmark import MetaMethod
+
+    split, _ = tiny_split
+    method = MetaMethod("reptile", config("feature-mlp", "reptile", epochs=2), inner_lr_grid=(0.05, 5.0))
+    method.fit(split)
+    grid = [r for r in method.history if "candidate" in r]
+    assert [r["candidate"] for r in grid] == ["inner_lr=0.05", "inner_lr=5"]
+    best = min(grid, key=lambda r: r["val_mae"])
+    assert method.config.meta.inner_lr == float(best["candidate"].split("=")[1])
+    from metarec.meta.trainer import validation_mae
+
+    assert validation_mae(method.learner, split)["val_mae"] == pytest.approx(best["val_mae"], abs=1e-6)

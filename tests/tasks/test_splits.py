@@ -173,3 +173,42 @@ def test_published_split_errors_name_the_file(tmp_path, data_dir):
     (tmp_path / "warm_up.json").write_text("{not json")
     with pytest.raises(DataError, match="warm_up.json"):
         make_split(ml100k, SplitConfig(protocol="splits", split_dir=str(tmp_path)))
+
+
+def test_published_split_chunks_heavy_meta_training_users(tmp_path, ml100k):
+    """heavy_users="chunk": a meta-training user above max_ratings feeds meta-training as chunks of at
+    most max_ratings (every rating once, 10 query ratings each) and is never a validation user; "drop"
+    leaves them out, as MeLU's protocol does."""
+    import json
+
+    frame = ml100k.ratings
+    counts = frame.groupby("user_idx").size()
+    heavy = int(counts.idxmax())
+    ordinary = counts[(counts >= 20) & (counts <= 60)].index[:40].tolist()
+
+    def part(users):
+        sub = frame[frame["user_idx"].isin(users)]
+        items = {ml100k.user_vocab.ids[u]: [ml100k.item_vocab.ids[i] for i in g["item_idx"]] for u, g in sub.groupby("user_idx")}
+        ratings = {ml100k.user_vocab.ids[u]: g["rating"].astype(float).tolist() for u, g in sub.groupby("user_idx")}
+        return items, ratings
+
+    parts = {"meta_training": [heavy, *ordinary[:30]], "warm_up": ordinary[:5], "user_cold_testing": ordinary[30:],
+             "item_cold_testing": ordinary[30:35], "user_and_item_cold_testing": ordinary[35:]}
+    for stem, users in parts.items():
+        items, ratings = part(users)
+        (tmp_path / f"{stem}.json").write_text(json.dumps(items))
+        (tmp_path / f"{stem}_y.json").write_text(json.dumps(ratings))
+    config = SplitConfig(protocol="splits", split_dir=str(tmp_path), val_user_fraction=0.2)
+    dropped = make_split(ml100k, replace(config, heavy_users="drop"))
+    chunked = make_split(ml100k, replace(config, heavy_users="chunk"))
+    assert heavy not in dropped.meta_train.user_idx.tolist()
+    tasks = chunked.meta_train
+    mine = np.flatnonzero(tasks.user_idx == heavy)
+    n_heavy = int(counts[heavy])
+    assert len(mine) == -(-n_heavy // config.max_ratings)
+    assert all(tasks.support_sizes[t] + tasks.query_sizes[t] <= config.max_ratings for t in mine)
+    assert (tasks.query_sizes[mine] == config.query_size).all()
+    assert int(tasks.support_sizes[mine].sum() + tasks.query_sizes[mine].sum()) == n_heavy
+    assert heavy not in chunked.val_users.tolist()
+    kept = [u for u in parts["meta_training"] if u not in chunked.val_users.tolist()]
+    assert len(chunked.train_ratings()) == int(counts[kept].sum())  # every rating of every meta-train user

@@ -31,7 +31,7 @@ from metarec.baselines import (
     MatrixFactorizationConfig, MostPopular, UserItemBias, UserItemBiasConfig,
 )
 from metarec.data.dataset import RatingDataset
-from metarec.errors import ConfigError
+from metarec.errors import ConfigError, MetarecError
 from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse, query_ranking_metrics
 from metarec.meta.engine import MetaLearner
 from metarec.meta.global_model import train_global_model
@@ -58,7 +58,7 @@ class BenchmarkConfig:
     data_dir: str | None = None
     protocol: str = "melu"
     split_dir: str | None = None
-    heavy_users: str = "drop"
+    heavy_users: str | None = None  # None: the run config's split setting
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = DEFAULT_METHODS
     support_sizes: tuple[int, ...] = (1, 3, 5, 10, 20)
@@ -84,7 +84,7 @@ class BenchmarkConfig:
 
     def split_config(self, seed: int) -> SplitConfig:
         return replace(self.run.split, protocol=self.protocol, split_dir=self.split_dir, seed=seed,
-                       heavy_users=self.heavy_users)
+                       heavy_users=self.heavy_users or self.run.split.heavy_users)
 
 
 # ---------------------------------------------------------------------- methods
@@ -152,22 +152,55 @@ class MetaMethod(Method):
 
     family = "meta"
 
-    def __init__(self, name: str, config: RunConfig, *, global_model: bool = False) -> None:
+    def __init__(self, name: str, config: RunConfig, *, global_model: bool = False,
+                 inner_lr_grid: Sequence[float] = ()) -> None:
         self.name = name
         self.config = config
         self.global_model = global_model
+        self.inner_lr_grid = tuple(inner_lr_grid)  # chosen on validation users when given
         self.learner: MetaLearner | None = None
         self.history = []
 
-    def fit(self, split: ColdStartSplit) -> None:
+    def _train(self, config: RunConfig, split: ColdStartSplit):
         if self.global_model:
-            trainer = train_global_model(self.config, split)
+            return train_global_model(config, split)
+        trainer = Trainer(config, split=split)
+        trainer.fit()
+        return trainer
+
+    def fit(self, split: ColdStartSplit) -> None:
+        if not self.inner_lr_grid:
+            trainer = self._train(self.config, split)
         else:
-            trainer = Trainer(self.config, split=split)
-            trainer.fit()
+            trainer, history = None, []
+            best = math.inf
+            for lr in self.inner_lr_grid:
+                candidate = self._train(self.config.override("meta", inner_lr=lr), split)
+                val = candidate.state["best_val_mae"]
+                # a step that diverges from a single rating is no candidate, whatever it does with more
+                if not self._stable_with_one_rating(candidate.restore_best(), split):
+                    log.warning("%s: inner_lr %g diverges on validation users with one rating; not chosen", self.name, lr)
+                    val = math.inf
+                history.append({"candidate": f"inner_lr={lr:g}", "val_mae": val})
+                log.info("%s: inner_lr %g, validation MAE %.4f", self.name, lr, val)
+                if trainer is None or val < best:
+                    trainer, best = candidate, val
+            self.config = trainer.config
         # The selected (best validation) parameters, not the last ones.
         self.learner = trainer.restore_best()
-        self.history = trainer.history
+        self.history = trainer.history if not self.inner_lr_grid else [*history, *trainer.history]
+
+    @staticmethod
+    def _stable_with_one_rating(learner: MetaLearner, split: ColdStartSplit) -> bool:
+        """Finite predictions for every validation user adapted on one support rating."""
+        for tasks in split.with_support_size(1).validation.values():
+            if len(tasks):
+                packed = tasks.packed()
+                for start in range(0, len(tasks), 512):
+                    batch = packed.select(torch.arange(start, min(start + 512, len(tasks))))
+                    if not torch.isfinite(learner.predict_query(batch)).all():
+                        return False
+        return True
 
     def variants(self) -> list[str]:
         if self.global_model:
@@ -225,17 +258,24 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
         return BaselineMethod(name, [lambda r=r: UserItemBias(UserItemBiasConfig(reg=r, item_bias_from_attributes=True))
                                      for r in (2.0, 5.0, 15.0)])
     if name == "mf":
-        return BaselineMethod(name, [lambda r=r: MatrixFactorization(MatrixFactorizationConfig(reg=r))
-                                     for r in (3.0, 10.0, 30.0)])
+        # the strongest baseline gets the widest grid: latent size x regularisation
+        return BaselineMethod(name, [lambda f=f, r=r: MatrixFactorization(MatrixFactorizationConfig(factors=f, reg=r))
+                                     for f in (10, 20, 40) for r in (5.0, 10.0, 20.0)])
     if name == "content":
         return BaselineMethod(name, [lambda r=r: ContentBased(ContentBasedConfig(reg=r)) for r in (3.0, 10.0, 30.0)])
     if name == "global-neural":
         return MetaMethod(name, config.run, global_model=True)
     algorithm_config = RunConfig.preset(config.run.model.kind, name).meta
     meta = replace(config.run.meta, algorithm=name)
+    grid: tuple[float, ...] = ()
     if name == "reptile":  # Reptile has no query/support split in its inner loop: adapt everything
         meta = replace(meta, adapt=algorithm_config.adapt, inner_steps=max(meta.inner_steps, algorithm_config.inner_steps))
-    return MetaMethod(name, RunConfig(config.run.data, config.run.split, config.run.model, meta, config.run.train))
+        # every parameter now moves in the inner loop: a head-sized step can diverge (measured: NaN after
+        # 3 steps of 0.1 from one rating with neural CF), so the step is chosen on validation users,
+        # among those that stay finite from a single rating
+        grid = (meta.inner_lr, meta.inner_lr / 10, meta.inner_lr / 100)
+    return MetaMethod(name, RunConfig(config.run.data, config.run.split, config.run.model, meta, config.run.train),
+                      inner_lr_grid=grid)
 
 
 # ---------------------------------------------------------------------- running
@@ -256,6 +296,10 @@ def _scenario_metrics(method: Method, variant: str, tasks: TaskSet, split: ColdS
     out: dict[str, float] = {}
     if method.rates(variant):
         pred = method.predict(variant, tasks)
+        if not np.isfinite(pred).all():  # a diverged adaptation: say where, rather than fail in a metric
+            raise MetarecError(f"{variant}: {int((~np.isfinite(pred)).sum())} of {len(pred)} predictions are not "
+                               f"finite in {tasks.name} (support sizes {int(tasks.support_sizes.min())}-"
+                               f"{int(tasks.support_sizes.max())})")
         out.update({m: v for m, v in mae_rmse(tasks, pred).items() if m in RATING_METRICS})
         out.update(query_ranking_metrics(tasks, pred, ks=(1, 3, 5)))
     else:  # a ranking-only method: within-query ranking from its scores
@@ -479,6 +523,12 @@ def plot_results(result: BenchmarkResult, out: Path) -> list[Path]:
     return written
 
 
+def _jsonable(value: object) -> object:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value if isinstance(value, (int, float, str, bool, type(None), list, dict)) else repr(value)
+
+
 def write_results(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -486,8 +536,10 @@ def write_results(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
         result.rows.to_csv(tmp, index=False)
     cfg = asdict(result.config)
     cfg["run"] = result.config.run.to_dict()
+    histories = {m: {str(seed): [{k: _jsonable(v) for k, v in r.items()} for r in h] for seed, h in by_seed.items()}
+                 for m, by_seed in result.histories.items()}  # learning curves, baselines' validation grids
     write_json(out / "results.json", {"config": cfg, "summary": result.summary, "comparisons": result.comparisons,
-                                      "seconds": result.seconds})
+                                      "histories": histories, "seconds": result.seconds})
     write_text(out / "results.md", results_markdown(result))
     plots = plot_results(result, out)
     return {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md", "plots": plots}

@@ -448,6 +448,8 @@ class MetaLearner:
             # predict_query / predict_items reuse the adapted head in its compact (low-rank) form
             task["head_state"], task["head_params"] = state, adapted
             return adapted, task
+        if steps == 0:  # nothing to adapt (a closed-form fold-in, if any, happens when scoring): views, no vmap
+            return {n: p.unsqueeze(0).expand(len(batch), *p.shape) for n, p in fast.items()}, task
         lrs = {n: v.detach() for n, v in self.inner_lrs.items()} or None
         adapted = vmap(lambda f, fr, lr_, t: self._adapt_one(f, fr, t, steps, True, lr_), in_dims=(None, None, None, 0), randomness="different")(
             fast, frozen, lrs, task
@@ -534,10 +536,34 @@ class MetaLearner:
                 low, high = self.model.rating_scale
                 return pred.clamp(low, high)
             frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
-            pred = vmap(lambda a, fr, t: self._predict_items({**fr, **a}, t, items, item_vec), in_dims=(0, None, 0),
-                        randomness="different")(adapted, frozen, task)
+            unadapted = all(v.dim() > 0 and v.stride(0) == 0 for v in adapted.values())  # adapt(steps=0)'s views
+            if hasattr(self.model, "user_weights") and item_vec.dim() == 2 and unadapted and "user_vec" in task:
+                # linear in the item vector and nothing adapted: the model's own batched call, one product
+                context = (Context(task["support_vec"], task["support_rating"], task["support_mask"])
+                           if self.model.uses_context else None)
+                w, c = self.model("user_weights", task["user_vec"], context)
+                pred = self.model.score_with_weights(w, c, item_vec)
+            elif hasattr(self.model, "user_weights") and item_vec.dim() == 2:
+                # a model linear in the item vector (NeuralCF): each user's weights, then one product
+                w, c = vmap(lambda a, fr, t: self._user_weights({**fr, **a}, t), in_dims=(0, None, 0),
+                            randomness="different")(adapted, frozen, task)
+                pred = self.model.score_with_weights(w, c, item_vec)
+            else:
+                pred = vmap(lambda a, fr, t: self._predict_items({**fr, **a}, t, items, item_vec), in_dims=(0, None, 0),
+                            randomness="different")(adapted, frozen, task)
         low, high = self.model.rating_scale
         return pred.clamp(low, high)
+
+    def _user_weights(self, params: Params, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task's (w, c) of a model linear in the item vector (see ``NeuralCF.user_weights``)."""
+        call = lambda *args, **kw: functional_call(self.model, params, args, kw)  # noqa: E731
+        if "user_vec" in task:
+            user, support = task["user_vec"], task["support_vec"]
+        else:
+            user = call("users", task["user_single"], task["user_multi"], vmap_safe=True)
+            support = call("items", task["support_item"], vmap_safe=True) if self.model.uses_context else None
+        context = Context(support, task["support_rating"], task["support_mask"]) if self.model.uses_context else None
+        return call("user_weights", user, context)
 
     def evaluate(self, tasks, steps: int | None = None, batch_size: int = 256) -> dict[str, float]:
         """Query MAE / RMSE over a TaskSet, rating-weighted (every query rating counts once)."""

@@ -20,9 +20,10 @@ def global_config(config: RunConfig) -> RunConfig:
     """The meta-learner's config turned into plain training: no inner step while training, the
     meta-learner's own inner steps (and lr) as fine-tuning at evaluation."""
     meta = config.meta
+    # Its tasks' query is already every rating of the user: nothing to resample.
     return RunConfig(config.data, config.split, config.model,
                      replace(meta, algorithm="fomaml", inner_steps=0, eval_inner_steps=meta.test_steps,
-                             support_batch_size=None), config.train)
+                             support_batch_size=None), replace(config.train, resample_query=False))
 
 
 def train_global_model(config: RunConfig, split: ColdStartSplit, run_dir: str | Path | None = None) -> Trainer:

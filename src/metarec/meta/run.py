@@ -25,6 +25,10 @@ class TrainConfig:
     ``pretrain_epochs`` first trains the model as one global model (every rating of the meta-train
     users, no inner loop) and starts meta-training from there: item representations learn from plain
     supervision, meta-training then shapes the initialisation for adaptation.
+
+    ``resample_query`` draws a fresh random support / query partition of every meta-train task each
+    epoch (same sizes): over the epochs every rating is a query rating, so the outer loss (and the item
+    representations it trains) sees all the meta-train ratings instead of a fixed tenth of them.
     """
 
     epochs: int = 30
@@ -35,6 +39,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     checkpoint_every: int = 1
     pretrain_epochs: int = 0
+    resample_query: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.patience < 1 or self.pretrain_epochs < 0:

@@ -138,7 +138,8 @@ class Trainer:
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
             start = time.perf_counter()
             losses = []
-            for i, batch in enumerate(tasks.batches(self.config.meta.meta_batch_size, shuffle=True, generator=rng)):
+            epoch_tasks = tasks.with_resampled_query(np.random.default_rng([cfg.seed, epoch, 1])) if cfg.resample_query else tasks
+            for i, batch in enumerate(epoch_tasks.batches(self.config.meta.meta_batch_size, shuffle=True, generator=rng)):
                 losses.append(self.learner.meta_step(batch.to(self.device), generator=gen))
                 if self.progress:
                     self.progress("train", i + 1, n_batches)

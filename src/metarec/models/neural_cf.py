@@ -43,6 +43,28 @@ class NeuralCF(RatingModel):
         if fold_in:
             nn.init.constant_(self.head["log_reg"].weight, 1.0)
 
+    def forward(self, stage: str, *args, **kwargs):  # noqa: D401 - adds the user_weights stage
+        if stage == "user_weights":
+            return self.user_weights(*args, **kwargs)
+        return super().forward(stage, *args, **kwargs)
+
+    def user_weights(self, user_vec: torch.Tensor, context: Context | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w, c) such that score(v) = q_v . w + b_v + c for every item: the prior's p_u and biases plus
+        the folded-in offset. Scoring a whole catalogue is then one matrix product (serving)."""
+        if user_vec.shape[-1] == 0:
+            user_vec = torch.ones(*user_vec.shape[:-1], 1, dtype=self.rating_center.dtype, device=self.rating_center.device)
+        pu = self.head["user_tower"](user_vec)
+        p, b_u = pu[..., : self.factors], pu[..., self.factors]
+        c = self.rating_center + self.head["bias"].weight[0, 0] + b_u
+        if self.fold_in and context is not None and context.item_vec.shape[-2] > 0:
+            delta = self._solve(p, b_u, context)[0]
+            p, c = p + delta[..., : self.factors], c + delta[..., self.factors]
+        return p, c
+
+    def score_with_weights(self, w: torch.Tensor, c: torch.Tensor, item_vec: torch.Tensor) -> torch.Tensor:
+        """Scores [B, N] of items [N, F+1] for users' (w [B, F], c [B]) from :meth:`user_weights`."""
+        return torch.addmm(item_vec[:, self.factors].unsqueeze(0) + c.unsqueeze(-1), w, item_vec[:, : self.factors].t())
+
     def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
         return self.item_tower(super().embed_items(item_idx, vmap_safe=vmap_safe))
 

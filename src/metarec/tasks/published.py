@@ -5,7 +5,8 @@ id -> the matching ratings), optionally gzipped. Parts: ``meta_training``, ``war
 ``user_cold_testing``, ``item_cold_testing``, ``user_and_item_cold_testing``. Within each user the
 last ``query_size`` ratings are the query and the rest the support (MetaHIN's rule). Tasks with fewer
 than ``query_size + min_support`` or more than ``max_ratings`` ratings are left out, as MeLU's
-protocol does. Validation users are carved at random from the meta-training users; new items are
+protocol does, except that with ``heavy_users="chunk"`` a heavy meta-training user's ratings still
+feed meta-training (and the baselines) as chunks of at most ``max_ratings``. Validation users are carved at random from the meta-training users; new items are
 those that appear in a cold-item part and never in ``meta_training``.
 """
 
@@ -71,21 +72,36 @@ def _part_rows(folder: Path, stem: str, dataset: RatingDataset) -> list[tuple[in
     return out
 
 
-def _taskset(name: str, rows: list[tuple[int, np.ndarray, np.ndarray]], config: SplitConfig) -> TaskSet:
-    users, items, ratings, query = [], [], [], []
+def _taskset(name: str, rows: list[tuple[int, np.ndarray, np.ndarray]], config: SplitConfig,
+             chunk_heavy: bool = False) -> TaskSet:
+    """One task per user (query: the last ``query_size`` ratings). With ``chunk_heavy`` a user above
+    ``max_ratings`` gives round-robin chunks of at most ``max_ratings`` ratings, each a task, instead of
+    being left out (what ``heavy_users="chunk"`` does under the melu protocol)."""
+    users, items, ratings, query, keys = [], [], [], [], []
     for u, idx, r in sorted(rows, key=lambda row: row[0]):
         n = len(idx)
-        if n < config.query_size + config.min_support or n > config.max_ratings:
+        if n < config.query_size + config.min_support:
             continue
-        # Query first in task order, as make_split builds them: the last query_size ratings.
-        order = np.r_[np.arange(n - config.query_size, n), np.arange(n - config.query_size)]
-        users.append(np.full(n, u))
-        items.append(idx[order])
-        ratings.append(r[order])
-        query.append(np.arange(n) < config.query_size)
+        if n > config.max_ratings:
+            if not chunk_heavy:
+                continue
+            n_chunks = -(-n // config.max_ratings)
+            parts = [np.arange(c, n, n_chunks) for c in range(n_chunks)]
+        else:
+            parts = [np.arange(n)]
+        for c, part in enumerate(parts):
+            m = len(part)
+            # Query first in task order, as make_split builds them: the last query_size ratings.
+            order = part[np.r_[np.arange(m - config.query_size, m), np.arange(m - config.query_size)]]
+            users.append(np.full(m, u))
+            items.append(idx[order])
+            ratings.append(r[order])
+            query.append(np.arange(m) < config.query_size)
+            keys.append(np.full(m, u * (1 << 20) + c, np.int64))
     if not users:
         return TaskSet.from_rows(name, *(np.zeros(0, t) for t in (np.int64, np.int64, np.float32, bool)))
-    return TaskSet.from_rows(name, np.concatenate(users), np.concatenate(items), np.concatenate(ratings), np.concatenate(query))
+    return TaskSet.from_rows(name, np.concatenate(users), np.concatenate(items), np.concatenate(ratings),
+                             np.concatenate(query), np.concatenate(keys))
 
 
 def load_published_split(dataset: RatingDataset, split_dir: str | Path, config: SplitConfig | None = None) -> ColdStartSplit:
@@ -98,8 +114,13 @@ def load_published_split(dataset: RatingDataset, split_dir: str | Path, config: 
     rng = np.random.default_rng(config.seed)
 
     train_users = np.unique([u for u, _, _ in parts["meta_training"]])
+    chunk = config.heavy_users == "chunk"
+    # Validation users are carved from those a validation task can hold; under "chunk" heavy users
+    # only feed meta-training (as under the melu protocol).
+    eligible = np.unique([u for u, idx, _ in parts["meta_training"]
+                          if not chunk or len(idx) <= config.max_ratings])
     n_val = int(round(config.val_user_fraction * len(train_users)))
-    val_users = np.sort(rng.choice(train_users, size=n_val, replace=False)) if n_val else np.zeros(0, np.int64)
+    val_users = np.sort(rng.choice(eligible, size=min(n_val, len(eligible)), replace=False)) if n_val else np.zeros(0, np.int64)
     is_val = np.isin([u for u, _, _ in parts["meta_training"]], val_users)
     meta_rows = [row for row, v in zip(parts["meta_training"], is_val) if not v]
     val_rows = [row for row, v in zip(parts["meta_training"], is_val) if v]
@@ -113,7 +134,7 @@ def load_published_split(dataset: RatingDataset, split_dir: str | Path, config: 
 
     test = {PARTS[stem]: _taskset(PARTS[stem], parts[stem], config) for stem in PARTS if PARTS[stem]}
     test_users = np.unique(np.concatenate([test["new_users"].user_idx, test["new_users_new_items"].user_idx]))
-    meta_train = _taskset("meta_train", meta_rows, config)
+    meta_train = _taskset("meta_train", meta_rows, config, chunk_heavy=chunk)
     split = ColdStartSplit(
         dataset=dataset, config=replace(config, protocol="splits", split_dir=str(folder)),
         train_users=np.setdiff1d(train_users, val_users), val_users=val_users, test_users=test_users,

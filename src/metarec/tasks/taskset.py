@@ -167,6 +167,26 @@ class TaskSet:
             np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), rows["item_idx"][order], rows["rating"][order],
         )
 
+    def with_resampled_query(self, generator: np.random.Generator, name: str | None = None) -> "TaskSet":
+        """The same tasks with a fresh random support / query partition of each task's ratings (support
+        and query sizes kept): meta-training tasks drawn anew each epoch."""
+        rows = self.rows()
+        n = len(rows["task"])
+        if n == 0:
+            return self
+        task = rows["task"]
+        order = np.lexsort((generator.random(n), task))  # by task, random within it
+        sizes = self.support_sizes + self.query_sizes
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        task_sorted = task[order]
+        rank = np.arange(n) - starts[task_sorted]
+        is_query = rank < self.query_sizes[task_sorted]
+        s_rows, q_rows = order[~is_query], order[is_query]  # both still grouped by task, in task order
+        return TaskSet(
+            name or self.name, self.user_idx, self.support_ptr, rows["item_idx"][s_rows], rows["rating"][s_rows],
+            self.query_ptr, rows["item_idx"][q_rows], rows["rating"][q_rows],
+        )
+
     # ------------------------------------------------------------------ packing
     def packed(self) -> TaskBatch:
         """All tasks as one padded TaskBatch, built once and cached."""
