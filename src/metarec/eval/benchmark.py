@@ -178,11 +178,12 @@ class MetaMethod(Method):
                 candidate = self._train(self.config.override("meta", inner_lr=lr), split)
                 val = candidate.state["best_val_mae"]
                 # a step that diverges from a single rating is no candidate, whatever it does with more
-                if not self._stable_with_one_rating(candidate.restore_best(), split):
+                diverges = not self._stable_with_one_rating(candidate.restore_best(), split)
+                if diverges:
                     log.warning("%s: inner_lr %g diverges on validation users with one rating; not chosen", self.name, lr)
-                    val = math.inf
-                history.append({"candidate": f"inner_lr={lr:g}", "val_mae": val})
+                history.append({"candidate": f"inner_lr={lr:g}", "val_mae": val, "diverges_with_one_rating": diverges})
                 log.info("%s: inner_lr %g, validation MAE %.4f", self.name, lr, val)
+                val = math.inf if diverges else val
                 if trainer is None or val < best:
                     trainer, best = candidate, val
             self.config = trainer.config

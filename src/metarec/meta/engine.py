@@ -261,17 +261,22 @@ class MetaLearner:
         pred = self._predict({**frozen, **adapted}, task, "query")
         return masked_mse(pred, task["query_rating"], task["query_mask"])
 
-    def _predict_items(self, params: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None) -> torch.Tensor:
-        """Predicted ratings of arbitrary ``items`` (shared by all tasks) for one task's user."""
+    def _user_and_context(self, params: Params, task: Task):
+        """One task's user vector and support context (hoisted in ``task`` or computed under ``params``)."""
         call = lambda *args, **kw: functional_call(self.model, params, args, kw)  # noqa: E731
         if "user_vec" in task:
             user, support = task["user_vec"], task["support_vec"]
         else:
             user = call("users", task["user_single"], task["user_multi"], vmap_safe=True)
             support = call("items", task["support_item"], vmap_safe=True) if self.model.uses_context else None
+        context = Context(support, task["support_rating"], task["support_mask"]) if self.model.uses_context else None
+        return call, user, context
+
+    def _predict_items(self, params: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None) -> torch.Tensor:
+        """Predicted ratings of arbitrary ``items`` (shared by all tasks) for one task's user."""
+        call, user, context = self._user_and_context(params, task)
         if item_vec is None:
             item_vec = call("items", items, vmap_safe=True)
-        context = Context(support, task["support_rating"], task["support_mask"]) if self.model.uses_context else None
         return call("score", user, item_vec, context)
 
 
@@ -556,13 +561,7 @@ class MetaLearner:
 
     def _user_weights(self, params: Params, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
         """One task's (w, c) of a model linear in the item vector (see ``NeuralCF.user_weights``)."""
-        call = lambda *args, **kw: functional_call(self.model, params, args, kw)  # noqa: E731
-        if "user_vec" in task:
-            user, support = task["user_vec"], task["support_vec"]
-        else:
-            user = call("users", task["user_single"], task["user_multi"], vmap_safe=True)
-            support = call("items", task["support_item"], vmap_safe=True) if self.model.uses_context else None
-        context = Context(support, task["support_rating"], task["support_mask"]) if self.model.uses_context else None
+        call, user, context = self._user_and_context(params, task)
         return call("user_weights", user, context)
 
     def evaluate(self, tasks, steps: int | None = None, batch_size: int = 256) -> dict[str, float]:
