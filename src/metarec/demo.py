@@ -298,10 +298,11 @@ def print_demo(result: DemoResult, console) -> None:
                           f"[bold]{ndcg:.4f}[/bold]" if ndcg == best_ndcg else f"{ndcg:.4f}",
                           end_section=i == len(sub) - 1)
     console.print(table)
-    console.print("MAML: FeatureMLP meta-learner adapted on each user's ratings (no adapt: its initialisation); "
-                  "bias: global mean + user bias + item bias; MF: matrix factorisation; baselines fold the new user "
-                  "in by ridge regression. Best per scenario in bold. One split (seed 0): intervals over "
-                  "seeds come from `metarec benchmark`.")
+    console.print("MAML: meta-trained neural CF; a new user's ratings are folded in by a ridge solve whose prior "
+                  "and penalties were meta-learned (no adapt: the attribute prior alone); bias: global mean + user "
+                  "bias + item bias; MF: matrix factorisation; the baselines fold the new user in by ridge "
+                  "regression too. Best per scenario in bold. One split (seed 0): intervals over seeds come from "
+                  "`metarec benchmark`.")
     console.print(f"plot: {result.plot}")
 
     user = result.user
