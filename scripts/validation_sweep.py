@@ -1,0 +1,66 @@
+"""Compare meta-learner settings on validation users only (how configs/*.toml were chosen).
+
+Each variant overrides the base config (``section.field=value``, comma-separated; values are JSON),
+is meta-trained with early stopping on the seed's split, and prints its validation MAE per scenario.
+Test users are never touched. Example (the sweep behind configs/ml1m-imdb.toml's resample_query):
+
+    python scripts/validation_sweep.py --dataset ml-1m-imdb --config configs/ml1m-imdb.toml --seed 0 \\
+        --mf --variant "" --variant "train.resample_query=false"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+
+import torch
+
+from metarec.data.loaders.registry import load_dataset
+from metarec.eval.benchmark import BenchmarkConfig, make_method
+from metarec.eval.metrics import mae_rmse
+from metarec.meta.run import RunConfig
+from metarec.meta.trainer import Trainer, validation_mae
+from metarec.tasks.splits import make_split
+
+
+def apply(config: RunConfig, variant: str) -> RunConfig:
+    # split on the commas that start another "section.field=", so list values may hold commas
+    for part in filter(None, (p.strip() for p in re.split(r",\s*(?=[a-z_]+\.[a-z_]+=)", variant))):
+        key, value = part.split("=", 1)
+        section, field = key.split(".")
+        parsed = json.loads(value)
+        config = config.override(section, **{field: tuple(parsed) if isinstance(parsed, list) else parsed})
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--config", required=True, help="the base run.toml")
+    parser.add_argument("--seed", type=int, default=0, help="split and initialisation")
+    parser.add_argument("--variant", action="append", default=[], help='overrides, e.g. "meta.outer_lr=0.001" ("" = base)')
+    parser.add_argument("--mf", action="store_true", help="also matrix factorisation's validation MAE (the bar)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    base = RunConfig.from_toml(args.config)
+    bench = BenchmarkConfig(dataset=args.dataset, run=base)
+    split = make_split(load_dataset(args.dataset), bench.split_config(args.seed))
+    if args.mf:
+        mf = make_method("mf", bench)
+        mf.fit(split)
+        print("mf", {k: round(mae_rmse(v, mf.predict("mf", v))["mae"], 4) for k, v in split.validation.items()}, flush=True)
+    for variant in args.variant or [""]:
+        config = apply(base.override("train", seed=args.seed), variant)
+        start = time.perf_counter()
+        trainer = Trainer(config, split=split)
+        result = trainer.fit()
+        scores = validation_mae(trainer.restore_best(), split)
+        print(variant or "(base)", {k: round(v, 4) for k, v in scores.items() if k.endswith("_mae")},
+              f"best epoch {result.best_epoch}, {trainer.state['epoch']} epochs, {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
