@@ -194,14 +194,8 @@ class MetaMethod(Method):
     @staticmethod
     def _stable_with_one_rating(learner: MetaLearner, split: ColdStartSplit) -> bool:
         """Finite predictions for every validation user adapted on one support rating."""
-        for tasks in split.with_support_size(1).validation.values():
-            if len(tasks):
-                packed = tasks.packed()
-                for start in range(0, len(tasks), 512):
-                    batch = packed.select(torch.arange(start, min(start + 512, len(tasks))))
-                    if not torch.isfinite(learner.predict_query(batch)).all():
-                        return False
-        return True
+        return all(np.isfinite(_query_predictions(learner, tasks, None)).all()
+                   for tasks in split.with_support_size(1).validation.values())
 
     def variants(self) -> list[str]:
         if self.global_model:
@@ -217,15 +211,7 @@ class MetaMethod(Method):
         return without_support(tasks, self.learner) if self._steps(variant) == 0 else tasks
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
-        out = []
-        packed = self._tasks(variant, tasks).packed()
-        device = next(self.learner.model.parameters()).device
-        for start in range(0, len(tasks), 512):
-            batch = packed.select(torch.arange(start, min(start + 512, len(tasks)))).to(device)
-            pred = self.learner.predict_query(batch, self._steps(variant))
-            mask = batch.query_mask > 0
-            out.append(pred[mask].cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+        return _query_predictions(self.learner, self._tasks(variant, tasks), self._steps(variant))
 
     def scorer(self, variant, tasks, catalogue):
         scores = self.catalogue_scores(variant, tasks, catalogue)
@@ -245,6 +231,18 @@ class MetaMethod(Method):
             adapted, task = self.learner.adapt(batch, self._steps(variant))
             out.append(self.learner.predict_items(adapted, task, items, vec).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(catalogue)))
+
+
+def _query_predictions(learner: MetaLearner, tasks: TaskSet, steps: int | None, batch_size: int = 512) -> np.ndarray:
+    """Every query rating's prediction (flat, in task order) after ``steps`` inner steps."""
+    out = []
+    packed = tasks.packed()
+    device = next(learner.model.parameters()).device
+    for start in range(0, len(tasks), batch_size):
+        batch = packed.select(torch.arange(start, min(start + batch_size, len(tasks)))).to(device)
+        pred = learner.predict_query(batch, steps)
+        out.append(pred[batch.query_mask > 0].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def make_method(name: str, config: BenchmarkConfig) -> Method:

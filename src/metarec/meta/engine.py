@@ -261,9 +261,10 @@ class MetaLearner:
         pred = self._predict({**frozen, **adapted}, task, "query")
         return masked_mse(pred, task["query_rating"], task["query_mask"])
 
-    def _user_and_context(self, params: Params, task: Task):
-        """One task's user vector and support context (hoisted in ``task`` or computed under ``params``)."""
-        call = lambda *args, **kw: functional_call(self.model, params, args, kw)  # noqa: E731
+    def _user_and_context(self, params: Params | None, task: Task):
+        """One task's user vector and support context (hoisted in ``task`` or computed under ``params``;
+        ``None``: the module's own parameters, called directly - also on a whole batch)."""
+        call = self.model if params is None else (lambda *args, **kw: functional_call(self.model, params, args, kw))  # noqa: E731
         if "user_vec" in task:
             user, support = task["user_vec"], task["support_vec"]
         else:
@@ -541,17 +542,15 @@ class MetaLearner:
                 low, high = self.model.rating_scale
                 return pred.clamp(low, high)
             frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
-            unadapted = all(v.dim() > 0 and v.stride(0) == 0 for v in adapted.values())  # adapt(steps=0)'s views
-            if hasattr(self.model, "user_weights") and item_vec.dim() == 2 and unadapted and "user_vec" in task:
-                # linear in the item vector and nothing adapted: the model's own batched call, one product
-                context = (Context(task["support_vec"], task["support_rating"], task["support_mask"])
-                           if self.model.uses_context else None)
-                w, c = self.model("user_weights", task["user_vec"], context)
-                pred = self.model.score_with_weights(w, c, item_vec)
-            elif hasattr(self.model, "user_weights") and item_vec.dim() == 2:
-                # a model linear in the item vector (NeuralCF): each user's weights, then one product
-                w, c = vmap(lambda a, fr, t: self._user_weights({**fr, **a}, t), in_dims=(0, None, 0),
-                            randomness="different")(adapted, frozen, task)
+            if hasattr(self.model, "user_weights") and item_vec.dim() == 2:
+                # a model linear in the item vector (NeuralCF): each user's (w, c), then one product.
+                # Nothing adapted (adapt(steps=0)'s views) and vectors hoisted: one batched call, no vmap.
+                unadapted = all(v.dim() > 0 and v.stride(0) == 0 for v in adapted.values())
+                if unadapted and "user_vec" in task:
+                    w, c = self._user_weights(None, task)
+                else:
+                    w, c = vmap(lambda a, fr, t: self._user_weights({**fr, **a}, t), in_dims=(0, None, 0),
+                                randomness="different")(adapted, frozen, task)
                 pred = self.model.score_with_weights(w, c, item_vec)
             else:
                 pred = vmap(lambda a, fr, t: self._predict_items({**fr, **a}, t, items, item_vec), in_dims=(0, None, 0),
@@ -559,7 +558,7 @@ class MetaLearner:
         low, high = self.model.rating_scale
         return pred.clamp(low, high)
 
-    def _user_weights(self, params: Params, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    def _user_weights(self, params: Params | None, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
         """One task's (w, c) of a model linear in the item vector (see ``NeuralCF.user_weights``)."""
         call, user, context = self._user_and_context(params, task)
         return call("user_weights", user, context)

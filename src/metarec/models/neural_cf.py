@@ -51,10 +51,7 @@ class NeuralCF(RatingModel):
     def user_weights(self, user_vec: torch.Tensor, context: Context | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(w, c) such that score(v) = q_v . w + b_v + c for every item: the prior's p_u and biases plus
         the folded-in offset. Scoring a whole catalogue is then one matrix product (serving)."""
-        if user_vec.shape[-1] == 0:
-            user_vec = torch.ones(*user_vec.shape[:-1], 1, dtype=self.rating_center.dtype, device=self.rating_center.device)
-        pu = self.head["user_tower"](user_vec)
-        p, b_u = pu[..., : self.factors], pu[..., self.factors]
+        p, b_u = self._user_prior(user_vec)
         c = self.rating_center + self.head["bias"].weight[0, 0] + b_u
         if self.fold_in and context is not None and context.item_vec.shape[-2] > 0:
             delta = self._solve(p, b_u, context)[0]
@@ -70,10 +67,7 @@ class NeuralCF(RatingModel):
 
     def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,
               exclude_self: bool = False) -> torch.Tensor:
-        if user_vec.shape[-1] == 0:  # a dataset without user attributes: the tower starts from a constant
-            user_vec = torch.ones(*user_vec.shape[:-1], 1, dtype=item_vec.dtype, device=item_vec.device)
-        pu = self.head["user_tower"](user_vec)
-        p, b_u = pu[..., : self.factors], pu[..., self.factors]
+        p, b_u = self._user_prior(user_vec)
         prior = self._prior(p, b_u, item_vec)
         if not self.fold_in or context is None or context.item_vec.shape[-2] == 0:
             return prior
@@ -89,6 +83,13 @@ class NeuralCF(RatingModel):
         return pred
 
     # ------------------------------------------------------------------ fold-in
+    def _user_prior(self, user_vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p_u and b_u from the user tower (a dataset without user attributes: from a constant)."""
+        if user_vec.shape[-1] == 0:
+            user_vec = torch.ones(*user_vec.shape[:-1], 1, dtype=self.rating_center.dtype, device=self.rating_center.device)
+        pu = self.head["user_tower"](user_vec)
+        return pu[..., : self.factors], pu[..., self.factors]
+
     def _prior(self, p: torch.Tensor, b_u: torch.Tensor, item_vec: torch.Tensor) -> torch.Tensor:
         q, b_v = item_vec[..., : self.factors], item_vec[..., self.factors]
         dot = (q * p.unsqueeze(-2)).sum(-1)
