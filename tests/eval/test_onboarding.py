@@ -9,7 +9,7 @@ import pytest
 
 from metarec.data.dataset import RatingDataset
 from metarec.eval.onboarding import (
-    STRATEGIES, item_statistics, onboarding_experiment, per_user_scores, positions_from_order, random_positions,
+    STRATEGIES, greedy_extend_order, item_statistics, onboarding_experiment, per_user_scores, positions_from_order, random_positions,
     simulate, strategy_order, summarise, trained_catalogue,
 )
 from metarec.meta.run import RunConfig
@@ -175,3 +175,62 @@ def test_experiment_rows_and_summary(trained):
     popular = summary[(summary["strategy"] == "popular") & (summary["budget"] == 10)].iloc[0]
     low, high = popular["mae_vs_random_ci"]
     assert low <= popular["mae_vs_random"] <= high
+
+
+# ---------------------------------------------------------------------- greedy-error (GreedyExtend)
+def brute_force_greedy(x, penalty, user, item, residual, query, catalogue, steps):
+    """The same greedy, by direct ridge solves per user and candidate: the reference for the vectorised one."""
+    users = np.unique(user)
+
+    def objective(asked):
+        total = 0.0
+        for u in users:
+            mine = user == u
+            answered = mine & ~query & np.isin(item, asked)
+            gram = np.diag(penalty) + x[item[answered]].T @ x[item[answered]]
+            delta = np.linalg.solve(gram, x[item[answered]].T @ residual[answered])
+            q = mine & query
+            total += np.mean((residual[q] - x[item[q]] @ delta) ** 2)
+        return total / len(users)
+
+    chosen: list[int] = []
+    for _ in range(steps):
+        left = [c for c in catalogue if c not in chosen]
+        chosen.append(left[int(np.argmin([objective(chosen + [c]) for c in left]))])
+    return chosen
+
+
+def test_greedy_extend_equals_brute_force_ridge_solves():
+    rng = np.random.default_rng(3)
+    n_users, n_items, d = 25, 12, 3
+    x = rng.normal(size=(n_items, d))
+    user = np.repeat(np.arange(n_users), 8)
+    item = np.concatenate([rng.choice(n_items, 8, replace=False) for _ in range(n_users)])
+    taste = rng.normal(size=(n_users, d))
+    residual = np.einsum("nd,nd->n", x[item], taste[user]) + rng.normal(0, 0.3, len(user))
+    query = np.tile(np.arange(8) < 3, n_users)
+    penalty = np.array([1.0, 2.0, 0.5])
+    catalogue = np.arange(n_items)
+    popularity = np.bincount(item, minlength=n_items).astype(float)
+    order = greedy_extend_order(x, penalty, user, item, residual, catalogue, popularity, first=6, query=query)
+    assert sorted(order.tolist()) == catalogue.tolist()
+    assert order[:6].tolist() == brute_force_greedy(x, penalty, user, item, residual, query, catalogue, 6)
+
+
+def test_greedy_extend_skips_a_popular_uninformative_item_and_a_redundant_one():
+    # Design [taste a, taste b]. Item 0: every user rated it, residual 0 (tells nothing). Items 1 and 2:
+    # the same direction a, rated by 80 % of users; item 3: direction b, rated by 60 %. Queries need both.
+    rng = np.random.default_rng(0)
+    n_users = 200
+    a, b = rng.choice([-1.0, 1.0], n_users), rng.choice([-1.0, 1.0], n_users)
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    rows = []
+    for u in range(n_users):
+        rated = [0] + [1] * (rng.random() < 0.8) + [2] * (rng.random() < 0.8) + [3] * (rng.random() < 0.6)
+        rows += [(u, i, False) for i in rated] + [(u, 4, True), (u, 5, True)]
+    user, item, query = (np.array(col) for col in zip(*rows))
+    residual = np.where(x[item, 0] > 0, a[user], 0.0) + np.where(x[item, 1] > 0, b[user], 0.0)
+    popularity = np.bincount(item[~query], minlength=6).astype(float)
+    order = greedy_extend_order(x, np.ones(2), user, item, residual, np.arange(4), popularity, first=3, query=query)
+    assert order[0] in (1, 2) and order[1] == 3  # not the popular item 0, and b before a's duplicate
+    assert order[3] == 0  # the uninformative item ends up last (picks stop gaining nothing, rest by popularity)
