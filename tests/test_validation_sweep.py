@@ -28,3 +28,22 @@ def test_variant_overrides_fields_of_several_sections(sweep):
 def test_bad_variant_fails_loudly(sweep):
     with pytest.raises(Exception):
         sweep.apply(RunConfig.preset("neural-cf"), "meta.no_such_field=1")
+
+
+def test_known_new_items_proxy_uses_validation_users_only(sweep, data_dir):
+    import numpy as np
+
+    from metarec.data import load_dataset
+    from metarec.tasks import SplitConfig, make_split
+
+    split = make_split(load_dataset("ml-100k", data_dir=data_dir), SplitConfig(seed=0))
+    proxy = sweep.known_users_on_new_items(split)
+    both, old = split.validation["new_users_new_items"], split.validation["new_users"]
+    assert np.array_equal(proxy.user_idx, both.user_idx) and np.array_equal(proxy.query_item, both.query_item)
+    assert (proxy.support_sizes >= both.support_sizes).all() and (proxy.support_sizes > both.support_sizes).any()
+    assert not set(proxy.user_idx) & set(split.meta_train.user_idx)
+    # the history is the user's old-item validation ratings: no new item beyond the task's own support
+    for t in range(len(proxy)):
+        extra = set(proxy.support_of(t)[0].tolist()) - set(both.support_of(t)[0].tolist())
+        assert not any(split.new_item_mask[i] for i in extra)
+        assert not extra & set(proxy.query_of(t)[0].tolist())

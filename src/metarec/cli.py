@@ -305,6 +305,8 @@ def benchmark(
     heavy_users: Optional[str] = typer.Option(None, help="drop (MeLU) or chunk: users above 100 ratings feed meta-training "
                                                "[default: the config's [split] heavy_users, else drop]."),
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
+    user_history: bool = typer.Option(True, help="Meta-learners adapt a meta-train user (warm, new items) on their "
+                                                 "meta-train ratings too, as bias and MF use trained user parameters."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
     quick: bool = typer.Option(False, "--quick", help="A small version (CI): 2 seeds, few methods, 2 epochs."),
 ) -> None:
@@ -322,7 +324,8 @@ def benchmark(
         run_config = RunConfig.from_toml(config) if config else RunConfig.preset("feature-mlp", "maml")
         if epochs is not None:
             run_config = run_config.override("train", epochs=epochs)
-        options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users)
+        options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
+                       user_history=user_history)
         if quick:
             cfg = BenchmarkConfig.quick(**options)
         else:
@@ -347,8 +350,8 @@ def benchmark(
 def onboard(
     run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
     n: int = typer.Option(10, "--n", min=1, help="How many items to ask a new user to rate."),
-    strategy: str = typer.Option("popular", help="popular (best on validation users), pop-entropy, melu-evidence "
-                                                 "or greedy-info; see docs/onboarding.md."),
+    strategy: str = typer.Option("popular", help="popular (best on validation users), pop-entropy, melu-evidence, "
+                                                 "greedy-info or greedy-error; see docs/onboarding.md."),
     experiment: bool = typer.Option(False, "--experiment", help="Compare the strategies on held-out users instead."),
     budgets: str = typer.Option("10,20,50", help="--experiment: comma-separated budgets (items shown, or answers "
                                                  "with --protocol walk)."),

@@ -135,3 +135,24 @@ def test_benchmark_meta_method_keeps_the_inner_lr_best_on_validation(tiny_split)
     from metarec.meta.trainer import validation_mae
 
     assert validation_mae(method.learner, split)["val_mae"] == pytest.approx(best["val_mae"], abs=1e-6)
+
+
+def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_split):
+    import numpy as np
+
+    from metarec.eval.benchmark import MetaMethod, _query_predictions
+
+    split, _ = tiny_split
+    method = MetaMethod("maml", config("neural-cf", epochs=1).override("model", fold_in=True))
+    method.fit(split)
+    # meta-train users with 3 support ratings (a warm task's support is all that training saw: keep 3)
+    warm, new = split.test["warm"], split.test["new_users"]
+    rank = np.arange(len(warm.support_item)) - np.repeat(warm.support_ptr[:-1], warm.support_sizes)
+    warm = warm.with_support(rank < 3)
+    assert set(warm.user_idx) <= set(split.meta_train.user_idx) and not set(new.user_idx) & set(split.meta_train.user_idx)
+    with_history = method.predict("maml", warm)
+    assert np.allclose(with_history, _query_predictions(method.learner, warm.with_history(split.meta_train), None))
+    assert not np.allclose(with_history, _query_predictions(method.learner, warm, None))
+    assert np.array_equal(method.predict("maml", new), _query_predictions(method.learner, new, None))
+    method.user_history = False
+    assert np.array_equal(method.predict("maml", warm), _query_predictions(method.learner, warm, None))

@@ -44,3 +44,21 @@ def test_resampled_query_is_seeded_and_covers_every_rating():
     assert seen == set(range(19))  # over draws every rating serves as a query rating
     draws = {tuple(ts.with_resampled_query(np.random.default_rng(s)).query_item.tolist()) for s in range(10)}
     assert len(draws) > 1
+
+
+def test_with_history_prepends_the_users_known_ratings_and_never_a_held_item():
+    # history: user 7 in two tasks (a chunked heavy user), user 8 in one
+    history = TaskSet.from_rows(
+        "h", np.array([7, 7, 7, 7, 8, 8]), np.array([1, 2, 3, 4, 5, 6]), np.array([1.0, 2, 3, 4, 5, 1]),
+        np.array([False, True, False, True, False, False]), task=np.array([0, 0, 1, 1, 2, 2]))
+    # tasks: user 7 (holds item 3 in its query, item 9 in its support), user 9 (unknown), user 8 (no support)
+    tasks = TaskSet("t", np.array([7, 9, 8]), np.array([0, 1, 2, 2]), np.array([9, 10]), np.array([5.0, 4.0], np.float32),
+                    np.array([0, 2, 3, 4]), np.array([3, 11, 12, 13]), np.array([1.0, 2, 3, 4], np.float32))
+    out = tasks.with_history(history)
+    assert out.support_of(0)[0].tolist() == [1, 2, 4, 9]  # history (not the query's item 3), then its own support
+    assert out.support_of(0)[1].tolist() == [1.0, 2.0, 4.0, 5.0]
+    assert out.support_of(1)[0].tolist() == [10]  # an unknown user keeps its support
+    assert out.support_of(2)[0].tolist() == [5, 6]
+    for t in range(len(tasks)):  # queries untouched
+        assert [a.tolist() for a in out.query_of(t)] == [a.tolist() for a in tasks.query_of(t)]
+        assert not set(out.support_of(t)[0].tolist()) & set(tasks.query_of(t)[0].tolist())

@@ -52,7 +52,9 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """What to run. ``run`` is the meta-learners' base configuration (model, meta settings, schedule);
-    each meta-learning method replaces only the algorithm."""
+    each meta-learning method replaces only the algorithm. ``user_history``: a test task whose user is a
+    meta-train user (warm, new items) adapts on that user's meta-train ratings plus its support set, the
+    same knowledge the bias and MF baselines use through their trained user parameters."""
 
     dataset: str = "ml-100k"
     data_dir: str | None = None
@@ -64,6 +66,7 @@ class BenchmarkConfig:
     support_sizes: tuple[int, ...] = (1, 3, 5, 10, 20)
     catalogue_k: int = 10
     bootstrap: int = 2000
+    user_history: bool = True
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -153,12 +156,14 @@ class MetaMethod(Method):
     family = "meta"
 
     def __init__(self, name: str, config: RunConfig, *, global_model: bool = False,
-                 inner_lr_grid: Sequence[float] = ()) -> None:
+                 inner_lr_grid: Sequence[float] = (), user_history: bool = True) -> None:
         self.name = name
         self.config = config
         self.global_model = global_model
         self.inner_lr_grid = tuple(inner_lr_grid)  # chosen on validation users when given
+        self.user_history = user_history  # see BenchmarkConfig
         self.learner: MetaLearner | None = None
+        self.known: TaskSet | None = None  # the meta-train tasks: what is known about meta-train users
         self.history = []
 
     def _train(self, config: RunConfig, split: ColdStartSplit):
@@ -189,6 +194,7 @@ class MetaMethod(Method):
             self.config = trainer.config
         # The selected (best validation) parameters, not the last ones.
         self.learner = trainer.restore_best()
+        self.known = split.meta_train
         self.history = trainer.history if not self.inner_lr_grid else [*history, *trainer.history]
 
     @staticmethod
@@ -208,7 +214,11 @@ class MetaMethod(Method):
         return 0 if variant.endswith("-no-adapt") else None
 
     def _tasks(self, variant: str, tasks: TaskSet) -> TaskSet:
-        return without_support(tasks, self.learner) if self._steps(variant) == 0 else tasks
+        if self._steps(variant) == 0:
+            return without_support(tasks, self.learner)
+        if self.user_history and self.known is not None:
+            return tasks.with_history(self.known)
+        return tasks
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
         return _query_predictions(self.learner, self._tasks(variant, tasks), self._steps(variant))
@@ -238,6 +248,8 @@ def _query_predictions(learner: MetaLearner, tasks: TaskSet, steps: int | None, 
     out = []
     packed = tasks.packed()
     device = next(learner.model.parameters()).device
+    # long supports (a known user's whole history): fewer tasks per batch, so a batch stays ~256k ratings
+    batch_size = max(1, min(batch_size, 262_144 // max(1, packed.support_item.shape[1])))
     for start in range(0, len(tasks), batch_size):
         batch = packed.select(torch.arange(start, min(start + batch_size, len(tasks)))).to(device)
         pred = learner.predict_query(batch, steps)
@@ -263,7 +275,7 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
     if name == "content":
         return BaselineMethod(name, [lambda r=r: ContentBased(ContentBasedConfig(reg=r)) for r in (3.0, 10.0, 30.0)])
     if name == "global-neural":
-        return MetaMethod(name, config.run, global_model=True)
+        return MetaMethod(name, config.run, global_model=True, user_history=config.user_history)
     algorithm_config = RunConfig.preset(config.run.model.kind, name).meta
     meta = replace(config.run.meta, algorithm=name)
     grid: tuple[float, ...] = ()
@@ -274,7 +286,7 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
         # among those that stay finite from a single rating
         grid = (meta.inner_lr, meta.inner_lr / 10, meta.inner_lr / 100)
     return MetaMethod(name, RunConfig(config.run.data, config.run.split, config.run.model, meta, config.run.train),
-                      inner_lr_grid=grid)
+                      inner_lr_grid=grid, user_history=config.user_history)
 
 
 # ---------------------------------------------------------------------- running

@@ -156,6 +156,38 @@ class TaskSet:
             self.query_ptr, self.query_item, self.query_rating,
         )
 
+    def with_history(self, history: "TaskSet", name: str | None = None) -> "TaskSet":
+        """Each task's support preceded by its user's ratings in ``history`` (every task of that user;
+        usually the meta-train tasks): a known user is folded in from everything known about them, as
+        matrix factorisation does with its trained user factors. History ratings of an item the task
+        already holds (in its support or query) are left out, so a query rating can never leak in."""
+        h = history.rows()
+        if not len(self) or not len(h["task"]):
+            return self
+        width = int(max(h["item_idx"].max(), self.support_item.max(initial=0), self.query_item.max(initial=0))) + 1
+        # history rows grouped by user; for each task, the slice of its user's rows
+        h_order = np.argsort(h["user_idx"], kind="stable")
+        h_user, h_item, h_rating = h["user_idx"][h_order], h["item_idx"][h_order], h["rating"][h_order]
+        lo, hi = np.searchsorted(h_user, self.user_idx, "left"), np.searchsorted(h_user, self.user_idx, "right")
+        counts = hi - lo
+        task = np.repeat(np.arange(len(self)), counts)
+        rows = np.arange(counts.sum()) + np.repeat(lo - (np.cumsum(counts) - counts), counts)  # lo..hi per task
+        own = self.rows()
+        held = np.isin(task * width + h_item[rows], own["task"] * width + own["item_idx"])
+        task, rows = task[~held], rows[~held]
+        s_task = np.repeat(np.arange(len(self)), self.support_sizes)
+        # history first, then the task's own support, task by task
+        all_task = np.concatenate([task, s_task])
+        first = np.concatenate([np.zeros(len(task), np.int64), np.ones(len(s_task), np.int64)])
+        order = np.lexsort((np.arange(len(all_task)), first, all_task))
+        items = np.concatenate([h_item[rows], self.support_item])[order]
+        ratings = np.concatenate([h_rating[rows], self.support_rating])[order]
+        counts = np.bincount(all_task, minlength=len(self))
+        return TaskSet(
+            name or self.name, self.user_idx, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            items.astype(np.int64), ratings.astype(np.float32), self.query_ptr, self.query_item, self.query_rating,
+        )
+
     def as_whole_query(self, name: str | None = None) -> "TaskSet":
         """Each task's every rating as its query (support kept): ordinary supervised training on these
         tasks with no inner step is training one global model on all of the users' ratings."""
