@@ -144,3 +144,21 @@ def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fo
     if fold_in:  # the support set moved the scores away from the attribute prior
         prior = learner.predict_items(adapted, {**task, "support_mask": torch.zeros_like(task["support_mask"])}, items, item_vec)
         assert (fast - prior).abs().max() > 1e-3
+
+
+def test_catalogue_scores_when_item_vectors_adapt_too(tiny_split):
+    """adapt = "all" (Reptile's scope): item vectors are per user, nothing is hoisted, and the catalogue is
+    scored through each user's own embeddings (a regression: this path once assumed hoisted vectors)."""
+    split, feats = tiny_split
+    model = fold_in_model(tiny_split, fold_in=True)
+    learner = MetaLearner(model, MetaConfig(inner_steps=1, inner_lr=0.1, adapt="all"), feats.user_features)
+    assert not learner.hoist
+    batch = split.validation["new_users"].packed().select(torch.arange(4))
+    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in vars(batch).values()))
+    adapted, task = learner.adapt(batch)
+    scores = learner.predict_items(adapted, task, batch.query_item[0])
+    assert scores.shape == (4, batch.query_item.shape[1]) and torch.isfinite(scores).all()
+    low, high = model.rating_scale
+    # user 0's scores of its own query items are its query predictions
+    query = learner.predict_query(batch)[0]
+    torch.testing.assert_close(scores[0], query.clamp(low, high), rtol=1e-9, atol=1e-9)

@@ -542,7 +542,7 @@ class MetaLearner:
                 low, high = self.model.rating_scale
                 return pred.clamp(low, high)
             frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
-            if hasattr(self.model, "user_weights") and item_vec.dim() == 2:
+            if hasattr(self.model, "user_weights") and item_vec is not None and item_vec.dim() == 2:
                 # a model linear in the item vector (NeuralCF): each user's (w, c), then one product.
                 # Nothing adapted (adapt(steps=0)'s views) and vectors hoisted: one batched call, no vmap.
                 unadapted = all(v.dim() > 0 and v.stride(0) == 0 for v in adapted.values())
