@@ -226,16 +226,13 @@ class MetaLearner:
     # ------------------------------------------------------------------ pure per-task functions
     def _predict(self, params: Params, task: Task, which: str) -> torch.Tensor:
         """Predicted ratings of the task's ``which`` (support / query) items under ``params``."""
-        call = lambda *args, **kw: functional_call(self.model, params, args, kw)  # noqa: E731
-        if "user_vec" in task:
-            user, items, support = task["user_vec"], task[f"{which}_vec"], task["support_vec"]
+        call, user, context = self._user_and_context(params, task)
+        if f"{which}_vec" in task:  # hoisted
+            items = task[f"{which}_vec"]
+        elif which == "support" and context is not None:  # the support vectors were just computed
+            items = context.item_vec
         else:
-            user = call("users", task["user_single"], task["user_multi"], vmap_safe=True)
             items = call("items", task[f"{which}_item"], vmap_safe=True)
-            support = items if which == "support" else (
-                call("items", task["support_item"], vmap_safe=True) if self.model.uses_context else None
-            )
-        context = Context(support, task["support_rating"], task["support_mask"]) if self.model.uses_context else None
         return call("score", user, items, context, exclude_self=(which == "support"))
 
     def _adapt_one(self, fast: Params, frozen: Params, task: Task, steps: int, first_order: bool,
