@@ -210,6 +210,8 @@ def train(
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
     steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: the run's)."),
+    user_history: bool = typer.Option(True, help="Adapt a meta-train user (warm, new items) on their meta-train "
+                                                 "ratings too, as `metarec benchmark` does."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """MAE and RMSE per test scenario, with and without adaptation, on the run's own split."""
@@ -222,7 +224,7 @@ def evaluate(
         cfg = RunConfig.from_toml(run / "config.toml")
         ckpt = load_best(run)
         split = make_split(load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir), cfg.split)
-        results = evaluate_run(ckpt, split, steps)
+        results = evaluate_run(ckpt, split, steps, user_history=user_history)
         if as_json:
             _print_json(results)
             return

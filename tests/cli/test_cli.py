@@ -80,6 +80,9 @@ def test_train_evaluate_recommend(data_dir, tmp_path, monkeypatch):
     scores = json.loads(result.stdout)
     assert set(scores) == {"warm", "new_users", "new_items", "new_users_new_items"}
     assert all(0 < m["mae"] < 2 for m in scores.values())
+    alone = json.loads(run("evaluate", str(out), "--json", "--no-user-history").stdout)
+    assert alone["new_users"] == scores["new_users"]  # new users have no history
+    assert alone["new_items"]["mae"] != scores["new_items"]["mae"]  # meta-train users do
     result = run("recommend", str(out), "--rate", "50:5", "--rate", "181:4", "--rate", "nope:3", "--k", "5", "--json")
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)

@@ -206,11 +206,13 @@ def without_support(tasks: TaskSet, learner: MetaLearner) -> TaskSet:
     return tasks.with_support(np.zeros(len(tasks.support_item), dtype=bool))
 
 
-def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None) -> dict[str, dict[str, float]]:
-    """MAE / RMSE per test scenario, adapted and not adapted."""
+def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None, *,
+                 user_history: bool = True) -> dict[str, dict[str, float]]:
+    """MAE / RMSE per test scenario, adapted and not adapted. ``user_history``: a meta-train user's task
+    adapts on their meta-train ratings too, as in the benchmark (``BenchmarkConfig.user_history``)."""
     out = {}
     for name, tasks in split.test.items():
-        adapted = ckpt.learner.evaluate(tasks, steps=steps)
+        adapted = ckpt.learner.evaluate(tasks.with_history(split.meta_train) if user_history else tasks, steps=steps)
         frozen = ckpt.learner.evaluate(without_support(tasks, ckpt.learner), steps=0)
         out[name] = {"mae": adapted["mae"], "rmse": adapted["rmse"], "mae_no_adapt": frozen["mae"],
                      "rmse_no_adapt": frozen["rmse"], "ratings": adapted["n"], "tasks": len(tasks)}
