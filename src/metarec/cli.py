@@ -353,7 +353,7 @@ def onboard(
     run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
     n: int = typer.Option(10, "--n", min=1, help="How many items to ask a new user to rate."),
     strategy: str = typer.Option("popular", help="popular (best on validation users), pop-entropy, melu-evidence, "
-                                                 "greedy-info or greedy-error; see docs/onboarding.md."),
+                                                 "greedy-info, greedy-error or coverage; see docs/onboarding.md."),
     experiment: bool = typer.Option(False, "--experiment", help="Compare the strategies on held-out users instead."),
     budgets: str = typer.Option("10,20,50", help="--experiment: comma-separated budgets (items shown, or answers "
                                                  "with --protocol walk)."),

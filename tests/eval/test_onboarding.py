@@ -9,7 +9,7 @@ import pytest
 
 from metarec.data.dataset import RatingDataset
 from metarec.eval.onboarding import (
-    STRATEGIES, greedy_extend_order, item_statistics, onboarding_experiment, per_user_scores, positions_from_order, random_positions,
+    STRATEGIES, coverage_order, greedy_extend_order, item_statistics, onboarding_experiment, per_user_scores, positions_from_order, random_positions,
     simulate, strategy_order, summarise, trained_catalogue,
 )
 from metarec.meta.run import RunConfig
@@ -234,3 +234,19 @@ def test_greedy_extend_skips_a_popular_uninformative_item_and_a_redundant_one():
     order = greedy_extend_order(x, np.ones(2), user, item, residual, np.arange(4), popularity, first=3, query=query)
     assert order[0] in (1, 2) and order[1] == 3  # not the popular item 0, and b before a's duplicate
     assert order[3] == 0  # the uninformative item ends up last (picks stop gaining nothing, rest by popularity)
+
+
+# ---------------------------------------------------------------------- coverage
+def test_coverage_prefers_users_without_an_answer_yet():
+    # item 0: users 0-5; item 1: users 0-4 (the same people); item 2: users 6-9 (nobody else knows it)
+    pairs = [(u, 0) for u in range(6)] + [(u, 1) for u in range(5)] + [(u, 2) for u in range(6, 10)]
+    user, item = (np.array(col) for col in zip(*pairs))
+    popularity = np.array([6.0, 5.0, 4.0, 0.0])
+    catalogue = np.arange(4)
+    assert coverage_order(user, item, catalogue, popularity, decay=0.5).tolist() == [0, 2, 1, 3]
+    # decay 1 is popularity: the same users' second answers count in full
+    assert coverage_order(user, item, catalogue, popularity, decay=1.0).tolist() == [0, 1, 2, 3]
+    # after `first` picks the rest follow popularity
+    assert coverage_order(user, item, catalogue, popularity, decay=0.5, first=1).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="decay"):
+        coverage_order(user, item, catalogue, popularity, decay=0.0)

@@ -29,7 +29,10 @@ Strategies:
   updated after each pick by the expected answer; two items that say the same thing are not both asked;
 * ``greedy-error`` - GreedyExtend (Golbandi et al., 2010): items picked one at a time by how much they cut
   the query error of simulated newcomers (meta-train users a matrix factorisation was not fitted on)
-  after onboarding with the picks so far, their answers folded in by ridge regression.
+  after onboarding with the picks so far, their answers folded in by ridge regression;
+* ``coverage`` - popularity among newcomer-like users, discounted per user: each user's next answer
+  counts ``decay`` (0.75) times their previous one, so the questionnaire reaches users the earlier
+  picks missed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from torch.func import grad, vmap
 
@@ -50,7 +54,7 @@ from metarec.tasks.taskset import TaskBatch, TaskSet
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("random", "popular", "pop-entropy", "melu-evidence", "greedy-info", "greedy-error")
+STRATEGIES = ("random", "popular", "pop-entropy", "melu-evidence", "greedy-info", "greedy-error", "coverage")
 PROTOCOLS = ("shown", "walk")
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -137,6 +141,49 @@ def greedy_information_order(split: ColdStartSplit, *, first: int = 200, factors
     rest = np.flatnonzero(available)
     rest = rest[np.lexsort((catalogue[rest], -stats.item_count[catalogue[rest]]))]
     return catalogue[np.r_[np.asarray(chosen, np.int64), rest]]
+
+
+def newcomer_like_ratings(split: ColdStartSplit) -> pd.DataFrame:
+    """Meta-train ratings of the users with as many ratings as the validation newcomers (min to max):
+    who knows which item among people like the ones onboarding will meet. A heavy user knows far
+    more rarely rated items than a newcomer does."""
+    frame = split.train_ratings()
+    held_out = split.validation.get("new_users")
+    if held_out is None or not len(held_out):
+        return frame
+    sizes = held_out.support_sizes + held_out.query_sizes
+    n = frame.groupby("user_idx")["rating"].transform("size")
+    return frame[(n >= sizes.min()) & (n <= sizes.max())]
+
+
+def coverage_order(user: np.ndarray, item: np.ndarray, catalogue: np.ndarray, popularity: np.ndarray, *,
+                   decay: float = 0.75, first: int = 100) -> np.ndarray:
+    """The ``coverage`` questionnaire: items picked one at a time by how many answers they would get
+    from the users in (``user``, ``item``) - the pairs of who rated what -, each user's next answer
+    worth ``decay`` times their previous one. ``decay`` = 1 is plain popularity; below 1 an item known
+    to users who have no answer yet beats one known to the same users as earlier picks, because a
+    first answer moves a newcomer's model most. After ``first`` picks, the rest by ``popularity``."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"decay must be in (0, 1], got {decay}")
+    users, u = np.unique(user, return_inverse=True)
+    n_items = max(int(item.max(initial=0)), int(catalogue.max(initial=0))) + 1
+    rated = sp.csc_matrix((np.ones(len(u)), (u, item)), shape=(len(users), n_items))
+    rated.sum_duplicates()
+    rated.data[:] = 1.0
+    available = np.zeros(n_items, bool)
+    available[catalogue] = True
+    answers = np.zeros(len(users))
+    chosen: list[int] = []
+    for _ in range(min(first, len(catalogue))):
+        gain = np.asarray(rated.T @ decay ** answers).ravel()
+        gain[~available] = -1.0
+        best = int(np.argmax(gain))  # ties: the lower item index
+        chosen.append(best)
+        available[best] = False
+        answers[rated.indices[rated.indptr[best]:rated.indptr[best + 1]]] += 1.0
+    chosen_arr = np.asarray(chosen, np.int64)
+    rest = catalogue[~np.isin(catalogue, chosen_arr)]
+    return np.r_[chosen_arr, rest[np.lexsort((rest, -popularity[rest]))]]
 
 
 def greedy_extend_order(x: np.ndarray, penalty: np.ndarray, user: np.ndarray, item: np.ndarray,
@@ -237,14 +284,8 @@ def greedy_error_order(split: ColdStartSplit, *, first: int = 100, seed: int = 0
     fitted = replace(split, meta_train=split.meta_train.subset(~np.isin(split.meta_train.user_idx, simulated)),
                      _cache={})
     mf = MatrixFactorization(MatrixFactorizationConfig(seed=seed)).fit(fitted)
-    frame = split.train_ratings()
+    frame = newcomer_like_ratings(split)
     frame = frame[frame["user_idx"].isin(simulated)]
-    held_out = split.validation.get("new_users")
-    if held_out is not None and len(held_out):
-        # simulate newcomers like the held-out ones: a heavy user answers far more rarely rated items
-        sizes = held_out.support_sizes + held_out.query_sizes
-        n = frame.groupby("user_idx")["rating"].transform("size")
-        frame = frame[(n >= sizes.min()) & (n <= sizes.max())]
     user, item = frame["user_idx"].to_numpy(np.int64), frame["item_idx"].to_numpy(np.int64)
     residual = frame["rating"].to_numpy(np.float64) - mf.stats.global_mean - mf.item_params[item, 0]
     x = np.c_[np.ones(len(mf.item_params)), mf.item_params[:, 1:]]
@@ -261,6 +302,10 @@ def strategy_order(strategy: str, split: ColdStartSplit, learner: MetaLearner | 
         return greedy_information_order(split)
     if strategy == "greedy-error":
         return greedy_error_order(split)
+    if strategy == "coverage":
+        frame = newcomer_like_ratings(split)
+        count = item_statistics(split)["count"].to_numpy(np.float64)
+        return coverage_order(frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy(), catalogue, count)
     stats = item_statistics(split)
     count = stats["count"].to_numpy(dtype=np.float64)
     if strategy == "popular":
