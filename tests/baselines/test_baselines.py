@@ -122,7 +122,7 @@ def test_batched_fold_in_equals_per_task_ridge(rank2_split):
             f = np.c_[np.ones(len(items)), mf.item_params[items, 1:]]
             y = ratings.astype(np.float64) - s.global_mean - mf.item_params[items, 0]
             prior = mf.user_params[tasks.user_idx[t]] if s.known_users[tasks.user_idx[t]] else np.zeros(f.shape[1])
-            lam = np.diag(mf._penalty)
+            lam = np.diag(mf.penalty)
             want = np.linalg.solve(f.T @ f + lam, f.T @ y + lam @ prior)
             np.testing.assert_allclose(got[t], want, rtol=1e-8, atol=1e-10)
 

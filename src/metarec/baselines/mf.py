@@ -66,7 +66,8 @@ class MatrixFactorization(BaselineBase):
         self.item_params: np.ndarray | None = None  # [n_items, 1 + k]: every catalogue item
 
     @property
-    def _penalty(self) -> np.ndarray:
+    def penalty(self) -> np.ndarray:
+        """The ridge precisions of [bias, factors] (training and fold-in)."""
         return np.r_[self.config.bias_reg, np.full(self.config.factors, self.config.reg)]
 
     def fit(self, split: ColdStartSplit) -> "MatrixFactorization":
@@ -80,7 +81,7 @@ class MatrixFactorization(BaselineBase):
         items = np.zeros((s.n_items, 1 + k))
         items[:, 1:] = rng.normal(0.0, cfg.init_std, (s.n_items, k))
         resid = s.rating - s.global_mean
-        penalty = self._penalty
+        penalty = self.penalty
         for _ in range(cfg.iterations):
             # User step: regress r - mu - b_i on [1, q_i]; the item side is fixed.
             target = sp.csr_matrix((resid - items[s.item, 0], (s.user, s.item)), shape=by_user.shape)
@@ -110,7 +111,7 @@ class MatrixFactorization(BaselineBase):
             known = self._known_user(tasks.user_idx)
             prior[known] = self.user_params[tasks.user_idx[known]]
         features = np.c_[np.ones(s.n_items), items[:, 1:]]
-        return batched_ridge(counts, target, features, self._penalty, prior)
+        return batched_ridge(counts, target, features, self.penalty, prior)
 
     def _scores(self, tasks: TaskSet) -> np.ndarray:
         assert self.item_params is not None

@@ -290,7 +290,7 @@ def greedy_error_order(split: ColdStartSplit, *, first: int = 100, seed: int = 0
     residual = frame["rating"].to_numpy(np.float64) - mf.stats.global_mean - mf.item_params[item, 0]
     x = np.c_[np.ones(len(mf.item_params)), mf.item_params[:, 1:]]
     popularity = item_statistics(split)["count"].to_numpy(np.float64)
-    return greedy_extend_order(x, mf._penalty, user, item, residual, trained_catalogue(split), popularity,
+    return greedy_extend_order(x, mf.penalty, user, item, residual, trained_catalogue(split), popularity,
                                first=first, seed=seed)
 
 
