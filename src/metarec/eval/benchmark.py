@@ -164,6 +164,7 @@ class MetaMethod(Method):
         self.user_history = user_history  # see BenchmarkConfig
         self.learner: MetaLearner | None = None
         self.known: TaskSet | None = None  # the meta-train tasks: what is known about meta-train users
+        self._last_history: tuple[TaskSet, TaskSet] | None = None  # (tasks, with their history): predict, then score
         self.history = []
 
     def _train(self, config: RunConfig, split: ColdStartSplit):
@@ -216,9 +217,13 @@ class MetaMethod(Method):
     def _tasks(self, variant: str, tasks: TaskSet) -> TaskSet:
         if self._steps(variant) == 0:
             return without_support(tasks, self.learner)
-        if self.user_history and self.known is not None:
-            return tasks.with_history(self.known)
-        return tasks
+        if not self.user_history or self.known is None:
+            return tasks
+        # a scenario's tasks are predicted, scored against the catalogue and bootstrapped in turn: build
+        # (and pack) their history once, not once per call
+        if self._last_history is None or self._last_history[0] is not tasks:
+            self._last_history = (tasks, tasks.with_history(self.known))
+        return self._last_history[1]
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
         return _query_predictions(self.learner, self._tasks(variant, tasks), self._steps(variant))

@@ -50,7 +50,7 @@ from torch.func import grad, vmap
 from metarec.eval.metrics import RELEVANT_RATING, catalogue_ndcg_at_k, catalogue_recall_at_k
 from metarec.meta.engine import MetaLearner, masked_mse
 from metarec.tasks.splits import ColdStartSplit
-from metarec.tasks.taskset import TaskBatch, TaskSet
+from metarec.tasks.taskset import TaskBatch, TaskSet, rank_within
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +218,9 @@ def greedy_extend_order(x: np.ndarray, penalty: np.ndarray, user: np.ndarray, it
     users, user = np.unique(user, return_inverse=True)
     n_users = len(users)
     if is_query is None:  # a random query of query_size ratings per user (a light user: half its ratings)
-        key = rng.random(len(user))
         rank = np.empty(len(user), np.int64)
-        by = np.lexsort((key, user))
-        starts = np.r_[0, np.cumsum(np.bincount(user, minlength=n_users))[:-1]]
-        rank[by] = np.arange(len(user)) - starts[user[by]]
+        by = np.lexsort((rng.random(len(user)), user))
+        rank[by] = rank_within(user[by])
         is_query = rank < np.minimum(query_size, np.bincount(user, minlength=n_users) // 2)[user]
     u_q, i_q, e_q = (torch.as_tensor(a[is_query]) for a in (user, item, residual))
     xq = x[i_q]

@@ -27,7 +27,7 @@ import pandas as pd
 
 from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError
-from metarec.tasks.taskset import TaskSet
+from metarec.tasks.taskset import TaskSet, rank_within
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def make_split(dataset: RatingDataset, config: SplitConfig | None = None) -> Col
         rows = np.flatnonzero(mask)
         rows = rows[np.lexsort((order_key[rows], key_all[rows]))]
         k = key_all[rows]
-        rank = _rank_within(k)
+        rank = rank_within(k)
         _, inverse, sizes = np.unique(k, return_inverse=True, return_counts=True)
         ok = sizes[inverse] >= query + config.min_support
         rows, rank = rows[ok], rank[ok]
@@ -254,7 +254,7 @@ def make_split(dataset: RatingDataset, config: SplitConfig | None = None) -> Col
     holdout = np.zeros(len(r), bool)
     rows = np.flatnonzero(old_train & can_hold[user])
     rows = rows[np.lexsort((order_key[rows], user[rows]))]
-    holdout[rows[_rank_within(user[rows]) < q]] = True
+    holdout[rows[rank_within(user[rows]) < q]] = True
 
     # Heavy users' old-item ratings: round-robin chunks of at most max_ratings, each chunk one task.
     heavy_rows = (row_role == 3) & ~is_new
@@ -263,7 +263,7 @@ def make_split(dataset: RatingDataset, config: SplitConfig | None = None) -> Col
         rows = np.flatnonzero(heavy_rows)
         rows = rows[np.lexsort((key[rows], user[rows]))]
         n_chunks = -(-np.bincount(user[rows], minlength=dataset.n_users) // config.max_ratings)
-        chunk[rows] = _rank_within(user[rows]) % n_chunks[user[rows]]
+        chunk[rows] = rank_within(user[rows]) % n_chunks[user[rows]]
     task_key = user.astype(np.int64) * (1 << 20) + chunk
     meta_train, _ = tasks("meta_train", (old_train & ~holdout) | heavy_rows, q, task_key)
     # Warm test tasks: support = what meta-training used of that user, query = the held-out ratings.
@@ -292,15 +292,6 @@ def make_split(dataset: RatingDataset, config: SplitConfig | None = None) -> Col
     if config.support_size is not None:
         split = _resplit_support(split, config.support_size)
     return split
-
-
-def _rank_within(sorted_user: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal values of an array sorted by user."""
-    if not len(sorted_user):
-        return np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, sorted_user[1:] != sorted_user[:-1]])
-    run = np.diff(np.r_[starts, len(sorted_user)])
-    return np.arange(len(sorted_user)) - np.repeat(starts, run)
 
 
 def _split_users(users: np.ndarray, user: np.ndarray, ts: np.ndarray, config: SplitConfig, rng: np.random.Generator):
@@ -356,7 +347,7 @@ def _resplit_support(split: ColdStartSplit, k: int) -> ColdStartSplit:
         task = np.repeat(np.arange(len(ts)), sizes)
         order = np.lexsort((key, task))
         rank = np.empty(len(order), np.int64)
-        rank[order] = _rank_within(task[order])
+        rank[order] = rank_within(task[order])
         return ts.with_support(rank < k)
 
     return replace(

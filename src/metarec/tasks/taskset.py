@@ -13,6 +13,15 @@ import numpy as np
 import torch
 
 
+def rank_within(sorted_user: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values of an array sorted by user."""
+    if not len(sorted_user):
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_user[1:] != sorted_user[:-1]])
+    run = np.diff(np.r_[starts, len(sorted_user)])
+    return np.arange(len(sorted_user)) - np.repeat(starts, run)
+
+
 @dataclass(frozen=True)
 class TaskBatch:
     """Padded tensors of ``B`` tasks. Masks are float (1 = real rating, 0 = padding) to weight losses."""
@@ -169,9 +178,8 @@ class TaskSet:
         h_order = np.argsort(h["user_idx"], kind="stable")
         h_user, h_item, h_rating = h["user_idx"][h_order], h["item_idx"][h_order], h["rating"][h_order]
         lo, hi = np.searchsorted(h_user, self.user_idx, "left"), np.searchsorted(h_user, self.user_idx, "right")
-        counts = hi - lo
-        task = np.repeat(np.arange(len(self)), counts)
-        rows = np.arange(counts.sum()) + np.repeat(lo - (np.cumsum(counts) - counts), counts)  # lo..hi per task
+        task = np.repeat(np.arange(len(self)), hi - lo)
+        rows = np.repeat(lo, hi - lo) + rank_within(task)  # lo..hi-1 for each task
         own = self.rows()
         held = np.isin(task * width + h_item[rows], own["task"] * width + own["item_idx"])
         task, rows = task[~held], rows[~held]
@@ -208,11 +216,8 @@ class TaskSet:
             return self
         task = rows["task"]
         order = np.lexsort((generator.random(n), task))  # by task, random within it
-        sizes = self.support_sizes + self.query_sizes
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         task_sorted = task[order]
-        rank = np.arange(n) - starts[task_sorted]
-        is_query = rank < self.query_sizes[task_sorted]
+        is_query = rank_within(task_sorted) < self.query_sizes[task_sorted]
         s_rows, q_rows = order[~is_query], order[is_query]  # both still grouped by task, in task order
         return TaskSet(
             name or self.name, self.user_idx, self.support_ptr, rows["item_idx"][s_rows], rows["rating"][s_rows],
