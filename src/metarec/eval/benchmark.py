@@ -175,11 +175,11 @@ class MetaMethod(Method):
         return trainer
 
     def fit(self, split: ColdStartSplit) -> None:
+        grid: list[dict] = []  # the inner-lr candidates, when there is a grid
         if not self.inner_lr_grid:
             trainer = self._train(self.config, split)
         else:
-            trainer, history = None, []
-            best = math.inf
+            trainer, best = None, math.inf
             for lr in self.inner_lr_grid:
                 candidate = self._train(self.config.override("meta", inner_lr=lr), split)
                 val = candidate.state["best_val_mae"]
@@ -187,7 +187,7 @@ class MetaMethod(Method):
                 diverges = not self._stable_with_one_rating(candidate.restore_best(), split)
                 if diverges:
                     log.warning("%s: inner_lr %g diverges on validation users with one rating; not chosen", self.name, lr)
-                history.append({"candidate": f"inner_lr={lr:g}", "val_mae": val, "diverges_with_one_rating": diverges})
+                grid.append({"candidate": f"inner_lr={lr:g}", "val_mae": val, "diverges_with_one_rating": diverges})
                 log.info("%s: inner_lr %g, validation MAE %.4f", self.name, lr, val)
                 val = math.inf if diverges else val
                 if trainer is None or val < best:
@@ -196,7 +196,7 @@ class MetaMethod(Method):
         # The selected (best validation) parameters, not the last ones.
         self.learner = trainer.restore_best()
         self.known = split.meta_train
-        self.history = trainer.history if not self.inner_lr_grid else [*history, *trainer.history]
+        self.history = [*grid, *trainer.history]
 
     @staticmethod
     def _stable_with_one_rating(learner: MetaLearner, split: ColdStartSplit) -> bool:
