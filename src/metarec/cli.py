@@ -352,8 +352,12 @@ def benchmark(
 def onboard(
     run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
     n: int = typer.Option(10, "--n", min=1, help="How many items to ask a new user to rate."),
-    strategy: str = typer.Option("popular", help="popular (best on validation users), pop-entropy, melu-evidence, "
-                                                 "greedy-info, greedy-error or coverage; see docs/onboarding.md."),
+    strategy: str = typer.Option("adaptive", help="adaptive (chosen on validation users: it asks in rounds, each from "
+                                                  "the answers so far), popular, pop-entropy, melu-evidence, "
+                                                  "greedy-info, greedy-error or coverage; see docs/onboarding.md."),
+    shown: Optional[str] = typer.Option(None, "--shown", help="Comma-separated ids of the items already shown: the "
+                                                              "next round leaves them out (and adapts to them)."),
+    rated: Optional[str] = typer.Option(None, "--rated", help="Comma-separated ids of the shown items the user rated."),
     experiment: bool = typer.Option(False, "--experiment", help="Compare the strategies on held-out users instead."),
     budgets: str = typer.Option("10,20,50", help="--experiment: comma-separated budgets (items shown, or answers "
                                                  "with --protocol walk)."),
@@ -368,7 +372,10 @@ def onboard(
     """The items to ask a new user to rate first; with --experiment, what each strategy buys on held-out users."""
     with _errors():
         from metarec.data import load_dataset
-        from metarec.eval.onboarding import PROTOCOLS, STRATEGIES, choose_items, onboarding_experiment, summarise
+        import numpy as np
+
+        from metarec.eval.onboarding import (PROTOCOLS, STRATEGIES, adaptive_questionnaire, choose_items,
+                                             onboarding_experiment, summarise)
         from metarec.meta.run import RunConfig
         from metarec.meta.trainer import load_best
         from metarec.tasks import make_split
@@ -397,7 +404,19 @@ def onboard(
         learner = load_best(run).learner
         if not experiment:
             titles = dataset.items["title"].astype(str).to_dict() if "title" in dataset.items.columns else {}
-            ids = [dataset.item_vocab.ids[i] for i in choose_items(strategy, split, learner, n)]
+            asked = {}
+            for name, text in (("shown", shown), ("rated", rated)):
+                values = [x.strip() for x in (text or "").split(",") if x.strip()]
+                index = dataset.item_vocab.indices(values, strict=False)
+                if (index < 0).any():
+                    raise MetarecError(f"--{name}: unknown item id(s) {[v for v, i in zip(values, index) if i < 0][:5]}")
+                asked[name] = index
+            if strategy == "adaptive":
+                picks = adaptive_questionnaire(split).next_items(asked["shown"], asked["rated"], n)
+            else:  # a fixed list: the next items of it not shown yet
+                order = choose_items(strategy, split, learner, len(dataset.item_vocab))
+                picks = order[~np.isin(order, np.r_[asked["shown"], asked["rated"]])][:n]
+            ids = [dataset.item_vocab.ids[i] for i in picks]
             items = [{"item_id": i, "title": titles.get(i, "")} for i in ids]
             if as_json:
                 _print_json({"strategy": strategy, "items": items})

@@ -38,10 +38,21 @@ def test_onboard_experiment_json_and_errors(data_dir, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     items = json.loads(result.stdout)["items"]
     assert len(items) == 3 and all(i["title"] for i in items)
+    first = [i["item_id"] for i in items]
+    result = runner.invoke(app, ["onboard", str(out), "--n", "3", "--json", "--shown", ",".join(first),
+                                 "--rated", first[0]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["strategy"] == "adaptive" and len(answer["items"]) == 3
+    assert not {i["item_id"] for i in answer["items"]} & set(first)  # the next round, not the first again
+    result = runner.invoke(app, ["onboard", str(out), "--n", "2", "--json", "--strategy", "popular", "--shown", first[0]],
+                           catch_exceptions=False)
+    assert first[0] not in [i["item_id"] for i in json.loads(result.stdout)["items"]]
 
     for args, message in ((["--experiment", "--protocol", "telepathy"], "--protocol"),
                           (["--experiment", "--users", "everyone"], "--users"),
                           (["--experiment", "--budgets", "ten"], "--budgets"),
-                          (["--strategy", "random"], "no fixed order")):
+                          (["--strategy", "random"], "no fixed order"),
+                          (["--shown", "no-such-item"], "unknown item id")):
         bad = runner.invoke(app, ["onboard", str(out), *args])
         assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output, args

@@ -152,6 +152,18 @@ def test_items_model_onboarding_health(client, recommender):
     assert len(onboarding) == 12 and all(i["title"] for i in onboarding)
     assert [i["item_id"] for i in onboarding] == recommender.onboarding_items(12)["item_id"].tolist()
     assert client.get("/v1/onboarding?n=0", headers=HEADERS).status_code == 422
+    first = [i["item_id"] for i in onboarding[:10]]
+    r = client.post("/v1/onboarding", json={"n": 5, "shown": [*first, "no-such-item"], "rated": first[:2]},
+                    headers=HEADERS)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [i["item_id"] for i in body["items"]] == recommender.onboarding_items(5, first, first[:2])["item_id"].tolist()
+    assert body["unknown_item_ids"] == ["no-such-item"] and body["model_version"] == recommender.model_version
+    assert not {i["item_id"] for i in body["items"]} & set(first)
+    assert client.post("/v1/onboarding", json={}, headers=HEADERS).json()["items"] == onboarding[:10]
+    for bad in ({"n": 0}, {"n": 5, "shown": "50"}, {"n": 5, "rated": [""]}, {"n": 5, "extra": 1}):
+        assert client.post("/v1/onboarding", json=bad, headers=HEADERS).status_code == 422, bad
+    assert client.post("/v1/onboarding", json={"n": 5}).status_code == 401
     assert client.get("/healthz").json() == {"status": "ok", "model_version": recommender.model_version}
     assert client.get("/openapi.json").json()["paths"]["/v1/recommend"]["post"]
 

@@ -63,13 +63,32 @@ def test_bad_inputs(recommender, popular_ids):
         ColdStartRecommender().recommend({"1": 4})
 
 
-def test_onboarding_is_most_rated_in_training(recommender, ml100k):
+def test_onboarding_first_round_is_most_rated_among_newcomer_like_users(recommender, ml100k):
     first = recommender.onboarding_items(10)
     assert len(first) == 10 and first["title"].notna().all()
     counts = ml100k.ratings["item_id"].value_counts()
-    # most-rated within meta-training users only, which tracks overall popularity closely
+    # most-rated within the panel of newcomer-like meta-train users, which tracks overall popularity
     assert first["item_id"].iloc[0] in set(counts.index[:5])
     assert first["item_id"].is_unique
+    assert all(recommender.item(i)["seen_in_training"] for i in first["item_id"])
+
+
+def test_onboarding_next_round_depends_on_what_the_user_knew(recommender):
+    first = recommender.onboarding_items(10)["item_id"].tolist()
+    knew_none = recommender.onboarding_records(10, shown=first)
+    knew_all = recommender.onboarding_records(10, shown=first, rated=first)
+    for answer in (knew_none, knew_all):
+        assert len(answer) == 10 and not {i["item_id"] for i in answer} & set(first)
+    assert [i["item_id"] for i in knew_none] != [i["item_id"] for i in knew_all]
+    # a mapping of ratings works as ``rated``; unknown ids are reported back, not an error
+    ratings = {first[0]: 5.0, first[1]: 2.0}
+    result = recommender.onboarding_next(5, shown=[*first, "no-such-item"], rated={**ratings, "nor-this": 3.0})
+    assert result.unknown_item_ids == ["no-such-item", "nor-this"]
+    assert result.items == recommender.onboarding_records(5, shown=first, rated=list(ratings))
+    with pytest.raises(DataError, match="shown"):
+        recommender.onboarding_records(5, shown="50")
+    with pytest.raises(DataError, match="n must be"):
+        recommender.onboarding_records(0)
 
 
 def test_item_metadata(recommender):
@@ -82,7 +101,8 @@ def test_item_metadata(recommender):
 
 def test_save_load_round_trip(recommender, popular_ids, tmp_path):
     folder = recommender.save(tmp_path / "rec")
-    assert {p.name for p in folder.iterdir()} == {"checkpoint", "items.parquet", "item_stats.parquet", "recommender.json"}
+    assert {p.name for p in folder.iterdir()} == {"checkpoint", "items.parquet", "item_stats.parquet",
+                                                  "onboarding_panel.parquet", "recommender.json"}
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary leftovers
     spec = json.loads((folder / "recommender.json").read_text())
     assert spec["model_version"] == recommender.model_version
@@ -91,6 +111,8 @@ def test_save_load_round_trip(recommender, popular_ids, tmp_path):
     rated = _ratings(popular_ids)
     pd.testing.assert_frame_equal(loaded.recommend(rated, USER, k=20), recommender.recommend(rated, USER, k=20))
     pd.testing.assert_frame_equal(loaded.onboarding_items(15), recommender.onboarding_items(15))
+    shown, knew = popular_ids[:10], popular_ids[2:5]
+    pd.testing.assert_frame_equal(loaded.onboarding_items(10, shown, knew), recommender.onboarding_items(10, shown, knew))
     assert loaded.item("1") == recommender.item("1")
     # saving again over the same folder replaces it whole
     loaded.save(folder)
@@ -104,6 +126,8 @@ def test_load_run_folder(recommender, run_dir, popular_ids):
     rated = _ratings(popular_ids)
     pd.testing.assert_frame_equal(from_run.recommend(rated, USER, k=10), recommender.recommend(rated, USER, k=10))
     assert from_run.onboarding_items(10)["item_id"].tolist() == recommender.onboarding_items(10)["item_id"].tolist()
+    shown, knew = popular_ids[:10], popular_ids[:3]
+    pd.testing.assert_frame_equal(from_run.onboarding_items(10, shown, knew), recommender.onboarding_items(10, shown, knew))
     with pytest.raises(MetarecError, match="no checkpoint"):
         ColdStartRecommender.load(run_dir.parent)
 
@@ -153,3 +177,13 @@ def test_threads_share_one_recommender(saved_dir, popular_ids, replicas):
     finally:
         torch.set_num_threads(previous)
     assert concurrent == sequential
+
+
+def test_a_folder_saved_without_a_panel_onboards_by_popularity(recommender, tmp_path):
+    folder = recommender.save(tmp_path / "rec")
+    (folder / "onboarding_panel.parquet").unlink()  # as written before the adaptive questionnaire
+    loaded = ColdStartRecommender.load(folder)
+    counts = pd.read_parquet(folder / "item_stats.parquet").set_index("item_id")["n_train_ratings"]
+    first = loaded.onboarding_items(10)["item_id"].tolist()
+    assert counts[first].tolist() == sorted(counts.to_numpy(), reverse=True)[:10]
+    assert loaded.onboarding_items(5, shown=first)["item_id"].tolist() == loaded.onboarding_items(15)["item_id"].tolist()[10:]

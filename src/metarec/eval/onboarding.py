@@ -32,7 +32,10 @@ Strategies:
   after onboarding with the picks so far, their answers folded in by ridge regression;
 * ``coverage`` - popularity among newcomer-like users, discounted per user: each user's next answer
   counts ``decay`` (0.75) times their previous one, so the questionnaire reaches users the earlier
-  picks missed.
+  picks missed;
+* ``adaptive`` - not one list but one per user: rounds of 10 items, each chosen from what the user knew
+  in the earlier rounds, by a panel of newcomer-like training users reweighted by agreement with them
+  (:mod:`metarec.serve.questionnaire`; what the service serves).
 """
 
 from __future__ import annotations
@@ -49,12 +52,14 @@ from torch.func import grad, vmap
 
 from metarec.eval.metrics import RELEVANT_RATING, catalogue_ndcg_at_k, catalogue_recall_at_k
 from metarec.meta.engine import MetaLearner, masked_mse
+from metarec.serve.questionnaire import AdaptiveQuestionnaire, QuestionnaireConfig
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskBatch, TaskSet, rank_within
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("random", "popular", "pop-entropy", "melu-evidence", "greedy-info", "greedy-error", "coverage")
+STRATEGIES = ("random", "popular", "pop-entropy", "melu-evidence", "greedy-info", "greedy-error", "coverage",
+              "adaptive")
 PROTOCOLS = ("shown", "walk")
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -292,10 +297,32 @@ def greedy_error_order(split: ColdStartSplit, *, first: int = 100, seed: int = 0
                                first=first, seed=seed)
 
 
+def adaptive_questionnaire(split: ColdStartSplit, config: QuestionnaireConfig | None = None) -> AdaptiveQuestionnaire:
+    """The ``adaptive`` strategy of a split: its panel is the newcomer-like meta-train users
+    (:func:`newcomer_like_ratings`), its askable items the trained catalogue."""
+    frame = newcomer_like_ratings(split)
+    count = item_statistics(split)["count"].to_numpy(np.float64)
+    return AdaptiveQuestionnaire(frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy(), split.dataset.n_items,
+                                 trained_catalogue(split), count, config)
+
+
+def answer_pools(tasks: TaskSet, n_items: int) -> np.ndarray:
+    """[T, n_items] boolean: the items each task's user can rate when shown (support, never query)."""
+    pools = np.zeros((len(tasks), n_items), bool)
+    task = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
+    keep = ~_in_query(tasks)
+    pools[task[keep], tasks.support_item[keep]] = True
+    return pools
+
+
 def strategy_order(strategy: str, split: ColdStartSplit, learner: MetaLearner | None = None) -> np.ndarray:
     """The questionnaire of a fixed strategy: trained catalogue item indices, first asked first
-    (ties: lower item index first). ``random`` has no fixed order (see :func:`random_positions`)."""
+    (ties: lower item index first). ``random`` has no fixed order (see :func:`random_positions`);
+    ``adaptive``'s is its first round's order, before any answer."""
     catalogue = trained_catalogue(split)
+    if strategy == "adaptive":
+        questionnaire = adaptive_questionnaire(split)
+        return questionnaire.next_items(np.zeros(0, np.int64), np.zeros(0, np.int64), len(catalogue))
     if strategy == "greedy-info":
         return greedy_information_order(split)
     if strategy == "greedy-error":
@@ -480,6 +507,8 @@ def onboarding_experiment(learner: MetaLearner, split: ColdStartSplit, *, scenar
     for strategy, seed in runs:
         if strategy == "random":
             position = random_positions(catalogue, n_items, len(tasks), seed)
+        elif strategy == "adaptive":
+            position = adaptive_questionnaire(split).positions(answer_pools(tasks, n_items))
         else:
             position = positions_from_order(strategy_order(strategy, split, learner), n_items)
         for budget in budgets:

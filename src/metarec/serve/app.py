@@ -101,6 +101,12 @@ class OnboardingResponse(BaseModel):
     model_version: str
 
 
+class OnboardingNextResponse(BaseModel):
+    items: list[CatalogueItem]
+    unknown_item_ids: list[str]
+    model_version: str
+
+
 class _BodyLimit:
     """Reject bodies over ``max_bytes`` with 413, by Content-Length or, failing that, by counting.
 
@@ -242,6 +248,14 @@ def create_app(
         def _unique_items(cls, value: list[RatingIn]) -> list[RatingIn]:
             return _no_duplicates(value)
 
+    class OnboardingRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: int = Field(10, ge=1, le=max_k, description=f"how many items to ask about next, at most {max_k}")
+        shown: list[ItemId] = Field(default_factory=list, max_length=max_item_ids,
+                                    description="the items already shown to the user")
+        rated: list[ItemId] = Field(default_factory=list, max_length=max_item_ids,
+                                    description="those of them the user rated (ratings themselves are not needed)")
+
     local = threading.local()
     batcher = MicroBatcher(recommender, batch_size=batch_size, max_wait=batch_wait_ms / 1000,
                            on_thread_start=lambda: one_torch_thread()) if batching else None
@@ -339,6 +353,17 @@ def create_app(
     def onboarding(n: int = Query(10, ge=1, le=max_k, description="how many items to ask about")) -> JSONResponse:
         """The items to ask a new user to rate first."""
         return JSONResponse({"items": recommender.onboarding_records(n), "model_version": version})
+
+    @v1.post("/onboarding", response_model=OnboardingNextResponse)
+    def onboarding_next(request: OnboardingRequest) -> JSONResponse:
+        """The next items to ask, given what was shown and what the user rated (adaptive questionnaire):
+        ask in rounds of about 10, sending back every item shown so far. Unknown ids are listed."""
+        try:
+            result = recommender.onboarding_next(request.n, request.shown, request.rated)
+        except MetarecError as exc:
+            raise _adapt_errors(exc) from None
+        return JSONResponse({"items": result.items, "unknown_item_ids": result.unknown_item_ids,
+                             "model_version": version})
 
     @v1.get("/items/{item_id}", response_model=CatalogueItem)
     def item(item_id: str) -> JSONResponse:

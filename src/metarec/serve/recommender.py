@@ -15,7 +15,9 @@ A saved recommender folder holds::
     recommender.json     format, dataset name, model_version, package versions
     checkpoint/          a metarec checkpoint (safetensors + JSON, no optimiser moments)
     items.parquet        the items table (index ``item_id``), in vocabulary order
-    item_stats.parquet   ratings per item seen by meta-training (the onboarding criterion)
+    item_stats.parquet   ratings per item seen by meta-training (popularity, the onboarding tie-break)
+    onboarding_panel.parquet  who rated what among newcomer-like training users (the adaptive
+                         onboarding questionnaire's panel; absent in older folders: onboarding by popularity)
 
 It is written whole under a temporary name and then renamed into place.
 """
@@ -36,7 +38,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,6 +49,7 @@ from metarec.errors import DataError, MetarecError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
 from metarec.meta.personalize import Personalizer
 from metarec.meta.run import RunConfig
+from metarec.serve.questionnaire import AdaptiveQuestionnaire
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class ColdStartRecommender:
         *,
         items: pd.DataFrame | None = None,
         train_counts: np.ndarray | None = None,
+        panel: pd.DataFrame | None = None,
         dataset_name: str | None = None,
         model_version: str | None = None,
         versions: Mapping[str, str] | None = None,
@@ -98,7 +102,7 @@ class ColdStartRecommender:
         if self._replicas < 1:
             raise MetarecError(f"replicas must be >= 1, got {replicas}")
         if checkpoint is not None:
-            self._bind(checkpoint, items=items, train_counts=train_counts, dataset_name=dataset_name,
+            self._bind(checkpoint, items=items, train_counts=train_counts, panel=panel, dataset_name=dataset_name,
                        model_version=model_version, versions=versions)
 
     def _bind(
@@ -107,6 +111,7 @@ class ColdStartRecommender:
         *,
         items: pd.DataFrame | None,
         train_counts: np.ndarray | None,
+        panel: pd.DataFrame | None,
         dataset_name: str | None,
         model_version: str | None,
         versions: Mapping[str, str] | None,
@@ -124,6 +129,10 @@ class ColdStartRecommender:
         self._train_counts = counts
         # most-rated first, ties by catalogue order: stable and reproducible
         self._onboarding_order = np.lexsort((np.arange(n), -counts))
+        self._panel = _check_panel(panel, n)
+        self._questionnaire = None if self._panel is None else AdaptiveQuestionnaire(
+            self._panel["panel_user"].to_numpy(), self._panel["item_idx"].to_numpy(), n,
+            np.flatnonzero(counts > 0), counts)
         self._dataset_name = dataset_name or str(checkpoint.run_config.get("data", {}).get("dataset", "unknown"))
         self._model_version = model_version or _tensor_version(checkpoint)
         self._versions = dict(versions or package_versions())
@@ -190,7 +199,7 @@ class ColdStartRecommender:
             checkpoint = load_checkpoint(ckpt_dir, device=config.train.device)
             version = _file_version(ckpt_dir / "model.safetensors")
         self._bind(checkpoint, items=dataset.items, train_counts=_train_counts(split, dataset.n_items),
-                   dataset_name=dataset.name, model_version=version, versions=None)
+                   panel=_panel(split), dataset_name=dataset.name, model_version=version, versions=None)
         return self
 
     # ------------------------------------------------------------------ persistence
@@ -208,6 +217,11 @@ class ColdStartRecommender:
             _items_for_parquet(self._items).to_parquet(tmp / "items.parquet", index=True)
             pd.DataFrame({"item_id": list(checkpoint.item_vocab.ids), "n_train_ratings": self._train_counts}
                          ).to_parquet(tmp / "item_stats.parquet", index=False)
+            if self._panel is not None:
+                ids = np.asarray(checkpoint.item_vocab.ids, dtype=object)
+                pd.DataFrame({"panel_user": self._panel["panel_user"].to_numpy(np.int64),
+                              "item_id": ids[self._panel["item_idx"].to_numpy()].astype(str)}
+                             ).to_parquet(tmp / "onboarding_panel.parquet", index=False)
             write_json(tmp / "recommender.json", {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self._dataset_name,
                 "model_version": version, "versions": self._versions,
@@ -237,7 +251,15 @@ class ColdStartRecommender:
             items = _items_from_parquet(pd.read_parquet(directory / "items.parquet"))
             stats = pd.read_parquet(directory / "item_stats.parquet").set_index("item_id")["n_train_ratings"]
             counts = stats.reindex(list(checkpoint.item_vocab.ids)).fillna(0).to_numpy(np.int64)
-            return cls(checkpoint, items=items, train_counts=counts, dataset_name=spec.get("dataset"),
+            panel = None
+            if (directory / "onboarding_panel.parquet").exists():
+                frame = pd.read_parquet(directory / "onboarding_panel.parquet")
+                try:
+                    item_idx = checkpoint.item_vocab.indices(frame["item_id"].astype(str).tolist(), strict=True)
+                except (KeyError, UnknownIdError) as exc:
+                    raise MetarecError(f"{directory / 'onboarding_panel.parquet'}: {exc}") from None
+                panel = pd.DataFrame({"panel_user": frame["panel_user"].to_numpy(np.int64), "item_idx": item_idx})
+            return cls(checkpoint, items=items, train_counts=counts, panel=panel, dataset_name=spec.get("dataset"),
                        model_version=_file_version(directory / "checkpoint" / "model.safetensors"),
                        versions=spec.get("versions"), replicas=replicas)
         if (directory / "checkpoint.json").exists():
@@ -247,9 +269,9 @@ class ColdStartRecommender:
         else:
             raise MetarecError(f"{directory}: no such folder")
         checkpoint = load_checkpoint(ckpt_dir, device=device)
-        items, counts = _run_catalogue(checkpoint)
+        items, counts, panel = _run_catalogue(checkpoint)
         versions = json.loads((ckpt_dir / "checkpoint.json").read_text(encoding="utf-8")).get("versions")
-        return cls(checkpoint, items=items, train_counts=counts,
+        return cls(checkpoint, items=items, train_counts=counts, panel=panel,
                    model_version=_file_version(ckpt_dir / "model.safetensors"), versions=versions,
                    replicas=replicas)
 
@@ -432,22 +454,45 @@ class ColdStartRecommender:
         unknown = _unique([*user.unknown_item_ids, *(i for i, ok in zip(asked, known) if not ok)])
         return Recommendations(items, unknown)
 
-    def onboarding_items(self, n: int = 10) -> pd.DataFrame:
-        """The ``n`` items to ask a new user to rate first: for now the most-rated in meta-training.
+    def onboarding_items(self, n: int = 10, shown: Iterable[object] = (), rated: Iterable[object] = ()) -> pd.DataFrame:
+        """The next ``n`` items to ask a new user to rate, given the items already ``shown`` to them and
+        those they ``rated`` (ids; a mapping of ratings works too). Nothing shown yet: the first round.
 
-        Popular items are the ones a newcomer most likely knows, so they yield ratings at all; a
-        smarter criterion (informativeness, diversity) can replace this function alone.
+        The adaptive questionnaire (:mod:`metarec.serve.questionnaire`) asks what users who knew and did
+        not know the same items as this one have rated most; it gets more answers than the most popular
+        items, and a better model after them (docs/onboarding.md). Ask in rounds of about 10. A
+        recommender saved without a panel falls back to the most-rated items. Unknown ids are ignored.
         """
-        records = self.onboarding_records(n)
+        records = self.onboarding_next(n, shown, rated).items
         return _records_frame(records, ["item_id", *self._items.columns])
 
-    def onboarding_records(self, n: int = 10) -> list[dict[str, Any]]:
+    def onboarding_records(self, n: int = 10, shown: Iterable[object] = (), rated: Iterable[object] = ()) -> list[dict[str, Any]]:
         """:meth:`onboarding_items` as JSON-ready dicts."""
-        self._require_fitted()
+        return self.onboarding_next(n, shown, rated).items
+
+    def onboarding_next(self, n: int = 10, shown: Iterable[object] = (), rated: Iterable[object] = ()) -> Recommendations:
+        """:meth:`onboarding_items` as JSON-ready dicts plus the ids of ``shown`` / ``rated`` the model
+        does not know (reported back, never an error: a client's catalogue may run ahead of the model)."""
+        checkpoint = self._require_fitted()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise DataError(f"n must be a positive integer, got {n!r}", field="n")
-        ids = self.checkpoint.item_vocab.ids
-        return [{"item_id": ids[int(i)], **self._meta[int(i)]} for i in self._onboarding_order[: int(n)]]
+        for name, value in (("shown", shown), ("rated", rated)):
+            if isinstance(value, (str, bytes)):
+                raise DataError(f"{name} must be a collection of item ids, not one string", field=name)
+        shown_ids, rated_ids = [str(i) for i in shown], [str(i) for i in rated]
+        vocab = checkpoint.item_vocab
+        shown_idx = vocab.indices(shown_ids, strict=False) if shown_ids else np.zeros(0, np.int64)
+        rated_idx = vocab.indices(rated_ids, strict=False) if rated_ids else np.zeros(0, np.int64)
+        unknown = _unique([i for i, j in zip([*shown_ids, *rated_ids], [*shown_idx, *rated_idx]) if j < 0])
+        shown_idx, rated_idx = shown_idx[shown_idx >= 0], rated_idx[rated_idx >= 0]
+        if self._questionnaire is not None:
+            order = self._questionnaire.next_items(shown_idx, rated_idx, int(n))
+        else:
+            asked = np.zeros(len(vocab), bool)
+            asked[shown_idx], asked[rated_idx] = True, True
+            order = self._onboarding_order[~asked[self._onboarding_order]][: int(n)]
+        ids = vocab.ids
+        return Recommendations([{"item_id": ids[int(i)], **self._meta[int(i)]} for i in order], unknown)
 
     def item(self, item_id: object) -> dict[str, Any]:
         """One item's metadata (JSON-ready); :class:`UnknownIdError` for an id outside the catalogue."""
@@ -554,8 +599,28 @@ def _train_counts(split: Any, n_items: int) -> np.ndarray:
     return np.bincount(rows["item_idx"].to_numpy(np.int64), minlength=n_items).astype(np.int64)
 
 
-def _run_catalogue(checkpoint: Checkpoint) -> tuple[pd.DataFrame | None, np.ndarray | None]:
-    """Items table and training popularity of a ``metarec train`` run, rebuilt from its dataset."""
+def _panel(split: Any) -> pd.DataFrame:
+    """The onboarding panel of a split: (panel_user, item_idx) pairs of its newcomer-like meta-train users."""
+    from metarec.eval.onboarding import newcomer_like_ratings
+
+    frame = newcomer_like_ratings(split)
+    return pd.DataFrame({"panel_user": frame["user_idx"].to_numpy(np.int64), "item_idx": frame["item_idx"].to_numpy(np.int64)})
+
+
+def _check_panel(panel: pd.DataFrame | None, n_items: int) -> pd.DataFrame | None:
+    if panel is None:
+        return None
+    missing = {"panel_user", "item_idx"} - set(panel.columns)
+    if missing:
+        raise MetarecError(f"the onboarding panel lacks column(s) {sorted(missing)}")
+    item = panel["item_idx"].to_numpy()
+    if len(item) and (item.min() < 0 or item.max() >= n_items):
+        raise MetarecError(f"the onboarding panel has item indices outside [0, {n_items})")
+    return panel.reset_index(drop=True)
+
+
+def _run_catalogue(checkpoint: Checkpoint) -> tuple[pd.DataFrame | None, np.ndarray | None, pd.DataFrame | None]:
+    """Items table, training popularity and onboarding panel of a ``metarec train`` run, rebuilt from its dataset."""
     from metarec.data.loaders.registry import load_dataset
     from metarec.tasks import make_split
 
@@ -564,12 +629,12 @@ def _run_catalogue(checkpoint: Checkpoint) -> tuple[pd.DataFrame | None, np.ndar
         dataset = load_dataset(config.data.dataset, data_dir=config.data.data_dir)
     except (MetarecError, OSError, ValueError) as exc:
         log.warning("item metadata unavailable (%s); serving ids only", exc)
-        return None, None
+        return None, None, None
     if dataset.item_vocab != checkpoint.item_vocab:
         log.warning("dataset %r no longer matches the checkpoint's catalogue; serving ids only", dataset.name)
-        return None, None
-    counts = _train_counts(make_split(dataset, config.split), dataset.n_items)
-    return dataset.items, counts
+        return None, None, None
+    split = make_split(dataset, config.split)
+    return dataset.items, _train_counts(split, dataset.n_items), _panel(split)
 
 
 def _align_items(items: pd.DataFrame | None, ids: Sequence[str]) -> pd.DataFrame:
