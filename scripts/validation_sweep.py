@@ -56,12 +56,14 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help='overrides, e.g. "meta.outer_lr=0.001" ("" = base)')
     parser.add_argument("--mf", action="store_true", help="also matrix factorisation's validation MAE (the bar)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--protocol", default="melu", help="melu, time or splits (as metarec benchmark)")
+    parser.add_argument("--split-dir", default=None, help="with --protocol splits: the folder of split files")
     parser.add_argument("--known-new-items", action="store_true",
                         help="also the validation proxy of known users rating new items (see known_users_on_new_items)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = RunConfig.from_toml(args.config)
-    bench = BenchmarkConfig(dataset=args.dataset, run=base)
+    bench = BenchmarkConfig(dataset=args.dataset, run=base, protocol=args.protocol, split_dir=args.split_dir)
     split = make_split(load_dataset(args.dataset), bench.split_config(args.seed))
     known = known_users_on_new_items(split) if args.known_new_items else None
     if args.mf:

@@ -158,6 +158,7 @@ def train(
     outer_lr: Optional[float] = typer.Option(None, help="Outer (Adam) learning rate beta."),
     l2: Optional[float] = typer.Option(None, help="L2 weight lambda on the meta-parameters."),
     meta_batch_size: Optional[int] = typer.Option(None, help="Tasks per meta-batch."),
+    query_loss: Optional[str] = typer.Option(None, help="Outer loss on the query set: squared, absolute or huber."),
     item_id_embedding: Optional[bool] = typer.Option(None, "--item-ids/--no-item-ids", help="Learn id vectors of warm items."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
     patience: Optional[int] = typer.Option(None, help="Epochs without validation improvement before stopping."),
@@ -181,7 +182,7 @@ def train(
         cfg = cfg.override("split", protocol=protocol, seed=seed, split_dir=split_dir)
         cfg = cfg.override("model", item_id_embedding=item_id_embedding)
         cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
-                           meta_batch_size=meta_batch_size)
+                           meta_batch_size=meta_batch_size, query_loss=query_loss)
         cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)
         if device and device.startswith("cuda"):
             import torch

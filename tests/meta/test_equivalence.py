@@ -49,6 +49,25 @@ def test_vectorised_equals_per_task_loop(tiny_split, kind, algorithm, steps, ada
     assert any(float(v.abs().max()) > 0 for k, v in fast.items() if k in learner.adapted)
 
 
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("query_loss", ["absolute", "huber"])
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_query_losses_match_the_per_task_loop(tiny_split, kind, query_loss, steps):
+    """The outer loss on the query set (MetaConfig.query_loss), through every engine path."""
+    learner, batch = make_learner(tiny_split, kind, algorithm="maml", inner_steps=steps, query_loss=query_loss)
+    fast, fast_loss = learner.meta_gradients(batch)
+    slow, slow_loss = reference_meta_gradients(learner, batch)
+    assert relative_difference(fast, slow) <= 1e-5
+    assert fast_loss == pytest.approx(slow_loss, rel=1e-6)
+    squared, _ = make_learner(tiny_split, kind, algorithm="maml", inner_steps=steps)[0].meta_gradients(batch)
+    assert relative_difference(fast, squared) > 1e-3  # the loss is really a different one
+
+
+def test_reptile_has_no_query_loss_to_choose():
+    with pytest.raises(Exception, match="reptile has no query loss"):
+        MetaConfig(algorithm="reptile", query_loss="absolute")
+
+
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
 def test_support_minibatches_match_reference(tiny_split, algorithm):
     learner, batch = make_learner(tiny_split, "feature-mlp", algorithm=algorithm, inner_steps=3, support_batch_size=4)

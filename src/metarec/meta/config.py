@@ -10,6 +10,7 @@ from metarec.errors import ConfigError
 Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd")
 ADAPT_SCOPES: tuple[str, ...] = ("all", "head", "embeddings")
+QUERY_LOSSES: tuple[str, ...] = ("squared", "absolute", "huber")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,10 @@ class MetaConfig:
     """The inner loop (``inner_steps`` of lr ``inner_lr`` on the support set), the outer loop (Adam,
     lr ``outer_lr``, L2 weight ``l2`` on the meta-parameters: the seed's lambda ||phi||^2) and which
     parameters adapt per user (``adapt``: all, head - MeLU / ANIL -, or embeddings).
+
+    ``query_loss`` is the outer loop's loss on the query set: ``squared`` (the seed's MSE),
+    ``absolute`` (the error MAE measures) or ``huber`` (squared within 1 rating point, absolute
+    beyond). The inner loop always fits the support set by least squares.
 
     ``maml`` differentiates through the inner loop (exact second order); ``fomaml`` drops the
     second-order terms; ``metasgd`` learns a per-parameter inner learning rate (second order);
@@ -34,6 +39,7 @@ class MetaConfig:
     support_batch_size: int | None = None
     grad_clip: float | None = 10.0
     meta_batch_size: int = 32
+    query_loss: Literal["squared", "absolute", "huber"] = "squared"
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -48,6 +54,10 @@ class MetaConfig:
             raise ConfigError("support_batch_size must be >= 1")
         if self.meta_batch_size < 1:
             raise ConfigError("meta_batch_size must be >= 1")
+        if self.query_loss not in QUERY_LOSSES:
+            raise ConfigError(f"query_loss must be one of {QUERY_LOSSES}, got {self.query_loss!r}")
+        if self.algorithm == "reptile" and self.query_loss != "squared":
+            raise ConfigError("reptile has no query loss: query_loss must stay 'squared'")
 
     @property
     def test_steps(self) -> int:

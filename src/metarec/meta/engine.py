@@ -49,6 +49,22 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return ((pred - target) ** 2 * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
+def pointwise_loss(error: torch.Tensor, kind: str) -> torch.Tensor:
+    """The outer loop's loss of each prediction error (``MetaConfig.query_loss``)."""
+    if kind == "squared":
+        return error.square()
+    if kind == "absolute":
+        return error.abs()
+    if kind == "huber":  # 1/2 e^2 within 1 rating point, |e| - 1/2 beyond
+        return torch.nn.functional.huber_loss(error, torch.zeros_like(error), reduction="none", delta=1.0)
+    raise ValueError(f"unknown query loss {kind!r}")
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean ``kind`` loss over the real (mask = 1) entries; 0 for an empty set."""
+    return (pointwise_loss(pred - target, kind) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
 def adapted_names(model: RatingModel, scope: str) -> list[str]:
     """Names of the parameters that adapt per task under ``scope`` (all / head / embeddings)."""
     groups = model.parameter_groups()
@@ -145,6 +161,7 @@ class MetaLearner:
         # forces the autograd path (the tests compare the two).
         self.manual_backward = True
         self._manual = (self.fast and config.inner_steps == 1 and config.algorithm in ("maml", "fomaml")
+                        and config.query_loss == "squared"
                         and hasattr(model, "one_step_meta_gradient") and len(model._linear_names()) >= 2)
         params = model.params()
         self._params = dict(params)
@@ -256,7 +273,7 @@ class MetaLearner:
                         lrs: dict[str, torch.Tensor] | None) -> torch.Tensor:
         adapted = self._adapt_one(fast, frozen, task, steps, first_order, lrs)
         pred = self._predict({**frozen, **adapted}, task, "query")
-        return masked_mse(pred, task["query_rating"], task["query_mask"])
+        return masked_loss(pred, task["query_rating"], task["query_mask"], self.config.query_loss)
 
     def _user_and_context(self, params: Params | None, task: Task):
         """One task's user vector and support context (hoisted in ``task`` or computed under ``params``;
@@ -299,10 +316,10 @@ class MetaLearner:
         state = self._fast_state(params, task, self.config.inner_steps, self.config.first_order,
                                  support_proj=None if proj is None else _rows(proj, task["support_inv"]))
         pred = self.model.predict_head(state, task["query_vec"], None if proj is None else _rows(proj, task["query_inv"]))
-        # mean over tasks of the masked query MSE, as one weighted sum (weights: mask / (count * B))
+        # mean over tasks of the masked query loss, as one weighted sum (weights: mask / (count * B))
         mask = task["query_mask"]
         weight = mask / (mask.sum(-1, keepdim=True).clamp(min=1.0) * mask.shape[0])
-        return ((pred - task["query_rating"]).square() * weight).sum()
+        return (pointwise_loss(pred - task["query_rating"], self.config.query_loss) * weight).sum()
 
     # ------------------------------------------------------------------ batched
     def meta_loss(self, batch: TaskBatch, *, generator: torch.Generator | None = None) -> torch.Tensor:

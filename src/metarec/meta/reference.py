@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from metarec.meta.engine import MetaLearner
+from metarec.meta.engine import MetaLearner, pointwise_loss
 from metarec.models.base import Context, Params
 from metarec.tasks.taskset import TaskBatch
 
@@ -75,7 +75,7 @@ def reference_meta_gradients(
                 losses.append(float(((pred - s_rating) ** 2).mean()))
             continue
         pred = _predict(learner, full, t["user_idx"], t["query_item"], s_item, s_rating, exclude_self=False)
-        q_loss = ((pred - t["query_rating"]) ** 2).mean()
+        q_loss = pointwise_loss(pred - t["query_rating"], config.query_loss).mean()
         query_total = query_total + q_loss / n_tasks
         losses.append(float(q_loss.detach()))
     named = learner.named_meta_parameters()
