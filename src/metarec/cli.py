@@ -368,6 +368,8 @@ def onboard(
     seeds: str = typer.Option("0,1,2", help="--experiment: seeds of the random questionnaire."),
     strategies: Optional[str] = typer.Option(None, help="--experiment: comma-separated strategies (default: all)."),
     out: Optional[Path] = typer.Option(None, "--out", help="--experiment: also write rows and summary as CSV here."),
+    pool_runs: Optional[List[Path]] = typer.Option(None, "--pool-run", help="--experiment: another run (e.g. another "
+                                                   "split seed) whose held-out users join the comparison; repeatable."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """The items to ask a new user to rate first; with --experiment, what each strategy buys on held-out users."""
@@ -376,7 +378,7 @@ def onboard(
         import numpy as np
 
         from metarec.eval.onboarding import (PROTOCOLS, STRATEGIES, adaptive_questionnaire, choose_items,
-                                             onboarding_experiment, summarise)
+                                             onboarding_experiment, pool_results, summarise)
         from metarec.meta.run import RunConfig
         from metarec.meta.trainer import load_best
         from metarec.tasks import make_split
@@ -429,13 +431,21 @@ def onboard(
                 table.add_row(str(i), item["item_id"], item["title"])
             console.print(table)
             return
+        runs = [(run, split, learner)]
+        for other in pool_runs or []:
+            other_cfg = RunConfig.from_toml(other / "config.toml")
+            other_split = make_split(load_dataset(other_cfg.data.dataset, data_dir=other_cfg.data.data_dir), other_cfg.split)
+            runs.append((other, other_split, load_best(other).learner))
+        results = []
         with _progress() as progress:
-            bar = progress.add_task("onboarding experiment", total=None)
-            result = onboarding_experiment(
-                learner, split, validation=users == "validation", budgets=budget_values, strategies=chosen_strategies,
-                protocol=protocol, seeds=seed_values,
-                progress=lambda step, done, total: progress.update(bar, description=f"onboarding: {step}",
-                                                                   completed=done, total=total))
+            for run_dir, run_split, run_learner in runs:
+                bar = progress.add_task(f"onboarding experiment {run_dir.name}", total=None)
+                results.append(onboarding_experiment(
+                    run_learner, run_split, validation=users == "validation", budgets=budget_values,
+                    strategies=chosen_strategies, protocol=protocol, seeds=seed_values,
+                    progress=lambda step, done, total, bar=bar: progress.update(
+                        bar, description=f"onboarding: {step}", completed=done, total=total)))
+        result = pool_results(results) if len(results) > 1 else results[0]
         summary = summarise(result)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -445,7 +455,7 @@ def onboard(
             _print_json({"users": users, "scenario": result.scenario, "protocol": protocol,
                          "rows": result.rows.to_dict(orient="records"), "summary": summary.to_dict(orient="records")})
             return
-        n_users = int(result.rows["users"].iloc[0])
+        n_users = sum(int(r.rows["users"].iloc[0]) for r in results)
         budget_name = "items shown" if protocol == "shown" else "answers wanted"
         table = Table(title=f"Onboarding {n_users} {users} users ({result.scenario}, protocol {protocol}): "
                             f"adapt on the answers, score the query")

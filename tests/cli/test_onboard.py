@@ -33,6 +33,14 @@ def test_onboard_experiment_json_and_errors(data_dir, tmp_path, monkeypatch):
     assert set(summary) == {(s, b) for s in ("random", "popular", "greedy-info") for b in (5, 30)}
     assert "mae_vs_random" in summary[("popular", 30)] and "mae_vs_popular" in summary[("greedy-info", 30)]
     assert (tmp_path / "csv" / "onboarding_validation_shown_summary.csv").exists()
+    # --pool-run: another run's held-out users join the paired comparison (here the same run again)
+    result = runner.invoke(app, ["onboard", str(out), "--experiment", "--users", "validation", "--budgets", "5",
+                                 "--seeds", "0", "--strategies", "random,adaptive", "--json", "--pool-run", str(out)],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    pooled = json.loads(result.stdout)
+    assert len(pooled["rows"]) == 2 * 2 and {r["experiment"] for r in pooled["rows"]} == {0, 1}
+    assert pooled["summary"][1]["strategy"] == "adaptive" and "mae_vs_random" in pooled["summary"][1]
 
     result = runner.invoke(app, ["onboard", str(out), "--n", "3", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -9,7 +9,8 @@ import pytest
 
 from metarec.data.dataset import RatingDataset
 from metarec.eval.onboarding import (
-    STRATEGIES, coverage_order, greedy_extend_order, item_statistics, onboarding_experiment, per_user_scores, positions_from_order, random_positions,
+    STRATEGIES, coverage_order, greedy_extend_order, item_statistics, onboarding_experiment, per_user_scores, pool_results,
+    positions_from_order, random_positions,
     simulate, strategy_order, summarise, trained_catalogue,
 )
 from metarec.meta.run import RunConfig
@@ -250,3 +251,22 @@ def test_coverage_prefers_users_without_an_answer_yet():
     assert coverage_order(user, item, catalogue, popularity, decay=0.5, first=1).tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="decay"):
         coverage_order(user, item, catalogue, popularity, decay=0.0)
+
+
+def test_pooled_experiments_bootstrap_over_every_user(trained):
+    split, learner = trained
+    one = onboarding_experiment(learner, split, budgets=(5,), strategies=("random", "popular"), seeds=(0,))
+    two = onboarding_experiment(learner, split, budgets=(5,), strategies=("random", "popular"), seeds=(1,))
+    two.per_user = {(s, b, 0): v for (s, b, _), v in two.per_user.items()}  # another random draw, as another split
+    pooled = pool_results([one, two])
+    n_one = n_two = len(split.test["new_users"])
+    assert len(pooled.per_user[("popular", 5, 0)]) == n_one + n_two
+    row = summarise(pooled).set_index("strategy").loc["popular"]
+    diff = np.r_[(one.per_user[("popular", 5, 0)]["mae"] - one.per_user[("random", 5, 0)]["mae"]).to_numpy(),
+                 (two.per_user[("popular", 5, 0)]["mae"] - two.per_user[("random", 5, 0)]["mae"]).to_numpy()]
+    assert row["mae_vs_random"] == pytest.approx(diff.mean())
+    with pytest.raises(ValueError, match="same runs"):
+        pool_results([one, onboarding_experiment(learner, split, budgets=(3,), strategies=("popular",), seeds=(0,))])
+    with pytest.raises(ValueError, match="same runs"):
+        pool_results([one, onboarding_experiment(learner, split, budgets=(5,), strategies=("random", "popular"),
+                                                 seeds=(0,), validation=True)])

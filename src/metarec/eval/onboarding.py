@@ -532,6 +532,25 @@ def onboarding_experiment(learner: MetaLearner, split: ColdStartSplit, *, scenar
     return OnboardingResult(pd.DataFrame(rows), per_user, "validation" if validation else "test", scenario, protocol)
 
 
+def pool_results(results: Sequence[OnboardingResult]) -> OnboardingResult:
+    """Several experiments (e.g. one per split seed) as one, their users side by side, so that
+    :func:`summarise` bootstraps over all of them: each result must hold the same strategy x budget x
+    seed runs on the same kind of users."""
+    if not results:
+        raise ValueError("nothing to pool")
+    keys = set(results[0].per_user)
+    for r in results[1:]:
+        if set(r.per_user) != keys or (r.users, r.scenario, r.protocol) != (results[0].users, results[0].scenario,
+                                                                             results[0].protocol):
+            raise ValueError("pooled results must hold the same runs on the same users, scenario and protocol")
+    per_user = {key: pd.concat([r.per_user[key] for r in results], ignore_index=True) for key in sorted(keys)}
+    rows = []
+    for i, r in enumerate(results):
+        rows.append(r.rows.assign(experiment=i))
+    return OnboardingResult(pd.concat(rows, ignore_index=True), per_user, results[0].users, results[0].scenario,
+                            results[0].protocol)
+
+
 def summarise(result: OnboardingResult, *, k: int = 10, draws: int = 2000, seed: int = 0,
               references: Sequence[str] = ("random", "popular")) -> pd.DataFrame:
     """One row per strategy x budget: means (random: over seeds, with the seeds' standard deviation), and
