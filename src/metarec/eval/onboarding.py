@@ -402,10 +402,9 @@ def simulate(tasks: TaskSet, position: np.ndarray, budget: int, protocol: str = 
         keep = pos < budget
         shown = np.full(len(tasks), min(budget, catalogue_size), np.int64)
     else:
-        order = np.lexsort((pos, task))
-        starts = np.r_[0, np.cumsum(tasks.support_sizes)[:-1]]
+        order = np.lexsort((pos, task))  # by task, then by when the item is shown
         rank = np.empty(len(order), np.int64)
-        rank[order] = np.arange(len(order)) - np.repeat(starts, tasks.support_sizes)
+        rank[order] = rank_within(task[order])
         keep = (rank < budget) & (pos < never)
         # shown: up to the last answer; without ``budget`` answers, the whole catalogue
         shown = np.full(len(tasks), catalogue_size, np.int64)
