@@ -62,3 +62,15 @@ def test_bootstrap_prefers_the_truly_better_method():
     out = compare_best(errors, {"maml": [0.7], "mf": [0.75]}, {"maml": "meta", "mf": "baseline"}, draws=500)
     c = out["scenarios"]["new_users"]
     assert c["mae_difference"] == pytest.approx(-0.05) and c["ci95"][1] < 0 and c["p_meta_better"] == 1.0
+
+
+def test_every_meta_learner_is_made_from_a_config_with_an_absolute_query_loss():
+    """configs/ml1m-imdb.toml trains on the absolute error; Reptile, which has no query loss, still runs."""
+    from metarec.eval.benchmark import META, BenchmarkConfig, make_method
+    from metarec.meta.run import RunConfig
+
+    run = RunConfig.preset("neural-cf", "maml").override("meta", query_loss="absolute")
+    for name in META:
+        method = make_method(name, BenchmarkConfig(dataset="ml-100k", run=run))
+        expected = "squared" if name == "reptile" else "absolute"
+        assert method.config.meta.query_loss == expected, name

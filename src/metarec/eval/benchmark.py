@@ -282,7 +282,8 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
     if name == "global-neural":
         return MetaMethod(name, config.run, global_model=True, user_history=config.user_history)
     algorithm_config = RunConfig.preset(config.run.model.kind, name).meta
-    meta = replace(config.run.meta, algorithm=name)
+    # Reptile has no query loss: the configured one applies to the other algorithms
+    meta = replace(config.run.meta, algorithm=name, **({"query_loss": "squared"} if name == "reptile" else {}))
     grid: tuple[float, ...] = ()
     if name == "reptile":  # Reptile has no query/support split in its inner loop: adapt everything
         meta = replace(meta, adapt=algorithm_config.adapt, inner_steps=max(meta.inner_steps, algorithm_config.inner_steps))
