@@ -64,6 +64,22 @@ def test_bootstrap_prefers_the_truly_better_method():
     assert c["mae_difference"] == pytest.approx(-0.05) and c["ci95"][1] < 0 and c["p_meta_better"] == 1.0
 
 
+def test_seed_paired_interval_of_the_difference():
+    """Two seeds whose splits differ in difficulty: each method's own seed interval is wide, the paired one not."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    easy, hard = rng.uniform(0.5, 0.7, 200), rng.uniform(0.9, 1.1, 200)
+    errors = {("new_users", "maml"): {0: easy - 0.02, 1: hard - 0.03, 2: easy - 0.025},
+              ("new_users", "mf"): {0: easy, 1: hard, 2: easy}}
+    c = compare_best(errors, {"maml": [0.7], "mf": [0.75]}, {"maml": "meta", "mf": "baseline"}, draws=200)["scenarios"]["new_users"]
+    assert c["seed_differences"] == pytest.approx([-0.02, -0.03, -0.025])
+    mean, half = confidence_interval([-0.02, -0.03, -0.025])
+    assert c["seed_ci95"] == pytest.approx([mean - half, mean + half]) and c["seed_ci95"][1] < 0
+    own_half = confidence_interval([float((easy - 0.02).mean()), float((hard - 0.03).mean()), float((easy - 0.025).mean())])[1]
+    assert own_half > 10 * half  # the split's difficulty dominates each method's own interval
+
+
 def test_every_meta_learner_is_made_from_a_config_with_an_absolute_query_loss():
     """configs/ml1m-imdb.toml trains on the absolute error; Reptile, which has no query loss, still runs."""
     from metarec.eval.benchmark import META, BenchmarkConfig, make_method
