@@ -250,16 +250,7 @@ class MetaMethod(Method):
 
 def _query_predictions(learner: MetaLearner, tasks: TaskSet, steps: int | None, batch_size: int = 512) -> np.ndarray:
     """Every query rating's prediction (flat, in task order) after ``steps`` inner steps."""
-    out = []
-    packed = tasks.packed()
-    device = next(learner.model.parameters()).device
-    # long supports (a known user's whole history): fewer tasks per batch, so a batch stays ~256k ratings
-    batch_size = max(1, min(batch_size, 262_144 // max(1, packed.support_item.shape[1])))
-    for start in range(0, len(tasks), batch_size):
-        batch = packed.select(torch.arange(start, min(start + batch_size, len(tasks)))).to(device)
-        pred = learner.predict_query(batch, steps)
-        out.append(pred[batch.query_mask > 0].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    return learner.predict_tasks(tasks, steps, batch_size)
 
 
 def make_method(name: str, config: BenchmarkConfig) -> Method:
