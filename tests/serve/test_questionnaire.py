@@ -74,6 +74,22 @@ def test_positions_replay_next_items_round_by_round():
     assert position[1, [6, 7, 8]].tolist() == [3, 4, 5]  # B newcomer: camp B right after the first round
 
 
+def test_past_the_adaptive_items_serving_follows_the_panels_popularity_like_the_simulation():
+    q = AdaptiveQuestionnaire(*two_camps().knows.nonzero(), 12, np.arange(12), two_camps().popularity,
+                              QuestionnaireConfig(mismatch=0.1, round_size=3, adaptive_items=3))
+    # after 3 items shown the answers no longer matter: camp A (the panel's more popular) comes first
+    assert q.next_items(np.array([0, 6, 7]), np.array([6, 7]), 3).tolist() == [1, 2, 3]
+    pools = np.zeros((1, 12), bool)
+    pools[0, [0, 7, 9]] = True
+    position = q.positions(pools)
+    shown: list[int] = []
+    while len(shown) < 12:
+        answered = np.array([i for i in shown if pools[0, i]], np.int64)
+        nxt = q.next_items(np.array(shown, np.int64), answered, 3)
+        assert position[0, nxt].tolist() == list(range(len(shown), len(shown) + len(nxt)))
+        shown += nxt.tolist()
+
+
 def test_only_askable_items_are_asked_and_the_tail_follows_popularity():
     q = AdaptiveQuestionnaire(np.array([0, 0, 1]), np.array([0, 1, 1]), 4, np.array([0, 1, 3]),
                               np.array([1.0, 2.0, 5.0, 0.0]), QuestionnaireConfig(round_size=1, adaptive_items=1))

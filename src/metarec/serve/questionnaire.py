@@ -28,9 +28,11 @@ NEVER = np.iinfo(np.int64).max
 @dataclass(frozen=True)
 class QuestionnaireConfig:
     """``mismatch``: weight factor per disagreement, in (0, 1]; 1 never adapts (panel popularity).
-    ``round_size``: items shown per round in the offline simulation. ``adaptive_items``: the simulation
-    orders this many items adaptively, and the rest of the catalogue by popularity (the walk protocol can
-    go far down the list). The defaults were chosen on ML-1M validation users (docs/onboarding.md)."""
+    ``round_size``: items shown per round in the offline simulation. ``adaptive_items``: once this many
+    items have been shown, the rest come in the panel's popularity order, in serving as in the
+    simulation. Deep in the catalogue, a newcomer's long list of disagreements leaves all the weight on a
+    handful of panel members. ``mismatch`` and ``round_size`` were chosen on ML-1M validation users
+    (docs/onboarding.md); ``adaptive_items`` was set, not tuned."""
 
     mismatch: float = 0.3
     round_size: int = 10
@@ -110,6 +112,8 @@ class AdaptiveQuestionnaire:
         answered_mask[np.asarray(answered, dtype=np.int64)] = True
         shown_mask[np.asarray(shown, dtype=np.int64)] = True
         shown_mask |= answered_mask
+        if shown_mask.sum() >= self.config.adaptive_items:  # past the adaptive part: panel popularity
+            return self._static[~shown_mask[self._static]][:n]
         score = self.answer_probability(shown_mask[None], answered_mask[None])[0]
         return self._rank(score, shown_mask)[:n]
 
