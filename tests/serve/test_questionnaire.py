@@ -98,11 +98,24 @@ def test_only_askable_items_are_asked_and_the_tail_follows_popularity():
     assert position[0, 2] == NEVER and position[0, [1, 0, 3]].tolist() == [0, 1, 2]
 
 
+def test_a_big_panel_is_subsampled_the_same_way_every_time():
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(50), 4)
+    items = rng.integers(0, 20, len(users))
+    config = QuestionnaireConfig(max_panel_users=10)
+    a = AdaptiveQuestionnaire(users, items, 20, np.arange(20), np.ones(20), config)
+    b = AdaptiveQuestionnaire(users[::-1], items[::-1], 20, np.arange(20), np.ones(20), config)
+    assert a.n_members == 10 and (a.knows != b.knows).nnz == 0
+    assert AdaptiveQuestionnaire(users, items, 20, np.arange(20), np.ones(20)).n_members == 50
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="mismatch"):
         QuestionnaireConfig(mismatch=0.0)
     with pytest.raises(ValueError, match="round_size"):
         QuestionnaireConfig(round_size=0)
+    with pytest.raises(ValueError, match="max_panel_users"):
+        QuestionnaireConfig(max_panel_users=0)
     with pytest.raises(ValueError, match="popularity"):
         AdaptiveQuestionnaire(np.array([0]), np.array([0]), 3, np.arange(3), np.ones(2))
     with pytest.raises(ValueError, match="item indices"):

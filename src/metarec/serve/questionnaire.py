@@ -37,12 +37,15 @@ class QuestionnaireConfig:
     mismatch: float = 0.3
     round_size: int = 10
     adaptive_items: int = 100
+    max_panel_users: int = 10_000  # a bigger panel is subsampled (seeded), so a round stays a few ms
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mismatch <= 1.0:
             raise ValueError(f"mismatch must be in (0, 1], got {self.mismatch}")
         if self.round_size < 1 or self.adaptive_items < 0:
             raise ValueError("round_size must be >= 1 and adaptive_items >= 0")
+        if self.max_panel_users < 1:
+            raise ValueError("max_panel_users must be >= 1")
 
 
 class AdaptiveQuestionnaire:
@@ -64,7 +67,13 @@ class AdaptiveQuestionnaire:
         popularity = np.asarray(popularity, dtype=np.float64)
         if popularity.shape != (n_items,):
             raise ValueError(f"popularity has shape {popularity.shape}, expected ({n_items},)")
-        _, member = np.unique(panel_user, return_inverse=True)
+        users, member = np.unique(panel_user, return_inverse=True)
+        if len(users) > self.config.max_panel_users:  # the same members every time: seeded, on sorted ids
+            keep = np.zeros(len(users), bool)
+            keep[np.random.default_rng(0).choice(len(users), self.config.max_panel_users, replace=False)] = True
+            rows = keep[member]
+            panel_item = panel_item[rows]
+            _, member = np.unique(member[rows], return_inverse=True)
         n_members = int(member.max()) + 1 if len(member) else 0
         knows = sp.csr_matrix((np.ones(len(member)), (member, panel_item)), shape=(n_members, n_items))
         knows.sum_duplicates()
