@@ -127,12 +127,14 @@ class ColdStartRecommender:
         self._items = _align_items(items, vocab.ids)
         self._meta = _metadata_records(self._items)
         self._train_counts = counts
-        # most-rated first, ties by catalogue order: stable and reproducible
-        self._onboarding_order = np.lexsort((np.arange(n), -counts))
         self._panel = _check_panel(panel, n)
-        self._questionnaire = None if self._panel is None else AdaptiveQuestionnaire(
-            self._panel["panel_user"].to_numpy(), self._panel["item_idx"].to_numpy(), n,
-            np.flatnonzero(counts > 0), counts)
+        if self._panel is None:  # an empty panel never adapts: most-rated first, ties by catalogue order
+            no_one = np.zeros(0, np.int64)
+            self._questionnaire = AdaptiveQuestionnaire(no_one, no_one, n, np.arange(n), counts)
+        else:
+            self._questionnaire = AdaptiveQuestionnaire(self._panel["panel_user"].to_numpy(),
+                                                        self._panel["item_idx"].to_numpy(), n,
+                                                        np.flatnonzero(counts > 0), counts)
         self._dataset_name = dataset_name or str(checkpoint.run_config.get("data", {}).get("dataset", "unknown"))
         self._model_version = model_version or _tensor_version(checkpoint)
         self._versions = dict(versions or package_versions())
@@ -485,12 +487,7 @@ class ColdStartRecommender:
         rated_idx = vocab.indices(rated_ids, strict=False) if rated_ids else np.zeros(0, np.int64)
         unknown = _unique([i for i, j in zip([*shown_ids, *rated_ids], [*shown_idx, *rated_idx]) if j < 0])
         shown_idx, rated_idx = shown_idx[shown_idx >= 0], rated_idx[rated_idx >= 0]
-        if self._questionnaire is not None:
-            order = self._questionnaire.next_items(shown_idx, rated_idx, int(n))
-        else:
-            asked = np.zeros(len(vocab), bool)
-            asked[shown_idx], asked[rated_idx] = True, True
-            order = self._onboarding_order[~asked[self._onboarding_order]][: int(n)]
+        order = self._questionnaire.next_items(shown_idx, rated_idx, int(n))
         ids = vocab.ids
         return Recommendations([{"item_id": ids[int(i)], **self._meta[int(i)]} for i in order], unknown)
 
