@@ -37,7 +37,7 @@ from torch.func import functional_call, grad, vmap
 from metarec.data.encoding import FeatureTable
 from metarec.meta.config import MetaConfig
 from metarec.models.base import Context, Params, RatingModel
-from metarec.tasks.taskset import TaskBatch
+from metarec.tasks.taskset import TaskBatch, rank_within
 
 log = logging.getLogger(__name__)
 
@@ -592,7 +592,6 @@ class MetaLearner:
         device = next(self.model.parameters()).device
         packed = tasks.packed()
         sizes, q_sizes = tasks.support_sizes, tasks.query_sizes
-        q_start = np.r_[0, np.cumsum(q_sizes)[:-1]]
         order = np.argsort(sizes, kind="stable")
         i = 0
         while i < n:
@@ -602,8 +601,7 @@ class MetaLearner:
             pred = self.predict_query(batch, steps)[batch.query_mask > 0].detach().cpu().numpy()
             # the rows' real query entries, row by row, are each task's query in order
             lengths = q_sizes[idx]
-            within = np.arange(int(lengths.sum())) - np.repeat(np.r_[0, np.cumsum(lengths)[:-1]], lengths)
-            out[np.repeat(q_start[idx], lengths) + within] = pred
+            out[np.repeat(tasks.query_ptr[idx], lengths) + rank_within(np.repeat(idx, lengths))] = pred
             i += len(idx)
         return out
 
