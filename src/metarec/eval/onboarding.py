@@ -303,7 +303,7 @@ def adaptive_questionnaire(split: ColdStartSplit, config: QuestionnaireConfig | 
     frame = newcomer_like_ratings(split)
     count = item_statistics(split)["count"].to_numpy(np.float64)
     return AdaptiveQuestionnaire(frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy(), split.dataset.n_items,
-                                 trained_catalogue(split), count, config)
+                                 np.flatnonzero(count > 0), count, config)  # askable: the trained catalogue
 
 
 def answer_pools(tasks: TaskSet, n_items: int) -> np.ndarray:
