@@ -46,13 +46,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from torch.func import grad, vmap
 
 from metarec.eval.metrics import RELEVANT_RATING, catalogue_ndcg_at_k, catalogue_recall_at_k
 from metarec.meta.engine import MetaLearner, masked_mse
-from metarec.serve.questionnaire import AdaptiveQuestionnaire, QuestionnaireConfig
+from metarec.serve.questionnaire import AdaptiveQuestionnaire, QuestionnaireConfig, who_rated
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskBatch, TaskSet, rank_within
 
@@ -170,14 +169,11 @@ def coverage_order(user: np.ndarray, item: np.ndarray, catalogue: np.ndarray, po
     first answer moves a newcomer's model most. After ``first`` picks, the rest by ``popularity``."""
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"decay must be in (0, 1], got {decay}")
-    users, u = np.unique(user, return_inverse=True)
     n_items = max(int(item.max(initial=0)), int(catalogue.max(initial=0))) + 1
-    rated = sp.csc_matrix((np.ones(len(u)), (u, item)), shape=(len(users), n_items))
-    rated.sum_duplicates()
-    rated.data[:] = 1.0
+    rated = who_rated(user, item, n_items).tocsc()
     available = np.zeros(n_items, bool)
     available[catalogue] = True
-    answers = np.zeros(len(users))
+    answers = np.zeros(rated.shape[0])
     chosen: list[int] = []
     for _ in range(min(first, len(catalogue))):
         gain = np.asarray(rated.T @ decay ** answers).ravel()

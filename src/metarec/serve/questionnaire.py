@@ -25,6 +25,16 @@ import scipy.sparse as sp
 NEVER = np.iinfo(np.int64).max
 
 
+def who_rated(user: np.ndarray, item: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """[distinct users, in sorted order] x ``n_items``: 1 where the user rated the item (a repeat counts once)."""
+    _, member = np.unique(np.asarray(user), return_inverse=True)
+    n_users = int(member.max()) + 1 if len(member) else 0
+    rated = sp.csr_matrix((np.ones(len(member)), (member, np.asarray(item, np.int64))), shape=(n_users, n_items))
+    rated.sum_duplicates()
+    rated.data[:] = 1.0
+    return rated
+
+
 @dataclass(frozen=True)
 class QuestionnaireConfig:
     """``mismatch``: weight factor per disagreement, in (0, 1]; 1 never adapts (panel popularity).
@@ -67,17 +77,11 @@ class AdaptiveQuestionnaire:
         popularity = np.asarray(popularity, dtype=np.float64)
         if popularity.shape != (n_items,):
             raise ValueError(f"popularity has shape {popularity.shape}, expected ({n_items},)")
-        users, member = np.unique(panel_user, return_inverse=True)
-        if len(users) > self.config.max_panel_users:  # the same members every time: seeded, on sorted ids
-            keep = np.zeros(len(users), bool)
-            keep[np.random.default_rng(0).choice(len(users), self.config.max_panel_users, replace=False)] = True
-            rows = keep[member]
-            panel_item = panel_item[rows]
-            _, member = np.unique(member[rows], return_inverse=True)
-        n_members = int(member.max()) + 1 if len(member) else 0
-        knows = sp.csr_matrix((np.ones(len(member)), (member, panel_item)), shape=(n_members, n_items))
-        knows.sum_duplicates()
-        knows.data[:] = 1.0
+        knows = who_rated(panel_user, panel_item, n_items)
+        if knows.shape[0] > self.config.max_panel_users:  # the same members every time: seeded, on sorted ids
+            keep = np.zeros(knows.shape[0], bool)
+            keep[np.random.default_rng(0).choice(knows.shape[0], self.config.max_panel_users, replace=False)] = True
+            knows = knows[np.flatnonzero(keep)]
         self.knows = knows  # [members, items], 1 = rated
         self.knows_t = knows.T.tocsr()
         self.n_items = int(n_items)
