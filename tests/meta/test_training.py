@@ -140,7 +140,7 @@ def test_benchmark_meta_method_keeps_the_inner_lr_best_on_validation(tiny_split)
 def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_split):
     import numpy as np
 
-    from metarec.eval.benchmark import MetaMethod, _query_predictions
+    from metarec.eval.benchmark import MetaMethod
 
     split, _ = tiny_split
     method = MetaMethod("maml", config("neural-cf", epochs=1).override("model", fold_in=True))
@@ -151,8 +151,8 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
     warm = warm.with_support(rank < 3)
     assert set(warm.user_idx) <= set(split.meta_train.user_idx) and not set(new.user_idx) & set(split.meta_train.user_idx)
     with_history = method.predict("maml", warm)
-    assert np.allclose(with_history, _query_predictions(method.learner, warm.with_history(split.meta_train), None))
-    assert not np.allclose(with_history, _query_predictions(method.learner, warm, None))
-    assert np.array_equal(method.predict("maml", new), _query_predictions(method.learner, new, None))
+    assert np.allclose(with_history, method.learner.predict_tasks(warm.with_history(split.meta_train)))
+    assert not np.allclose(with_history, method.learner.predict_tasks(warm))
+    assert np.array_equal(method.predict("maml", new), method.learner.predict_tasks(new))
     method.user_history = False
-    assert np.array_equal(method.predict("maml", warm), _query_predictions(method.learner, warm, None))
+    assert np.array_equal(method.predict("maml", warm), method.learner.predict_tasks(warm))

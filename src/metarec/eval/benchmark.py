@@ -201,7 +201,7 @@ class MetaMethod(Method):
     @staticmethod
     def _stable_with_one_rating(learner: MetaLearner, split: ColdStartSplit) -> bool:
         """Finite predictions for every validation user adapted on one support rating."""
-        return all(np.isfinite(_query_predictions(learner, tasks, None)).all()
+        return all(np.isfinite(learner.predict_tasks(tasks, None, 512)).all()
                    for tasks in split.with_support_size(1).validation.values())
 
     def variants(self) -> list[str]:
@@ -226,7 +226,7 @@ class MetaMethod(Method):
         return self._last_history[1]
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
-        return _query_predictions(self.learner, self._tasks(variant, tasks), self._steps(variant))
+        return self.learner.predict_tasks(self._tasks(variant, tasks), self._steps(variant), 512)
 
     def scorer(self, variant, tasks, catalogue):
         scores = self.catalogue_scores(variant, tasks, catalogue)
@@ -246,11 +246,6 @@ class MetaMethod(Method):
             adapted, task = self.learner.adapt(batch, self._steps(variant))
             out.append(self.learner.predict_items(adapted, task, items, vec).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(catalogue)))
-
-
-def _query_predictions(learner: MetaLearner, tasks: TaskSet, steps: int | None, batch_size: int = 512) -> np.ndarray:
-    """Every query rating's prediction (flat, in task order) after ``steps`` inner steps."""
-    return learner.predict_tasks(tasks, steps, batch_size)
 
 
 def make_method(name: str, config: BenchmarkConfig) -> Method:
