@@ -310,6 +310,8 @@ def benchmark(
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
     user_history: bool = typer.Option(True, help="Meta-learners adapt a meta-train user (warm, new items) on their "
                                                  "meta-train ratings too, as bias and MF use trained user parameters."),
+    item_fold_in: bool = typer.Option(False, "--item-fold-in", help="Also score the new-item scenarios with new "
+                                      "items folded in from every test task's support ratings (<scenario>_pooled)."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
     quick: bool = typer.Option(False, "--quick", help="A small version (CI): 2 seeds, few methods, 2 epochs."),
 ) -> None:
@@ -328,7 +330,7 @@ def benchmark(
         if epochs is not None:
             run_config = run_config.override("train", epochs=epochs)
         options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
-                       user_history=user_history)
+                       user_history=user_history, item_fold_in=item_fold_in)
         if quick:
             cfg = BenchmarkConfig.quick(**options)
         else:

@@ -13,19 +13,20 @@ from metarec.cli import app
 from metarec.eval.benchmark import compare_best, confidence_interval
 
 SCENARIOS = {"warm", "new_users", "new_items", "new_users_new_items"}
+POOLED = {"new_items_pooled", "new_users_new_items_pooled"}  # --item-fold-in
 
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_complete_finite_results(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("METAREC_DATA_DIR", str(data_dir))
     out = tmp_path / "bench"
-    result = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--quick", "--out", str(out)],
+    result = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--quick", "--item-fold-in", "--out", str(out)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out / "results.csv")
     assert set(rows["seed"]) == {0, 1}
     full = rows[(rows["k"] == 0) & (rows["scenario"] != "_fit")]
-    assert set(full["scenario"]) == SCENARIOS
+    assert set(full["scenario"]) == SCENARIOS | POOLED
     assert {"mf", "bias", "maml", "maml-no-adapt", "popularity"} <= set(full["method"])
     for metric in ("mae", "rmse", "ndcg@3", "catalogue_ndcg@10", "catalogue_coverage@10", "catalogue_long_tail@10"):
         assert metric in set(full["metric"]), metric
@@ -38,12 +39,12 @@ def test_quick_benchmark_writes_complete_finite_results(data_dir, tmp_path, monk
     assert cell["n"] == 2 and math.isfinite(cell["mean"]) and math.isfinite(cell["ci95"])
     comp = summary["comparisons"]
     assert comp["best_meta_learner"] == "maml" and comp["best_baseline"] in {"global-mean", "item-mean", "bias", "mf"}
-    assert set(comp["scenarios"]) == SCENARIOS
+    assert set(comp["scenarios"]) == SCENARIOS | POOLED
     # what was chosen on validation users is kept: the baselines' grids and the learning curves
-    grid = summary["histories"]["mf"]["0"]
+    grid = [r for r in summary["histories"]["mf"]["0"] if "candidate" in r]
     assert len(grid) == 9 and all(math.isfinite(r["val_mae"]) for r in grid)
     assert any("epoch" in r for r in summary["histories"]["maml"]["1"])
-    assert (out / "results.md").read_text().count("## ") >= 5
+    assert (out / "results.md").read_text().count("## ") >= 7
     assert list(out.glob("k_curve_mae.png")) and (out / "learning_curves.png").exists()
 
 
@@ -90,3 +91,37 @@ def test_every_meta_learner_is_made_from_a_config_with_an_absolute_query_loss():
         method = make_method(name, BenchmarkConfig(dataset="ml-100k", run=run))
         expected = "squared" if name == "reptile" else "absolute"
         assert method.config.meta.query_loss == expected, name
+
+
+@pytest.mark.slow
+def test_item_fold_in_adds_pooled_new_item_scenarios(data_dir):
+    """``item_fold_in``: the new-item scenarios once more, with new items folded in from the test tasks'
+    support sets; the penalty scale is chosen on validation users' new-item tasks, and on ML-100K the
+    pooled ratings lower MF's and the meta-learner's error on new items."""
+    import numpy as np
+
+    from metarec.data.loaders.registry import load_dataset
+    from metarec.eval.benchmark import POOL_SCALES, BenchmarkConfig, run_benchmark
+    from metarec.meta.run import RunConfig
+
+    run = RunConfig.from_toml("configs/ml100k.toml").override("train", epochs=2, patience=2)
+    cfg = BenchmarkConfig(dataset="ml-100k", seeds=(0,), methods=("item-mean", "mf", "content", "maml"),
+                          support_sizes=(5,), bootstrap=100, item_fold_in=True, run=run)
+    result = run_benchmark(cfg, dataset=load_dataset("ml-100k", data_dir=str(data_dir)))
+    rows = result.rows
+    assert rows["value"].map(math.isfinite).all()
+    full = result.summary["0"]
+    assert {"new_items_pooled", "new_users_new_items_pooled"} <= set(full)
+    assert "new_items_pooled" in result.summary["5"]
+    for method in ("mf", "maml"):
+        for scenario in ("new_items", "new_users_new_items"):
+            strict, pooled = full[scenario][method]["mae"]["mean"], full[f"{scenario}_pooled"][method]["mae"]["mean"]
+            assert pooled < strict - 0.02, (method, scenario, strict, pooled)
+    # content has no item parameters, the unadapted variant uses no support: both unchanged
+    for method in ("content", "maml-no-adapt"):
+        assert full["new_items_pooled"][method]["mae"]["mean"] == full["new_items"][method]["mae"]["mean"]
+    for method in ("mf", "maml", "item-mean"):
+        tried = [r["pool_candidate"] for r in result.histories[method][0] if "pool_candidate" in r]
+        assert tried == list(POOL_SCALES), method
+    assert "new_items_pooled" in result.comparisons["scenarios"]
+    assert np.isfinite(result.comparisons["scenarios"]["new_items_pooled"]["mae_difference"])

@@ -38,3 +38,11 @@ def tiny_dataset(seed: int = 0, n_users: int = 60, n_items: int = 80) -> RatingD
 def tiny_split():
     split = make_split(tiny_dataset(), SplitConfig(seed=0, test_user_fraction=0.2, val_user_fraction=0.2))
     return split, encode_features(split)
+
+
+@pytest.fixture(scope="session")
+def tiny_split_new_items():
+    """The same data with items from 1995 on new (half the catalogue), so new-item scenarios have tasks."""
+    split = make_split(tiny_dataset(), SplitConfig(seed=0, test_user_fraction=0.2, val_user_fraction=0.2,
+                                                   new_item_year=1995))
+    return split, encode_features(split)

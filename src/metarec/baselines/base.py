@@ -147,3 +147,18 @@ def query_task_index(tasks: TaskSet) -> np.ndarray:
 def support_task_index(tasks: TaskSet) -> np.ndarray:
     """The task of every support row."""
     return np.repeat(np.arange(len(tasks)), tasks.support_sizes)
+
+
+def new_item_rows(tasks: TaskSet, known_items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(task, item, rating)`` of every support rating, over all ``tasks``, of an item training never saw.
+
+    Why: items released after training have no learnt parameters, but the support sets of the users
+    who rated them at test time do say something about them. Pooling those ratings across tasks is the
+    item-side fold-in (``with_new_items``); a task's query ratings are never among them.
+    """
+    task = support_task_index(tasks)
+    item = tasks.support_item
+    inside = item < len(known_items)
+    new = np.zeros(len(item), bool)
+    new[inside] = ~known_items[item[inside]]
+    return task[new], item[new], tasks.support_rating[new].astype(np.float64)

@@ -6,13 +6,15 @@ meta-learner that does not beat this has learnt nothing beyond a bias.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 
 from metarec.baselines._linalg import ridge_fit
 from metarec.baselines.attributes import item_design
-from metarec.baselines.base import BaselineBase, TrainStats, query_task_index, support_task_index, train_stats
+from metarec.baselines.base import (BaselineBase, TrainStats, new_item_rows, query_task_index, support_task_index,
+                                   train_stats)
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -89,3 +91,20 @@ class UserItemBias(BaselineBase):
         assert self.item_bias is not None
         b_u = self.fold_in(tasks)
         return self.stats.global_mean + b_u[query_task_index(tasks)] + self.item_bias[tasks.query_item]
+
+    def with_new_items(self, tasks: TaskSet, scale: float = 1.0, rounds: int = 3) -> "UserItemBias":
+        """A copy whose items unseen in training have their bias folded in from every task's support
+        ratings of them (the item-side fold-in): alternately each task's user bias, then each new item's
+        ``b_i = (sum(r - mu - b_u) + lambda b_i0) / (lambda + n)`` around its attribute prior ``b_i0``,
+        ``lambda`` = ``scale`` x the training item penalty. Trained items keep their biases."""
+        s, cfg = self.stats, self.config
+        lam = (cfg.reg if cfg.item_reg is None else cfg.item_reg) * scale
+        task, item, rating = new_item_rows(tasks, s.known_items)
+        out = copy.copy(self)
+        prior = self.item_bias
+        for _ in range(rounds if len(item) else 0):
+            b_u = out.fold_in(tasks)
+            total = np.bincount(item, weights=rating - s.global_mean - b_u[task], minlength=s.n_items)
+            count = np.bincount(item, minlength=s.n_items)
+            out.item_bias = np.where(count > 0, (total + lam * prior) / (lam + count), prior)
+        return out

@@ -14,6 +14,7 @@ dense: the regression is solved through the smaller of its primal or dual Gram m
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ import scipy.sparse as sp
 
 from metarec.baselines._linalg import batched_ridge, group_matrix, ridge_fit
 from metarec.baselines.attributes import item_design
-from metarec.baselines.base import BaselineBase, TrainStats, query_task_index, train_stats
+from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, query_task_index, train_stats
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -112,6 +113,28 @@ class MatrixFactorization(BaselineBase):
             prior[known] = self.user_params[tasks.user_idx[known]]
         features = np.c_[np.ones(s.n_items), items[:, 1:]]
         return batched_ridge(counts, target, features, self.penalty, prior)
+
+    def with_new_items(self, tasks: TaskSet, scale: float = 1.0, rounds: int = 3) -> "MatrixFactorization":
+        """A copy whose items unseen in training have ``(b_i, q_i)`` folded in from every task's support
+        ratings of them - one ALS item step over the pooled support sets, around the attribute-predicted
+        parameters, with ``scale`` x the training penalty - alternating with the tasks' user fold-in
+        (``rounds`` times). Trained items keep their parameters."""
+        assert self.item_params is not None
+        s = self.stats
+        task, item, rating = new_item_rows(tasks, s.known_items)
+        rows = np.unique(item)
+        out = copy.copy(self)
+        local = np.searchsorted(rows, item)
+        counts = sp.csr_matrix((np.ones(len(item)), (local, task)), shape=(len(rows), len(tasks)))
+        prior = self.item_params[rows]
+        for _ in range(rounds if len(rows) else 0):
+            users = out.fold_in(tasks)
+            target = sp.csr_matrix((rating - s.global_mean - users[task, 0], (local, task)), shape=counts.shape)
+            params = self.item_params.copy()
+            params[rows] = batched_ridge(counts, target, np.c_[np.ones(len(tasks)), users[:, 1:]],
+                                         self.penalty * scale, prior)
+            out.item_params = params
+        return out
 
     def _scores(self, tasks: TaskSet) -> np.ndarray:
         assert self.item_params is not None

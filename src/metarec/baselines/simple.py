@@ -1,15 +1,17 @@
 """Non-personalised baselines: the floor any cold-start method has to clear.
 
-None of them uses the support set: they say how much is explained before knowing anything about a user.
+None of them uses the user's own support set: they say how much is explained before knowing anything
+about a user. (``with_new_items`` pools *other* users' support ratings of items released after training.)
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import BaselineBase, TrainStats, train_stats
+from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, train_stats
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -70,6 +72,20 @@ class ItemMean(BaselineBase):
         assert self.item_mean is not None
         return self.item_mean[tasks.query_item]
 
+    def with_new_items(self, tasks: TaskSet, scale: float = 1.0) -> "ItemMean":
+        """A copy whose items unseen in training have the damped mean of their ratings in ``tasks``'
+        support sets (damping ``scale`` x the configured one); see :func:`new_item_rows`."""
+        s = self.stats
+        _, item, rating = new_item_rows(tasks, s.known_items)
+        d = self.config.damping * scale
+        count = np.bincount(item, minlength=s.n_items)
+        total = np.bincount(item, weights=rating, minlength=s.n_items)
+        out = copy.copy(self)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pooled = (total + d * s.global_mean) / (count + d)
+        out.item_mean = np.where(count > 0, pooled, self.item_mean)
+        return out
+
 
 @dataclass(frozen=True)
 class MostPopularConfig:
@@ -90,14 +106,25 @@ class MostPopular(BaselineBase):
         self._stats = train_stats(split)
         return self
 
+    _pooled_count: np.ndarray | None = None
+
     @property
     def popularity(self) -> np.ndarray:
-        """Training rating count per item index."""
-        return self.stats.item_count
+        """Training rating count per item index (plus pooled support counts of new items, see
+        :meth:`with_new_items`)."""
+        return self.stats.item_count if self._pooled_count is None else self._pooled_count
 
     def predict(self, tasks: TaskSet) -> np.ndarray:
         low, high = self.stats.rating_scale
         return np.clip(np.full(len(tasks.query_item), self.stats.global_mean), low, high)
 
     def _scores(self, tasks: TaskSet) -> np.ndarray:
-        return self.stats.item_count[tasks.query_item].astype(np.float64)
+        return self.popularity[tasks.query_item].astype(np.float64)
+
+    def with_new_items(self, tasks: TaskSet, scale: float = 1.0) -> "MostPopular":
+        """A copy in which items unseen in training count their ratings in ``tasks``' support sets."""
+        s = self.stats
+        _, item, _ = new_item_rows(tasks, s.known_items)
+        out = copy.copy(self)
+        out._pooled_count = s.item_count + np.bincount(item, minlength=s.n_items)
+        return out

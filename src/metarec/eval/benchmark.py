@@ -9,7 +9,12 @@ Rules that make the numbers trustworthy:
   validation MAE) by a paired bootstrap over test users;
 * ranking is reported both within the 10 query items (comparable with MeLU / TaNP) and against the
   whole catalogue (every item the user has not rated in the support set; in the new-item scenarios every
-  new item), with popularity-bias metrics of the top-10 lists.
+  new item), with popularity-bias metrics of the top-10 lists;
+* ``item_fold_in`` adds the new-item scenarios once more, as ``<scenario>_pooled``: every method that has
+  item parameters folds each new item in from the support ratings all of the scenario's test tasks give
+  it (never a query rating), with a penalty scale chosen on validation users' new-item tasks. That is the
+  transductive setting of a service where new items collect ratings from many users at once; the plain
+  scenarios keep the strict one (each task sees its own support set only).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,6 +41,7 @@ from metarec.errors import ConfigError, MetarecError
 from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse, query_ranking_metrics
 from metarec.meta.engine import MetaLearner
 from metarec.meta.global_model import train_global_model
+from metarec.meta.item_fold_in import item_prior_variance, new_items_folded_in, supports_item_fold_in
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, without_support
 from metarec.tasks.splits import ColdStartSplit, SplitConfig, make_split
@@ -46,6 +53,8 @@ BASELINES = ("global-mean", "item-mean", "popularity", "bias", "mf", "content")
 META = ("maml", "fomaml", "reptile", "metasgd")
 DEFAULT_METHODS = (*BASELINES, "global-neural", *META)
 RATING_METRICS = ("mae", "rmse")
+# multiples of a method's own item penalty tried on validation users for the pooled item fold-in
+POOL_SCALES = tuple(2.0**k for k in range(-8, 5))
 Progress = Callable[[str], None]
 
 
@@ -54,7 +63,9 @@ class BenchmarkConfig:
     """What to run. ``run`` is the meta-learners' base configuration (model, meta settings, schedule);
     each meta-learning method replaces only the algorithm. ``user_history``: a test task whose user is a
     meta-train user (warm, new items) adapts on that user's meta-train ratings plus its support set, the
-    same knowledge the bias and MF baselines use through their trained user parameters."""
+    same knowledge the bias and MF baselines use through their trained user parameters. ``item_fold_in``:
+    also score the new-item scenarios with new items folded in from all test tasks' support sets (see the
+    module docstring), as extra scenarios ``new_items_pooled`` and ``new_users_new_items_pooled``."""
 
     dataset: str = "ml-100k"
     data_dir: str | None = None
@@ -67,6 +78,7 @@ class BenchmarkConfig:
     catalogue_k: int = 10
     bootstrap: int = 2000
     user_history: bool = True
+    item_fold_in: bool = False
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -114,6 +126,33 @@ class Method:
         """Whether the variant predicts ratings (popularity only ranks)."""
         return True
 
+    def choose_pool_scale(self, split: ColdStartSplit) -> None:
+        """Prepare the pooled item fold-in (its penalty scale chosen on validation users); a method
+        without item parameters has none."""
+
+    @contextmanager
+    def pooled(self, variant: str, tasks: TaskSet) -> Iterator[None]:
+        """Within the block the variant scores new items folded in from ``tasks``' support sets."""
+        yield
+
+    def _choose_scale(self, split: ColdStartSplit, variant: str, candidates: Sequence[float],
+                      apply: Callable[[float], None]) -> float:
+        """The candidate with the lowest validation MAE on validation users' new-item tasks, each pooled
+        over those tasks' support sets (``apply`` installs a candidate); without them (MetaHIN's splits
+        have none), 1: the method's own penalty."""
+        val = split.validation.get("new_users_new_items")
+        if val is None or not len(val) or not self.rates(variant):
+            return 1.0
+        best, best_mae = candidates[0], math.inf
+        for candidate in candidates:
+            apply(candidate)
+            with self.pooled(variant, val):
+                m = mae_rmse(val, self.predict(variant, val))["mae"]
+            self.history.append({"pool_candidate": float(candidate), "val_new_items_mae": m})
+            if m < best_mae:
+                best, best_mae = candidate, m
+        return best
+
 
 class BaselineMethod(Method):
     """A baseline whose hyperparameter (if any) is chosen on validation MAE from a small grid."""
@@ -125,6 +164,7 @@ class BaselineMethod(Method):
         self.candidates = candidates
         self.model = None
         self.history = []
+        self.pool_scale: float | None = None  # the pooled item fold-in's penalty scale (None: no item side)
 
     def fit(self, split: ColdStartSplit) -> None:
         best, best_mae = None, math.inf
@@ -149,6 +189,23 @@ class BaselineMethod(Method):
     def rates(self, variant: str) -> bool:
         return self.name != "popularity"
 
+    def choose_pool_scale(self, split: ColdStartSplit) -> None:
+        if not hasattr(self.model, "with_new_items"):
+            return
+        self.pool_scale = self._choose_scale(split, self.name, POOL_SCALES,
+                                             lambda scale: setattr(self, "pool_scale", scale))
+
+    @contextmanager
+    def pooled(self, variant: str, tasks: TaskSet) -> Iterator[None]:
+        if self.pool_scale is None:
+            yield
+            return
+        model, self.model = self.model, self.model.with_new_items(tasks, self.pool_scale)
+        try:
+            yield
+        finally:
+            self.model = model
+
 
 class MetaMethod(Method):
     """A meta-learner (or the global neural model); variants with and without per-user adaptation."""
@@ -166,6 +223,8 @@ class MetaMethod(Method):
         self.known: TaskSet | None = None  # the meta-train tasks: what is known about meta-train users
         self._last_history: tuple[TaskSet, TaskSet] | None = None  # (tasks, with their history): predict, then score
         self.history = []
+        self.known_items: np.ndarray | None = None  # items with training ratings
+        self.pool_penalty: np.ndarray | None = None  # the pooled item fold-in's ridge penalty (None: none)
 
     def _train(self, config: RunConfig, split: ColdStartSplit):
         if self.global_model:
@@ -197,6 +256,37 @@ class MetaMethod(Method):
         self.learner = trainer.restore_best()
         self.known = split.meta_train
         self.history = [*grid, *trainer.history]
+        train_items = split.train_ratings()["item_idx"].to_numpy()
+        self.known_items = np.bincount(train_items, minlength=split.dataset.n_items) > 0
+
+    def _adapting_variant(self) -> str:
+        return f"{self.name}-ft" if self.global_model else self.name
+
+    def choose_pool_scale(self, split: ColdStartSplit) -> None:
+        """Penalty ``scale * sigma^2 / s_j^2`` (see :mod:`metarec.meta.item_fold_in`): ``s_j^2`` from the
+        trained item vectors, ``sigma^2`` the validation new users' query MSE, ``scale`` chosen on
+        validation users' new-item tasks."""
+        if not supports_item_fold_in(self.learner):
+            return
+        variant = self._adapting_variant()
+        val = split.validation.get("new_users")
+        sigma2 = 1.0
+        if val is not None and len(val):
+            sigma2 = float(np.mean((self.predict(variant, val) - val.query_rating) ** 2))
+        base = sigma2 / item_prior_variance(self.learner)
+        self.history.append({"pool_sigma2": sigma2, "pool_prior_variance": (sigma2 / base).tolist()})
+        scale = self._choose_scale(split, variant, POOL_SCALES,
+                                   lambda c: setattr(self, "pool_penalty", base * c))
+        self.pool_penalty = base * scale
+
+    @contextmanager
+    def pooled(self, variant: str, tasks: TaskSet) -> Iterator[None]:
+        if self.pool_penalty is None or self._steps(variant) == 0:  # an unadapted variant uses no support
+            yield
+            return
+        with new_items_folded_in(self.learner, self._tasks(variant, tasks), self.known_items, self.pool_penalty,
+                                 self._steps(variant)):
+            yield
 
     @staticmethod
     def _stable_with_one_rating(learner: MetaLearner, split: ColdStartSplit) -> bool:
@@ -318,6 +408,15 @@ def _scenario_metrics(method: Method, variant: str, tasks: TaskSet, split: ColdS
     return out
 
 
+def _scenarios(split: ColdStartSplit, item_fold_in: bool) -> Iterator[tuple[str, TaskSet, bool]]:
+    """(name, tasks, pooled) of every test scenario; with ``item_fold_in``, each new-item scenario once
+    more as ``<name>_pooled``."""
+    for scenario, tasks in split.test.items():
+        yield scenario, tasks, False
+        if item_fold_in and scenario.endswith("new_items"):
+            yield f"{scenario}_pooled", tasks, True
+
+
 def _rated_items(dataset: RatingDataset) -> np.ndarray:
     rated = np.zeros(dataset.n_items, bool)
     rated[dataset.ratings["item_idx"].to_numpy()] = True
@@ -354,6 +453,8 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
                 progress(f"seed {seed}: {name}")
             t0 = time.perf_counter()
             method.fit(split)
+            if config.item_fold_in:
+                method.choose_pool_scale(split)
             fit_seconds = time.perf_counter() - t0
             histories.setdefault(name, {})[seed] = method.history
             for variant in method.variants():
@@ -362,18 +463,20 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
                 val = split.validation.get("new_users")
                 if method.rates(variant) and val is not None and len(val):
                     val_mae.setdefault(variant, []).append(mae_rmse(val, method.predict(variant, val))["mae"])
-                for scenario, tasks in split.test.items():
-                    for metric, value in _scenario_metrics(method, variant, tasks, split, popularity,
-                                                           config.catalogue_k, True).items():
-                        rows.append(dict(seed=seed, scenario=scenario, method=variant, metric=metric, value=value, k=0))
-                    if method.rates(variant):
-                        errors.setdefault((scenario, variant), {})[seed] = _per_task_abs_error(method, variant, tasks)
+                for scenario, tasks, pooled in _scenarios(split, config.item_fold_in):
+                    with method.pooled(variant, tasks) if pooled else nullcontext():
+                        for metric, value in _scenario_metrics(method, variant, tasks, split, popularity,
+                                                               config.catalogue_k, True).items():
+                            rows.append(dict(seed=seed, scenario=scenario, method=variant, metric=metric, value=value, k=0))
+                        if method.rates(variant):
+                            errors.setdefault((scenario, variant), {})[seed] = _per_task_abs_error(method, variant, tasks)
                 for k in config.support_sizes:
                     fixed = split.with_support_size(k)
-                    for scenario, tasks in fixed.test.items():
-                        for metric, value in _scenario_metrics(method, variant, tasks, fixed, popularity,
-                                                               config.catalogue_k, False).items():
-                            rows.append(dict(seed=seed, scenario=scenario, method=variant, metric=metric, value=value, k=k))
+                    for scenario, tasks, pooled in _scenarios(fixed, config.item_fold_in):
+                        with method.pooled(variant, tasks) if pooled else nullcontext():
+                            for metric, value in _scenario_metrics(method, variant, tasks, fixed, popularity,
+                                                                   config.catalogue_k, False).items():
+                                rows.append(dict(seed=seed, scenario=scenario, method=variant, metric=metric, value=value, k=k))
     frame = pd.DataFrame(rows)
     summary = summarise(frame)
     comparisons = compare_best(errors, val_mae, families, config.bootstrap, seed=0)
@@ -460,7 +563,8 @@ def results_markdown(result: BenchmarkResult) -> str:
              "Mean ± 95% CI over seeds (t-interval). Lower is better for MAE / RMSE and popularity percentile; "
              "higher for the ranking metrics. Methods selected on validation users only.", ""]
     full = result.summary.get("0", {})
-    for scenario in ("warm", "new_users", "new_items", "new_users_new_items"):
+    for scenario in ("warm", "new_users", "new_items", "new_users_new_items", "new_items_pooled",
+                     "new_users_new_items_pooled"):
         if scenario not in full:
             continue
         methods = full[scenario]

@@ -555,22 +555,28 @@ class MetaLearner:
                 pred = preds[0] if len(preds) == 1 else torch.cat(preds, dim=-1)
                 low, high = self.model.rating_scale
                 return pred.clamp(low, high)
-            frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
             if hasattr(self.model, "user_weights") and item_vec is not None and item_vec.dim() == 2:
-                # a model linear in the item vector (NeuralCF): each user's (w, c), then one product.
-                # Nothing adapted (adapt(steps=0)'s views) and vectors hoisted: one batched call, no vmap.
-                unadapted = all(v.dim() > 0 and v.stride(0) == 0 for v in adapted.values())
-                if unadapted and "user_vec" in task:
-                    w, c = self._user_weights(None, task)
-                else:
-                    w, c = vmap(lambda a, fr, t: self._user_weights({**fr, **a}, t), in_dims=(0, None, 0),
-                                randomness="different")(adapted, frozen, task)
+                # a model linear in the item vector (NeuralCF): each user's (w, c), then one product
+                w, c = self.user_weights(adapted, task)
                 pred = self.model.score_with_weights(w, c, item_vec)
             else:
+                frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
                 pred = vmap(lambda a, fr, t: self._predict_items({**fr, **a}, t, items, item_vec), in_dims=(0, None, 0),
                             randomness="different")(adapted, frozen, task)
         low, high = self.model.rating_scale
         return pred.clamp(low, high)
+
+    def user_weights(self, adapted: Params, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every adapted task's (w [B, F], c [B]) of a model linear in the item vector (NeuralCF):
+        score(v) = q_v . w + b_v + c. Nothing adapted (adapt(steps=0)'s views) and vectors hoisted: one
+        batched call, no vmap."""
+        with torch.no_grad():
+            unadapted = all(v.dim() > 0 and v.stride(0) == 0 for v in adapted.values())
+            if unadapted and "user_vec" in task:
+                return self._user_weights(None, task)
+            frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
+            return vmap(lambda a, fr, t: self._user_weights({**fr, **a}, t), in_dims=(0, None, 0),
+                        randomness="different")(adapted, frozen, task)
 
     def _user_weights(self, params: Params | None, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
         """One task's (w, c) of a model linear in the item vector (see ``NeuralCF.user_weights``)."""
@@ -585,25 +591,31 @@ class MetaLearner:
         Tasks go in order of support length, so a batch's tasks pad to about the same width. A batch
         holds at most ``batch_size`` tasks and about ``max_batch_ratings`` support ratings: a known user's
         whole history can be a support set of a thousand ratings."""
-        n = len(tasks)
         out = np.empty(int(tasks.query_sizes.sum()), dtype=np.float64)
+        for idx, batch in self.task_batches(tasks, batch_size, max_batch_ratings):
+            pred = self.predict_query(batch, steps)[batch.query_mask > 0].detach().cpu().numpy()
+            # the rows' real query entries, row by row, are each task's query in order
+            lengths = tasks.query_sizes[idx]
+            out[np.repeat(tasks.query_ptr[idx], lengths) + rank_within(np.repeat(idx, lengths))] = pred
+        return out
+
+    def task_batches(self, tasks, batch_size: int = 256, max_batch_ratings: int = 262_144):
+        """``(task indices, TaskBatch on the model's device)`` covering ``tasks`` once, in order of support
+        length (a batch's tasks pad to about the same width), at most ``batch_size`` tasks and about
+        ``max_batch_ratings`` support ratings per batch."""
+        n = len(tasks)
         if n == 0:
-            return out
+            return
         device = next(self.model.parameters()).device
         packed = tasks.packed()
-        sizes, q_sizes = tasks.support_sizes, tasks.query_sizes
+        sizes = tasks.support_sizes
         order = np.argsort(sizes, kind="stable")
         i = 0
         while i < n:
             widest = max(1, int(sizes[order[min(i + batch_size, n) - 1]]))
             idx = order[i : i + max(1, min(batch_size, max_batch_ratings // widest))]
-            batch = packed.select(torch.as_tensor(idx, dtype=torch.long)).to(device)
-            pred = self.predict_query(batch, steps)[batch.query_mask > 0].detach().cpu().numpy()
-            # the rows' real query entries, row by row, are each task's query in order
-            lengths = q_sizes[idx]
-            out[np.repeat(tasks.query_ptr[idx], lengths) + rank_within(np.repeat(idx, lengths))] = pred
+            yield idx, packed.select(torch.as_tensor(idx, dtype=torch.long)).to(device)
             i += len(idx)
-        return out
 
     def evaluate(self, tasks, steps: int | None = None, batch_size: int = 256) -> dict[str, float]:
         """Query MAE / RMSE over a TaskSet, rating-weighted (every query rating counts once)."""

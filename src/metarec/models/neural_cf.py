@@ -39,6 +39,9 @@ class NeuralCF(RatingModel):
             # log of the ridge penalty per coordinate of [delta p_u, delta b_u]; exp(1.0) ~ 2.7 to start
             head["log_reg"] = nn.Linear(factors + 1, 1, bias=False)
         self.head = nn.ModuleDict(head)
+        # [n_items, factors + 1] added to the item tower's output: the item-side fold-in of items released
+        # after training (metarec.meta.item_fold_in); None = none. Evaluation state, never checkpointed.
+        self.item_offset: torch.Tensor | None = None
         nn.init.zeros_(self.head["bias"].weight)
         if fold_in:
             nn.init.constant_(self.head["log_reg"].weight, 1.0)
@@ -63,7 +66,8 @@ class NeuralCF(RatingModel):
         return torch.addmm(item_vec[:, self.factors].unsqueeze(0) + c.unsqueeze(-1), w, item_vec[:, : self.factors].t())
 
     def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
-        return self.item_tower(super().embed_items(item_idx, vmap_safe=vmap_safe))
+        vec = self.item_tower(super().embed_items(item_idx, vmap_safe=vmap_safe))
+        return vec if self.item_offset is None else vec + self.item_offset[item_idx]
 
     def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,
               exclude_self: bool = False) -> torch.Tensor:
