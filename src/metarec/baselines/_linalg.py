@@ -74,6 +74,25 @@ def batched_ridge(
     return out
 
 
+def pooled_item_ridge(
+    task: np.ndarray,
+    item: np.ndarray,
+    residual: np.ndarray,
+    task_features: np.ndarray,
+    penalty: np.ndarray,
+    prior: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The item-side fold-in: per distinct ``item``, ridge regression of its ``residual`` ratings on the
+    ``task_features`` (n_tasks x d) of the tasks that gave them. Returns ``(items, W)``: the distinct items
+    (sorted) and their solutions (len(items) x d), with ``prior`` (len(items) x d) as prior means."""
+    rows = np.unique(item)
+    local = np.searchsorted(rows, item)
+    shape = (len(rows), len(task_features))
+    counts = sp.csr_matrix((np.ones(len(item)), (local, task)), shape=shape)
+    target = sp.csr_matrix((np.asarray(residual, dtype=np.float64), (local, task)), shape=shape)
+    return rows, batched_ridge(counts, target, task_features, penalty, prior)
+
+
 def ridge_fit(
     design: sp.spmatrix,
     targets: np.ndarray,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from metarec.baselines._linalg import batched_ridge, group_matrix, ridge_fit
+from metarec.baselines._linalg import batched_ridge, group_matrix, pooled_item_ridge, ridge_fit
 from metarec.baselines.attributes import item_design
 from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, query_task_index, train_stats
 from metarec.tasks.splits import ColdStartSplit
@@ -122,18 +122,14 @@ class MatrixFactorization(BaselineBase):
         assert self.item_params is not None
         s = self.stats
         task, item, rating = new_item_rows(tasks, s.known_items)
-        rows = np.unique(item)
         out = copy.copy(self)
-        local = np.searchsorted(rows, item)
-        counts = sp.csr_matrix((np.ones(len(item)), (local, task)), shape=(len(rows), len(tasks)))
-        prior = self.item_params[rows]
-        for _ in range(rounds if len(rows) else 0):
+        prior = self.item_params[np.unique(item)]
+        for _ in range(rounds if len(item) else 0):
             users = out.fold_in(tasks)
-            target = sp.csr_matrix((rating - s.global_mean - users[task, 0], (local, task)), shape=counts.shape)
-            params = self.item_params.copy()
-            params[rows] = batched_ridge(counts, target, np.c_[np.ones(len(tasks)), users[:, 1:]],
-                                         self.penalty * scale, prior)
-            out.item_params = params
+            rows, solved = pooled_item_ridge(task, item, rating - s.global_mean - users[task, 0],
+                                             np.c_[np.ones(len(tasks)), users[:, 1:]], self.penalty * scale, prior)
+            out.item_params = self.item_params.copy()
+            out.item_params[rows] = solved
         return out
 
     def _scores(self, tasks: TaskSet) -> np.ndarray:

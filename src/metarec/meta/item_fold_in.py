@@ -20,10 +20,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
-from metarec.baselines._linalg import batched_ridge
+from metarec.baselines._linalg import pooled_item_ridge
 from metarec.baselines.base import new_item_rows
 from metarec.errors import MetarecError
 from metarec.meta.engine import MetaLearner
@@ -88,7 +87,6 @@ def fold_in_items(learner: MetaLearner, tasks: TaskSet, known_items: np.ndarray,
     if not len(rows):
         return offsets
     local = np.searchsorted(rows, item)
-    counts = sp.csr_matrix((np.ones(len(item)), (local, task)), shape=(len(rows), len(tasks)))
     previous = model.item_offset
     try:
         model.item_offset = None
@@ -98,8 +96,7 @@ def fold_in_items(learner: MetaLearner, tasks: TaskSet, known_items: np.ndarray,
         for _ in range(rounds):
             w, c = task_user_weights(learner, tasks, steps)
             residual = rating - np.einsum("nf,nf->n", q[local], w[task]) - b[local] - c[task]
-            target = sp.csr_matrix((residual, (local, task)), shape=counts.shape)
-            delta = batched_ridge(counts, target, np.c_[w, np.ones(len(tasks))], penalty)
+            _, delta = pooled_item_ridge(task, item, residual, np.c_[w, np.ones(len(tasks))], penalty)
             offsets[torch.as_tensor(rows, device=offsets.device)] = torch.as_tensor(delta, dtype=offsets.dtype,
                                                                                     device=offsets.device)
             model.item_offset = offsets.to(next(model.parameters()).dtype)
