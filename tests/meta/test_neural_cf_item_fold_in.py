@@ -89,3 +89,11 @@ def test_prior_variance_measures_what_ids_add(tiny_split):
         learner.model.item_id.weight.zero_()  # ids that add nothing: only the floor is left
     np.testing.assert_allclose(item_prior_variance(learner), 1e-4)
     assert bool(learner.model.item_known.any())  # the known-item mask is restored
+
+
+def test_no_item_fold_in_when_item_vectors_adapt_per_user(tiny_split):
+    """Reptile adapts every parameter, the item tower included: there is no shared item vector to offset."""
+    _, feats = tiny_split
+    model = learner_for(tiny_split).model
+    everything = MetaLearner(model, MetaConfig(algorithm="reptile", adapt="all", inner_steps=1), feats.user_features)
+    assert not supports_item_fold_in(everything)

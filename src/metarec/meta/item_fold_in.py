@@ -30,9 +30,11 @@ from metarec.tasks.taskset import TaskSet
 
 
 def supports_item_fold_in(learner: MetaLearner) -> bool:
-    """Whether the learner's model is linear in an item vector it can offset (NeuralCF)."""
+    """Whether the learner's model is linear in an item vector it can offset (NeuralCF), and that vector
+    is shared by every task (nothing on the item side adapts per user, as it does under Reptile)."""
     model = learner.model
-    return hasattr(model, "user_weights") and hasattr(model, "item_offset") and hasattr(model, "factors")
+    return (learner.hoist and hasattr(model, "user_weights") and hasattr(model, "item_offset")
+            and hasattr(model, "factors"))
 
 
 def item_prior_variance(learner: MetaLearner, floor: float = 1e-4) -> np.ndarray:
