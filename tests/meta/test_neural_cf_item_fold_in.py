@@ -97,3 +97,19 @@ def test_no_item_fold_in_when_item_vectors_adapt_per_user(tiny_split):
     model = learner_for(tiny_split).model
     everything = MetaLearner(model, MetaConfig(algorithm="reptile", adapt="all", inner_steps=1), feats.user_features)
     assert not supports_item_fold_in(everything)
+
+
+def test_without_item_ids_the_prior_is_the_spread_of_attribute_vectors(tiny_split):
+    split, feats = tiny_split
+    config = ModelConfig(kind="neural-cf", embedding_size=8, hidden=(16,), factors=4, item_id_embedding=False,
+                         fold_in=True)
+    model = build_model(config, feats.user_encoder, feats.item_encoder, feats.item_features,
+                        known_items=feats.known_items, seed=1)
+    learner = MetaLearner(model, MetaConfig(inner_steps=0), feats.user_features)
+    n_items = len(feats.known_items)
+    with torch.no_grad():
+        vectors = learner.catalogue_vectors(torch.arange(n_items)).double().numpy()
+    np.testing.assert_allclose(item_prior_variance(learner), np.maximum(vectors.var(0, ddof=1), 1e-4), rtol=1e-5)
+    tasks = split.test["new_items"]
+    offsets = fold_in_items(learner, tasks, known_items(tiny_split), np.ones(5))
+    assert offsets.shape == (n_items, 5) and bool(torch.isfinite(offsets).all())
