@@ -101,7 +101,8 @@ def test_item_fold_in_adds_pooled_new_item_scenarios(data_dir):
     import numpy as np
 
     from metarec.data.loaders.registry import load_dataset
-    from metarec.eval.benchmark import POOL_SCALES, BenchmarkConfig, run_benchmark
+    from metarec.eval.benchmark import (POOL_SCALES, BenchmarkConfig, chosen_pool_scales, results_markdown,
+                                        run_benchmark)
     from metarec.meta.run import RunConfig
 
     run = RunConfig.from_toml("configs/ml100k.toml").override("train", epochs=2, patience=2)
@@ -124,4 +125,10 @@ def test_item_fold_in_adds_pooled_new_item_scenarios(data_dir):
         tried = [r["pool_candidate"] for r in result.histories[method][0] if "pool_candidate" in r]
         assert tried == list(POOL_SCALES), method
     assert "new_items_pooled" in result.comparisons["scenarios"]
+    chosen = chosen_pool_scales(result.histories)
+    for method in ("mf", "maml", "item-mean"):
+        rows = [r for r in result.histories[method][0] if "pool_candidate" in r]
+        assert chosen[method][0] == min(rows, key=lambda r: r["val_new_items_mae"])["pool_candidate"]
+    assert "content" not in chosen
+    assert "## Pooled item fold-in" in results_markdown(result)
     assert np.isfinite(result.comparisons["scenarios"]["new_items_pooled"]["mae_difference"])

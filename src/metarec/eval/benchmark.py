@@ -587,8 +587,29 @@ def results_markdown(result: BenchmarkResult) -> str:
             lines.append(f"| {scenario} | {c['mae_difference']:+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | "
                          f"{c['p_meta_better']:.3f} | {c['tasks']} | {per_seed} | {seed_ci} |")
         lines.append("")
+    scales = chosen_pool_scales(result.histories)
+    if cfg.item_fold_in and scales:
+        lines += ["## Pooled item fold-in: penalty scale chosen on validation users, per seed", "",
+                  "A multiple of each method's own item penalty; 1 where the split has no validation tasks on "
+                  "new items.", "", "| method | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |",
+                  "|---" * (len(cfg.seeds) + 1) + "|"]
+        for method, per_seed in scales.items():
+            lines.append(f"| {method} | " + " | ".join(f"{per_seed.get(s, 1.0):g}" for s in cfg.seeds) + " |")
+        lines.append("")
     lines.append(f"Total time {result.seconds:.0f} s.")
     return "\n".join(lines) + "\n"
+
+
+def chosen_pool_scales(histories: Mapping[str, Mapping[int, list[dict]]]) -> dict[str, dict[int, float]]:
+    """{method: {seed: scale}}: the pooled item fold-in's scale each method chose on validation users
+    (the candidate of lowest validation MAE recorded in its history)."""
+    out: dict[str, dict[int, float]] = {}
+    for method, per_seed in histories.items():
+        for seed, rows in per_seed.items():
+            tried = [r for r in rows if "pool_candidate" in r]
+            if tried:
+                out.setdefault(method, {})[seed] = min(tried, key=lambda r: r["val_new_items_mae"])["pool_candidate"]
+    return out
 
 
 def plot_results(result: BenchmarkResult, out: Path) -> list[Path]:
