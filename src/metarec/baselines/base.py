@@ -156,9 +156,5 @@ def new_item_rows(tasks: TaskSet, known_items: np.ndarray) -> tuple[np.ndarray, 
     who rated them at test time do say something about them. Pooling those ratings across tasks is the
     item-side fold-in (``with_new_items``); a task's query ratings are never among them.
     """
-    task = support_task_index(tasks)
-    item = tasks.support_item
-    inside = item < len(known_items)
-    new = np.zeros(len(item), bool)
-    new[inside] = ~known_items[item[inside]]
-    return task[new], item[new], tasks.support_rating[new].astype(np.float64)
+    new = ~known_items[tasks.support_item]
+    return support_task_index(tasks)[new], tasks.support_item[new], tasks.support_rating[new].astype(np.float64)

@@ -101,12 +101,11 @@ class MostPopular(BaselineBase):
     def __init__(self, config: MostPopularConfig | None = None) -> None:
         self.config = config or MostPopularConfig()
         self._stats: TrainStats | None = None
+        self._pooled_count: np.ndarray | None = None  # with_new_items: training + pooled counts
 
     def fit(self, split: ColdStartSplit) -> "MostPopular":
         self._stats = train_stats(split)
         return self
-
-    _pooled_count: np.ndarray | None = None
 
     @property
     def popularity(self) -> np.ndarray:

@@ -256,8 +256,8 @@ class MetaMethod(Method):
         self.learner = trainer.restore_best()
         self.known = split.meta_train
         self.history = [*grid, *trainer.history]
-        train_items = split.train_ratings()["item_idx"].to_numpy()
-        self.known_items = np.bincount(train_items, minlength=split.dataset.n_items) > 0
+        self.known_items = np.zeros(split.dataset.n_items, bool)
+        self.known_items[split.train_items()] = True
 
     def _adapting_variant(self) -> str:
         return f"{self.name}-ft" if self.global_model else self.name

@@ -45,7 +45,7 @@ def item_prior_variance(learner: MetaLearner, floor: float = 1e-4) -> np.ndarray
     known = getattr(model, "item_known", None)
     offset, model.item_offset = model.item_offset, None
     try:
-        items = torch.arange(len(known) if known is not None else _n_items(model), device=_device(model))
+        items = torch.arange(model.n_items, device=_device(model))
         with torch.no_grad():
             full = learner.catalogue_vectors(items)
             if known is None or not bool(known.any()):
@@ -84,7 +84,8 @@ def fold_in_items(learner: MetaLearner, tasks: TaskSet, known_items: np.ndarray,
         raise MetarecError(f"{type(learner.model).__name__} is not linear in an item vector: no item fold-in")
     model = learner.model
     task, item, rating = new_item_rows(tasks, known_items)
-    offsets = torch.zeros(len(known_items), model.factors + 1, device=_device(model))
+    param = next(model.parameters())
+    offsets = torch.zeros(len(known_items), model.factors + 1, dtype=param.dtype, device=param.device)
     rows = np.unique(item)
     if not len(rows):
         return offsets
@@ -101,7 +102,7 @@ def fold_in_items(learner: MetaLearner, tasks: TaskSet, known_items: np.ndarray,
             _, delta = pooled_item_ridge(task, item, residual, np.c_[w, np.ones(len(tasks))], penalty)
             offsets[torch.as_tensor(rows, device=offsets.device)] = torch.as_tensor(delta, dtype=offsets.dtype,
                                                                                     device=offsets.device)
-            model.item_offset = offsets.to(next(model.parameters()).dtype)
+            model.item_offset = offsets
     finally:
         model.item_offset = previous
     return offsets
@@ -113,7 +114,7 @@ def new_items_folded_in(learner: MetaLearner, tasks: TaskSet, known_items: np.nd
     """Within the block, the model scores new items with their offsets from ``tasks``' support sets
     (:func:`fold_in_items`); afterwards, as before."""
     offsets = fold_in_items(learner, tasks, known_items, penalty, steps)
-    previous, learner.model.item_offset = learner.model.item_offset, offsets.to(next(learner.model.parameters()).dtype)
+    previous, learner.model.item_offset = learner.model.item_offset, offsets
     try:
         yield
     finally:
@@ -123,9 +124,3 @@ def new_items_folded_in(learner: MetaLearner, tasks: TaskSet, known_items: np.nd
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
-
-def _n_items(model: torch.nn.Module) -> int:
-    for name, buffer in model.named_buffers():
-        if name.startswith("item_single__") or name.startswith("item_multi__"):
-            return int(buffer.shape[0])
-    raise MetarecError("the model holds no item table")

@@ -57,7 +57,7 @@ class RatingModel(nn.Module):
         super().__init__()
         self.user_embedding = AttributeEmbedding(user_encoder, embedding_size) if user_encoder.columns else None
         self.item_embedding = AttributeEmbedding(item_encoder, embedding_size) if item_encoder.columns else None
-        n_items = len(item_features)
+        n_items = self.n_items = len(item_features)
         for name, tensor in item_features.single.items():
             self.register_buffer(f"item_single__{name}", tensor.clone(), persistent=True)
         for name, tensor in item_features.multi.items():
