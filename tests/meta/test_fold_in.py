@@ -75,10 +75,14 @@ def test_no_support_gives_the_attribute_prior(tiny_split):
         torch.testing.assert_close(model.score(user, items, masked), prior)
 
 
-@pytest.mark.parametrize("algorithm,steps", [("maml", 0), ("maml", 2), ("fomaml", 1), ("metasgd", 1)])
-def test_engine_equals_per_task_loop_with_fold_in(tiny_split, algorithm, steps):
+@pytest.mark.parametrize("algorithm,steps,residual", [("maml", 0, False), ("maml", 2, False), ("fomaml", 1, False),
+                                                      ("metasgd", 1, False), ("maml", 0, True), ("maml", 2, True)])
+def test_engine_equals_per_task_loop_with_fold_in(tiny_split, algorithm, steps, residual):
     split, feats = tiny_split
-    model = fold_in_model(tiny_split)
+    model = fold_in_model(tiny_split, item_id_residual=residual)
+    if residual:  # the id vectors start at zero; make them matter
+        with torch.no_grad():
+            model.item_id.weight.normal_(std=0.3)
     learner = MetaLearner(model, MetaConfig(algorithm=algorithm, inner_steps=steps, inner_lr=0.1, l2=1e-3),
                           feats.user_features)
     batch = split.meta_train.packed().select(torch.arange(6))
@@ -109,7 +113,34 @@ def test_item_id_dropout_only_in_training_and_never_for_new_items(tiny_split):
     assert float(train_ids[~known].abs().sum()) == 0.0 and float(eval_ids[~known].abs().sum()) == 0.0
 
 
+def test_residual_item_ids_are_added_to_what_the_attributes_predict(tiny_split):
+    """item_id_residual: a warm item's vector is the tower's attribute-only output plus its id vector; a
+    new item's is the attribute-only output; the tower never sees the ids."""
+    model = fold_in_model(tiny_split, item_id_residual=True).eval()
+    assert model.item_id.embedding_dim == model.factors + 1
+    assert model.item_tower[0].in_features == model.item_embedding.out_dim
+    with torch.no_grad():
+        model.item_id.weight.normal_()
+        items = torch.arange(model.item_known.numel())
+        vectors = model.embed_items(items)
+        attributes_only = model.item_tower(model.item_attribute_vectors(items))
+    known = model.item_known > 0
+    assert bool(known.any()) and bool((~known).any())
+    torch.testing.assert_close(vectors[~known], attributes_only[~known])
+    torch.testing.assert_close(vectors[known], attributes_only[known] + model.item_id.weight[known])
+    assert float((vectors[known] - attributes_only[known]).abs().min()) > 0
+
+
+def test_residual_item_ids_start_at_the_attribute_prediction(tiny_split):
+    model = fold_in_model(tiny_split, item_id_residual=True).eval()
+    assert float(model.item_id.weight.abs().max()) == 0.0
+
+
 def test_fold_in_config_is_checked():
+    with pytest.raises(ConfigError, match="item_id_residual"):
+        ModelConfig(kind="feature-mlp", item_id_embedding=True, item_id_residual=True)
+    with pytest.raises(ConfigError, match="item_id_residual"):
+        ModelConfig(kind="neural-cf", item_id_embedding=False, item_id_residual=True)
     with pytest.raises(ConfigError, match="fold_in"):
         ModelConfig(kind="feature-mlp", fold_in=True)
     with pytest.raises(ConfigError, match="item_id_dropout"):

@@ -70,6 +70,21 @@ def test_checkpoint_round_trip_gives_identical_predictions(tiny_split, tmp_path)
     assert load_best(tmp_path / "run") is not None
 
 
+def test_residual_item_id_model_round_trips_through_its_checkpoint(tiny_split_new_items, tmp_path):
+    """The setting travels in the checkpoint's config, so the loaded model adds ids to the same place."""
+    split, _ = tiny_split_new_items
+    cfg = config("neural-cf", "maml", epochs=2).override("meta", inner_steps=0).override(
+        "model", item_id_embedding=True, item_id_residual=True, fold_in=True, dropout=0.0)
+    trainer = Trainer(cfg, split=split, run_dir=tmp_path / "run")
+    trainer.fit()
+    assert float(trainer.learner.model.item_id.weight.abs().max()) > 0  # the id vectors trained
+    ckpt = load_checkpoint(tmp_path / "run" / "last")
+    assert ckpt.learner.model.item_id_residual
+    batch = split.test["new_items"].with_history(split.meta_train).packed()  # warm and new items together
+    assert len(batch.user_idx) > 0
+    assert torch.equal(trainer.learner.predict_query(batch), ckpt.learner.predict_query(batch))
+
+
 def test_run_folder_has_config_and_metrics(tiny_split, tmp_path):
     split, _ = tiny_split
     Trainer(config(epochs=2), split=split, run_dir=tmp_path / "run").fit()

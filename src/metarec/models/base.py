@@ -51,6 +51,7 @@ class RatingModel(nn.Module):
         embedding_size: int,
         item_id_embedding: bool = False,
         item_id_dropout: float = 0.0,
+        item_id_size: int | None = None,
         known_items: torch.Tensor | None = None,
         rating_scale: tuple[float, float] = (1.0, 5.0),
     ) -> None:
@@ -64,7 +65,11 @@ class RatingModel(nn.Module):
             self.register_buffer(f"item_multi__{name}", tensor.clone(), persistent=True)
         self._item_single_cols = list(item_features.single)
         self._item_multi_cols = list(item_features.multi)
-        self.item_id = nn.Embedding(n_items, embedding_size) if item_id_embedding else None
+        # An item id vector is either an input of the item tower (``item_id_size=None``: embedding_size wide,
+        # concatenated to the attributes) or, for a model that says so, added to the tower's output.
+        self.item_id_in_output = item_id_size is not None
+        width = embedding_size if item_id_size is None else item_id_size
+        self.item_id = nn.Embedding(n_items, width) if item_id_embedding else None
         if self.item_id is not None:
             nn.init.normal_(self.item_id.weight, std=0.01)
             known = torch.ones(n_items) if known_items is None else known_items.float()
@@ -75,7 +80,7 @@ class RatingModel(nn.Module):
         self.item_id_dropout = float(item_id_dropout)
         self.user_dim = self.user_embedding.out_dim if self.user_embedding is not None else 0
         self.item_dim = (self.item_embedding.out_dim if self.item_embedding is not None else 0) + (
-            embedding_size if item_id_embedding else 0
+            embedding_size if item_id_embedding and not self.item_id_in_output else 0
         )
         self.rating_scale = rating_scale
         self.register_buffer("rating_center", torch.tensor(sum(rating_scale) / 2.0), persistent=True)
@@ -112,19 +117,28 @@ class RatingModel(nn.Module):
 
     def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
         parts = []
-        if self.item_embedding is not None and not vmap_safe and item_idx.numel() >= PACKED_MIN_ROWS:
-            # many rows (a meta-batch's items, a catalogue): every attribute in one gather
-            parts.append(self._packed_items().embed(self.item_embedding, item_idx))
-        elif self.item_embedding is not None:
-            single = {c: getattr(self, f"item_single__{c}")[item_idx] for c in self._item_single_cols}
-            multi = {c: getattr(self, f"item_multi__{c}")[item_idx] for c in self._item_multi_cols}
-            parts.append(self.item_embedding(single, multi, vmap_safe=vmap_safe))
-        if self.item_id is not None:
-            known = self.item_known[item_idx]
-            if self.training and self.item_id_dropout > 0:
-                known = known * (torch.rand(known.shape, device=known.device) >= self.item_id_dropout).to(known.dtype)
-            parts.append(self.item_id(item_idx) * known.unsqueeze(-1))
+        if self.item_embedding is not None:
+            parts.append(self.item_attribute_vectors(item_idx, vmap_safe=vmap_safe))
+        if self.item_id is not None and not self.item_id_in_output:
+            parts.append(self.item_id_vectors(item_idx))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def item_attribute_vectors(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
+        """The concatenated attribute embeddings of ``item_idx``."""
+        if not vmap_safe and item_idx.numel() >= PACKED_MIN_ROWS:
+            # many rows (a meta-batch's items, a catalogue): every attribute in one gather
+            return self._packed_items().embed(self.item_embedding, item_idx)
+        single = {c: getattr(self, f"item_single__{c}")[item_idx] for c in self._item_single_cols}
+        multi = {c: getattr(self, f"item_multi__{c}")[item_idx] for c in self._item_multi_cols}
+        return self.item_embedding(single, multi, vmap_safe=vmap_safe)
+
+    def item_id_vectors(self, item_idx: torch.Tensor) -> torch.Tensor:
+        """Id vectors of ``item_idx``: zero for items training never saw, and in training, dropped with
+        probability ``item_id_dropout``."""
+        known = self.item_known[item_idx]
+        if self.training and self.item_id_dropout > 0:
+            known = known * (torch.rand(known.shape, device=known.device) >= self.item_id_dropout).to(known.dtype)
+        return self.item_id(item_idx) * known.unsqueeze(-1)
 
     def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,
               exclude_self: bool = False) -> torch.Tensor:

@@ -30,6 +30,7 @@ class ModelConfig:
     dropout: float = 0.0
     item_id_embedding: bool = False
     item_id_dropout: float = 0.0
+    item_id_residual: bool = False  # neural-cf: id vectors added to the item tower's output, not its input
     fold_in: bool = False
 
     def __post_init__(self) -> None:
@@ -41,6 +42,8 @@ class ModelConfig:
             raise ConfigError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
         if self.fold_in and self.kind != "neural-cf":
             raise ConfigError(f"fold_in is a neural-cf option (the user's factors solved from the support set), not {self.kind!r}")
+        if self.item_id_residual and (self.kind != "neural-cf" or not self.item_id_embedding):
+            raise ConfigError("item_id_residual needs kind = 'neural-cf' and item_id_embedding = true")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
     @classmethod
@@ -71,5 +74,5 @@ def build_model(
             return FeatureMLP(*args, hidden=config.hidden, dropout=config.dropout, **common)
         if config.kind == "neural-cf":
             return NeuralCF(*args, factors=config.factors, hidden=config.hidden[:1], dropout=config.dropout,
-                            fold_in=config.fold_in, **common)
+                            fold_in=config.fold_in, item_id_residual=config.item_id_residual, **common)
         return AttentionRec(*args, attention_size=config.attention_size, hidden=config.hidden, dropout=config.dropout, **common)

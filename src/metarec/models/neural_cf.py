@@ -24,12 +24,20 @@ class NeuralCF(RatingModel):
     """rating = center + b + b_u + b_v + p_u . q_v with p_u = f(user attrs), q_v = g(item attrs [, item id])."""
 
     def __init__(self, *args, factors: int = 32, hidden: tuple[int, ...] = (64,), dropout: float = 0.0,
-                 fold_in: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+                 fold_in: bool = False, item_id_residual: bool = False, **kwargs) -> None:
+        # item_id_residual: a warm item's id vector is added to the tower's [q_v, b_v] instead of entering
+        # the tower, so the tower's output is what the attributes alone predict - all a new item has - and
+        # the id vector is the item's own deviation from it, as in matrix factorisation with side features.
+        super().__init__(*args, item_id_size=factors + 1 if item_id_residual else None, **kwargs)
         self.factors = factors
+        self.item_id_residual = item_id_residual
         self.fold_in = fold_in
         self.uses_context = fold_in
+        if self.item_dim == 0:
+            raise ValueError("NeuralCF needs item attributes or item ids in the tower's input")
         self.item_tower = mlp([self.item_dim, *hidden, factors + 1], dropout)  # q_v and b_v
+        if self.item_id is not None and item_id_residual:
+            nn.init.zeros_(self.item_id.weight)  # start at the attributes' prediction
         user_in = max(self.user_dim, 1)
         head: dict[str, nn.Module] = {
             "user_tower": mlp([user_in, *hidden, factors + 1], dropout),  # p_u and b_u
@@ -67,6 +75,8 @@ class NeuralCF(RatingModel):
 
     def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
         vec = self.item_tower(super().embed_items(item_idx, vmap_safe=vmap_safe))
+        if self.item_id is not None and self.item_id_in_output:
+            vec = vec + self.item_id_vectors(item_idx)
         return vec if self.item_offset is None else vec + self.item_offset[item_idx]
 
     def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,
