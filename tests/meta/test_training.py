@@ -10,7 +10,6 @@ import torch
 from metarec.meta.checkpoint import load_checkpoint
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, load_best
-from metarec.models import ModelConfig
 
 
 def config(kind: str = "feature-mlp", algorithm: str = "maml", epochs: int = 4) -> RunConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metarec.errors import ConfigError
 from metarec.models.base import Context, RatingModel
 from metarec.models.embedding import mlp
 
@@ -34,7 +35,7 @@ class NeuralCF(RatingModel):
         self.fold_in = fold_in
         self.uses_context = fold_in
         if self.item_dim == 0:
-            raise ValueError("NeuralCF needs item attributes or item ids in the tower's input")
+            raise ConfigError("neural-cf with item_id_residual needs item attributes: the item tower has no input")
         self.item_tower = mlp([self.item_dim, *hidden, factors + 1], dropout)  # q_v and b_v
         if self.item_id is not None and item_id_residual:
             nn.init.zeros_(self.item_id.weight)  # start at the attributes' prediction
