@@ -160,6 +160,10 @@ def train(
     meta_batch_size: Optional[int] = typer.Option(None, help="Tasks per meta-batch."),
     query_loss: Optional[str] = typer.Option(None, help="Outer loss on the query set: squared, absolute or huber."),
     item_id_embedding: Optional[bool] = typer.Option(None, "--item-ids/--no-item-ids", help="Learn id vectors of warm items."),
+    item_id_residual: Optional[bool] = typer.Option(
+        None, "--item-id-residual/--item-id-input",
+        help="neural-cf: add item id vectors to the item tower's output (a new item's vector is then the "
+             "attributes' prediction) instead of feeding them into it."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
     patience: Optional[int] = typer.Option(None, help="Epochs without validation improvement before stopping."),
     seed: Optional[int] = typer.Option(None, help="Seed of the split, the initialisation and the batch order."),
@@ -180,7 +184,7 @@ def train(
             cfg = RunConfig.preset(model or "feature-mlp", algorithm)
         cfg = cfg.override("data", dataset=dataset, data_dir=data_dir)
         cfg = cfg.override("split", protocol=protocol, seed=seed, split_dir=split_dir)
-        cfg = cfg.override("model", item_id_embedding=item_id_embedding)
+        cfg = cfg.override("model", item_id_embedding=item_id_embedding, item_id_residual=item_id_residual)
         cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
                            meta_batch_size=meta_batch_size, query_loss=query_loss)
         cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)

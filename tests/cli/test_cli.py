@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -96,6 +97,22 @@ def test_train_evaluate_recommend(data_dir, tmp_path, monkeypatch):
     assert len(chosen) == 4 and len({c["item_id"] for c in chosen}) == 4 and all(c["title"] for c in chosen)
     bad = runner.invoke(app, ["onboard", str(out), "--strategy", "astrology"])
     assert bad.exit_code == 1 and "unknown onboarding strategy" in bad.output
+
+
+def test_train_item_id_residual_flag_reaches_the_saved_config(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAREC_DATA_DIR", str(data_dir))
+    out = tmp_path / "run"
+    config = Path(__file__).resolve().parents[2] / "configs" / "ml100k.toml"
+    result = run("train", "--dataset", "ml-100k", "--config", str(config), "--item-id-residual",
+                 "--epochs", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "item_id_residual = true" in (out / "config.toml").read_text()
+    from metarec.meta.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "best").learner.model.item_id_residual
+    bad = runner.invoke(app, ["train", "--dataset", "ml-100k", "--model", "feature-mlp", "--item-ids", "--item-id-residual",
+                              "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 1 and "item_id_residual needs" in bad.output
 
 
 def test_train_rejects_bad_config(tmp_path):
