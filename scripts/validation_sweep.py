@@ -17,6 +17,7 @@ import json
 import re
 import time
 
+import numpy as np
 import torch
 
 from metarec.data.loaders.registry import load_dataset
@@ -48,6 +49,37 @@ def known_users_on_new_items(split) -> TaskSet | None:
     return both.with_history(old)
 
 
+def heavy_users_on_new_items(split, seed: int = 0) -> TaskSet | None:
+    """Known users with long histories rating new items, made of data no scenario uses: under MeLU's
+    protocol a user with more than ``max_ratings`` ratings feeds meta-training with old items only, and
+    their ratings of new items are left out of every task. Each such user with enough of them gives a
+    task (a random ``query_size`` of them as the query, the rest as the support), to be adapted with the
+    user's meta-train chunks as history - the benchmark's new-item scenario, with histories as long as
+    MetaHIN's splits have. No test user is involved. (The tasks without the history: add it with
+    ``TaskSet.with_history(split.meta_train)``.)"""
+    cfg = split.config
+    if cfg.protocol == "splits":
+        return None
+    r = split.dataset.ratings
+    user, item = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
+    counts = np.bincount(user, minlength=split.dataset.n_users)
+    heavy = np.zeros(split.dataset.n_users, bool)
+    heavy[split.train_users] = True
+    heavy &= counts > cfg.max_ratings
+    rows = np.flatnonzero(heavy[user] & split.new_item_mask[item])
+    if not len(rows):
+        return None
+    rng = np.random.default_rng(seed)
+    rows = rows[np.lexsort((rng.random(len(rows)), user[rows]))]
+    _, inverse, sizes = np.unique(user[rows], return_inverse=True, return_counts=True)
+    rows = rows[sizes[inverse] >= cfg.query_size + cfg.min_support]
+    if not len(rows):
+        return None
+    rank = np.concatenate([np.arange(n) for n in np.unique(user[rows], return_counts=True)[1]])
+    return TaskSet.from_rows("heavy_new_items", user[rows], item[rows], r["rating"].to_numpy(np.float32)[rows],
+                             rank < cfg.query_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
@@ -60,18 +92,29 @@ def main() -> None:
     parser.add_argument("--split-dir", default=None, help="with --protocol splits: the folder of split files")
     parser.add_argument("--known-new-items", action="store_true",
                         help="also the validation proxy of known users rating new items (see known_users_on_new_items)")
+    parser.add_argument("--heavy-new-items", action="store_true",
+                        help="also heavy meta-train users' unused new-item ratings (see heavy_users_on_new_items)")
+    parser.add_argument("--no-history", action="store_true",
+                        help="with --heavy-new-items: also score those tasks without the users' history")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = RunConfig.from_toml(args.config)
     bench = BenchmarkConfig(dataset=args.dataset, run=base, protocol=args.protocol, split_dir=args.split_dir)
     split = make_split(load_dataset(args.dataset), bench.split_config(args.seed))
     known = known_users_on_new_items(split) if args.known_new_items else None
+    heavy = heavy_users_on_new_items(split, args.seed) if args.heavy_new_items else None
+    heavy_history = heavy.with_history(split.meta_train) if heavy is not None else None
+    if heavy is not None:
+        print(f"heavy users' new-item tasks: {len(heavy)}, median support {int(np.median(heavy.support_sizes))}, "
+              f"with the history {int(np.median(heavy_history.support_sizes))}", flush=True)
     if args.mf:
         mf = make_method("mf", bench)
         mf.fit(split)
         scores = {k: round(mae_rmse(v, mf.predict("mf", v))["mae"], 4) for k, v in split.validation.items()}
         if known is not None:
             scores["known_new_items"] = round(mae_rmse(known, mf.predict("mf", known))["mae"], 4)
+        if heavy is not None:
+            scores["heavy_new_items"] = round(mae_rmse(heavy, mf.predict("mf", heavy))["mae"], 4)
         print("mf", scores, flush=True)
     for variant in args.variant or [""]:
         config = apply(base.override("train", seed=args.seed), variant)
@@ -82,6 +125,10 @@ def main() -> None:
         scores = validation_mae(learner, split)
         if known is not None:
             scores["val_known_new_items_mae"] = learner.evaluate(known, batch_size=64)["mae"]
+        if heavy is not None:
+            scores["heavy_new_items_mae"] = learner.evaluate(heavy_history, batch_size=16)["mae"]
+            if args.no_history:
+                scores["heavy_new_items_no_history_mae"] = learner.evaluate(heavy, batch_size=16)["mae"]
         print(variant or "(base)", {k: round(v, 4) for k, v in scores.items() if k.endswith("_mae")},
               f"best epoch {result.best_epoch}, {trainer.state['epoch']} epochs, {time.perf_counter() - start:.0f} s", flush=True)
 
