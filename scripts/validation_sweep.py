@@ -64,7 +64,7 @@ def heavy_users_on_new_items(split, seed: int = 0) -> TaskSet | None:
     user, item = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
     counts = np.bincount(user, minlength=split.dataset.n_users)
     heavy = np.zeros(split.dataset.n_users, bool)
-    heavy[split.train_users] = True
+    heavy[split.meta_train.user_idx] = True  # known to training (a user whose chunks were all too small is not)
     heavy &= counts > cfg.max_ratings
     rows = np.flatnonzero(heavy[user] & split.new_item_mask[item])
     if not len(rows):

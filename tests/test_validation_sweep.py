@@ -47,3 +47,33 @@ def test_known_new_items_proxy_uses_validation_users_only(sweep, data_dir):
         extra = set(proxy.support_of(t)[0].tolist()) - set(both.support_of(t)[0].tolist())
         assert not any(split.new_item_mask[i] for i in extra)
         assert not extra & set(proxy.query_of(t)[0].tolist())
+
+
+def test_heavy_users_new_items_are_data_no_scenario_uses(sweep, data_dir):
+    """Heavy meta-train users' ratings of new items: never a test or validation user, never a rating any
+    scenario or meta-training holds, and adapted with the user's meta-train chunks as history."""
+    import numpy as np
+
+    from metarec.data import load_dataset
+    from metarec.tasks import SplitConfig, make_split
+
+    split = make_split(load_dataset("ml-100k", data_dir=data_dir), SplitConfig(seed=0, heavy_users="chunk"))
+    heavy = sweep.heavy_users_on_new_items(split, seed=0)
+    assert heavy is not None and len(heavy) > 10
+    assert (heavy.query_sizes == split.config.query_size).all()
+    assert (heavy.support_sizes >= split.config.min_support).all()
+    users = set(heavy.user_idx.tolist())
+    counts = np.bincount(split.dataset.ratings["user_idx"].to_numpy(), minlength=split.dataset.n_users)
+    assert all(counts[u] > split.config.max_ratings for u in users)
+    assert users <= set(split.meta_train.user_idx.tolist())
+    assert not users & (set(split.val_users.tolist()) | set(split.test_users.tolist()))
+    assert split.new_item_mask[heavy.support_item].all() and split.new_item_mask[heavy.query_item].all()
+    used = set()
+    for ts in [split.meta_train, *split.validation.values(), *split.test.values()]:
+        rows = ts.rows()
+        used |= set(zip(rows["user_idx"].tolist(), rows["item_idx"].tolist()))
+    rows = heavy.rows()
+    assert not used & set(zip(rows["user_idx"].tolist(), rows["item_idx"].tolist()))
+    with_history = heavy.with_history(split.meta_train)
+    assert (with_history.support_sizes > heavy.support_sizes).all()
+    assert sweep.heavy_users_on_new_items(split, seed=0).query_item.tolist() == heavy.query_item.tolist()
