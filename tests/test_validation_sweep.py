@@ -38,7 +38,7 @@ def test_known_new_items_proxy_uses_validation_users_only(sweep, data_dir):
 
     split = make_split(load_dataset("ml-100k", data_dir=data_dir), SplitConfig(seed=0))
     proxy = sweep.known_users_on_new_items(split)
-    both, old = split.validation["new_users_new_items"], split.validation["new_users"]
+    both = split.validation["new_users_new_items"]
     assert np.array_equal(proxy.user_idx, both.user_idx) and np.array_equal(proxy.query_item, both.query_item)
     assert (proxy.support_sizes >= both.support_sizes).all() and (proxy.support_sizes > both.support_sizes).any()
     assert not set(proxy.user_idx) & set(split.meta_train.user_idx)
