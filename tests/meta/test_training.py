@@ -170,3 +170,8 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
     assert np.array_equal(method.predict("maml", new), method.learner.predict_tasks(new))
     method.user_history = False
     assert np.array_equal(method.predict("maml", warm), method.learner.predict_tasks(warm))
+    # history_max_support: tasks with at least that many support ratings (here all, with 3) go without it
+    method.user_history, method.history_max_support, method._last_history = True, 3, None
+    assert np.array_equal(method.predict("maml", warm), method.learner.predict_tasks(warm))
+    method.history_max_support, method._last_history = 4, None
+    assert np.allclose(method.predict("maml", warm), with_history)

@@ -63,7 +63,9 @@ class BenchmarkConfig:
     """What to run. ``run`` is the meta-learners' base configuration (model, meta settings, schedule);
     each meta-learning method replaces only the algorithm. ``user_history``: a test task whose user is a
     meta-train user (warm, new items) adapts on that user's meta-train ratings plus its support set, the
-    same knowledge the bias and MF baselines use through their trained user parameters. ``item_fold_in``:
+    same knowledge the bias and MF baselines use through their trained user parameters;
+    ``history_max_support`` restricts that to tasks with fewer support ratings than it (the heavy users'
+    new-item tasks of ``scripts/validation_sweep.py`` are the validation set for it). ``item_fold_in``:
     also score the new-item scenarios with new items folded in from all test tasks' support sets (see the
     module docstring), as extra scenarios ``new_items_pooled`` and ``new_users_new_items_pooled``."""
 
@@ -78,6 +80,7 @@ class BenchmarkConfig:
     catalogue_k: int = 10
     bootstrap: int = 2000
     user_history: bool = True
+    history_max_support: int | None = None  # with user_history: only tasks with fewer support ratings get it
     item_fold_in: bool = False
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -87,6 +90,8 @@ class BenchmarkConfig:
             raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(DEFAULT_METHODS)}")
         if not self.seeds:
             raise ConfigError("at least one seed is needed")
+        if self.history_max_support is not None and self.history_max_support < 0:
+            raise ConfigError(f"history_max_support must be >= 0, got {self.history_max_support}")
 
     @classmethod
     def quick(cls, **overrides) -> "BenchmarkConfig":
@@ -213,12 +218,14 @@ class MetaMethod(Method):
     family = "meta"
 
     def __init__(self, name: str, config: RunConfig, *, global_model: bool = False,
-                 inner_lr_grid: Sequence[float] = (), user_history: bool = True) -> None:
+                 inner_lr_grid: Sequence[float] = (), user_history: bool = True,
+                 history_max_support: int | None = None) -> None:
         self.name = name
         self.config = config
         self.global_model = global_model
         self.inner_lr_grid = tuple(inner_lr_grid)  # chosen on validation users when given
         self.user_history = user_history  # see BenchmarkConfig
+        self.history_max_support = history_max_support  # see BenchmarkConfig
         self.learner: MetaLearner | None = None
         self.known: TaskSet | None = None  # the meta-train tasks: what is known about meta-train users
         self._last_history: tuple[TaskSet, TaskSet] | None = None  # (tasks, with their history): predict, then score
@@ -312,7 +319,7 @@ class MetaMethod(Method):
         # a scenario's tasks are predicted, scored against the catalogue and bootstrapped in turn: build
         # (and pack) their history once, not once per call
         if self._last_history is None or self._last_history[0] is not tasks:
-            self._last_history = (tasks, tasks.with_history(self.known))
+            self._last_history = (tasks, tasks.with_history(self.known, max_support=self.history_max_support))
         return self._last_history[1]
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
@@ -356,7 +363,8 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
     if name == "content":
         return BaselineMethod(name, [lambda r=r: ContentBased(ContentBasedConfig(reg=r)) for r in (3.0, 10.0, 30.0)])
     if name == "global-neural":
-        return MetaMethod(name, config.run, global_model=True, user_history=config.user_history)
+        return MetaMethod(name, config.run, global_model=True, user_history=config.user_history,
+                          history_max_support=config.history_max_support)
     algorithm_config = RunConfig.preset(config.run.model.kind, name).meta
     # Reptile has no query loss: the configured one applies to the other algorithms
     meta = replace(config.run.meta, algorithm=name, **({"query_loss": "squared"} if name == "reptile" else {}))
@@ -368,7 +376,8 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
         # among those that stay finite from a single rating
         grid = (meta.inner_lr, meta.inner_lr / 10, meta.inner_lr / 100)
     return MetaMethod(name, RunConfig(config.run.data, config.run.split, config.run.model, meta, config.run.train),
-                      inner_lr_grid=grid, user_history=config.user_history)
+                      inner_lr_grid=grid, user_history=config.user_history,
+                      history_max_support=config.history_max_support)
 
 
 # ---------------------------------------------------------------------- running
