@@ -314,9 +314,9 @@ def benchmark(
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
     user_history: bool = typer.Option(True, help="Meta-learners adapt a meta-train user (warm, new items) on their "
                                                  "meta-train ratings too, as bias and MF use trained user parameters."),
-    history_max_support: Optional[int] = typer.Option(
-        None, help="With the user's history: only tasks with fewer support ratings than this get it (a new-item "
-                   "task with many ratings of new items may do better without old-item ratings)."),
+    history_max_new_support: Optional[int] = typer.Option(
+        None, help="With the user's history: only tasks with fewer support ratings of new items than this get it "
+                   "(with many ratings of new items, old-item ratings make new-item predictions worse)."),
     item_fold_in: bool = typer.Option(False, "--item-fold-in", help="Also score the new-item scenarios with new "
                                       "items folded in from every test task's support ratings (<scenario>_pooled)."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
@@ -337,7 +337,8 @@ def benchmark(
         if epochs is not None:
             run_config = run_config.override("train", epochs=epochs)
         options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
-                       user_history=user_history, history_max_support=history_max_support, item_fold_in=item_fold_in)
+                       user_history=user_history, history_max_new_support=history_max_new_support,
+                       item_fold_in=item_fold_in)
         if quick:
             cfg = BenchmarkConfig.quick(**options)
         else:

@@ -134,16 +134,16 @@ def test_item_fold_in_adds_pooled_new_item_scenarios(data_dir):
     assert np.isfinite(result.comparisons["scenarios"]["new_items_pooled"]["mae_difference"])
 
 
-def test_benchmark_config_checks_history_max_support(tmp_path):
+def test_benchmark_config_checks_history_max_new_support(tmp_path):
     from metarec.errors import ConfigError
     from metarec.eval.benchmark import BenchmarkConfig
 
-    with pytest.raises(ConfigError, match="history_max_support"):
-        BenchmarkConfig(history_max_support=-1)
-    assert BenchmarkConfig(history_max_support=10).history_max_support == 10
+    with pytest.raises(ConfigError, match="history_max_new_support"):
+        BenchmarkConfig(history_max_new_support=-1)
+    assert BenchmarkConfig(history_max_new_support=10).history_max_new_support == 10
     from typer.testing import CliRunner
 
     from metarec.cli import app
 
-    bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-support", "-1", "--out", str(tmp_path / "b")])
-    assert bad.exit_code == 1 and "history_max_support must be >= 0" in bad.output
+    bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-new-support", "-1", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 1 and "history_max_new_support must be >= 0" in bad.output

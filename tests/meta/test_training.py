@@ -170,8 +170,12 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
     assert np.array_equal(method.predict("maml", new), method.learner.predict_tasks(new))
     method.user_history = False
     assert np.array_equal(method.predict("maml", warm), method.learner.predict_tasks(warm))
-    # history_max_support: tasks with at least that many support ratings (here all, with 3) go without it
-    method.user_history, method.history_max_support, method._last_history = True, 3, None
-    assert np.array_equal(method.predict("maml", warm), method.learner.predict_tasks(warm))
-    method.history_max_support, method._last_history = 4, None
+    # history_max_new_support counts support ratings of new items only: warm tasks (none) keep the history
+    method.user_history, method.history_max_new_support, method._last_history = True, 1, None
     assert np.allclose(method.predict("maml", warm), with_history)
+    # ... and a task whose support holds that many new items goes without it
+    method.known_items = np.zeros_like(method.known_items)  # every support item counts as new
+    for limit, history_kept in ((3, False), (4, True)):
+        method.history_max_new_support, method._last_history = limit, None
+        expected = with_history if history_kept else method.learner.predict_tasks(warm)
+        assert np.allclose(method.predict("maml", warm), expected)

@@ -62,8 +62,8 @@ def test_with_history_prepends_the_users_known_ratings_and_never_a_held_item():
     for t in range(len(tasks)):  # queries untouched
         assert [a.tolist() for a in out.query_of(t)] == [a.tolist() for a in tasks.query_of(t)]
         assert not set(out.support_of(t)[0].tolist()) & set(tasks.query_of(t)[0].tolist())
-    # max_support: only tasks with fewer support ratings than it get the history
-    capped = tasks.with_history(history, max_support=1)  # task 0 has 1 support rating: none; task 2 has 0: gets it
-    assert capped.support_of(0)[0].tolist() == [9] and capped.support_of(2)[0].tolist() == [5, 6]
-    assert tasks.with_history(history, max_support=2).support_of(0)[0].tolist() == [1, 2, 4, 9]
-    assert tasks.with_history(history, max_support=0) is tasks
+    # only: the tasks that get the history
+    some = tasks.with_history(history, only=np.array([False, True, True]))
+    assert some.support_of(0)[0].tolist() == [9] and some.support_of(2)[0].tolist() == [5, 6]
+    assert tasks.with_history(history, only=np.array([True, False, False])).support_of(0)[0].tolist() == [1, 2, 4, 9]
+    assert tasks.with_history(history, only=np.zeros(3, bool)) is tasks

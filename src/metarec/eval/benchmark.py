@@ -64,8 +64,10 @@ class BenchmarkConfig:
     each meta-learning method replaces only the algorithm. ``user_history``: a test task whose user is a
     meta-train user (warm, new items) adapts on that user's meta-train ratings plus its support set, the
     same knowledge the bias and MF baselines use through their trained user parameters;
-    ``history_max_support`` restricts that to tasks with fewer support ratings than it (the heavy users'
-    new-item tasks of ``scripts/validation_sweep.py`` are the validation set for it). ``item_fold_in``:
+    ``history_max_new_support`` restricts that to tasks with fewer support ratings *of new items* than it:
+    a task that already holds many ratings of the kind of item its query asks about does better without
+    old-item ratings (chosen on the heavy users' new-item tasks of ``scripts/validation_sweep.py``).
+    ``item_fold_in``:
     also score the new-item scenarios with new items folded in from all test tasks' support sets (see the
     module docstring), as extra scenarios ``new_items_pooled`` and ``new_users_new_items_pooled``."""
 
@@ -80,7 +82,7 @@ class BenchmarkConfig:
     catalogue_k: int = 10
     bootstrap: int = 2000
     user_history: bool = True
-    history_max_support: int | None = None  # with user_history: only tasks with fewer support ratings get it
+    history_max_new_support: int | None = None  # with user_history: only tasks with fewer new-item support ratings
     item_fold_in: bool = False
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -90,8 +92,8 @@ class BenchmarkConfig:
             raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(DEFAULT_METHODS)}")
         if not self.seeds:
             raise ConfigError("at least one seed is needed")
-        if self.history_max_support is not None and self.history_max_support < 0:
-            raise ConfigError(f"history_max_support must be >= 0, got {self.history_max_support}")
+        if self.history_max_new_support is not None and self.history_max_new_support < 0:
+            raise ConfigError(f"history_max_new_support must be >= 0, got {self.history_max_new_support}")
 
     @classmethod
     def quick(cls, **overrides) -> "BenchmarkConfig":
@@ -219,13 +221,13 @@ class MetaMethod(Method):
 
     def __init__(self, name: str, config: RunConfig, *, global_model: bool = False,
                  inner_lr_grid: Sequence[float] = (), user_history: bool = True,
-                 history_max_support: int | None = None) -> None:
+                 history_max_new_support: int | None = None) -> None:
         self.name = name
         self.config = config
         self.global_model = global_model
         self.inner_lr_grid = tuple(inner_lr_grid)  # chosen on validation users when given
         self.user_history = user_history  # see BenchmarkConfig
-        self.history_max_support = history_max_support  # see BenchmarkConfig
+        self.history_max_new_support = history_max_new_support  # see BenchmarkConfig
         self.learner: MetaLearner | None = None
         self.known: TaskSet | None = None  # the meta-train tasks: what is known about meta-train users
         self._last_history: tuple[TaskSet, TaskSet] | None = None  # (tasks, with their history): predict, then score
@@ -319,7 +321,12 @@ class MetaMethod(Method):
         # a scenario's tasks are predicted, scored against the catalogue and bootstrapped in turn: build
         # (and pack) their history once, not once per call
         if self._last_history is None or self._last_history[0] is not tasks:
-            self._last_history = (tasks, tasks.with_history(self.known, max_support=self.history_max_support))
+            only = None
+            if self.history_max_new_support is not None:
+                task_of = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
+                new_support = np.bincount(task_of, weights=~self.known_items[tasks.support_item], minlength=len(tasks))
+                only = new_support < self.history_max_new_support
+            self._last_history = (tasks, tasks.with_history(self.known, only=only))
         return self._last_history[1]
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
@@ -364,7 +371,7 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
         return BaselineMethod(name, [lambda r=r: ContentBased(ContentBasedConfig(reg=r)) for r in (3.0, 10.0, 30.0)])
     if name == "global-neural":
         return MetaMethod(name, config.run, global_model=True, user_history=config.user_history,
-                          history_max_support=config.history_max_support)
+                          history_max_new_support=config.history_max_new_support)
     algorithm_config = RunConfig.preset(config.run.model.kind, name).meta
     # Reptile has no query loss: the configured one applies to the other algorithms
     meta = replace(config.run.meta, algorithm=name, **({"query_loss": "squared"} if name == "reptile" else {}))
@@ -377,7 +384,7 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
         grid = (meta.inner_lr, meta.inner_lr / 10, meta.inner_lr / 100)
     return MetaMethod(name, RunConfig(config.run.data, config.run.split, config.run.model, meta, config.run.train),
                       inner_lr_grid=grid, user_history=config.user_history,
-                      history_max_support=config.history_max_support)
+                      history_max_new_support=config.history_max_new_support)
 
 
 # ---------------------------------------------------------------------- running

@@ -165,24 +165,22 @@ class TaskSet:
             self.query_ptr, self.query_item, self.query_rating,
         )
 
-    def with_history(self, history: "TaskSet", name: str | None = None, max_support: int | None = None) -> "TaskSet":
+    def with_history(self, history: "TaskSet", name: str | None = None, only: np.ndarray | None = None) -> "TaskSet":
         """Each task's support preceded by its user's ratings in ``history`` (every task of that user;
         usually the meta-train tasks): a known user is folded in from everything known about them, as
         matrix factorisation does with its trained user factors. History ratings of an item the task
         already holds (in its support or query) are left out, so a query rating can never leak in.
-        ``max_support``: only tasks with fewer support ratings than this get the history (a task that
-        already has many ratings of its own kind of item - new items, say - may do better without
-        ratings of another kind)."""
+        ``only``: a bool per task; the others keep their support as it is."""
         h = history.rows()
-        if not len(self) or not len(h["task"]) or max_support == 0:
+        if not len(self) or not len(h["task"]) or (only is not None and not np.any(only)):
             return self
         width = int(max(h["item_idx"].max(), self.support_item.max(initial=0), self.query_item.max(initial=0))) + 1
         # history rows grouped by user; for each task, the slice of its user's rows
         h_order = np.argsort(h["user_idx"], kind="stable")
         h_user, h_item, h_rating = h["user_idx"][h_order], h["item_idx"][h_order], h["rating"][h_order]
         lo, hi = np.searchsorted(h_user, self.user_idx, "left"), np.searchsorted(h_user, self.user_idx, "right")
-        if max_support is not None:
-            hi = np.where(self.support_sizes < max_support, hi, lo)
+        if only is not None:
+            hi = np.where(np.asarray(only, bool), hi, lo)
         task = np.repeat(np.arange(len(self)), hi - lo)
         rows = np.repeat(lo, hi - lo) + rank_within(task)  # lo..hi-1 for each task
         own = self.rows()
