@@ -96,6 +96,10 @@ def main() -> None:
                         help="also heavy meta-train users' unused new-item ratings (see heavy_users_on_new_items)")
     parser.add_argument("--no-history", action="store_true",
                         help="with --heavy-new-items: also score those tasks without the users' history")
+    parser.add_argument("--history-limits", default="",
+                        help="with --heavy-new-items and --known-new-items: comma-separated K; for each, both "
+                             "scored with the history only where a task has fewer than K new-item support "
+                             "ratings (metarec benchmark --history-max-new-support K)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = RunConfig.from_toml(args.config)
@@ -129,6 +133,13 @@ def main() -> None:
             scores["heavy_new_items_mae"] = learner.evaluate(heavy_history, batch_size=16)["mae"]
             if args.no_history:
                 scores["heavy_new_items_no_history_mae"] = learner.evaluate(heavy, batch_size=16)["mae"]
+            for limit in (int(k) for k in args.history_limits.split(",") if k.strip()):
+                if known is None:
+                    break
+                for name, raw, history in (("heavy", heavy, split.meta_train),
+                                           ("known", split.validation["new_users_new_items"], split.validation["new_users"])):
+                    tasks = raw.with_history(history, only=raw.support_sizes < limit)  # every support item is new
+                    scores[f"{name}_new_items_history_below_{limit}_mae"] = learner.evaluate(tasks, batch_size=16)["mae"]
         print(variant or "(base)", {k: round(v, 4) for k, v in scores.items() if k.endswith("_mae")},
               f"best epoch {result.best_epoch}, {trainer.state['epoch']} epochs, {time.perf_counter() - start:.0f} s", flush=True)
 
