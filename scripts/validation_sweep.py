@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from metarec.data.loaders.registry import load_dataset
-from metarec.eval.benchmark import BenchmarkConfig, make_method
+from metarec.eval.benchmark import BenchmarkConfig, make_method, tasks_given_history
 from metarec.eval.metrics import mae_rmse
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, validation_mae
 from metarec.tasks.splits import make_split
-from metarec.tasks.taskset import TaskSet
+from metarec.tasks.taskset import TaskSet, rank_within
 
 
 def apply(config: RunConfig, variant: str) -> RunConfig:
@@ -75,9 +75,8 @@ def heavy_users_on_new_items(split, seed: int = 0) -> TaskSet | None:
     rows = rows[sizes[inverse] >= cfg.query_size + cfg.min_support]
     if not len(rows):
         return None
-    rank = np.concatenate([np.arange(n) for n in np.unique(user[rows], return_counts=True)[1]])
     return TaskSet.from_rows("heavy_new_items", user[rows], item[rows], r["rating"].to_numpy(np.float32)[rows],
-                             rank < cfg.query_size)
+                             rank_within(user[rows]) < cfg.query_size)
 
 
 def main() -> None:
@@ -133,12 +132,14 @@ def main() -> None:
             scores["heavy_new_items_mae"] = learner.evaluate(heavy_history, batch_size=16)["mae"]
             if args.no_history:
                 scores["heavy_new_items_no_history_mae"] = learner.evaluate(heavy, batch_size=16)["mae"]
+            known_items = np.zeros(split.dataset.n_items, bool)
+            known_items[split.train_items()] = True
             for limit in (int(k) for k in args.history_limits.split(",") if k.strip()):
                 if known is None:
                     break
                 for name, raw, history in (("heavy", heavy, split.meta_train),
                                            ("known", split.validation["new_users_new_items"], split.validation["new_users"])):
-                    tasks = raw.with_history(history, only=raw.support_sizes < limit)  # every support item is new
+                    tasks = raw.with_history(history, only=tasks_given_history(raw, known_items, limit))
                     scores[f"{name}_new_items_history_below_{limit}_mae"] = learner.evaluate(tasks, batch_size=16)["mae"]
         print(variant or "(base)", {k: round(v, 4) for k, v in scores.items() if k.endswith("_mae")},
               f"best epoch {result.best_epoch}, {trainer.state['epoch']} epochs, {time.perf_counter() - start:.0f} s", flush=True)

@@ -36,6 +36,7 @@ from metarec.baselines import (
     ContentBased, ContentBasedConfig, GlobalMean, ItemMean, ItemMeanConfig, MatrixFactorization,
     MatrixFactorizationConfig, MostPopular, UserItemBias, UserItemBiasConfig,
 )
+from metarec.baselines.base import new_item_rows
 from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError, MetarecError
 from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse, query_ranking_metrics
@@ -321,11 +322,7 @@ class MetaMethod(Method):
         # a scenario's tasks are predicted, scored against the catalogue and bootstrapped in turn: build
         # (and pack) their history once, not once per call
         if self._last_history is None or self._last_history[0] is not tasks:
-            only = None
-            if self.history_max_new_support is not None:
-                task_of = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
-                new_support = np.bincount(task_of, weights=~self.known_items[tasks.support_item], minlength=len(tasks))
-                only = new_support < self.history_max_new_support
+            only = tasks_given_history(tasks, self.known_items, self.history_max_new_support)
             self._last_history = (tasks, tasks.with_history(self.known, only=only))
         return self._last_history[1]
 
@@ -350,6 +347,15 @@ class MetaMethod(Method):
             adapted, task = self.learner.adapt(batch, self._steps(variant))
             out.append(self.learner.predict_items(adapted, task, items, vec).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(catalogue)))
+
+
+def tasks_given_history(tasks: TaskSet, known_items: np.ndarray, max_new_support: int | None) -> np.ndarray | None:
+    """Which tasks a known user's history is added to (``TaskSet.with_history``'s ``only``; None: all):
+    those with fewer than ``max_new_support`` support ratings of items training never saw."""
+    if max_new_support is None:
+        return None
+    task, _, _ = new_item_rows(tasks, known_items)
+    return np.bincount(task, minlength=len(tasks)) < max_new_support
 
 
 def make_method(name: str, config: BenchmarkConfig) -> Method:

@@ -31,7 +31,6 @@ class NeuralCF(RatingModel):
         # the id vector is the item's own deviation from it, as in matrix factorisation with side features.
         super().__init__(*args, item_id_size=factors + 1 if item_id_residual else None, **kwargs)
         self.factors = factors
-        self.item_id_residual = item_id_residual
         self.fold_in = fold_in
         self.uses_context = fold_in
         if self.item_dim == 0:
@@ -54,6 +53,11 @@ class NeuralCF(RatingModel):
         nn.init.zeros_(self.head["bias"].weight)
         if fold_in:
             nn.init.constant_(self.head["log_reg"].weight, 1.0)
+
+    @property
+    def item_id_residual(self) -> bool:
+        """Whether item id vectors are added to the tower's output (see ``__init__``)."""
+        return self.item_id_in_output
 
     def forward(self, stage: str, *args, **kwargs):  # noqa: D401 - adds the user_weights stage
         if stage == "user_weights":
