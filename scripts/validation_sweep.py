@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from metarec.data.loaders.registry import load_dataset
-from metarec.eval.benchmark import BenchmarkConfig, make_method, tasks_given_history
+from metarec.eval.benchmark import BenchmarkConfig, make_method
 from metarec.eval.metrics import mae_rmse
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, validation_mae
-from metarec.tasks.splits import make_split
+from metarec.tasks.splits import make_split, tasks_given_history
 from metarec.tasks.taskset import TaskSet, rank_within
 
 

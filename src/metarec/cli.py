@@ -211,12 +211,27 @@ def train(
                       f"({result.epochs_run} epochs); run folder {out}")
 
 
+def _history_limit(text: str) -> int | None:
+    """``--history-max-new-support``: an integer K, or 'all' (None: every task gets the user's history)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        limit = int(text)
+    except ValueError:
+        raise MetarecError(f"--history-max-new-support {text!r}: expected an integer or 'all'") from None
+    if limit < 0:
+        raise MetarecError(f"--history-max-new-support {text!r}: history_max_new_support must be >= 0")
+    return limit
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
     steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: the run's)."),
     user_history: bool = typer.Option(True, help="Adapt a meta-train user (warm, new items) on their meta-train "
                                                  "ratings too, as `metarec benchmark` does."),
+    history_max_new_support: str = typer.Option(
+        "10", help="As `metarec benchmark`: only tasks with fewer support ratings of new items get the history; 'all'."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """MAE and RMSE per test scenario, with and without adaptation, on the run's own split."""
@@ -229,7 +244,8 @@ def evaluate(
         cfg = RunConfig.from_toml(run / "config.toml")
         ckpt = load_best(run)
         split = make_split(load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir), cfg.split)
-        results = evaluate_run(ckpt, split, steps, user_history=user_history)
+        results = evaluate_run(ckpt, split, steps, user_history=user_history,
+                               history_max_new_support=_history_limit(history_max_new_support))
         if as_json:
             _print_json(results)
             return
@@ -314,9 +330,10 @@ def benchmark(
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
     user_history: bool = typer.Option(True, help="Meta-learners adapt a meta-train user (warm, new items) on their "
                                                  "meta-train ratings too, as bias and MF use trained user parameters."),
-    history_max_new_support: Optional[int] = typer.Option(
-        None, help="With the user's history: only tasks with fewer support ratings of new items than this get it "
-                   "(with many ratings of new items, old-item ratings make new-item predictions worse)."),
+    history_max_new_support: str = typer.Option(
+        "10", help="With the user's history: only tasks with fewer support ratings of new items than this get it "
+                   "(with many ratings of new items, old-item ratings make new-item predictions worse; 10 was "
+                   "chosen on validation users); 'all': every task gets it."),
     item_fold_in: bool = typer.Option(False, "--item-fold-in", help="Also score the new-item scenarios with new "
                                       "items folded in from every test task's support ratings (<scenario>_pooled)."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
@@ -337,7 +354,7 @@ def benchmark(
         if epochs is not None:
             run_config = run_config.override("train", epochs=epochs)
         options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
-                       user_history=user_history, history_max_new_support=history_max_new_support,
+                       user_history=user_history, history_max_new_support=_history_limit(history_max_new_support),
                        item_fold_in=item_fold_in)
         if quick:
             cfg = BenchmarkConfig.quick(**options)

@@ -84,6 +84,9 @@ def test_train_evaluate_recommend(data_dir, tmp_path, monkeypatch):
     alone = json.loads(run("evaluate", str(out), "--json", "--no-user-history").stdout)
     assert alone["new_users"] == scores["new_users"]  # new users have no history
     assert alone["new_items"]["mae"] != scores["new_items"]["mae"]  # meta-train users do
+    every = json.loads(run("evaluate", str(out), "--json", "--history-max-new-support", "all").stdout)
+    assert every["warm"] == scores["warm"]  # no new-item support ratings: the history either way
+    assert every["new_items"]["mae"] != scores["new_items"]["mae"]  # only tasks with < 10 of them get it by default
     result = run("recommend", str(out), "--rate", "50:5", "--rate", "181:4", "--rate", "nope:3", "--k", "5", "--json")
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)

@@ -145,5 +145,10 @@ def test_benchmark_config_checks_history_max_new_support(tmp_path):
 
     from metarec.cli import app
 
+    assert BenchmarkConfig().history_max_new_support == 10  # the validation-chosen default
+    assert BenchmarkConfig(history_max_new_support=None).history_max_new_support is None  # every task
     bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-new-support", "-1", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "history_max_new_support must be >= 0" in bad.output
+    bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-new-support", "some", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 1 and "expected an integer or 'all'" in bad.output
+    assert not (tmp_path / "b").exists()

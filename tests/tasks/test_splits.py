@@ -32,6 +32,28 @@ def test_scenarios_and_query_size(split):
     assert all(info["leakage_checks"].values())
 
 
+def test_user_history_goes_to_tasks_with_few_new_item_ratings(split):
+    from metarec.tasks.splits import HISTORY_MAX_NEW_SUPPORT
+
+    tasks = split.test["new_items"]
+    known = np.zeros(split.dataset.n_items, bool)
+    known[split.train_items()] = True
+    new_support = np.add.reduceat(~known[tasks.support_item], tasks.support_ptr[:-1])  # no task is empty
+    assert (new_support == tasks.support_sizes).all()  # a new-items task's support: new items only
+    history = split.meta_train
+    every = split.with_user_history(tasks, None)
+    assert every.support_sizes.tolist() == tasks.with_history(history).support_sizes.tolist()
+    for limit in (0, 5, HISTORY_MAX_NEW_SUPPORT, 10**6):
+        some = split.with_user_history(tasks, limit)
+        gets = new_support < limit
+        assert 0 < gets.sum() < len(tasks) or limit in (0, 10**6)
+        assert (some.support_sizes[~gets] == tasks.support_sizes[~gets]).all()
+        assert (some.support_sizes[gets] == every.support_sizes[gets]).all()
+    assert (every.support_sizes >= tasks.support_sizes).all() and (every.support_sizes > tasks.support_sizes).any()
+    warm = split.test["warm"]  # no new items in a warm support set: always the history
+    assert split.with_user_history(warm, 0).support_sizes.tolist() == warm.with_history(history).support_sizes.tolist()
+
+
 def test_user_filter_and_disjoint_roles(split, ml100k):
     counts = ml100k.ratings.groupby("user_idx").size()
     everyone = np.concatenate([split.train_users, split.val_users, split.test_users])

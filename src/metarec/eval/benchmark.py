@@ -36,7 +36,6 @@ from metarec.baselines import (
     ContentBased, ContentBasedConfig, GlobalMean, ItemMean, ItemMeanConfig, MatrixFactorization,
     MatrixFactorizationConfig, MostPopular, UserItemBias, UserItemBiasConfig,
 )
-from metarec.baselines.base import new_item_rows
 from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError, MetarecError
 from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse, query_ranking_metrics
@@ -45,7 +44,7 @@ from metarec.meta.global_model import train_global_model
 from metarec.meta.item_fold_in import item_prior_variance, new_items_folded_in, supports_item_fold_in
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, without_support
-from metarec.tasks.splits import ColdStartSplit, SplitConfig, make_split
+from metarec.tasks.splits import HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, SplitConfig, make_split, tasks_given_history
 from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
@@ -65,9 +64,9 @@ class BenchmarkConfig:
     each meta-learning method replaces only the algorithm. ``user_history``: a test task whose user is a
     meta-train user (warm, new items) adapts on that user's meta-train ratings plus its support set, the
     same knowledge the bias and MF baselines use through their trained user parameters;
-    ``history_max_new_support`` restricts that to tasks with fewer support ratings *of new items* than it:
-    a task that already holds many ratings of the kind of item its query asks about does better without
-    old-item ratings (chosen on the heavy users' new-item tasks of ``scripts/validation_sweep.py``).
+    ``history_max_new_support`` restricts that to tasks with fewer support ratings *of new items* than it
+    (None: every task gets it): a task that already holds many ratings of the kind of item its query asks
+    about does better without old-item ratings (see ``tasks.splits.tasks_given_history``).
     ``item_fold_in``:
     also score the new-item scenarios with new items folded in from all test tasks' support sets (see the
     module docstring), as extra scenarios ``new_items_pooled`` and ``new_users_new_items_pooled``."""
@@ -83,7 +82,7 @@ class BenchmarkConfig:
     catalogue_k: int = 10
     bootstrap: int = 2000
     user_history: bool = True
-    history_max_new_support: int | None = None  # with user_history: only tasks with fewer new-item support ratings
+    history_max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT  # with user_history: only tasks with fewer new-item support ratings
     item_fold_in: bool = False
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -347,15 +346,6 @@ class MetaMethod(Method):
             adapted, task = self.learner.adapt(batch, self._steps(variant))
             out.append(self.learner.predict_items(adapted, task, items, vec).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(catalogue)))
-
-
-def tasks_given_history(tasks: TaskSet, known_items: np.ndarray, max_new_support: int | None) -> np.ndarray | None:
-    """Which tasks a known user's history is added to (``TaskSet.with_history``'s ``only``; None: all):
-    those with fewer than ``max_new_support`` support ratings of items training never saw."""
-    if max_new_support is None:
-        return None
-    task, _, _ = new_item_rows(tasks, known_items)
-    return np.bincount(task, minlength=len(tasks)) < max_new_support
 
 
 def make_method(name: str, config: BenchmarkConfig) -> Method:

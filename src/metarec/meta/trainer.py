@@ -24,7 +24,7 @@ from metarec.meta.engine import MetaLearner
 from metarec.meta.run import RunConfig
 from metarec.models.config import build_model
 from metarec.tasks.features import encode_features
-from metarec.tasks.splits import ColdStartSplit, make_split
+from metarec.tasks.splits import HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, make_split
 from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
@@ -206,13 +206,18 @@ def without_support(tasks: TaskSet, learner: MetaLearner) -> TaskSet:
     return tasks.with_support(np.zeros(len(tasks.support_item), dtype=bool))
 
 
-def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None, *,
-                 user_history: bool = True) -> dict[str, dict[str, float]]:
+def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None, *, user_history: bool = True,
+                 history_max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT) -> dict[str, dict[str, float]]:
     """MAE / RMSE per test scenario, adapted and not adapted. ``user_history``: a meta-train user's task
-    adapts on their meta-train ratings too, as in the benchmark (``BenchmarkConfig.user_history``)."""
+    adapts on their meta-train ratings too, by the benchmark's rule (``BenchmarkConfig.user_history`` and
+    ``history_max_new_support``)."""
     out = {}
     for name, tasks in split.test.items():
-        adapted = ckpt.learner.evaluate(tasks.with_history(split.meta_train) if user_history else tasks, steps=steps)
+        if user_history:
+            tasks_seen = split.with_user_history(tasks, history_max_new_support)
+        else:
+            tasks_seen = tasks
+        adapted = ckpt.learner.evaluate(tasks_seen, steps=steps)
         frozen = ckpt.learner.evaluate(without_support(tasks, ckpt.learner), steps=0)
         out[name] = {"mae": adapted["mae"], "rmse": adapted["rmse"], "mae_no_adapt": frozen["mae"],
                      "rmse_no_adapt": frozen["rmse"], "ratings": adapted["n"], "tasks": len(tasks)}

@@ -35,6 +35,25 @@ SCENARIOS = ("warm", "new_users", "new_items", "new_users_new_items")
 VALIDATION_SCENARIOS = ("new_users", "new_users_new_items")
 
 
+HISTORY_MAX_NEW_SUPPORT = 10  # chosen on validation tasks only; see tasks_given_history
+
+
+def tasks_given_history(tasks: TaskSet, known_items: np.ndarray, max_new_support: int | None) -> np.ndarray | None:
+    """Which tasks a known user's history is added to (``TaskSet.with_history``'s ``only``; None: all):
+    those with fewer than ``max_new_support`` support ratings of items training never saw.
+
+    Why: a task that already holds many ratings of the kind of item its query asks about (new items)
+    predicts them worse when the user's old-item ratings outnumber them. Warm tasks have no new-item
+    support ratings, so they always keep the history. ``HISTORY_MAX_NEW_SUPPORT`` was chosen on the heavy
+    users' new-item tasks and the known-user proxy of ``scripts/validation_sweep.py`` (3 seeds, ML-1M and
+    ML-100K), never on test users."""
+    if max_new_support is None:
+        return None
+    new = ~known_items[tasks.support_item]
+    task = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
+    return np.bincount(task[new], minlength=len(tasks)) < max_new_support
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """How to turn a dataset into cold-start tasks.
@@ -112,6 +131,13 @@ class ColdStartSplit:
 
     def train_items(self) -> np.ndarray:
         return np.unique(np.concatenate([self.meta_train.support_item, self.meta_train.query_item]))
+
+    def with_user_history(self, tasks: TaskSet, max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT) -> TaskSet:
+        """``tasks`` with each meta-train user's meta-train ratings added to the support set, for the
+        tasks ``tasks_given_history`` picks: what a deployed model knows about a returning user."""
+        known_items = np.zeros(self.dataset.n_items, bool)
+        known_items[self.train_items()] = True
+        return tasks.with_history(self.meta_train, only=tasks_given_history(tasks, known_items, max_new_support))
 
     def with_support_size(self, k: int) -> "ColdStartSplit":
         """The same split with exactly ``k`` support ratings in validation and test tasks."""
