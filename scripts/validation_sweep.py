@@ -79,6 +79,26 @@ def heavy_users_on_new_items(split, seed: int = 0) -> TaskSet | None:
                              rank_within(user[rows]) < cfg.query_size)
 
 
+def pooled_history_sweep(split, bench: BenchmarkConfig, heavy: TaskSet, methods: list[str], limits: list[int]) -> None:
+    """The history rule in the benchmark's two settings, on the heavy users' new-item tasks: strict (each
+    task alone) and pooled (new items folded in from all these tasks' support sets, with the penalty
+    scale each method chooses on validation users, as ``metarec benchmark --item-fold-in`` does)."""
+    for name in methods:
+        method = make_method(name, bench)
+        method.fit(split)
+        method.choose_pool_scale(split)
+        variant = method._adapting_variant() if hasattr(method, "_adapting_variant") else name
+        rules = [None, *limits] if hasattr(method, "history_max_new_support") else [None]  # baselines: trained users
+        for limit in rules:
+            if hasattr(method, "history_max_new_support"):  # the same rule strict and pooled, to compare
+                method.history_max_new_support = method.pooled_history_max_new_support = limit
+            strict = mae_rmse(heavy, method.predict(variant, heavy))["mae"]
+            with method.pooled(variant, heavy):
+                pooled = mae_rmse(heavy, method.predict(variant, heavy))["mae"]
+            rule = "always" if limit is None else f"below {limit}"
+            print(f"{variant} history {rule}: heavy new items strict {strict:.4f}, pooled {pooled:.4f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
@@ -99,6 +119,10 @@ def main() -> None:
                         help="with --heavy-new-items and --known-new-items: comma-separated K; for each, both "
                              "scored with the history only where a task has fewer than K new-item support "
                              "ratings (metarec benchmark --history-max-new-support K)")
+    parser.add_argument("--pooled", default="",
+                        help="with --heavy-new-items: comma-separated benchmark methods (e.g. maml,global-neural,mf), "
+                             "each fitted as `metarec benchmark` fits it and scored on the heavy users' tasks strict "
+                             "and pooled (--item-fold-in), with the history always and for each --history-limits K")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = RunConfig.from_toml(args.config)
@@ -119,6 +143,10 @@ def main() -> None:
         if heavy is not None:
             scores["heavy_new_items"] = round(mae_rmse(heavy, mf.predict("mf", heavy))["mae"], 4)
         print("mf", scores, flush=True)
+    if heavy is not None and args.pooled:
+        pooled_history_sweep(split, bench, heavy, [m.strip() for m in args.pooled.split(",") if m.strip()],
+                             [int(k) for k in args.history_limits.split(",") if k.strip()])
+        return
     for variant in args.variant or [""]:
         config = apply(base.override("train", seed=args.seed), variant)
         start = time.perf_counter()

@@ -77,3 +77,23 @@ def test_heavy_users_new_items_are_data_no_scenario_uses(sweep, data_dir):
     with_history = heavy.with_history(split.meta_train)
     assert (with_history.support_sizes > heavy.support_sizes).all()
     assert sweep.heavy_users_on_new_items(split, seed=0).query_item.tolist() == heavy.query_item.tolist()
+
+
+def test_pooled_history_sweep_scores_each_rule_strict_and_pooled(sweep, data_dir, capsys):
+    """--pooled: each method fitted as the benchmark fits it, scored on the heavy users' tasks strict and
+    pooled, under each history rule; the strict rule changes the strict scores."""
+    import re
+
+    from metarec.data import load_dataset
+    from metarec.eval.benchmark import BenchmarkConfig
+    from metarec.tasks import SplitConfig, make_split
+
+    split = make_split(load_dataset("ml-100k", data_dir=data_dir), SplitConfig(seed=0, heavy_users="chunk"))
+    run = RunConfig.preset("neural-cf", "maml").override("model", fold_in=True).override("train", epochs=2)
+    bench = BenchmarkConfig(run=run)
+    sweep.pooled_history_sweep(split, bench, sweep.heavy_users_on_new_items(split, seed=0), ["maml", "mf"], [0])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["maml history always", "maml history below 0", "mf history always"]
+    scores = [[float(x) for x in re.findall(r"(?:strict|pooled) ([0-9.]+)", line)] for line in lines]
+    assert all(len(s) == 2 and 0.3 < min(s) and max(s) < 1.5 for s in scores)
+    assert scores[0][0] != scores[1][0]  # with / without the history, strict

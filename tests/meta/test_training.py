@@ -151,7 +151,9 @@ def test_benchmark_meta_method_keeps_the_inner_lr_best_on_validation(tiny_split)
     assert validation_mae(method.learner, split)["val_mae"] == pytest.approx(best["val_mae"], abs=1e-6)
 
 
-def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_split):
+def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_split, monkeypatch):
+    import contextlib
+
     import numpy as np
 
     from metarec.eval.benchmark import MetaMethod
@@ -179,3 +181,22 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
         method.history_max_new_support, method._last_history = limit, None
         expected = with_history if history_kept else method.learner.predict_tasks(warm)
         assert np.allclose(method.predict("maml", warm), expected)
+    # the rule is for strict scoring: the pooled item fold-in gives every task the history
+    import metarec.eval.benchmark as benchmark
+
+    seen = []
+
+    def spy(learner, tasks, *args):
+        seen.append(tasks.support_sizes.copy())
+        return contextlib.nullcontext()
+
+    method.history_max_new_support, method.pool_penalty = 3, np.ones(1)
+    monkeypatch.setattr(benchmark, "new_items_folded_in", spy)
+    with method.pooled("maml", warm):
+        assert np.allclose(method.predict("maml", warm), with_history)
+    assert seen[0].tolist() == warm.with_history(split.meta_train).support_sizes.tolist()
+    assert np.allclose(method.predict("maml", warm), method.learner.predict_tasks(warm))  # strict again
+    # ... and the global model, fine-tuned per user, has no rule
+    bench = benchmark.BenchmarkConfig(history_max_new_support=3)
+    assert benchmark.make_method("global-neural", bench).history_max_new_support is None
+    assert benchmark.make_method("maml", bench).history_max_new_support == 3

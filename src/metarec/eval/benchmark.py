@@ -66,7 +66,11 @@ class BenchmarkConfig:
     same knowledge the bias and MF baselines use through their trained user parameters;
     ``history_max_new_support`` restricts that to tasks with fewer support ratings *of new items* than it
     (None: every task gets it): a task that already holds many ratings of the kind of item its query asks
-    about does better without old-item ratings (see ``tasks.splits.tasks_given_history``).
+    about does better without old-item ratings (see ``tasks.splits.tasks_given_history``). It applies to
+    the meta-learners' strict scenarios only: on the heavy users' new-item validation tasks
+    (``scripts/validation_sweep.py --heavy-new-items --pooled``) the pooled item fold-in, which learns
+    the new items' vectors from the users' adapted vectors, and the global model fine-tuned per user
+    were both better with the history on every task.
     ``item_fold_in``:
     also score the new-item scenarios with new items folded in from all test tasks' support sets (see the
     module docstring), as extra scenarios ``new_items_pooled`` and ``new_users_new_items_pooled``."""
@@ -230,7 +234,9 @@ class MetaMethod(Method):
         self.history_max_new_support = history_max_new_support  # see BenchmarkConfig
         self.learner: MetaLearner | None = None
         self.known: TaskSet | None = None  # the meta-train tasks: what is known about meta-train users
-        self._last_history: tuple[TaskSet, TaskSet] | None = None  # (tasks, with their history): predict, then score
+        self._last_history: tuple[TaskSet, int | None, TaskSet] | None = None  # (tasks, rule, with their history)
+        self.pooled_history_max_new_support: int | None = None  # the rule within pooled(): every task (see BenchmarkConfig)
+        self._pooling = False
         self.history = []
         self.known_items: np.ndarray | None = None  # items with training ratings
         self.pool_penalty: np.ndarray | None = None  # the pooled item fold-in's ridge penalty (None: none)
@@ -293,9 +299,13 @@ class MetaMethod(Method):
         if self.pool_penalty is None or self._steps(variant) == 0:  # an unadapted variant uses no support
             yield
             return
-        with new_items_folded_in(self.learner, self._tasks(variant, tasks), self.known_items, self.pool_penalty,
-                                 self._steps(variant)):
-            yield
+        self._pooling = True
+        try:
+            with new_items_folded_in(self.learner, self._tasks(variant, tasks), self.known_items, self.pool_penalty,
+                                     self._steps(variant)):
+                yield
+        finally:
+            self._pooling = False
 
     @staticmethod
     def _stable_with_one_rating(learner: MetaLearner, split: ColdStartSplit) -> bool:
@@ -320,10 +330,11 @@ class MetaMethod(Method):
             return tasks
         # a scenario's tasks are predicted, scored against the catalogue and bootstrapped in turn: build
         # (and pack) their history once, not once per call
-        if self._last_history is None or self._last_history[0] is not tasks:
-            only = tasks_given_history(tasks, self.known_items, self.history_max_new_support)
-            self._last_history = (tasks, tasks.with_history(self.known, only=only))
-        return self._last_history[1]
+        limit = self.pooled_history_max_new_support if self._pooling else self.history_max_new_support
+        if self._last_history is None or self._last_history[0] is not tasks or self._last_history[1] != limit:
+            only = tasks_given_history(tasks, self.known_items, limit)
+            self._last_history = (tasks, limit, tasks.with_history(self.known, only=only))
+        return self._last_history[2]
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
         return self.learner.predict_tasks(self._tasks(variant, tasks), self._steps(variant), 512)
@@ -366,8 +377,9 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
     if name == "content":
         return BaselineMethod(name, [lambda r=r: ContentBased(ContentBasedConfig(reg=r)) for r in (3.0, 10.0, 30.0)])
     if name == "global-neural":
-        return MetaMethod(name, config.run, global_model=True, user_history=config.user_history,
-                          history_max_new_support=config.history_max_new_support)
+        # the history rule is the meta-learners': fine-tuned per user, the global model does better with the
+        # history on every task (validation: the heavy users' new-item tasks, see BenchmarkConfig)
+        return MetaMethod(name, config.run, global_model=True, user_history=config.user_history)
     algorithm_config = RunConfig.preset(config.run.model.kind, name).meta
     # Reptile has no query loss: the configured one applies to the other algorithms
     meta = replace(config.run.meta, algorithm=name, **({"query_loss": "squared"} if name == "reptile" else {}))
