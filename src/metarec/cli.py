@@ -211,8 +211,13 @@ def train(
                       f"({result.epochs_run} epochs); run folder {out}")
 
 
-def _history_limit(text: str) -> int | None:
-    """``--history-max-new-support``: an integer K, or 'all' (None: every task gets the user's history)."""
+def _history_limit(text: str | None) -> int | None:
+    """``--history-max-new-support``: an integer K, or 'all' (None: every task gets the user's history);
+    not given, the library's validation-chosen default."""
+    if text is None:
+        from metarec.tasks.splits import HISTORY_MAX_NEW_SUPPORT
+
+        return HISTORY_MAX_NEW_SUPPORT
     if text.strip().lower() == "all":
         return None
     try:
@@ -230,8 +235,9 @@ def evaluate(
     steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: the run's)."),
     user_history: bool = typer.Option(True, help="Adapt a meta-train user (warm, new items) on their meta-train "
                                                  "ratings too, as `metarec benchmark` does."),
-    history_max_new_support: str = typer.Option(
-        "10", help="As `metarec benchmark`: only tasks with fewer support ratings of new items get the history; 'all'."),
+    history_max_new_support: Optional[str] = typer.Option(
+        None, help="As `metarec benchmark`: only tasks with fewer support ratings of new items get the history; "
+                   "'all' [default: 10]."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """MAE and RMSE per test scenario, with and without adaptation, on the run's own split."""
@@ -330,10 +336,10 @@ def benchmark(
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
     user_history: bool = typer.Option(True, help="Meta-learners adapt a meta-train user (warm, new items) on their "
                                                  "meta-train ratings too, as bias and MF use trained user parameters."),
-    history_max_new_support: str = typer.Option(
-        "10", help="With the user's history: only tasks with fewer support ratings of new items than this get it "
-                   "(with many ratings of new items, old-item ratings make new-item predictions worse; 10 was "
-                   "chosen on validation users); 'all': every task gets it."),
+    history_max_new_support: Optional[str] = typer.Option(
+        None, help="With the user's history: only tasks with fewer support ratings of new items than this get it "
+                   "(with many ratings of new items, old-item ratings make new-item predictions worse); 'all': "
+                   "every task gets it [default: 10, chosen on validation users]."),
     item_fold_in: bool = typer.Option(False, "--item-fold-in", help="Also score the new-item scenarios with new "
                                       "items folded in from every test task's support ratings (<scenario>_pooled)."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
