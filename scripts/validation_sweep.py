@@ -87,7 +87,7 @@ def pooled_history_sweep(split, bench: BenchmarkConfig, heavy: TaskSet, methods:
         method = make_method(name, bench)
         method.fit(split)
         method.choose_pool_scale(split)
-        variant = method._adapting_variant() if hasattr(method, "_adapting_variant") else name
+        variant = method.adapting_variant() if hasattr(method, "adapting_variant") else name
         rules = [None, *limits] if hasattr(method, "history_max_new_support") else [None]  # baselines: trained users
         for limit in rules:
             if hasattr(method, "history_max_new_support"):  # the same rule strict and pooled, to compare

@@ -274,7 +274,8 @@ class MetaMethod(Method):
         self.known_items = np.zeros(split.dataset.n_items, bool)
         self.known_items[split.train_items()] = True
 
-    def _adapting_variant(self) -> str:
+    def adapting_variant(self) -> str:
+        """The variant that adapts per user (the meta-learner itself, or the global model fine-tuned)."""
         return f"{self.name}-ft" if self.global_model else self.name
 
     def choose_pool_scale(self, split: ColdStartSplit) -> None:
@@ -283,7 +284,7 @@ class MetaMethod(Method):
         validation users' new-item tasks."""
         if not supports_item_fold_in(self.learner):
             return
-        variant = self._adapting_variant()
+        variant = self.adapting_variant()
         val = split.validation.get("new_users")
         sigma2 = 1.0
         if val is not None and len(val):
