@@ -160,8 +160,7 @@ def main() -> None:
             scores["heavy_new_items_mae"] = learner.evaluate(heavy_history, batch_size=16)["mae"]
             if args.no_history:
                 scores["heavy_new_items_no_history_mae"] = learner.evaluate(heavy, batch_size=16)["mae"]
-            known_items = np.zeros(split.dataset.n_items, bool)
-            known_items[split.train_items()] = True
+            known_items = split.known_items()
             for limit in (int(k) for k in args.history_limits.split(",") if k.strip()):
                 if known is None:
                     break

@@ -139,16 +139,6 @@ class BaselineBase:
         return out
 
 
-def query_task_index(tasks: TaskSet) -> np.ndarray:
-    """The task of every query row."""
-    return np.repeat(np.arange(len(tasks)), tasks.query_sizes)
-
-
-def support_task_index(tasks: TaskSet) -> np.ndarray:
-    """The task of every support row."""
-    return np.repeat(np.arange(len(tasks)), tasks.support_sizes)
-
-
 def new_item_rows(tasks: TaskSet, known_items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(task, item, rating)`` of every support rating, over all ``tasks``, of an item training never saw.
 
@@ -157,4 +147,4 @@ def new_item_rows(tasks: TaskSet, known_items: np.ndarray) -> tuple[np.ndarray, 
     item-side fold-in (``with_new_items``); a task's query ratings are never among them.
     """
     new = ~known_items[tasks.support_item]
-    return support_task_index(tasks)[new], tasks.support_item[new], tasks.support_rating[new].astype(np.float64)
+    return tasks.support_task[new], tasks.support_item[new], tasks.support_rating[new].astype(np.float64)

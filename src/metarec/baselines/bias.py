@@ -13,8 +13,7 @@ import numpy as np
 
 from metarec.baselines._linalg import ridge_fit
 from metarec.baselines.attributes import item_design
-from metarec.baselines.base import (BaselineBase, TrainStats, new_item_rows, query_task_index, support_task_index,
-                                   train_stats)
+from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, train_stats
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -78,7 +77,7 @@ class UserItemBias(BaselineBase):
         """Each task's user bias from its support set (closed form, same ``reg`` as training)."""
         assert self.item_bias is not None and self.user_bias is not None
         s, reg = self.stats, self.config.reg
-        t = support_task_index(tasks)
+        t = tasks.support_task
         resid = tasks.support_rating.astype(np.float64) - s.global_mean - self.item_bias[tasks.support_item]
         total = np.bincount(t, weights=resid, minlength=len(tasks))
         prior = np.zeros(len(tasks))
@@ -90,7 +89,7 @@ class UserItemBias(BaselineBase):
     def _scores(self, tasks: TaskSet) -> np.ndarray:
         assert self.item_bias is not None
         b_u = self.fold_in(tasks)
-        return self.stats.global_mean + b_u[query_task_index(tasks)] + self.item_bias[tasks.query_item]
+        return self.stats.global_mean + b_u[tasks.query_task] + self.item_bias[tasks.query_item]
 
     def with_new_items(self, tasks: TaskSet, scale: float = 1.0, rounds: int = 3) -> "UserItemBias":
         """A copy whose items unseen in training have their bias folded in from every task's support

@@ -27,7 +27,7 @@ import numpy as np
 
 from metarec.baselines._linalg import batched_ridge, group_matrix, ridge_fit
 from metarec.baselines.attributes import item_design
-from metarec.baselines.base import BaselineBase, TrainStats, query_task_index, train_stats
+from metarec.baselines.base import BaselineBase, TrainStats, train_stats
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -99,6 +99,6 @@ class ContentBased(BaselineBase):
 
     def _scores(self, tasks: TaskSet) -> np.ndarray:
         assert self.item_base is not None and self.profile_features is not None
-        profile = self.fold_in(tasks)[query_task_index(tasks)]
+        profile = self.fold_in(tasks)[tasks.query_task]
         z = self.profile_features[tasks.query_item]
         return self.item_base[tasks.query_item] + np.einsum("nd,nd->n", profile, z)

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from metarec.baselines._linalg import batched_ridge, group_matrix, pooled_item_ridge, ridge_fit
 from metarec.baselines.attributes import item_design
-from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, query_task_index, train_stats
+from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, train_stats
 from metarec.tasks.splits import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -134,6 +134,6 @@ class MatrixFactorization(BaselineBase):
 
     def _scores(self, tasks: TaskSet) -> np.ndarray:
         assert self.item_params is not None
-        user = self.fold_in(tasks)[query_task_index(tasks)]
+        user = self.fold_in(tasks)[tasks.query_task]
         item = self.item_params[tasks.query_item]
         return self.stats.global_mean + user[:, 0] + item[:, 0] + np.einsum("nk,nk->n", user[:, 1:], item[:, 1:])

@@ -271,8 +271,7 @@ class MetaMethod(Method):
         self.learner = trainer.restore_best()
         self.known = split.meta_train
         self.history = [*grid, *trainer.history]
-        self.known_items = np.zeros(split.dataset.n_items, bool)
-        self.known_items[split.train_items()] = True
+        self.known_items = split.known_items()
 
     def adapting_variant(self) -> str:
         """The variant that adapts per user (the meta-learner itself, or the global model fine-tuned)."""

@@ -50,8 +50,7 @@ def tasks_given_history(tasks: TaskSet, known_items: np.ndarray, max_new_support
     if max_new_support is None:
         return None
     new = ~known_items[tasks.support_item]
-    task = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
-    return np.bincount(task[new], minlength=len(tasks)) < max_new_support
+    return np.bincount(tasks.support_task[new], minlength=len(tasks)) < max_new_support
 
 
 @dataclass(frozen=True)
@@ -132,12 +131,18 @@ class ColdStartSplit:
     def train_items(self) -> np.ndarray:
         return np.unique(np.concatenate([self.meta_train.support_item, self.meta_train.query_item]))
 
+    def known_items(self) -> np.ndarray:
+        """[n_items] bool: the items training saw (every other item is new)."""
+        if "known_items" not in self._cache:
+            known = np.zeros(self.dataset.n_items, bool)
+            known[self.train_items()] = True
+            self._cache["known_items"] = known
+        return self._cache["known_items"]
+
     def with_user_history(self, tasks: TaskSet, max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT) -> TaskSet:
         """``tasks`` with each meta-train user's meta-train ratings added to the support set, for the
         tasks ``tasks_given_history`` picks: what a deployed model knows about a returning user."""
-        known_items = np.zeros(self.dataset.n_items, bool)
-        known_items[self.train_items()] = True
-        return tasks.with_history(self.meta_train, only=tasks_given_history(tasks, known_items, max_new_support))
+        return tasks.with_history(self.meta_train, only=tasks_given_history(tasks, self.known_items(), max_new_support))
 
     def with_support_size(self, k: int) -> "ColdStartSplit":
         """The same split with exactly ``k`` support ratings in validation and test tasks."""
@@ -370,7 +375,7 @@ def _resplit_support(split: ColdStartSplit, k: int) -> ColdStartSplit:
             key = rng.random(len(ts.support_item))
         else:
             key = np.arange(len(ts.support_item), dtype=np.float64)  # built latest-first
-        task = np.repeat(np.arange(len(ts)), sizes)
+        task = ts.support_task
         order = np.lexsort((key, task))
         rank = np.empty(len(order), np.int64)
         rank[order] = rank_within(task[order])

@@ -117,6 +117,16 @@ class TaskSet:
         return np.diff(self.support_ptr)
 
     @property
+    def support_task(self) -> np.ndarray:
+        """The task of every support row."""
+        return np.repeat(np.arange(len(self)), self.support_sizes)
+
+    @property
+    def query_task(self) -> np.ndarray:
+        """The task of every query row."""
+        return np.repeat(np.arange(len(self)), self.query_sizes)
+
+    @property
     def query_sizes(self) -> np.ndarray:
         return np.diff(self.query_ptr)
 
@@ -130,15 +140,13 @@ class TaskSet:
 
     def rows(self) -> dict[str, np.ndarray]:
         """All ratings as flat arrays with a task column and a query flag (for baselines and checks)."""
-        s_task = np.repeat(np.arange(len(self)), self.support_sizes)
-        q_task = np.repeat(np.arange(len(self)), self.query_sizes)
-        task = np.concatenate([s_task, q_task])
+        task = np.concatenate([self.support_task, self.query_task])
         return {
             "task": task,
             "user_idx": self.user_idx[task] if len(task) else np.zeros(0, np.int64),
             "item_idx": np.concatenate([self.support_item, self.query_item]),
             "rating": np.concatenate([self.support_rating, self.query_rating]),
-            "is_query": np.concatenate([np.zeros(len(s_task), bool), np.ones(len(q_task), bool)]),
+            "is_query": np.concatenate([np.zeros(len(self.support_item), bool), np.ones(len(self.query_item), bool)]),
         }
 
     def subset(self, keep: np.ndarray, name: str | None = None) -> "TaskSet":
@@ -186,7 +194,7 @@ class TaskSet:
         own = self.rows()
         held = np.isin(task * width + h_item[rows], own["task"] * width + own["item_idx"])
         task, rows = task[~held], rows[~held]
-        s_task = np.repeat(np.arange(len(self)), self.support_sizes)
+        s_task = self.support_task
         # history first, then the task's own support, task by task
         all_task = np.concatenate([task, s_task])
         first = np.concatenate([np.zeros(len(task), np.int64), np.ones(len(s_task), np.int64)])
