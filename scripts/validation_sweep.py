@@ -25,7 +25,7 @@ from metarec.eval.benchmark import BenchmarkConfig, make_method
 from metarec.eval.metrics import mae_rmse
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, validation_mae
-from metarec.tasks.splits import make_split, tasks_given_history
+from metarec.tasks.splits import make_split, tasks_given_history, tasks_with_new_item_support
 from metarec.tasks.taskset import TaskSet, rank_within
 
 
@@ -88,14 +88,18 @@ def pooled_history_sweep(split, bench: BenchmarkConfig, heavy: TaskSet, methods:
         method.fit(split)
         method.choose_pool_scale(split)
         variant = method.adapting_variant() if hasattr(method, "adapting_variant") else name
-        rules = [None, *limits] if hasattr(method, "history_max_new_support") else [None]  # baselines: trained users
-        for limit in rules:
-            if hasattr(method, "history_max_new_support"):  # the same rule strict and pooled, to compare
+        # baselines: their trained users; a neural method: each rule, history in the support or as the prior
+        rules = [(None, False), *((k, False) for k in limits), (None, True)] if hasattr(method, "history_max_new_support") else [None]
+        for rule_ in rules:
+            if rule_ is not None:  # the same rule strict and pooled, to compare
+                limit, prior = rule_
                 method.history_max_new_support = method.pooled_history_max_new_support = limit
+                method.history_as_prior = method.pooled_history_as_prior = prior
             strict = mae_rmse(heavy, method.predict(variant, heavy))["mae"]
             with method.pooled(variant, heavy):
                 pooled = mae_rmse(heavy, method.predict(variant, heavy))["mae"]
-            rule = "always" if limit is None else f"below {limit}"
+            rule = ("trained users" if rule_ is None else "as the prior" if prior
+                    else "always" if limit is None else f"below {limit}")
             print(f"{variant} history {rule}: heavy new items strict {strict:.4f}, pooled {pooled:.4f}", flush=True)
 
 
@@ -161,6 +165,11 @@ def main() -> None:
             if args.no_history:
                 scores["heavy_new_items_no_history_mae"] = learner.evaluate(heavy, batch_size=16)["mae"]
             known_items = split.known_items()
+            for name, raw, history in (("heavy", heavy, split.meta_train),
+                                       ("known", split.validation.get("new_users_new_items"), split.validation.get("new_users"))):
+                if raw is not None and history is not None and len(raw):  # history as the prior (the default rule)
+                    tasks = raw.with_history(history, as_prior=tasks_with_new_item_support(raw, known_items))
+                    scores[f"{name}_new_items_history_prior_mae"] = learner.evaluate(tasks, batch_size=16)["mae"]
             for limit in (int(k) for k in args.history_limits.split(",") if k.strip()):
                 if known is None:
                     break

@@ -237,7 +237,10 @@ def evaluate(
                                                  "ratings too, as `metarec benchmark` does."),
     history_max_new_support: Optional[str] = typer.Option(
         None, help="As `metarec benchmark`: only tasks with fewer support ratings of new items get the history; "
-                   "'all' [default: 10]."),
+                   "'all': every task [default: all]."),
+    history_as_prior: bool = typer.Option(
+        True, "--history-as-prior/--history-in-support",
+        help="As `metarec benchmark`: in a task with new-item support ratings, the history sets the prior."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """MAE and RMSE per test scenario, with and without adaptation, on the run's own split."""
@@ -251,7 +254,8 @@ def evaluate(
         ckpt = load_best(run)
         split = make_split(load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir), cfg.split)
         results = evaluate_run(ckpt, split, steps, user_history=user_history,
-                               history_max_new_support=_history_limit(history_max_new_support))
+                               history_max_new_support=_history_limit(history_max_new_support),
+                               history_as_prior=history_as_prior)
         if as_json:
             _print_json(results)
             return
@@ -337,9 +341,13 @@ def benchmark(
     user_history: bool = typer.Option(True, help="Meta-learners adapt a meta-train user (warm, new items) on their "
                                                  "meta-train ratings too, as bias and MF use trained user parameters."),
     history_max_new_support: Optional[str] = typer.Option(
-        None, help="With the user's history: only tasks with fewer support ratings of new items than this get it "
-                   "(with many ratings of new items, old-item ratings make new-item predictions worse); 'all': "
-                   "every task gets it [default: 10, chosen on validation users]."),
+        None, help="With the user's history: only tasks with fewer support ratings of new items than this get it; "
+                   "'all': every task gets it [default: all, chosen on validation users]."),
+    history_as_prior: bool = typer.Option(
+        True, "--history-as-prior/--history-in-support",
+        help="With the user's history, in a task with new-item support ratings: the history sets the prior the "
+             "support is folded in around (neural-cf with fold_in), instead of joining the support of another "
+             "kind of item [default: as prior, chosen on validation users]."),
     item_fold_in: bool = typer.Option(False, "--item-fold-in", help="Also score the new-item scenarios with new "
                                       "items folded in from every test task's support ratings (<scenario>_pooled)."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
@@ -361,7 +369,7 @@ def benchmark(
             run_config = run_config.override("train", epochs=epochs)
         options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
                        user_history=user_history, history_max_new_support=_history_limit(history_max_new_support),
-                       item_fold_in=item_fold_in)
+                       history_as_prior=history_as_prior, item_fold_in=item_fold_in)
         if quick:
             cfg = BenchmarkConfig.quick(**options)
         else:

@@ -84,9 +84,12 @@ def test_train_evaluate_recommend(data_dir, tmp_path, monkeypatch):
     alone = json.loads(run("evaluate", str(out), "--json", "--no-user-history").stdout)
     assert alone["new_users"] == scores["new_users"]  # new users have no history
     assert alone["new_items"]["mae"] != scores["new_items"]["mae"]  # meta-train users do
-    every = json.loads(run("evaluate", str(out), "--json", "--history-max-new-support", "all").stdout)
-    assert every["warm"] == scores["warm"]  # no new-item support ratings: the history either way
-    assert every["new_items"]["mae"] != scores["new_items"]["mae"]  # only tasks with < 10 of them get it by default
+    few = json.loads(run("evaluate", str(out), "--json", "--history-max-new-support", "10").stdout)
+    assert few["warm"] == scores["warm"]  # no new-item support ratings: the history either way
+    assert few["new_items"]["mae"] != scores["new_items"]["mae"]  # by default every task gets it
+    # a model without the fold-in adapts on history rows like on support rows: where they go makes no difference
+    joined = json.loads(run("evaluate", str(out), "--json", "--history-in-support").stdout)
+    assert joined == scores
     result = run("recommend", str(out), "--rate", "50:5", "--rate", "181:4", "--rate", "nope:3", "--k", "5", "--json")
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)

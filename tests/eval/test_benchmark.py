@@ -145,13 +145,14 @@ def test_benchmark_config_checks_history_max_new_support(tmp_path):
 
     from metarec.cli import app
 
-    assert BenchmarkConfig().history_max_new_support == 10  # the validation-chosen default
+    # the validation-chosen default: every task gets the history, as the prior where it has new-item support
+    assert BenchmarkConfig().history_max_new_support is None and BenchmarkConfig().history_as_prior
     assert BenchmarkConfig(history_max_new_support=None).history_max_new_support is None  # every task
     bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-new-support", "-1", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "history_max_new_support must be >= 0" in bad.output
     from metarec.cli import _history_limit
 
-    assert (_history_limit(None), _history_limit("all"), _history_limit(" 5 "), _history_limit("0")) == (10, None, 5, 0)
+    assert (_history_limit(None), _history_limit("all"), _history_limit(" 5 "), _history_limit("0")) == (None, None, 5, 0)
     bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-new-support", "some", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "expected an integer or 'all'" in bad.output
     assert not (tmp_path / "b").exists()

@@ -23,7 +23,7 @@ def make_learner(tiny_split, kind: str, dtype=torch.float64, **meta) -> tuple[Me
                         rating_scale=(1.0, 5.0), seed=3).to(dtype)
     learner = MetaLearner(model, MetaConfig(**{"inner_lr": 0.1, "l2": 1e-3, **meta}), feats.user_features)
     batch = split.meta_train.packed().select(torch.arange(6))  # unequal support sizes: padding matters
-    batch = TaskBatch(*(t.to(dtype) if t.is_floating_point() else t for t in vars(batch).values()))
+    batch = TaskBatch(*(t.to(dtype) if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
     assert len(set(batch.support_mask.sum(1).tolist())) > 1
     return learner, batch
 

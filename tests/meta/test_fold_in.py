@@ -86,7 +86,7 @@ def test_engine_equals_per_task_loop_with_fold_in(tiny_split, algorithm, steps, 
     learner = MetaLearner(model, MetaConfig(algorithm=algorithm, inner_steps=steps, inner_lr=0.1, l2=1e-3),
                           feats.user_features)
     batch = split.meta_train.packed().select(torch.arange(6))
-    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in vars(batch).values()))
+    batch = TaskBatch(*(t.double() if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
     fast, fast_loss = learner.meta_gradients(batch)
     slow, slow_loss = reference_meta_gradients(learner, batch)
     scale = max(float(v.abs().max()) for v in slow.values())
@@ -160,7 +160,7 @@ def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fo
             model.head["log_reg"].weight.normal_()
     learner = MetaLearner(model, MetaConfig(inner_steps=steps, inner_lr=0.1), feats.user_features)
     batch = split.validation["new_users"].packed().select(torch.arange(5))
-    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in vars(batch).values()))
+    batch = TaskBatch(*(t.double() if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
     items = torch.arange(feats.item_features.single[next(iter(feats.item_features.single))].shape[0])
     item_vec = learner.catalogue_vectors(items)
     adapted, task = learner.adapt(batch)
@@ -185,7 +185,7 @@ def test_catalogue_scores_when_item_vectors_adapt_too(tiny_split):
     learner = MetaLearner(model, MetaConfig(inner_steps=1, inner_lr=0.1, adapt="all"), feats.user_features)
     assert not learner.hoist
     batch = split.validation["new_users"].packed().select(torch.arange(4))
-    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in vars(batch).values()))
+    batch = TaskBatch(*(t.double() if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
     adapted, task = learner.adapt(batch)
     scores = learner.predict_items(adapted, task, batch.query_item[0])
     assert scores.shape == (4, batch.query_item.shape[1]) and torch.isfinite(scores).all()
@@ -193,3 +193,68 @@ def test_catalogue_scores_when_item_vectors_adapt_too(tiny_split):
     # user 0's scores of its own query items are its query predictions
     query = learner.predict_query(batch)[0]
     torch.testing.assert_close(scores[0], query.clamp(low, high), rtol=1e-9, atol=1e-9)
+
+
+def test_history_sets_the_prior_the_support_is_folded_in_around(tiny_split):
+    model = fold_in_model(tiny_split, history_penalty_scale=2.0).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.head["log_reg"].weight.normal_()
+    user = torch.randn(model.user_dim, dtype=torch.float64)
+    support = model.embed_items(torch.arange(9)).detach()
+    query = model.embed_items(torch.arange(9, 14)).detach()
+    rating = torch.tensor([5.0, 5.0, 4.0, 5.0, 1.0, 2.0, 1.0, 3.0, 4.0], dtype=torch.float64)
+    mask = torch.tensor([1, 1, 1, 1, 1, 1, 1, 1, 0], dtype=torch.float64)  # the last row is padding
+    history = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 1], dtype=torch.float64)  # a padded row's flag must not count
+    with torch.no_grad():
+        pred = model.score(user, query, Context(support, rating, mask, history)).numpy()
+        prior_q, prior_s = model.score(user, query).numpy(), model.score(user, support).numpy()
+    f = model.factors
+    z_s, z_q = np.c_[support[:, :f].numpy(), np.ones(9)], np.c_[query[:, :f].numpy(), np.ones(5)]
+    reg = np.exp(model.head["log_reg"].weight[0].detach().numpy())
+    y = rating.numpy() - prior_s
+    centre = ridge(z_s[:4], y[:4], reg)  # the history alone
+    delta = centre + ridge(z_s[4:8], y[4:8] - z_s[4:8] @ centre, 2.0 * reg)  # the support, around it
+    np.testing.assert_allclose(pred, prior_q + z_q @ delta, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():
+        joined = model.score(user, query, Context(support, rating, mask)).numpy()
+        # no flagged row: the plain fold-in; every row flagged: the history's solution
+        unflagged = model.score(user, query, Context(support, rating, mask, torch.zeros(9, dtype=torch.float64)))
+        only_history = model.score(user, query, Context(support[:4], rating[:4], mask[:4], torch.ones(4, dtype=torch.float64)))
+        w, c = model.user_weights(user, Context(support, rating, mask, history))
+    assert np.abs(pred - joined).max() > 1e-3  # the history's role changes the prediction
+    np.testing.assert_allclose(unflagged.numpy(), joined, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(only_history.numpy(), prior_q + z_q @ centre, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(model.score_with_weights(w.unsqueeze(0), c.view(1), query)[0].numpy(), pred, rtol=1e-9, atol=1e-9)
+
+
+def test_history_penalty_scale_must_be_positive(tiny_split):
+    with pytest.raises(ConfigError, match="history_penalty_scale must be > 0"):
+        ModelConfig(kind="neural-cf", fold_in=True, history_penalty_scale=0.0)
+
+
+def test_engine_passes_history_flags_to_the_fold_in(tiny_split):
+    """Batched prediction of tasks whose history sets the prior equals scoring each task by hand."""
+    split, feats = tiny_split
+    model = fold_in_model(tiny_split).eval()
+    with torch.no_grad():
+        model.head["log_reg"].weight.normal_()
+    learner = MetaLearner(model, MetaConfig(inner_steps=0), feats.user_features)
+    tasks = split.test["warm"]  # meta-train users; their support is what training saw: keep 3, the rest is history
+    tasks = tasks.with_support(np.arange(len(tasks.support_item)) - np.repeat(tasks.support_ptr[:-1], tasks.support_sizes) < 3)
+    flagged = tasks.with_history(split.meta_train, as_prior=np.ones(len(tasks), bool))
+    assert flagged.support_prior.any() and (flagged.support_sizes > tasks.support_sizes).any()
+    batch = flagged.packed()
+    batch = TaskBatch(*(t.double() if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
+    fast = learner.predict_query(batch).numpy()
+    with torch.no_grad():
+        for i in range(len(tasks)):
+            t = batch.task(i)
+            users = feats.user_features.select(t["user_idx"].view(1))
+            user = model.embed_users({k: v[0] for k, v in users.single.items()}, {k: v[0] for k, v in users.multi.items()})
+            support = model.embed_items(t["support_item"])
+            context = Context(support, t["support_rating"], torch.ones_like(t["support_rating"]), t["support_prior"])
+            slow = model.score(user, model.embed_items(t["query_item"]), context).clamp(1.0, 5.0).numpy()
+            np.testing.assert_allclose(fast[i][: len(slow)], slow, rtol=1e-9, atol=1e-9)
+    plain = learner.predict_query(TaskBatch(*[*vars(batch).values()][:-1])).numpy()
+    assert np.abs(plain - fast).max() > 1e-4  # the flags reached the model

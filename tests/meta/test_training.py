@@ -181,6 +181,13 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
         method.history_max_new_support, method._last_history = limit, None
         expected = with_history if history_kept else method.learner.predict_tasks(warm)
         assert np.allclose(method.predict("maml", warm), expected)
+    # history as the prior: in tasks with new-item support (here every task), the history rows are flagged
+    method.history_max_new_support, method.history_as_prior, method._last_history = None, True, None
+    as_prior = method.predict("maml", warm)
+    assert method._tasks("maml", warm).support_prior.sum() == (method._tasks("maml", warm).support_sizes - 3).sum()
+    assert np.allclose(as_prior, method.learner.predict_tasks(
+        warm.with_history(split.meta_train, as_prior=np.ones(len(warm), bool))))
+    assert not np.allclose(as_prior, with_history)
     # the rule is for strict scoring: the pooled item fold-in gives every task the history
     import metarec.eval.benchmark as benchmark
 
@@ -190,13 +197,20 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
         seen.append(tasks.support_sizes.copy())
         return contextlib.nullcontext()
 
-    method.history_max_new_support, method.pool_penalty = 3, np.ones(1)
+    method.history_max_new_support, method.history_as_prior, method._last_history = 3, False, None
+    method.pool_penalty = np.ones(1)
     monkeypatch.setattr(benchmark, "new_items_folded_in", spy)
     with method.pooled("maml", warm):
         assert np.allclose(method.predict("maml", warm), with_history)
     assert seen[0].tolist() == warm.with_history(split.meta_train).support_sizes.tolist()
     assert np.allclose(method.predict("maml", warm), method.learner.predict_tasks(warm))  # strict again
+    method.history_max_new_support, method.history_as_prior, method._last_history = None, True, None  # pooled: never as the prior
+    with method.pooled("maml", warm):
+        assert np.allclose(method.predict("maml", warm), with_history)
+    assert np.allclose(method.predict("maml", warm), as_prior)
     # ... and the global model, fine-tuned per user, has no rule
     bench = benchmark.BenchmarkConfig(history_max_new_support=3)
     assert benchmark.make_method("global-neural", bench).history_max_new_support is None
     assert benchmark.make_method("maml", bench).history_max_new_support == 3
+    assert benchmark.make_method("maml", bench).history_as_prior and not benchmark.make_method("global-neural", bench).history_as_prior
+    assert not benchmark.make_method("maml", benchmark.BenchmarkConfig(history_as_prior=False)).history_as_prior

@@ -33,8 +33,6 @@ def test_scenarios_and_query_size(split):
 
 
 def test_user_history_goes_to_tasks_with_few_new_item_ratings(split):
-    from metarec.tasks.splits import HISTORY_MAX_NEW_SUPPORT
-
     tasks = split.test["new_items"]
     known = np.zeros(split.dataset.n_items, bool)
     known[split.train_items()] = True
@@ -43,7 +41,7 @@ def test_user_history_goes_to_tasks_with_few_new_item_ratings(split):
     history = split.meta_train
     every = split.with_user_history(tasks, None)
     assert every.support_sizes.tolist() == tasks.with_history(history).support_sizes.tolist()
-    for limit in (0, 5, HISTORY_MAX_NEW_SUPPORT, 10**6):
+    for limit in (0, 5, 10, 10**6):
         some = split.with_user_history(tasks, limit)
         gets = new_support < limit
         assert 0 < gets.sum() < len(tasks) or limit in (0, 10**6)
@@ -52,6 +50,24 @@ def test_user_history_goes_to_tasks_with_few_new_item_ratings(split):
     assert (every.support_sizes >= tasks.support_sizes).all() and (every.support_sizes > tasks.support_sizes).any()
     warm = split.test["warm"]  # no new items in a warm support set: always the history
     assert split.with_user_history(warm, 0).support_sizes.tolist() == warm.with_history(history).support_sizes.tolist()
+
+
+def test_user_history_sets_the_prior_of_tasks_with_new_item_support(split):
+    from metarec.tasks.splits import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, tasks_with_new_item_support
+
+    assert HISTORY_AS_PRIOR and HISTORY_MAX_NEW_SUPPORT is None  # the validation-chosen default: every task, as prior
+    known = split.known_items()
+    new_items, warm = split.test["new_items"], split.test["warm"]
+    assert tasks_with_new_item_support(new_items, known).all() and not tasks_with_new_item_support(warm, known).any()
+    out = split.with_user_history(new_items)
+    plain = split.with_user_history(new_items, as_prior=False)
+    assert plain.support_prior is None
+    assert out.support_item.tolist() == plain.support_item.tolist()
+    # exactly the history rows are flagged: the rows whose item is one training saw (a new-items support is new items)
+    assert out.support_prior.tolist() == known[out.support_item].tolist()
+    assert out.support_prior.sum() == (out.support_sizes - new_items.support_sizes).sum() > 0
+    # warm tasks (no new-item support ratings) take the history into their support
+    assert not split.with_user_history(warm).support_prior.any()
 
 
 def test_user_filter_and_disjoint_roles(split, ml100k):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from metarec.tasks.taskset import TaskSet
 
@@ -67,3 +68,26 @@ def test_with_history_prepends_the_users_known_ratings_and_never_a_held_item():
     assert some.support_of(0)[0].tolist() == [9] and some.support_of(2)[0].tolist() == [5, 6]
     assert tasks.with_history(history, only=np.array([True, False, False])).support_of(0)[0].tolist() == [1, 2, 4, 9]
     assert tasks.with_history(history, only=np.zeros(3, bool)) is tasks
+    assert out.support_prior is None  # plain support unless asked
+    # as_prior: the history rows of the flagged tasks are flagged, nothing else
+    flagged = tasks.with_history(history, as_prior=np.array([True, True, False]))
+    assert [a.tolist() for a in (flagged.support_item, flagged.support_rating)] == [out.support_item.tolist(), out.support_rating.tolist()]
+    assert flagged.support_prior.tolist() == [True, True, True, False, False, False, False]  # task 0's 3 history rows
+    # the flags follow the rows through subset, with_support, packing and batch selection
+    assert flagged.subset(np.array([2, 0])).support_prior.tolist() == [False, False, True, True, True, False]
+    keep = np.array([False, True, True, True, True, True, True])
+    assert flagged.with_support(keep).support_prior.tolist() == [True, True, False, False, False, False]
+    packed = flagged.packed()
+    assert packed.support_prior.tolist() == [[1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert packed.support_mask.tolist() == [[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]]
+    assert packed.select([2, 1]).support_prior.tolist() == [[0, 0], [0, 0]]
+    assert packed.task(0)["support_prior"].tolist() == [1, 1, 1, 0]
+    assert tasks.packed().support_prior is None and tasks.packed().task(0).get("support_prior") is None
+    # a second history keeps the first's flags
+    twice = flagged.with_history(history.subset([2]), as_prior=np.array([False, False, False]))
+    assert twice.support_prior.tolist() == flagged.support_prior.tolist()
+    with pytest.raises(ValueError, match="as_prior has 2 entries for 3 tasks"):
+        tasks.with_history(history, as_prior=np.array([True, False]))
+    with pytest.raises(ValueError, match="support_prior has 1 flags for 2 support ratings"):
+        TaskSet("t", tasks.user_idx, tasks.support_ptr, tasks.support_item, tasks.support_rating, tasks.query_ptr,
+                tasks.query_item, tasks.query_rating, np.array([True]))

@@ -44,7 +44,8 @@ from metarec.meta.global_model import train_global_model
 from metarec.meta.item_fold_in import item_prior_variance, new_items_folded_in, supports_item_fold_in
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, without_support
-from metarec.tasks.splits import HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, SplitConfig, make_split, tasks_given_history
+from metarec.tasks.splits import (HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, SplitConfig, make_split,
+                                  tasks_given_history, tasks_with_new_item_support)
 from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,14 @@ class BenchmarkConfig:
     each meta-learning method replaces only the algorithm. ``user_history``: a test task whose user is a
     meta-train user (warm, new items) adapts on that user's meta-train ratings plus its support set, the
     same knowledge the bias and MF baselines use through their trained user parameters;
-    ``history_max_new_support`` restricts that to tasks with fewer support ratings *of new items* than it
-    (None: every task gets it): a task that already holds many ratings of the kind of item its query asks
-    about does better without old-item ratings (see ``tasks.splits.tasks_given_history``). It applies to
-    the meta-learners' strict scenarios only: on the heavy users' new-item validation tasks
-    (``scripts/validation_sweep.py --heavy-new-items --pooled``) the pooled item fold-in, which learns
-    the new items' vectors from the users' adapted vectors, and the global model fine-tuned per user
-    were both better with the history on every task.
+    ``history_as_prior``: in a task with new-item support ratings, the history sets the prior the support
+    is folded in around (``Context.prior``) instead of joining the support, whose ratings are of another
+    kind of item than the history's; ``history_max_new_support`` restricts the history to tasks with fewer
+    support ratings *of new items* than it (None: every task gets it; see ``tasks.splits``). Both were
+    chosen on validation tasks only (``scripts/validation_sweep.py --heavy-new-items``) and apply to the
+    meta-learners' strict scenarios: in the pooled item fold-in, which learns the new items' vectors from
+    the users' adapted vectors, every task gets the history in its support (validation: better than the
+    K = 10 rule), and the global model fine-tuned per user always gets it in its support.
     ``item_fold_in``:
     also score the new-item scenarios with new items folded in from all test tasks' support sets (see the
     module docstring), as extra scenarios ``new_items_pooled`` and ``new_users_new_items_pooled``."""
@@ -87,6 +89,7 @@ class BenchmarkConfig:
     bootstrap: int = 2000
     user_history: bool = True
     history_max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT  # with user_history: only tasks with fewer new-item support ratings
+    history_as_prior: bool = HISTORY_AS_PRIOR  # with user_history: in new-item tasks, the history sets the prior
     item_fold_in: bool = False
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -225,17 +228,20 @@ class MetaMethod(Method):
 
     def __init__(self, name: str, config: RunConfig, *, global_model: bool = False,
                  inner_lr_grid: Sequence[float] = (), user_history: bool = True,
-                 history_max_new_support: int | None = None) -> None:
+                 history_max_new_support: int | None = None, history_as_prior: bool = False) -> None:
         self.name = name
         self.config = config
         self.global_model = global_model
         self.inner_lr_grid = tuple(inner_lr_grid)  # chosen on validation users when given
         self.user_history = user_history  # see BenchmarkConfig
         self.history_max_new_support = history_max_new_support  # see BenchmarkConfig
+        self.history_as_prior = history_as_prior  # see BenchmarkConfig
         self.learner: MetaLearner | None = None
         self.known: TaskSet | None = None  # the meta-train tasks: what is known about meta-train users
-        self._last_history: tuple[TaskSet, int | None, TaskSet] | None = None  # (tasks, rule, with their history)
-        self.pooled_history_max_new_support: int | None = None  # the rule within pooled(): every task (see BenchmarkConfig)
+        self._last_history: tuple[TaskSet, tuple, TaskSet] | None = None  # (tasks, rule, with their history)
+        # the rule within pooled(): every task, in its support (see BenchmarkConfig)
+        self.pooled_history_max_new_support: int | None = None
+        self.pooled_history_as_prior = False
         self._pooling = False
         self.history = []
         self.known_items: np.ndarray | None = None  # items with training ratings
@@ -330,10 +336,12 @@ class MetaMethod(Method):
             return tasks
         # a scenario's tasks are predicted, scored against the catalogue and bootstrapped in turn: build
         # (and pack) their history once, not once per call
-        limit = self.pooled_history_max_new_support if self._pooling else self.history_max_new_support
-        if self._last_history is None or self._last_history[0] is not tasks or self._last_history[1] != limit:
-            only = tasks_given_history(tasks, self.known_items, limit)
-            self._last_history = (tasks, limit, tasks.with_history(self.known, only=only))
+        rule = ((self.pooled_history_max_new_support, self.pooled_history_as_prior) if self._pooling
+                else (self.history_max_new_support, self.history_as_prior))
+        if self._last_history is None or self._last_history[0] is not tasks or self._last_history[1] != rule:
+            only = tasks_given_history(tasks, self.known_items, rule[0])
+            prior = tasks_with_new_item_support(tasks, self.known_items) if rule[1] else None
+            self._last_history = (tasks, rule, tasks.with_history(self.known, only=only, as_prior=prior))
         return self._last_history[2]
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
@@ -392,7 +400,8 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
         grid = (meta.inner_lr, meta.inner_lr / 10, meta.inner_lr / 100)
     return MetaMethod(name, RunConfig(config.run.data, config.run.split, config.run.model, meta, config.run.train),
                       inner_lr_grid=grid, user_history=config.user_history,
-                      history_max_new_support=config.history_max_new_support)
+                      history_max_new_support=config.history_max_new_support,
+                      history_as_prior=config.history_as_prior)
 
 
 # ---------------------------------------------------------------------- running

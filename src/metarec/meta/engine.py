@@ -205,9 +205,13 @@ class MetaLearner:
             "support_item": batch.support_item, "support_rating": batch.support_rating, "support_mask": batch.support_mask,
             "query_item": batch.query_item, "query_rating": batch.query_rating, "query_mask": batch.query_mask,
         }
+        if batch.support_prior is not None:  # a known user's history rows that set the prior (Context.prior)
+            task["support_prior"] = batch.support_prior
         if whole_task:  # Reptile adapts on all of a task's ratings
             for part in ("item", "rating", "mask"):
                 task[f"support_{part}"] = torch.cat([task[f"support_{part}"], task[f"query_{part}"]], dim=1)
+            if "support_prior" in task:
+                task["support_prior"] = torch.cat([task["support_prior"], torch.zeros_like(task["query_mask"])], dim=1)
         if self.hoist:
             own = self._own_params()
             if all(params[n] is p for n, p in own.items()):  # the module's own parameters: skip functional_call
@@ -284,7 +288,8 @@ class MetaLearner:
         else:
             user = call("users", task["user_single"], task["user_multi"], vmap_safe=True)
             support = call("items", task["support_item"], vmap_safe=True) if self.model.uses_context else None
-        context = Context(support, task["support_rating"], task["support_mask"]) if self.model.uses_context else None
+        context = (Context(support, task["support_rating"], task["support_mask"], task.get("support_prior"))
+                   if self.model.uses_context else None)
         return call, user, context
 
     def _predict_items(self, params: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None) -> torch.Tensor:

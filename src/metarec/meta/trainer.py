@@ -24,7 +24,7 @@ from metarec.meta.engine import MetaLearner
 from metarec.meta.run import RunConfig
 from metarec.models.config import build_model
 from metarec.tasks.features import encode_features
-from metarec.tasks.splits import HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, make_split
+from metarec.tasks.splits import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, make_split
 from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
@@ -207,14 +207,15 @@ def without_support(tasks: TaskSet, learner: MetaLearner) -> TaskSet:
 
 
 def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None, *, user_history: bool = True,
-                 history_max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT) -> dict[str, dict[str, float]]:
+                 history_max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT,
+                 history_as_prior: bool = HISTORY_AS_PRIOR) -> dict[str, dict[str, float]]:
     """MAE / RMSE per test scenario, adapted and not adapted. ``user_history``: a meta-train user's task
-    adapts on their meta-train ratings too, by the benchmark's rule (``BenchmarkConfig.user_history`` and
-    ``history_max_new_support``)."""
+    adapts on their meta-train ratings too, by the benchmark's rule (``BenchmarkConfig.user_history``,
+    ``history_max_new_support`` and ``history_as_prior``)."""
     out = {}
     for name, tasks in split.test.items():
         if user_history:
-            tasks_seen = split.with_user_history(tasks, history_max_new_support)
+            tasks_seen = split.with_user_history(tasks, history_max_new_support, history_as_prior)
         else:
             tasks_seen = tasks
         adapted = ckpt.learner.evaluate(tasks_seen, steps=steps)

@@ -34,6 +34,10 @@ class Context:
     item_vec: torch.Tensor  # [S, d]
     rating: torch.Tensor  # [S]
     mask: torch.Tensor  # [S] float
+    # [S] float, 1 = a known user's history rating that sets the prior the rest of the support is adapted
+    # around, instead of joining it (TaskSet.support_prior); None = every row is plain support. Models
+    # that cannot tell the two apart treat history rows as support.
+    prior: torch.Tensor | None = None
 
 
 class RatingModel(nn.Module):

@@ -9,6 +9,11 @@ matrix-factorisation fold-in (ridge regression of the support residuals on [q_v,
 so it is solved exactly inside the model and the outer loop trains the item towers, the attribute prior
 p_u and the ridge penalties through the solution (a differentiable closed-form inner loop, as in
 Bertinetto et al., ICLR 2019). Gradient steps of MAML, if any, adapt the user tower on top of it.
+
+A known user's history (their training ratings, ``Context.prior``) can instead set the prior: the offset
+is first solved from the history alone, and the support is then folded in around that solution - what
+matrix factorisation does when it folds a trained user in around their trained factors. The history then
+informs a task without outvoting its own support ratings (a returning user rating new items).
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ class NeuralCF(RatingModel):
     """rating = center + b + b_u + b_v + p_u . q_v with p_u = f(user attrs), q_v = g(item attrs [, item id])."""
 
     def __init__(self, *args, factors: int = 32, hidden: tuple[int, ...] = (64,), dropout: float = 0.0,
-                 fold_in: bool = False, item_id_residual: bool = False, **kwargs) -> None:
+                 fold_in: bool = False, item_id_residual: bool = False, history_penalty_scale: float = 1.5,
+                 **kwargs) -> None:
         # item_id_residual: a warm item's id vector is added to the tower's [q_v, b_v] instead of entering
         # the tower, so the tower's output is what the attributes alone predict - all a new item has - and
         # the id vector is the item's own deviation from it, as in matrix factorisation with side features.
         super().__init__(*args, item_id_size=factors + 1 if item_id_residual else None, **kwargs)
         self.factors = factors
         self.fold_in = fold_in
+        self.history_penalty_scale = float(history_penalty_scale)  # see ModelConfig
         self.uses_context = fold_in
         if self.item_dim == 0:
             raise ConfigError("neural-cf with item_id_residual needs item attributes: the item tower has no input")
@@ -119,14 +126,33 @@ class NeuralCF(RatingModel):
         return torch.cat([item_vec[..., : self.factors], torch.ones_like(item_vec[..., :1])], dim=-1)
 
     def _solve(self, p: torch.Tensor, b_u: torch.Tensor, context: Context):
-        """delta = argmin sum_s m_s (r_s - prior_s - z_s . delta)^2 + sum_j lambda_j delta_j^2."""
+        """delta = argmin sum_s m_s (r_s - prior_s - z_s . delta)^2 + sum_j lambda_j delta_j^2.
+
+        With history rows (``context.prior``): delta_h solves that problem on the history alone, then
+        delta = argmin over the other rows of the same loss + scale * sum_j lambda_j (delta_j - delta_h_j)^2
+        (scale = ``history_penalty_scale`` where the task has history rows, else 1: the plain fold-in).
+        Returns (delta, the inverse Gram matrix of the last solve, [q_v, 1] of the support, its fit)."""
         z = self._design(context.item_vec)  # [..., S, F+1]
-        mask = context.mask
-        residual = (context.rating - self._prior(p, b_u, context.item_vec)) * mask
-        zm = z * mask.unsqueeze(-1)
+        prior_fit = self._prior(p, b_u, context.item_vec)
+        residual = context.rating - prior_fit
         reg = torch.exp(self.head["log_reg"].weight[0])
-        gram = zm.transpose(-1, -2) @ z + torch.diag_embed(reg.expand(*z.shape[:-2], -1))
-        inverse = torch.linalg.inv(gram)
-        delta = (inverse @ (zm.transpose(-1, -2) @ residual.unsqueeze(-1))).squeeze(-1)
-        fit = self._prior(p, b_u, context.item_vec) + (z * delta.unsqueeze(-2)).sum(-1)
+        if context.prior is None:
+            delta, inverse = self._ridge(z, residual, context.mask, reg)
+        else:
+            history = context.mask * context.prior
+            centre = self._ridge(z, residual, history, reg)[0]
+            # the scale applies around a history's solution; with no history row it is the plain fold-in
+            scale = torch.where(history.sum(-1, keepdim=True) > 0, self.history_penalty_scale, 1.0)
+            step, inverse = self._ridge(z, residual - (z * centre.unsqueeze(-2)).sum(-1), context.mask - history,
+                                        reg * scale)
+            delta = centre + step
+        fit = prior_fit + (z * delta.unsqueeze(-2)).sum(-1)
         return delta, inverse, z, fit
+
+    @staticmethod
+    def _ridge(z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, reg: torch.Tensor):
+        """argmin_d sum_s w_s (t_s - z_s . d)^2 + sum_j reg_j d_j^2, and the inverse of its Gram matrix."""
+        zw = z * weight.unsqueeze(-1)
+        gram = zw.transpose(-1, -2) @ z + torch.diag_embed(reg.expand(*z.shape[:-2], -1))
+        inverse = torch.linalg.inv(gram)
+        return (inverse @ (zw.transpose(-1, -2) @ target.unsqueeze(-1))).squeeze(-1), inverse

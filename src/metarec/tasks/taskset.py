@@ -33,12 +33,14 @@ class TaskBatch:
     query_item: torch.Tensor  # [B, Q] long
     query_rating: torch.Tensor  # [B, Q] float
     query_mask: torch.Tensor  # [B, Q] float
+    support_prior: torch.Tensor | None = None  # [B, S] float, 1 = a history row setting the prior (TaskSet)
 
     def __len__(self) -> int:
         return int(self.user_idx.shape[0])
 
     def to(self, device: torch.device | str) -> "TaskBatch":
-        return TaskBatch(*(getattr(self, f).to(device, non_blocking=True) for f in _FIELDS))
+        return TaskBatch(*(None if getattr(self, f) is None else getattr(self, f).to(device, non_blocking=True)
+                           for f in _FIELDS))
 
     def select(self, index: torch.Tensor | np.ndarray | list[int]) -> "TaskBatch":
         """Rows ``index``, trimmed to the longest support / query among them."""
@@ -49,25 +51,34 @@ class TaskBatch:
             self.user_idx[index],
             self.support_item[index, :s_len], self.support_rating[index, :s_len], self.support_mask[index, :s_len],
             self.query_item[index, :q_len], self.query_rating[index, :q_len], self.query_mask[index, :q_len],
+            None if self.support_prior is None else self.support_prior[index, :s_len],
         )
 
     def task(self, i: int) -> dict[str, torch.Tensor]:
         """One task, unpadded (the per-task reference loop uses this)."""
         s = self.support_mask[i] > 0
         q = self.query_mask[i] > 0
-        return {
+        out = {
             "user_idx": self.user_idx[i],
             "support_item": self.support_item[i][s], "support_rating": self.support_rating[i][s],
             "query_item": self.query_item[i][q], "query_rating": self.query_rating[i][q],
         }
+        if self.support_prior is not None:
+            out["support_prior"] = self.support_prior[i][s]
+        return out
 
 
-_FIELDS = ("user_idx", "support_item", "support_rating", "support_mask", "query_item", "query_rating", "query_mask")
+_FIELDS = ("user_idx", "support_item", "support_rating", "support_mask", "query_item", "query_rating", "query_mask",
+           "support_prior")
 
 
 @dataclass(frozen=True, eq=False)
 class TaskSet:
-    """Tasks of one scenario. Row ``t``'s support is ``support_item[support_ptr[t]:support_ptr[t+1]]``."""
+    """Tasks of one scenario. Row ``t``'s support is ``support_item[support_ptr[t]:support_ptr[t+1]]``.
+
+    ``support_prior`` (bool per support row, or None): the row is a known user's history rating that sets
+    the prior the task's own support is adapted around, rather than a support rating like the others
+    (see ``with_history``; a model that cannot tell them apart adapts on both alike)."""
 
     name: str
     user_idx: np.ndarray
@@ -77,6 +88,7 @@ class TaskSet:
     query_ptr: np.ndarray
     query_item: np.ndarray
     query_rating: np.ndarray
+    support_prior: np.ndarray | None = None
     _packed: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -108,6 +120,11 @@ class TaskSet:
             np.concatenate([[0], np.cumsum(q_counts)]).astype(np.int64), item[q_idx].astype(np.int64),
             rating[q_idx].astype(np.float32),
         )
+
+    def __post_init__(self) -> None:
+        if self.support_prior is not None and len(self.support_prior) != len(self.support_item):
+            raise ValueError(f"{self.name}: support_prior has {len(self.support_prior)} flags for "
+                             f"{len(self.support_item)} support ratings")
 
     def __len__(self) -> int:
         return len(self.user_idx)
@@ -160,6 +177,7 @@ class TaskSet:
             self.support_item[s_sel.astype(np.int64)], self.support_rating[s_sel.astype(np.int64)],
             np.concatenate([[0], np.cumsum(self.query_sizes[keep])]).astype(np.int64),
             self.query_item[q_sel.astype(np.int64)], self.query_rating[q_sel.astype(np.int64)],
+            None if self.support_prior is None else self.support_prior[s_sel.astype(np.int64)],
         )
 
     def with_support(self, support_keep: np.ndarray, name: str | None = None) -> "TaskSet":
@@ -171,17 +189,22 @@ class TaskSet:
             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             self.support_item[support_keep], self.support_rating[support_keep],
             self.query_ptr, self.query_item, self.query_rating,
+            None if self.support_prior is None else self.support_prior[support_keep],
         )
 
-    def with_history(self, history: "TaskSet", name: str | None = None, only: np.ndarray | None = None) -> "TaskSet":
+    def with_history(self, history: "TaskSet", name: str | None = None, only: np.ndarray | None = None,
+                     as_prior: np.ndarray | None = None) -> "TaskSet":
         """Each task's support preceded by its user's ratings in ``history`` (every task of that user;
         usually the meta-train tasks): a known user is folded in from everything known about them, as
         matrix factorisation does with its trained user factors. History ratings of an item the task
         already holds (in its support or query) are left out, so a query rating can never leak in.
-        ``only``: a bool per task; the others keep their support as it is."""
+        ``only``: a bool per task; the others keep their support as it is. ``as_prior``: a bool per task
+        whose history rows are flagged in ``support_prior`` (they set the prior; None: no task)."""
         h = history.rows()
         if not len(self) or not len(h["task"]) or (only is not None and not np.any(only)):
             return self
+        if as_prior is not None and len(as_prior) != len(self):
+            raise ValueError(f"as_prior has {len(as_prior)} entries for {len(self)} tasks")
         width = int(max(h["item_idx"].max(), self.support_item.max(initial=0), self.query_item.max(initial=0))) + 1
         # history rows grouped by user; for each task, the slice of its user's rows
         h_order = np.argsort(h["user_idx"], kind="stable")
@@ -202,9 +225,15 @@ class TaskSet:
         items = np.concatenate([h_item[rows], self.support_item])[order]
         ratings = np.concatenate([h_rating[rows], self.support_rating])[order]
         counts = np.bincount(all_task, minlength=len(self))
+        prior = None
+        if as_prior is not None or self.support_prior is not None:
+            own_prior = np.zeros(len(s_task), bool) if self.support_prior is None else self.support_prior
+            new_prior = np.zeros(len(task), bool) if as_prior is None else np.asarray(as_prior, bool)[task]
+            prior = np.concatenate([new_prior, own_prior])[order]
         return TaskSet(
             name or self.name, self.user_idx, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             items.astype(np.int64), ratings.astype(np.float32), self.query_ptr, self.query_item, self.query_rating,
+            prior,
         )
 
     def as_whole_query(self, name: str | None = None) -> "TaskSet":
@@ -216,11 +245,12 @@ class TaskSet:
         return TaskSet(
             name or self.name, self.user_idx, self.support_ptr, self.support_item, self.support_rating,
             np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), rows["item_idx"][order], rows["rating"][order],
+            self.support_prior,
         )
 
     def with_resampled_query(self, generator: np.random.Generator, name: str | None = None) -> "TaskSet":
         """The same tasks with a fresh random support / query partition of each task's ratings (support
-        and query sizes kept): meta-training tasks drawn anew each epoch."""
+        and query sizes kept): meta-training tasks drawn anew each epoch. History flags are dropped."""
         rows = self.rows()
         n = len(rows["task"])
         if n == 0:
@@ -239,10 +269,13 @@ class TaskSet:
     def packed(self) -> TaskBatch:
         """All tasks as one padded TaskBatch, built once and cached."""
         if "all" not in self._packed:
+            items, ratings, mask = _pad(self.support_ptr, self.support_item, self.support_rating)
+            prior = None
+            if self.support_prior is not None:
+                prior = _pad(self.support_ptr, self.support_item, self.support_prior.astype(np.float32))[1]
             self._packed["all"] = TaskBatch(
-                torch.as_tensor(self.user_idx, dtype=torch.long),
-                *_pad(self.support_ptr, self.support_item, self.support_rating),
-                *_pad(self.query_ptr, self.query_item, self.query_rating),
+                torch.as_tensor(self.user_idx, dtype=torch.long), items, ratings, mask,
+                *_pad(self.query_ptr, self.query_item, self.query_rating), prior,
             )
         return self._packed["all"]
 
