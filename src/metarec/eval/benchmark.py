@@ -71,8 +71,8 @@ class BenchmarkConfig:
     support ratings *of new items* than it (None: every task gets it; see ``tasks.splits``). Both were
     chosen on validation tasks only (``scripts/validation_sweep.py --heavy-new-items``) and apply to the
     meta-learners' strict scenarios: in the pooled item fold-in, which learns the new items' vectors from
-    the users' adapted vectors, every task gets the history in its support (validation: better than the
-    K = 10 rule), and the global model fine-tuned per user always gets it in its support.
+    the users' adapted vectors, every task gets the history in its support, and so does the global model
+    fine-tuned per user (validation: both better so than with the K = 10 rule or the history as prior).
     ``item_fold_in``:
     also score the new-item scenarios with new items folded in from all test tasks' support sets (see the
     module docstring), as extra scenarios ``new_items_pooled`` and ``new_users_new_items_pooled``."""
