@@ -35,8 +35,8 @@ class ModelConfig:
     # fold_in: where a known user's history sets the prior (Context.prior), the support is folded in around
     # the history's solution with this multiple of the learned ridge penalty. 1.5 was chosen on validation
     # tasks (heavy users' and validation users' new items, ML-1M + IMDb and ML-100K, 3 seeds; see
-    # docs/results.md): 1.0 / 1.5 / 2.0 within 0.001 of each other on the heavy users, 3.0 worse; 1.5 best on the
-    # mean of the four validation sets.
+    # docs/results.md): 1.0 / 1.5 / 2.0 within 0.001 of each other on the heavy users, 3.0 worse; 1.5 and 2.0 tie
+    # on the mean of the four validation sets, and 1.5 is better on the two large (heavy-user) ones.
     history_penalty_scale: float = 1.5
 
     def __post_init__(self) -> None:
