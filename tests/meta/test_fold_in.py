@@ -226,6 +226,33 @@ def test_history_sets_the_prior_the_support_is_folded_in_around(tiny_split):
     np.testing.assert_allclose(unflagged.numpy(), joined, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(only_history.numpy(), prior_q + z_q @ centre, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(model.score_with_weights(w.unsqueeze(0), c.view(1), query)[0].numpy(), pred, rtol=1e-9, atol=1e-9)
+    # the history's solve in new items' space: the history items' vectors as if they were new
+    cold = model.embed_items(torch.arange(9), as_new=True).detach()
+    assert (cold - support).abs().max() > 1e-3  # their id vectors are gone
+    with torch.no_grad():
+        in_cold = model.score(user, query, Context(support, rating, mask, history, cold)).numpy()
+        prior_cold = model.score(user, cold).numpy()
+    z_c = np.c_[cold[:, :f].numpy(), np.ones(9)]
+    centre = ridge(z_c[:4], rating.numpy()[:4] - prior_cold[:4], reg)
+    delta = centre + ridge(z_s[4:8], y[4:8] - z_s[4:8] @ centre, 2.0 * reg)
+    np.testing.assert_allclose(in_cold, prior_q + z_q @ delta, rtol=1e-9, atol=1e-9)
+
+
+def test_items_as_new_lose_their_id_vectors(tiny_split):
+    """embed_items(as_new=True) is the vector a new item gets: the attributes alone, for any item."""
+    _, feats = tiny_split
+    known, new = int(np.flatnonzero(feats.known_items.numpy())[0]), int(np.flatnonzero(~feats.known_items.numpy())[0])
+    for residual in (False, True):
+        model = fold_in_model(tiny_split, item_id_residual=residual).eval()
+        with torch.no_grad():
+            model.item_id.weight.normal_(std=0.3)
+            items = torch.tensor([known, new])
+            plain, as_new = model.embed_items(items), model.embed_items(items, as_new=True)
+            model.item_known.zero_()  # every item new
+            all_new = model.embed_items(items)
+        torch.testing.assert_close(as_new, all_new)
+        torch.testing.assert_close(as_new[1], plain[1])  # a new item is unchanged
+        assert (as_new[0] - plain[0]).abs().max() > 1e-3  # a known item loses its id vector
 
 
 def test_history_penalty_scale_must_be_positive(tiny_split):
@@ -253,8 +280,13 @@ def test_engine_passes_history_flags_to_the_fold_in(tiny_split):
             users = feats.user_features.select(t["user_idx"].view(1))
             user = model.embed_users({k: v[0] for k, v in users.single.items()}, {k: v[0] for k, v in users.multi.items()})
             support = model.embed_items(t["support_item"])
-            context = Context(support, t["support_rating"], torch.ones_like(t["support_rating"]), t["support_prior"])
+            context = Context(support, t["support_rating"], torch.ones_like(t["support_rating"]), t["support_prior"],
+                              model.embed_items(t["support_item"], as_new=True))
             slow = model.score(user, model.embed_items(t["query_item"]), context).clamp(1.0, 5.0).numpy()
             np.testing.assert_allclose(fast[i][: len(slow)], slow, rtol=1e-9, atol=1e-9)
     plain = learner.predict_query(TaskBatch(*[*vars(batch).values()][:-1])).numpy()
     assert np.abs(plain - fast).max() > 1e-4  # the flags reached the model
+    # without hoisting (every parameter adaptable: item vectors computed per task, under vmap) the same
+    per_task = MetaLearner(model, MetaConfig(inner_steps=0, adapt="all"), feats.user_features)
+    assert not per_task.hoist
+    np.testing.assert_allclose(per_task.predict_query(batch).numpy(), fast, rtol=1e-9, atol=1e-9)

@@ -217,7 +217,7 @@ class MetaLearner:
             if all(params[n] is p for n, p in own.items()):  # the module's own parameters: skip functional_call
                 call = self.model
             else:
-                call = lambda *args: functional_call(self.model, params, args)  # noqa: E731
+                call = lambda *args, **kw: functional_call(self.model, params, args, kw)  # noqa: E731
             users = self.user_features.select(batch.user_idx) if by_index else users
             task["user_vec"] = call("users", dict(users.single), dict(users.multi))
             # support and query items in one embedding call, each distinct item once
@@ -225,6 +225,8 @@ class MetaLearner:
             items, inverse = torch.unique(torch.cat([task["support_item"], task["query_item"]], dim=1), return_inverse=True)
             vec = call("items", items)
             task["support_vec"], task["query_vec"] = _rows(vec, inverse[:, :s]), _rows(vec, inverse[:, s:])
+            if "support_prior" in task and self.model.uses_context:  # history rows, in new items' space
+                task["support_prior_vec"] = _rows(call("items", items, as_new=True), inverse[:, :s])
             if self.fast:  # the distinct items' vectors, for per-item work done once (see _fast_meta_loss)
                 task["item_vec"], task["support_inv"], task["query_inv"] = vec, inverse[:, :s], inverse[:, s:]
         else:
@@ -288,8 +290,10 @@ class MetaLearner:
         else:
             user = call("users", task["user_single"], task["user_multi"], vmap_safe=True)
             support = call("items", task["support_item"], vmap_safe=True) if self.model.uses_context else None
-        context = (Context(support, task["support_rating"], task["support_mask"], task.get("support_prior"))
-                   if self.model.uses_context else None)
+            if "support_prior" in task and self.model.uses_context:
+                task = {**task, "support_prior_vec": call("items", task["support_item"], vmap_safe=True, as_new=True)}
+        context = (Context(support, task["support_rating"], task["support_mask"], task.get("support_prior"),
+                           task.get("support_prior_vec")) if self.model.uses_context else None)
         return call, user, context
 
     def _predict_items(self, params: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None) -> torch.Tensor:

@@ -38,6 +38,9 @@ class Context:
     # around, instead of joining it (TaskSet.support_prior); None = every row is plain support. Models
     # that cannot tell the two apart treat history rows as support.
     prior: torch.Tensor | None = None
+    # [S, d]: with ``prior``, the support items' vectors as if each were new (``embed_items(as_new=True)``:
+    # attributes only), the space a new item is scored in; None = ``item_vec``.
+    prior_item_vec: torch.Tensor | None = None
 
 
 class RatingModel(nn.Module):
@@ -119,12 +122,14 @@ class RatingModel(nn.Module):
             self.__dict__["_packed_cache"] = cached
         return cached[1]
 
-    def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
+    def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False, as_new: bool = False) -> torch.Tensor:
+        """Item vectors; ``as_new``: as if every item were new to training (no id vector), the vector a
+        new item gets from its attributes."""
         parts = []
         if self.item_embedding is not None:
             parts.append(self.item_attribute_vectors(item_idx, vmap_safe=vmap_safe))
         if self.item_id is not None and not self.item_id_in_output:
-            parts.append(self.item_id_vectors(item_idx))
+            parts.append(self.item_id_vectors(item_idx, as_new=as_new))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def item_attribute_vectors(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
@@ -136,10 +141,12 @@ class RatingModel(nn.Module):
         multi = {c: getattr(self, f"item_multi__{c}")[item_idx] for c in self._item_multi_cols}
         return self.item_embedding(single, multi, vmap_safe=vmap_safe)
 
-    def item_id_vectors(self, item_idx: torch.Tensor) -> torch.Tensor:
-        """Id vectors of ``item_idx``: zero for items training never saw, and in training, dropped with
-        probability ``item_id_dropout``."""
+    def item_id_vectors(self, item_idx: torch.Tensor, *, as_new: bool = False) -> torch.Tensor:
+        """Id vectors of ``item_idx``: zero for items training never saw (``as_new``: for every item), and
+        in training, dropped with probability ``item_id_dropout``."""
         known = self.item_known[item_idx]
+        if as_new:
+            known = torch.zeros_like(known)
         if self.training and self.item_id_dropout > 0:
             known = known * (torch.rand(known.shape, device=known.device) >= self.item_id_dropout).to(known.dtype)
         return self.item_id(item_idx) * known.unsqueeze(-1)

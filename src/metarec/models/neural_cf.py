@@ -85,8 +85,10 @@ class NeuralCF(RatingModel):
         """Scores [B, N] of items [N, F+1] for users' (w [B, F], c [B]) from :meth:`user_weights`."""
         return torch.addmm(item_vec[:, self.factors].unsqueeze(0) + c.unsqueeze(-1), w, item_vec[:, : self.factors].t())
 
-    def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False) -> torch.Tensor:
-        vec = self.item_tower(super().embed_items(item_idx, vmap_safe=vmap_safe))
+    def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False, as_new: bool = False) -> torch.Tensor:
+        vec = self.item_tower(super().embed_items(item_idx, vmap_safe=vmap_safe, as_new=as_new))
+        if as_new:  # what the attributes alone give: no id vector, no folded-in offset
+            return vec
         if self.item_id is not None and self.item_id_in_output:
             vec = vec + self.item_id_vectors(item_idx)
         return vec if self.item_offset is None else vec + self.item_offset[item_idx]
@@ -128,7 +130,9 @@ class NeuralCF(RatingModel):
     def _solve(self, p: torch.Tensor, b_u: torch.Tensor, context: Context):
         """delta = argmin sum_s m_s (r_s - prior_s - z_s . delta)^2 + sum_j lambda_j delta_j^2.
 
-        With history rows (``context.prior``): delta_h solves that problem on the history alone, then
+        With history rows (``context.prior``): delta_h solves that problem on the history alone - in the
+        space new items are scored in, the history items' vectors as if they were new
+        (``context.prior_item_vec``), so that what it learns about the user carries over to them - then
         delta = argmin over the other rows of the same loss + scale * sum_j lambda_j (delta_j - delta_h_j)^2
         (scale = ``history_penalty_scale`` where the task has history rows, else 1: the plain fold-in).
         Returns (delta, the inverse Gram matrix of the last solve, [q_v, 1] of the support, its fit)."""
@@ -140,7 +144,11 @@ class NeuralCF(RatingModel):
             delta, inverse = self._ridge(z, residual, context.mask, reg)
         else:
             history = context.mask * context.prior
-            centre = self._ridge(z, residual, history, reg)[0]
+            if context.prior_item_vec is None:
+                centre = self._ridge(z, residual, history, reg)[0]
+            else:
+                cold = context.prior_item_vec
+                centre = self._ridge(self._design(cold), context.rating - self._prior(p, b_u, cold), history, reg)[0]
             # the scale applies around a history's solution; with no history row it is the plain fold-in
             scale = torch.where(history.sum(-1, keepdim=True) > 0, self.history_penalty_scale, 1.0)
             step, inverse = self._ridge(z, residual - (z * centre.unsqueeze(-2)).sum(-1), context.mask - history,
