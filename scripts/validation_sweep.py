@@ -25,7 +25,7 @@ from metarec.eval.benchmark import BenchmarkConfig, make_method
 from metarec.eval.metrics import mae_rmse
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, validation_mae
-from metarec.tasks.splits import make_split, tasks_given_history, tasks_with_new_item_support
+from metarec.tasks.splits import add_user_history, make_split
 from metarec.tasks.taskset import TaskSet, rank_within
 
 
@@ -168,14 +168,14 @@ def main() -> None:
             for name, raw, history in (("heavy", heavy, split.meta_train),
                                        ("known", split.validation.get("new_users_new_items"), split.validation.get("new_users"))):
                 if raw is not None and history is not None and len(raw):  # history as the prior (the default rule)
-                    tasks = raw.with_history(history, as_prior=tasks_with_new_item_support(raw, known_items))
+                    tasks = add_user_history(raw, history, known_items, None, as_prior=True)
                     scores[f"{name}_new_items_history_prior_mae"] = learner.evaluate(tasks, batch_size=16)["mae"]
             for limit in (int(k) for k in args.history_limits.split(",") if k.strip()):
                 if known is None:
                     break
                 for name, raw, history in (("heavy", heavy, split.meta_train),
                                            ("known", split.validation["new_users_new_items"], split.validation["new_users"])):
-                    tasks = raw.with_history(history, only=tasks_given_history(raw, known_items, limit))
+                    tasks = add_user_history(raw, history, known_items, limit, as_prior=False)
                     scores[f"{name}_new_items_history_below_{limit}_mae"] = learner.evaluate(tasks, batch_size=16)["mae"]
         print(variant or "(base)", {k: round(v, 4) for k, v in scores.items() if k.endswith("_mae")},
               f"best epoch {result.best_epoch}, {trainer.state['epoch']} epochs, {time.perf_counter() - start:.0f} s", flush=True)

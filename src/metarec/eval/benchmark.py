@@ -44,8 +44,8 @@ from metarec.meta.global_model import train_global_model
 from metarec.meta.item_fold_in import item_prior_variance, new_items_folded_in, supports_item_fold_in
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, without_support
-from metarec.tasks.splits import (HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, SplitConfig, make_split,
-                                  tasks_given_history, tasks_with_new_item_support)
+from metarec.tasks.splits import (HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, SplitConfig, add_user_history,
+                                  make_split)
 from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
@@ -339,9 +339,7 @@ class MetaMethod(Method):
         rule = ((self.pooled_history_max_new_support, self.pooled_history_as_prior) if self._pooling
                 else (self.history_max_new_support, self.history_as_prior))
         if self._last_history is None or self._last_history[0] is not tasks or self._last_history[1] != rule:
-            only = tasks_given_history(tasks, self.known_items, rule[0])
-            prior = tasks_with_new_item_support(tasks, self.known_items) if rule[1] else None
-            self._last_history = (tasks, rule, tasks.with_history(self.known, only=only, as_prior=prior))
+            self._last_history = (tasks, rule, add_user_history(tasks, self.known, self.known_items, *rule))
         return self._last_history[2]
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:

@@ -290,10 +290,11 @@ class MetaLearner:
         else:
             user = call("users", task["user_single"], task["user_multi"], vmap_safe=True)
             support = call("items", task["support_item"], vmap_safe=True) if self.model.uses_context else None
-            if "support_prior" in task and self.model.uses_context:
-                task = {**task, "support_prior_vec": call("items", task["support_item"], vmap_safe=True, as_new=True)}
-        context = (Context(support, task["support_rating"], task["support_mask"], task.get("support_prior"),
-                           task.get("support_prior_vec")) if self.model.uses_context else None)
+        prior_vec = task.get("support_prior_vec")
+        if prior_vec is None and "support_prior" in task and self.model.uses_context:  # not hoisted
+            prior_vec = call("items", task["support_item"], vmap_safe=True, as_new=True)
+        context = (Context(support, task["support_rating"], task["support_mask"], task.get("support_prior"), prior_vec)
+                   if self.model.uses_context else None)
         return call, user, context
 
     def _predict_items(self, params: Params, task: Task, items: torch.Tensor, item_vec: torch.Tensor | None) -> torch.Tensor:

@@ -144,11 +144,8 @@ class NeuralCF(RatingModel):
             delta, inverse = self._ridge(z, residual, context.mask, reg)
         else:
             history = context.mask * context.prior
-            if context.prior_item_vec is None:
-                centre = self._ridge(z, residual, history, reg)[0]
-            else:
-                cold = context.prior_item_vec
-                centre = self._ridge(self._design(cold), context.rating - self._prior(p, b_u, cold), history, reg)[0]
+            cold = context.item_vec if context.prior_item_vec is None else context.prior_item_vec
+            centre = self._ridge(self._design(cold), context.rating - self._prior(p, b_u, cold), history, reg)[0]
             # the scale applies around a history's solution; with no history row it is the plain fold-in
             scale = torch.where(history.sum(-1, keepdim=True) > 0, self.history_penalty_scale, 1.0)
             step, inverse = self._ridge(z, residual - (z * centre.unsqueeze(-2)).sum(-1), context.mask - history,

@@ -56,16 +56,28 @@ def tasks_given_history(tasks: TaskSet, known_items: np.ndarray, max_new_support
     every task did better on the same validation tasks, so the default is None (no limit)."""
     if max_new_support is None:
         return None
-    new = ~known_items[tasks.support_item]
-    return np.bincount(tasks.support_task[new], minlength=len(tasks)) < max_new_support
+    return new_item_support_counts(tasks, known_items) < max_new_support
 
 
 def tasks_with_new_item_support(tasks: TaskSet, known_items: np.ndarray) -> np.ndarray:
     """A bool per task: does its support hold a rating of an item training never saw? In those tasks a
     known user's history sets the prior (``TaskSet.with_history``'s ``as_prior``) instead of joining a
     support set of another kind of item; warm tasks' support is like the history, so it joins it."""
+    return new_item_support_counts(tasks, known_items) > 0
+
+
+def new_item_support_counts(tasks: TaskSet, known_items: np.ndarray) -> np.ndarray:
+    """Per task, how many of its support ratings are of items training never saw."""
     new = ~known_items[tasks.support_item]
-    return np.bincount(tasks.support_task[new], minlength=len(tasks)) > 0
+    return np.bincount(tasks.support_task[new], minlength=len(tasks))
+
+
+def add_user_history(tasks: TaskSet, history: TaskSet, known_items: np.ndarray, max_new_support: int | None,
+                     as_prior: bool) -> TaskSet:
+    """``tasks`` with their users' ``history`` by the rule: only the tasks ``tasks_given_history`` picks,
+    and with ``as_prior``, flagged to set the prior in tasks with new-item support ratings."""
+    prior = tasks_with_new_item_support(tasks, known_items) if as_prior else None
+    return tasks.with_history(history, only=tasks_given_history(tasks, known_items, max_new_support), as_prior=prior)
 
 
 @dataclass(frozen=True)
@@ -159,9 +171,7 @@ class ColdStartSplit:
         """``tasks`` with each meta-train user's meta-train ratings added to the support set, for the
         tasks ``tasks_given_history`` picks: what a deployed model knows about a returning user. With
         ``as_prior``, in tasks with new-item support ratings the history is flagged to set the prior."""
-        known = self.known_items()
-        prior = tasks_with_new_item_support(tasks, known) if as_prior else None
-        return tasks.with_history(self.meta_train, only=tasks_given_history(tasks, known, max_new_support), as_prior=prior)
+        return add_user_history(tasks, self.meta_train, self.known_items(), max_new_support, as_prior)
 
     def with_support_size(self, k: int) -> "ColdStartSplit":
         """The same split with exactly ``k`` support ratings in validation and test tasks."""
