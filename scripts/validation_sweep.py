@@ -84,7 +84,7 @@ def pooled_history_sweep(split, bench: BenchmarkConfig, heavy: TaskSet, methods:
     task alone) and pooled (new items folded in from all these tasks' support sets, with the penalty
     scale each method chooses on validation users, as ``metarec benchmark --item-fold-in`` does)."""
     for name in methods:
-        method = make_method(name, bench)
+        method = make_method(name, bench, bench.run.train.seed)
         method.fit(split)
         method.choose_pool_scale(split)
         variant = method.adapting_variant() if hasattr(method, "adapting_variant") else name
@@ -139,7 +139,7 @@ def main() -> None:
         print(f"heavy users' new-item tasks: {len(heavy)}, median support {int(np.median(heavy.support_sizes))}, "
               f"with the history {int(np.median(heavy_history.support_sizes))}", flush=True)
     if args.mf:
-        mf = make_method("mf", bench)
+        mf = make_method("mf", bench, args.seed)
         mf.fit(split)
         scores = {k: round(mae_rmse(v, mf.predict("mf", v))["mae"], 4) for k, v in split.validation.items()}
         if known is not None:

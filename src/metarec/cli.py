@@ -333,6 +333,8 @@ def benchmark(
     protocol: str = typer.Option("melu", help="melu, time or splits."),
     split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: the published split files."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (each: a split and an initialisation)."),
+    split_seed: Optional[int] = typer.Option(None, help="Score every seed on this seed's split: the seeds then vary "
+                                             "only the training (initialisation, task order) [default: each its own]."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
     config: Optional[Path] = typer.Option(None, "--config", help="run.toml for the meta-learners (model, meta, train)."),
     heavy_users: Optional[str] = typer.Option(None, help="drop (MeLU) or chunk: users above 100 ratings feed meta-training "
@@ -369,7 +371,7 @@ def benchmark(
             run_config = run_config.override("train", epochs=epochs)
         options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
                        user_history=user_history, history_max_new_support=_history_limit(history_max_new_support),
-                       history_as_prior=history_as_prior, item_fold_in=item_fold_in)
+                       history_as_prior=history_as_prior, item_fold_in=item_fold_in, split_seed=split_seed)
         if quick:
             cfg = BenchmarkConfig.quick(**options)
         else:

@@ -159,7 +159,7 @@ def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes:
     for i, name in enumerate(BASELINES):
         if progress:
             progress("fitting the baselines (regularisation chosen on validation users)", i, len(BASELINES))
-        baseline = make_method(name, bench)
+        baseline = make_method(name, bench, seed)
         baseline.fit(split)
         methods.append(baseline)
     if progress:

@@ -156,3 +156,45 @@ def test_benchmark_config_checks_history_max_new_support(tmp_path):
     bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-new-support", "some", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "expected an integer or 'all'" in bad.output
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_split_seed_holds_the_split_and_varies_only_the_training(data_dir, tmp_path, monkeypatch):
+    """``split_seed``: every seed is scored on one split. A deterministic method (bias) then gives the same
+    numbers on every seed and MF, whose initial factors follow the seed, does not; without it the split
+    itself changes and so does bias."""
+    import numpy as np
+
+    from metarec.eval.benchmark import BenchmarkConfig, make_method, results_markdown, run_benchmark
+
+    def mae(result, method):
+        rows = result.rows[(result.rows["k"] == 0) & (result.rows["metric"] == "mae") & (result.rows["method"] == method)]
+        return {seed: rows.loc[rows["seed"] == seed, "value"].to_numpy() for seed in (0, 1)}
+
+    base = dict(dataset="ml-100k", data_dir=str(data_dir), seeds=(0, 1), methods=("bias", "mf"), support_sizes=(),
+                bootstrap=50)
+    fixed = run_benchmark(BenchmarkConfig(split_seed=1, **base))
+    drawn = run_benchmark(BenchmarkConfig(**base))
+    bias, mf = mae(fixed, "bias"), mae(fixed, "mf")
+    assert len(bias[0]) == 4 and np.array_equal(bias[0], bias[1])
+    assert not np.array_equal(mf[0], mf[1]) and np.allclose(mf[0], mf[1], atol=0.01)  # the same split, another start
+    assert not np.allclose(mae(drawn, "bias")[0], mae(drawn, "bias")[1], atol=1e-3)
+    assert np.array_equal(mae(drawn, "bias")[1], bias[1])  # the fixed split is seed 1's own
+    assert "one split (seed 1) for every seed" in results_markdown(fixed)
+    assert "every seed: a split and an initialisation" in results_markdown(drawn)
+    # MF's initial factors follow the benchmark's seed
+    assert make_method("mf", BenchmarkConfig(), 7).candidates[0]().config.seed == 7
+    # the CLI passes --split-seed through
+    from metarec.eval import benchmark as module
+
+    seen = {}
+
+    def capture(config, **kwargs):
+        seen["config"] = config
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(module, "run_benchmark", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--split-seed", "2", "--out", str(tmp_path / "b")],
+                           catch_exceptions=False)
+    assert seen["config"].split_seed == 2 and seen["config"].split_config(0).seed == 2

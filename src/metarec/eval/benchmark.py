@@ -6,7 +6,10 @@ Rules that make the numbers trustworthy:
   stopping) on validation users only; test users are scored once, at the end;
 * each seed is a different split *and* a different initialisation; results are mean and 95% CI over
   seeds (t-interval), and the best meta-learner is compared with the best baseline (both chosen on
-  validation MAE) by a paired bootstrap over test users;
+  validation MAE) by a paired bootstrap over test users. With ``split_seed`` every seed uses that one
+  split and varies only the training randomness (initialisation, task order, MF's initial factors), as
+  on published split files: the intervals then say how much a method's result depends on its training
+  run, not on which users and items happened to be held out;
 * ranking is reported both within the 10 query items (comparable with MeLU / TaNP) and against the
   whole catalogue (every item the user has not rated in the support set; in the new-item scenarios every
   new item), with popularity-bias metrics of the top-10 lists;
@@ -83,6 +86,7 @@ class BenchmarkConfig:
     split_dir: str | None = None
     heavy_users: str | None = None  # None: the run config's split setting
     seeds: tuple[int, ...] = (0, 1, 2)
+    split_seed: int | None = None  # None: each seed draws its own split; an int: every seed uses this split
     methods: tuple[str, ...] = DEFAULT_METHODS
     support_sizes: tuple[int, ...] = (1, 3, 5, 10, 20)
     catalogue_k: int = 10
@@ -112,6 +116,8 @@ class BenchmarkConfig:
         return cls(**base)
 
     def split_config(self, seed: int) -> SplitConfig:
+        """The split a seed is scored on: its own, or ``split_seed``'s when that is set."""
+        seed = seed if self.split_seed is None else self.split_seed
         return replace(self.run.split, protocol=self.protocol, split_dir=self.split_dir, seed=seed,
                        heavy_users=self.heavy_users or self.run.split.heavy_users)
 
@@ -365,8 +371,9 @@ class MetaMethod(Method):
         return np.concatenate(out) if out else np.zeros((0, len(catalogue)))
 
 
-def make_method(name: str, config: BenchmarkConfig) -> Method:
-    """A fresh, unfitted method by name (baseline grids are chosen on validation users)."""
+def make_method(name: str, config: BenchmarkConfig, seed: int = 0) -> Method:
+    """A fresh, unfitted method by name (baseline grids are chosen on validation users); ``seed`` seeds
+    the methods with a random initialisation (the meta-learners' is their run config's)."""
     if name == "global-mean":
         return BaselineMethod(name, [GlobalMean])
     if name == "item-mean":
@@ -378,7 +385,7 @@ def make_method(name: str, config: BenchmarkConfig) -> Method:
                                      for r in (2.0, 5.0, 15.0)])
     if name == "mf":
         # the strongest baseline gets the widest grid: latent size x regularisation
-        return BaselineMethod(name, [lambda f=f, r=r: MatrixFactorization(MatrixFactorizationConfig(factors=f, reg=r))
+        return BaselineMethod(name, [lambda f=f, r=r: MatrixFactorization(MatrixFactorizationConfig(factors=f, reg=r, seed=seed))
                                      for f in (10, 20, 40) for r in (5.0, 10.0, 20.0)])
     if name == "content":
         return BaselineMethod(name, [lambda r=r: ContentBased(ContentBasedConfig(reg=r)) for r in (3.0, 10.0, 30.0)])
@@ -472,12 +479,14 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
     errors: dict[tuple[str, str], dict[int, np.ndarray]] = {}
     val_mae: dict[str, list[float]] = {}
     families: dict[str, str] = {}
+    split: ColdStartSplit | None = None
     for seed in config.seeds:
-        split = make_split(dataset, config.split_config(seed))
-        train = split.train_ratings()
-        popularity = np.bincount(train["item_idx"].to_numpy(), minlength=dataset.n_items).astype(np.float64)
+        if split is None or config.split_seed is None:  # a fixed split is drawn once
+            split = make_split(dataset, config.split_config(seed))
+            train = split.train_ratings()
+            popularity = np.bincount(train["item_idx"].to_numpy(), minlength=dataset.n_items).astype(np.float64)
         for name in config.methods:
-            method = make_method(name, config)
+            method = make_method(name, config, seed)
             if isinstance(method, MetaMethod):
                 method.config = method.config.override("train", seed=seed)
             if progress:
@@ -590,9 +599,11 @@ def _fmt(cell: Mapping | None) -> str:
 
 def results_markdown(result: BenchmarkResult) -> str:
     cfg = result.config
+    varies = ("every seed: a split and an initialisation" if cfg.split_seed is None else
+              f"one split (seed {cfg.split_seed}) for every seed: the seeds vary the training only")
     lines = [f"# Benchmark: {cfg.dataset}, {cfg.protocol} protocol, seeds {', '.join(map(str, cfg.seeds))}", "",
-             "Mean ± 95% CI over seeds (t-interval). Lower is better for MAE / RMSE and popularity percentile; "
-             "higher for the ranking metrics. Methods selected on validation users only.", ""]
+             f"Mean ± 95% CI over seeds (t-interval; {varies}). Lower is better for MAE / RMSE and popularity "
+             "percentile; higher for the ranking metrics. Methods selected on validation users only.", ""]
     full = result.summary.get("0", {})
     for scenario in ("warm", "new_users", "new_items", "new_users_new_items", "new_items_pooled",
                      "new_users_new_items_pooled"):
