@@ -40,6 +40,13 @@ def test_quick_benchmark_writes_complete_finite_results(data_dir, tmp_path, monk
     comp = summary["comparisons"]
     assert comp["best_meta_learner"] == "maml" and comp["best_baseline"] in {"global-mean", "item-mean", "bias", "mf"}
     assert set(comp["scenarios"]) == SCENARIOS | POOLED
+    # the strict reading of "beats every baseline": the meta-learner's seed interval against each baseline's
+    separation = comp["interval_separation"]
+    assert set(separation) == SCENARIOS | POOLED and {"mf", "bias", "item-mean"} <= set(separation["new_users"])
+    for cells in separation.values():
+        for c in cells.values():
+            assert c["separated"] == (c["meta_upper"] < c["baseline_lower"])
+    assert "MAE interval against each baseline's" in (out / "results.md").read_text()
     # what was chosen on validation users is kept: the baselines' grids and the learning curves
     grid = [r for r in summary["histories"]["mf"]["0"] if "candidate" in r]
     assert len(grid) == 9 and all(math.isfinite(r["val_mae"]) for r in grid)
@@ -198,3 +205,28 @@ def test_split_seed_holds_the_split_and_varies_only_the_training(data_dir, tmp_p
         CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--split-seed", "2", "--out", str(tmp_path / "b")],
                            catch_exceptions=False)
     assert seen["config"].split_seed == 2 and seen["config"].split_config(0).seed == 2
+
+
+def test_interval_separation_known_values():
+    """The best meta-learner's interval against each baseline's: hand-made summaries with a known answer."""
+    from metarec.eval.benchmark import interval_separation
+
+    def cell(mean, ci):
+        return {"mae": {"mean": mean, "ci95": ci, "n": 3}}
+
+    summary = {"new_items": {"maml": cell(0.80, 0.01), "mf": cell(0.83, 0.015), "bias": cell(0.815, 0.01),
+                             "global-neural": cell(0.95, 0.2), "global-neural-ft": cell(0.90, 0.01),
+                             "popularity": {"ndcg@5": {"mean": 0.5, "ci95": 0.1, "n": 3}}},
+               "warm": {"maml": cell(0.70, float("nan")), "mf": cell(0.72, float("nan"))},
+               "_fit": {"maml": {"seconds": {"mean": 1.0, "ci95": 0.1, "n": 3}}}}
+    families = {"maml": "meta", "maml-no-adapt": "meta", "mf": "baseline", "bias": "baseline", "popularity": "baseline",
+                "global-neural": "meta", "global-neural-ft": "meta"}
+    out = interval_separation(summary, "maml", families)
+    assert set(out) == {"new_items", "warm"}  # no MAE for _fit; popularity has no MAE either
+    new = out["new_items"]
+    assert set(new) == {"mf", "bias", "global-neural", "global-neural-ft"}
+    assert new["mf"] == {"meta_upper": pytest.approx(0.81), "baseline_lower": pytest.approx(0.815), "separated": True}
+    assert new["bias"]["separated"] is False  # 0.805 < 0.81: the intervals touch
+    assert new["global-neural"]["separated"] is False and new["global-neural-ft"]["separated"] is True
+    assert out["warm"]["mf"]["separated"] is None  # one seed: no interval
+    assert interval_separation(summary, None, families) == {}
