@@ -136,6 +136,58 @@ def test_global_model_is_plain_training_fine_tuned_with_the_meta_learners_budget
     assert tuned["mae"] != untuned["mae"]  # fine-tuning on the support set changes the predictions
 
 
+def test_global_model_without_fine_tuning_has_its_own_epoch_chosen_on_validation(tiny_split):
+    """The global model is scored with and without fine-tuning; each use keeps the epoch that is best on
+    validation users for it, and early stopping still follows the fine-tuned MAE."""
+    import numpy as np
+
+    from metarec.eval.benchmark import BenchmarkConfig, MetaMethod
+    from metarec.meta.global_model import train_global_model
+    from metarec.meta.trainer import validation_mae
+
+    split, _ = tiny_split
+    cfg = config(epochs=4).override("train", patience=10)
+    trainer = train_global_model(cfg, split)
+    unadapted = [r["val_unadapted_mae"] for r in trainer.history]
+    assert len(unadapted) == 4 and trainer.state["best_unadapted_epoch"] == int(np.argmin(unadapted))
+    assert trainer.state["best_epoch"] == int(np.argmin([r["val_mae"] for r in trainer.history]))
+    learner = trainer.restore_best()
+    named = learner.named_meta_parameters()
+    with torch.no_grad():
+        for n, value in trainer.best_unadapted_params.items():
+            named[n].copy_(value)
+    assert validation_mae(learner, trainer.split, adapted=False)["val_mae"] == pytest.approx(min(unadapted))
+
+    # the benchmark's global model scores each variant with its own parameters and puts the learner back
+    from metarec.meta.trainer import without_support
+
+    method = MetaMethod("global-neural", BenchmarkConfig(run=cfg).run, global_model=True, user_history=False)
+    method.fit(split)
+    assert method.unadapted_params is not None
+    learner, val = method.learner, split.validation["new_users"]
+    own = {n: p.detach().clone() for n, p in learner.named_meta_parameters().items()}
+    # another epoch's parameters stand in (here both uses chose the same epoch): a known shift
+    method.unadapted_params = {n: p + 0.05 for n, p in own.items()}
+    fine_tuned = method.predict("global-neural-ft", val)
+    plain = method.predict("global-neural", val)
+    assert all(torch.equal(p, own[n]) for n, p in learner.named_meta_parameters().items())  # put back
+    assert np.array_equal(method.predict("global-neural-ft", val), fine_tuned)
+    unshifted = learner.predict_tasks(without_support(val, learner), 0, 512)
+    named = learner.named_meta_parameters()
+    with torch.no_grad():
+        for n, value in method.unadapted_params.items():
+            named[n].copy_(value)
+    shifted = learner.predict_tasks(without_support(val, learner), 0, 512)
+    with torch.no_grad():
+        for n, value in own.items():
+            named[n].copy_(value)
+    assert np.array_equal(plain, shifted) and not np.array_equal(plain, unshifted)
+    items = np.arange(1, 20)
+    scores = method.catalogue_scores("global-neural", val, items)
+    assert all(torch.equal(p, own[n]) for n, p in learner.named_meta_parameters().items())
+    assert not np.allclose(scores, method.catalogue_scores("global-neural-ft", without_support(val, learner), items))
+
+
 def test_benchmark_meta_method_keeps_the_inner_lr_best_on_validation(tiny_split):
     from metarec.eval.benchmark import MetaMethod
 

@@ -252,6 +252,8 @@ class MetaMethod(Method):
         self.history = []
         self.known_items: np.ndarray | None = None  # items with training ratings
         self.pool_penalty: np.ndarray | None = None  # the pooled item fold-in's ridge penalty (None: none)
+        # the global model's unadapted variant: its own epoch, chosen on its own validation MAE
+        self.unadapted_params: dict[str, torch.Tensor] | None = None
 
     def _train(self, config: RunConfig, split: ColdStartSplit):
         if self.global_model:
@@ -281,6 +283,7 @@ class MetaMethod(Method):
             self.config = trainer.config
         # The selected (best validation) parameters, not the last ones.
         self.learner = trainer.restore_best()
+        self.unadapted_params = getattr(trainer, "best_unadapted_params", None) if self.global_model else None
         self.known = split.meta_train
         self.history = [*grid, *trainer.history]
         self.known_items = split.known_items()
@@ -348,8 +351,29 @@ class MetaMethod(Method):
             self._last_history = (tasks, rule, add_user_history(tasks, self.known, self.known_items, *rule))
         return self._last_history[2]
 
+    @contextmanager
+    def _parameters(self, variant: str) -> Iterator[None]:
+        """Within the block the learner holds the variant's selected parameters: the global model
+        without fine-tuning has its own epoch (see ``train_global_model``); every other variant uses
+        the learner's as they are."""
+        if self.unadapted_params is None or self._steps(variant) != 0:
+            yield
+            return
+        named = self.learner.named_meta_parameters()
+        kept = {n: p.detach().clone() for n, p in named.items()}
+        try:
+            with torch.no_grad():
+                for n, value in self.unadapted_params.items():
+                    named[n].copy_(value)
+            yield
+        finally:
+            with torch.no_grad():
+                for n, value in kept.items():
+                    named[n].copy_(value)
+
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
-        return self.learner.predict_tasks(self._tasks(variant, tasks), self._steps(variant), 512)
+        with self._parameters(variant):
+            return self.learner.predict_tasks(self._tasks(variant, tasks), self._steps(variant), 512)
 
     def scorer(self, variant, tasks, catalogue):
         scores = self.catalogue_scores(variant, tasks, catalogue)
@@ -359,6 +383,10 @@ class MetaMethod(Method):
 
     def catalogue_scores(self, variant: str, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
         """Scores [tasks, catalogue] after adapting every task (batched, no per-user loop)."""
+        with self._parameters(variant):
+            return self._catalogue_scores(variant, tasks, catalogue)
+
+    def _catalogue_scores(self, variant: str, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
         device = next(self.learner.model.parameters()).device
         items = torch.as_tensor(catalogue, dtype=torch.long, device=device)
         vec = self.learner.catalogue_vectors(items)

@@ -28,8 +28,11 @@ def global_config(config: RunConfig) -> RunConfig:
 
 def train_global_model(config: RunConfig, split: ColdStartSplit, run_dir: str | Path | None = None) -> Trainer:
     """Fit the global model; the returned trainer's learner evaluates with ``steps=0`` (no fine-tuning)
-    or by default with the meta-learner's inner-step budget (fine-tuned per user)."""
+    or by default with the meta-learner's inner-step budget (fine-tuned per user). Each use has its own
+    epoch, chosen on validation users: ``restore_best()`` is the one best fine-tuned,
+    ``best_unadapted_params`` the one best without fine-tuning (the fine-tuned MAE usually bottoms out
+    after the first epoch, long before the unadapted one does)."""
     whole = replace(split, meta_train=split.meta_train.as_whole_query(), _cache={})
-    trainer = Trainer(global_config(config), split=whole, run_dir=run_dir)
+    trainer = Trainer(global_config(config), split=whole, run_dir=run_dir, select_unadapted=True)
     trainer.fit()
     return trainer

@@ -7,6 +7,7 @@ resumed from its last checkpoint makes exactly the updates an uninterrupted run 
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -41,14 +42,17 @@ class TrainResult:
     run_dir: Path | None = None
 
 
-def validation_mae(learner: MetaLearner, split: ColdStartSplit, batch_size: int = 512) -> dict[str, float]:
-    """MAE per validation scenario and over all validation query ratings (the selection metric)."""
+def validation_mae(learner: MetaLearner, split: ColdStartSplit, batch_size: int = 512,
+                   adapted: bool = True) -> dict[str, float]:
+    """MAE per validation scenario and over all validation query ratings (the selection metric);
+    ``adapted=False``: of the predictions without adaptation (no step, no support set seen)."""
     out: dict[str, float] = {}
     total_abs = total_n = 0.0
     for name, tasks in split.validation.items():
         if not len(tasks):
             continue
-        m = learner.evaluate(tasks, batch_size=batch_size)
+        m = (learner.evaluate(tasks, batch_size=batch_size) if adapted else
+             learner.evaluate(without_support(tasks, learner), 0, batch_size=batch_size))
         out[f"val_{name}_mae"] = m["mae"]
         out[f"val_{name}_rmse"] = m["rmse"]
         total_abs += m["mae"] * m["n"]
@@ -61,8 +65,13 @@ class Trainer:
     """Builds the split, features, model and learner of a :class:`RunConfig` and meta-trains it."""
 
     def __init__(self, config: RunConfig, *, split: ColdStartSplit | None = None, dataset: RatingDataset | None = None,
-                 run_dir: str | Path | None = None, progress: Progress | None = None) -> None:
+                 run_dir: str | Path | None = None, progress: Progress | None = None,
+                 select_unadapted: bool = False) -> None:
+        """``select_unadapted``: also keep the epoch whose predictions *without adaptation* are best on
+        validation users (``best_unadapted_params``), for a model that is used both ways (the global
+        baseline); early stopping still follows the adapted validation MAE."""
         self.config = config
+        self.select_unadapted = select_unadapted
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         if split is None:
@@ -81,6 +90,7 @@ class Trainer:
         self.state: dict = {"epoch": 0, "best_epoch": -1, "best_val_mae": float("inf"), "bad_epochs": 0}
         self.history: list[dict] = []
         self.best_params: dict[str, torch.Tensor] | None = None  # in memory, for runs without a folder
+        self.best_unadapted_params: dict[str, torch.Tensor] | None = None  # with select_unadapted
 
     def restore_best(self) -> MetaLearner:
         """Put the best validation epoch's parameters back into the learner (no-op before any epoch)."""
@@ -152,6 +162,9 @@ class Trainer:
                 self._save("best")
             else:
                 self.state["bad_epochs"] += 1
+            if self.select_unadapted and record["val_unadapted_mae"] < self.state.get("best_unadapted_val_mae", math.inf) - 1e-6:
+                self.state.update(best_unadapted_epoch=epoch, best_unadapted_val_mae=record["val_unadapted_mae"])
+                self.best_unadapted_params = {n: p.detach().clone() for n, p in self.learner.named_meta_parameters().items()}
             if self.progress:
                 self.progress("epoch", epoch + 1, cfg.epochs)
             if self.run_dir is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or improved):
@@ -179,6 +192,9 @@ class Trainer:
     def _record(self, epoch: int, train_loss: float, seconds: float) -> dict:
         record = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3),
                   **validation_mae(self.learner, self.split, self.config.train.eval_batch_size)}
+        if self.select_unadapted:
+            record["val_unadapted_mae"] = validation_mae(self.learner, self.split, self.config.train.eval_batch_size,
+                                                         adapted=False)["val_mae"]
         self.history.append(record) if epoch >= 0 else None
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a" if epoch >= 0 else "w", encoding="utf-8") as fh:
