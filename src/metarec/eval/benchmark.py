@@ -46,7 +46,7 @@ from metarec.meta.engine import MetaLearner
 from metarec.meta.global_model import train_global_model
 from metarec.meta.item_fold_in import item_prior_variance, new_items_folded_in, supports_item_fold_in
 from metarec.meta.run import RunConfig
-from metarec.meta.trainer import Trainer, without_support
+from metarec.meta.trainer import Trainer, load_meta_parameters, meta_parameters, without_support
 from metarec.tasks.splits import (HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, SplitConfig, add_user_history,
                                   make_split)
 from metarec.tasks.taskset import TaskSet
@@ -359,17 +359,12 @@ class MetaMethod(Method):
         if self.unadapted_params is None or self._steps(variant) != 0:
             yield
             return
-        named = self.learner.named_meta_parameters()
-        kept = {n: p.detach().clone() for n, p in named.items()}
+        kept = meta_parameters(self.learner)
         try:
-            with torch.no_grad():
-                for n, value in self.unadapted_params.items():
-                    named[n].copy_(value)
+            load_meta_parameters(self.learner, self.unadapted_params)
             yield
         finally:
-            with torch.no_grad():
-                for n, value in kept.items():
-                    named[n].copy_(value)
+            load_meta_parameters(self.learner, kept)
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
         with self._parameters(variant):
@@ -576,6 +571,12 @@ def summarise(frame: pd.DataFrame) -> dict:
     return out
 
 
+def is_baseline(variant: str, families: Mapping[str, str]) -> bool:
+    """Baselines are the baseline family plus the neural global model (with and without fine-tuning): the
+    meta-learners' architecture trained without meta-learning."""
+    return families.get(variant) == "baseline" or variant.startswith("global-neural")
+
+
 def compare_best(errors: Mapping[tuple[str, str], Mapping[int, np.ndarray]], val_mae: Mapping[str, list[float]],
                  families: Mapping[str, str], draws: int, seed: int = 0) -> dict:
     """Best meta-learner vs best baseline (both chosen on validation MAE): a paired bootstrap over test users
@@ -583,10 +584,8 @@ def compare_best(errors: Mapping[tuple[str, str], Mapping[int, np.ndarray]], val
     is one split, so a split that is hard for both methods does not widen the interval as it widens
     each method's own seed interval)."""
     def best(family: str) -> str | None:
-        pool = {m: np.mean(v) for m, v in val_mae.items() if families.get(m) == family
-                and not m.endswith("-no-adapt") and not m.startswith("global-neural")}
-        if family == "baseline":  # the neural global model is a baseline too
-            pool.update({m: np.mean(v) for m, v in val_mae.items() if m.startswith("global-neural")})
+        pool = {m: np.mean(v) for m, v in val_mae.items() if is_baseline(m, families) == (family == "baseline")
+                and not m.endswith("-no-adapt")}
         return min(pool, key=pool.get) if pool else None
 
     meta, base = best("meta"), best("baseline")
@@ -621,7 +620,7 @@ def interval_separation(summary: Mapping, meta: str | None, families: Mapping[st
     out: dict = {}
     if meta is None:
         return out
-    baselines = [m for m, f in families.items() if f == "baseline" or m.startswith("global-neural")]
+    baselines = [m for m in families if is_baseline(m, families)]
     for scenario, methods in summary.items():
         if scenario.startswith("_") or "mae" not in methods.get(meta, {}):
             continue

@@ -7,8 +7,8 @@ resumed from its last checkpoint makes exactly the updates an uninterrupted run 
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +61,20 @@ def validation_mae(learner: MetaLearner, split: ColdStartSplit, batch_size: int 
     return out
 
 
+def meta_parameters(learner: MetaLearner) -> dict[str, torch.Tensor]:
+    """A detached copy of the learner's meta-parameters (an epoch's selected state)."""
+    return {n: p.detach().clone() for n, p in learner.named_meta_parameters().items()}
+
+
+def load_meta_parameters(learner: MetaLearner, params: dict[str, torch.Tensor]) -> MetaLearner:
+    """Put a copy taken by :func:`meta_parameters` back into the learner, in place."""
+    named = learner.named_meta_parameters()
+    with torch.no_grad():
+        for n, value in params.items():
+            named[n].copy_(value)
+    return learner
+
+
 class Trainer:
     """Builds the split, features, model and learner of a :class:`RunConfig` and meta-trains it."""
 
@@ -95,10 +109,7 @@ class Trainer:
     def restore_best(self) -> MetaLearner:
         """Put the best validation epoch's parameters back into the learner (no-op before any epoch)."""
         if self.best_params is not None:
-            named = self.learner.named_meta_parameters()
-            with torch.no_grad():
-                for n, value in self.best_params.items():
-                    named[n].copy_(value)
+            load_meta_parameters(self.learner, self.best_params)
         return self.learner
 
     # ------------------------------------------------------------------ checkpoints
@@ -158,13 +169,13 @@ class Trainer:
             improved = record["val_mae"] < self.state["best_val_mae"] - 1e-6
             if improved:
                 self.state.update(best_epoch=epoch, best_val_mae=record["val_mae"], bad_epochs=0)
-                self.best_params = {n: p.detach().clone() for n, p in self.learner.named_meta_parameters().items()}
+                self.best_params = meta_parameters(self.learner)
                 self._save("best")
             else:
                 self.state["bad_epochs"] += 1
             if self.select_unadapted and record["val_unadapted_mae"] < self.state.get("best_unadapted_val_mae", math.inf) - 1e-6:
                 self.state.update(best_unadapted_epoch=epoch, best_unadapted_val_mae=record["val_unadapted_mae"])
-                self.best_unadapted_params = {n: p.detach().clone() for n, p in self.learner.named_meta_parameters().items()}
+                self.best_unadapted_params = meta_parameters(self.learner)
             if self.progress:
                 self.progress("epoch", epoch + 1, cfg.epochs)
             if self.run_dir is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or improved):
