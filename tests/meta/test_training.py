@@ -35,19 +35,24 @@ def test_same_seed_same_result(tiny_split):
     assert not all(torch.equal(pa[k], params(c)[k]) for k in pa)
 
 
-@pytest.mark.parametrize("kind,algorithm", [("feature-mlp", "maml"), ("attention", "metasgd"), ("neural-cf", "reptile")])
-def test_resumed_run_equals_uninterrupted(tiny_split, tmp_path, kind, algorithm):
+@pytest.mark.parametrize("kind,algorithm,average", [("feature-mlp", "maml", 0.0), ("attention", "metasgd", 0.0),
+                                                    ("neural-cf", "reptile", 0.0), ("feature-mlp", "maml", 0.7)])
+def test_resumed_run_equals_uninterrupted(tiny_split, tmp_path, kind, algorithm, average):
     split, _ = tiny_split
-    full = Trainer(config(kind, algorithm), split=split, run_dir=tmp_path / "full")
+    cfg = config(kind, algorithm).override("train", average_decay=average)
+    full = Trainer(cfg, split=split, run_dir=tmp_path / "full")
     full.fit()
-    part = Trainer(config(kind, algorithm), split=split, run_dir=tmp_path / "part")
+    part = Trainer(cfg, split=split, run_dir=tmp_path / "part")
     part.fit(max_epochs=2)  # "interrupted" after two epochs
-    resumed = Trainer(config(kind, algorithm), split=split, run_dir=tmp_path / "part")
+    resumed = Trainer(cfg, split=split, run_dir=tmp_path / "part")
     resumed.resume(tmp_path / "part" / "last")
     assert resumed.state["epoch"] == 2
+    assert (resumed.average is not None) == bool(average)
     resumed.fit()
     pf, pr = params(full), params(resumed)
     assert all(torch.equal(pf[k], pr[k]) for k in pf), "resumed parameters differ"
+    if average:
+        assert all(torch.equal(full.average[k], resumed.average[k]) for k in pf), "resumed average differs"
     lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     full_lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_mae"] for r in lines] == [r["val_mae"] for r in full_lines]
@@ -136,9 +141,11 @@ def test_global_model_is_plain_training_fine_tuned_with_the_meta_learners_budget
     assert tuned["mae"] != untuned["mae"]  # fine-tuning on the support set changes the predictions
 
 
-def test_global_model_without_fine_tuning_has_its_own_epoch_chosen_on_validation(tiny_split):
+@pytest.mark.parametrize("average", [0.0, 0.8])
+def test_global_model_without_fine_tuning_has_its_own_epoch_chosen_on_validation(tiny_split, average):
     """The global model is scored with and without fine-tuning; each use keeps the epoch that is best on
-    validation users for it, and early stopping still follows the fine-tuned MAE."""
+    validation users for it (with averaging: the fine-tuned use on the average, the unadapted on the raw
+    parameters, each kept as it was scored)."""
     import numpy as np
 
     from metarec.eval.benchmark import BenchmarkConfig, MetaMethod
@@ -146,12 +153,13 @@ def test_global_model_without_fine_tuning_has_its_own_epoch_chosen_on_validation
     from metarec.meta.trainer import validation_mae
 
     split, _ = tiny_split
-    cfg = config(epochs=4).override("train", patience=10)
+    cfg = config(epochs=4).override("train", patience=10, average_decay=average)
     trainer = train_global_model(cfg, split)
     unadapted = [r["val_unadapted_mae"] for r in trainer.history]
     assert len(unadapted) == 4 and trainer.state["best_unadapted_epoch"] == int(np.argmin(unadapted))
     assert trainer.state["best_epoch"] == int(np.argmin([r["val_mae"] for r in trainer.history]))
     learner = trainer.restore_best()
+    assert validation_mae(learner, trainer.split)["val_mae"] == pytest.approx(trainer.state["best_val_mae"])
     named = learner.named_meta_parameters()
     with torch.no_grad():
         for n, value in trainer.best_unadapted_params.items():
@@ -266,3 +274,77 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
     assert benchmark.make_method("maml", bench).history_max_new_support == 3
     assert benchmark.make_method("maml", bench).history_as_prior and not benchmark.make_method("global-neural", bench).history_as_prior
     assert not benchmark.make_method("maml", benchmark.BenchmarkConfig(history_as_prior=False)).history_as_prior
+
+
+def test_average_decay_selects_the_running_average_and_trains_on_from_the_raw_parameters(tiny_split, tmp_path):
+    """train.average_decay: after every meta-step avg <- d * avg + (1 - d) * phi, from the initialisation;
+    validation and "best" see the average, the next epoch goes on from the raw parameters."""
+    split, _ = tiny_split
+    decay = 0.8
+    cfg = config(epochs=2).override("train", average_decay=decay, patience=10)
+    trainer = Trainer(cfg, split=split, run_dir=tmp_path / "run")
+    expected = params(trainer)
+    raw_after_steps: list[dict[str, torch.Tensor]] = []
+    step = trainer.learner.meta_step
+
+    def recording_step(*args, **kwargs):
+        loss = step(*args, **kwargs)
+        raw_after_steps.append(params(trainer))
+        return loss
+
+    trainer.learner.meta_step = recording_step
+    result = trainer.fit()
+    steps_per_epoch = len(raw_after_steps) // 2
+    at_epoch_end = []
+    for raw in raw_after_steps:
+        expected = {k: decay * expected[k] + (1 - decay) * raw[k] for k in expected}
+        at_epoch_end.append(expected)
+    assert steps_per_epoch > 1 and len(raw_after_steps) == 2 * steps_per_epoch
+    assert all(torch.allclose(trainer.average[k], expected[k], atol=1e-6) for k in expected)
+    last_raw = raw_after_steps[-1]
+    assert all(torch.equal(params(trainer)[k], last_raw[k]) for k in last_raw), "training must go on from the raw parameters"
+    assert not all(torch.allclose(expected[k], last_raw[k]) for k in last_raw)
+    selected = at_epoch_end[(result.best_epoch + 1) * steps_per_epoch - 1]  # the average at the best epoch's end
+    assert all(torch.allclose(trainer.best_params[k], selected[k], atol=1e-6) for k in expected)
+    best = load_checkpoint(tmp_path / "run" / "best")
+    assert all(torch.equal(best.learner.named_meta_parameters()[k], trainer.best_params[k]) for k in expected)
+    assert (tmp_path / "run" / "last" / "average.safetensors").exists()
+    assert not (tmp_path / "run" / "best" / "average.safetensors").exists()
+    trainer.restore_best()
+    batch = split.validation["new_users"].packed()
+    assert torch.equal(trainer.learner.predict_query(batch), best.learner.predict_query(batch))
+
+
+def test_average_decay_must_be_below_one():
+    from metarec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="average_decay"):
+        config().override("train", average_decay=1.0)
+
+
+def test_global_model_stops_only_when_neither_use_improves(tiny_split):
+    """With both uses selected, patience runs out only after ``patience`` epochs in which neither the
+    fine-tuned nor the unadapted validation MAE improved (the rule replayed on the recorded history)."""
+    from metarec.meta.global_model import train_global_model
+
+    split, _ = tiny_split
+    patience = 1
+    trainer = train_global_model(config("neural-cf", epochs=12).override("train", patience=patience)
+                                 .override("meta", outer_lr=0.05), split)
+    best_tuned = best_plain = float("inf")
+    bad, stop = 0, None
+    for i, record in enumerate(trainer.history):
+        improved = False
+        if record["val_mae"] < best_tuned - 1e-6:
+            best_tuned, improved = record["val_mae"], True
+        if record["val_unadapted_mae"] < best_plain - 1e-6:
+            best_plain, improved = record["val_unadapted_mae"], True
+        bad = 0 if improved else bad + 1
+        if bad >= patience:
+            stop = i + 1
+            break
+    assert trainer.state["epoch"] == (stop or 12) == len(trainer.history)
+    tuned_only = next((i + 1 for i, r in enumerate(trainer.history)
+                       if i > 0 and r["val_mae"] >= min(x["val_mae"] for x in trainer.history[:i]) - 1e-6), None)
+    assert tuned_only is not None and tuned_only < len(trainer.history), \
+        "the fine-tuned MAE alone would have stopped earlier: the data must exercise the rule"

@@ -1,7 +1,8 @@
 """Checkpoints: safetensors for tensors, JSON for everything else; never pickle.
 
 A checkpoint folder holds ``model.safetensors`` (meta-parameters, learned inner rates, buffers),
-``optimizer.safetensors`` (Adam moments, for resuming), ``features.safetensors`` (encoded user and item
+``optimizer.safetensors`` (Adam moments, for resuming), ``average.safetensors`` (the running average of the
+meta-parameters when training averages them, for resuming), ``features.safetensors`` (encoded user and item
 attribute tables) and ``checkpoint.json`` (the run config, the encoders, the vocabularies, the training
 state and package versions). A folder is written whole under a temporary name and then renamed.
 """
@@ -60,6 +61,7 @@ class Checkpoint:
     rating_scale: tuple[float, float]
     run_config: Mapping[str, Any] = field(default_factory=dict)
     state: Mapping[str, Any] = field(default_factory=dict)  # epoch, best metric, rng, ...
+    average: Mapping[str, torch.Tensor] | None = None  # TrainConfig.average_decay's running average
 
 
 def _optimizer_tensors(learner: MetaLearner) -> dict[str, torch.Tensor]:
@@ -97,6 +99,9 @@ def save_checkpoint(ckpt: Checkpoint, directory: str | Path, *, with_optimizer: 
         save_file({k: v.cpu().contiguous() for k, v in feats.items()}, str(tmp / "features.safetensors"))
         if with_optimizer:
             save_file({k: v.cpu() for k, v in _optimizer_tensors(learner).items()}, str(tmp / "optimizer.safetensors"))
+            if ckpt.average is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in ckpt.average.items()},
+                          str(tmp / "average.safetensors"))
         write_json(tmp / "checkpoint.json", {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -151,10 +156,13 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     opt_path = directory / "optimizer.safetensors"
     if opt_path.exists():
         _load_optimizer(learner, {k: v.to(device) for k, v in load_file(str(opt_path)).items()})
+    avg_path = directory / "average.safetensors"
+    average = ({k: v.to(device) for k, v in load_file(str(avg_path)).items()} if avg_path.exists() else None)
     return Checkpoint(
         learner=learner, features=features, user_vocab=Vocabulary(spec["user_ids"], "user_id"),
         item_vocab=Vocabulary(spec["item_ids"], "item_id"), model_config=model_config,
         rating_scale=rating_scale, run_config=spec.get("run_config", {}), state=spec.get("state", {}),
+        average=average,
     )
 
 

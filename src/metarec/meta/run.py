@@ -40,10 +40,13 @@ class TrainConfig:
     checkpoint_every: int = 1
     pretrain_epochs: int = 0
     resample_query: bool = False
+    average_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.patience < 1 or self.pretrain_epochs < 0:
             raise ConfigError("epochs and pretrain_epochs must be >= 0 and patience >= 1")
+        if not 0.0 <= self.average_decay < 1.0:
+            raise ConfigError(f"average_decay must be in [0, 1), got {self.average_decay}")
 
 
 @dataclass(frozen=True)

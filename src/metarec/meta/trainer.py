@@ -83,7 +83,10 @@ class Trainer:
                  select_unadapted: bool = False) -> None:
         """``select_unadapted``: also keep the epoch whose predictions *without adaptation* are best on
         validation users (``best_unadapted_params``), for a model that is used both ways (the global
-        baseline); early stopping still follows the adapted validation MAE."""
+        baseline); early stopping then waits until neither validation MAE has improved for ``patience``
+        epochs, so each use gets its own best epoch (the adapted one usually bottoms out first). With
+        ``train.average_decay`` the unadapted use is scored and kept on the raw parameters: it is plain
+        supervised training, and on ML-1M's validation users the average was worse for it."""
         self.config = config
         self.select_unadapted = select_unadapted
         if config.train.threads:
@@ -105,6 +108,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best_params: dict[str, torch.Tensor] | None = None  # in memory, for runs without a folder
         self.best_unadapted_params: dict[str, torch.Tensor] | None = None  # with select_unadapted
+        self.average: dict[str, torch.Tensor] | None = None  # running average (train.average_decay > 0)
 
     def restore_best(self) -> MetaLearner:
         """Put the best validation epoch's parameters back into the learner (no-op before any epoch)."""
@@ -115,7 +119,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(self.learner, self.features, self.dataset.user_vocab, self.dataset.item_vocab,
-                          self.config.model, self.dataset.rating_scale, self.config.to_dict(), dict(self.state))
+                          self.config.model, self.dataset.rating_scale, self.config.to_dict(), dict(self.state),
+                          average=self.average)
 
     def _save(self, name: str) -> None:
         if self.run_dir is not None:
@@ -134,6 +139,7 @@ class Trainer:
             if p in ckpt.learner.optimizer.state:
                 self.learner.optimizer.state[names[n]] = ckpt.learner.optimizer.state[p]
         self.state = dict(ckpt.state)
+        self.average = None if ckpt.average is None else {n: v.clone() for n, v in ckpt.average.items()}
         if self.run_dir is not None and (self.run_dir / "metrics.jsonl").exists():
             lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
             self.history = [json.loads(x) for x in lines if x.strip()][: self.state["epoch"]]
@@ -152,6 +158,8 @@ class Trainer:
             self._pretrain()
         if self.state["epoch"] == 0 and self.run_dir is not None:
             self.history = [self._record(-1, float("nan"), 0.0)]  # the initialisation, for learning curves
+        if cfg.average_decay and self.average is None:
+            self.average = meta_parameters(self.learner)
         while self.state["epoch"] < stop_at and self.state["bad_epochs"] < cfg.patience:
             epoch = self.state["epoch"]
             rng = np.random.default_rng([cfg.seed, epoch])
@@ -162,9 +170,13 @@ class Trainer:
             epoch_tasks = tasks.with_resampled_query(np.random.default_rng([cfg.seed, epoch, 1])) if cfg.resample_query else tasks
             for i, batch in enumerate(epoch_tasks.batches(self.config.meta.meta_batch_size, shuffle=True, generator=rng)):
                 losses.append(self.learner.meta_step(batch.to(self.device), generator=gen))
+                self._update_average()
                 if self.progress:
                     self.progress("train", i + 1, n_batches)
-            record = self._record(epoch, float(np.mean(losses)) if losses else float("nan"), time.perf_counter() - start)
+            raw_unadapted = self._unadapted_mae() if self.select_unadapted else None
+            raw = self._swap_in_average()  # validation, selection and "best" see the average
+            record = self._record(epoch, float(np.mean(losses)) if losses else float("nan"), time.perf_counter() - start,
+                                  raw_unadapted)
             self.state["epoch"] = epoch + 1
             improved = record["val_mae"] < self.state["best_val_mae"] - 1e-6
             if improved:
@@ -175,7 +187,10 @@ class Trainer:
                 self.state["bad_epochs"] += 1
             if self.select_unadapted and record["val_unadapted_mae"] < self.state.get("best_unadapted_val_mae", math.inf) - 1e-6:
                 self.state.update(best_unadapted_epoch=epoch, best_unadapted_val_mae=record["val_unadapted_mae"])
-                self.best_unadapted_params = meta_parameters(self.learner)
+                self.best_unadapted_params = raw if raw is not None else meta_parameters(self.learner)
+                self.state["bad_epochs"] = 0  # patience runs out only when neither use improves
+            if raw is not None:
+                load_meta_parameters(self.learner, raw)  # training goes on from the raw parameters
             if self.progress:
                 self.progress("epoch", epoch + 1, cfg.epochs)
             if self.run_dir is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or improved):
@@ -183,6 +198,24 @@ class Trainer:
         if self.run_dir is not None:
             self._save("last")
         return TrainResult(self.state["best_epoch"], self.state["best_val_mae"], self.state["epoch"], self.history, self.run_dir)
+
+    def _update_average(self) -> None:
+        """``avg <- d * avg + (1 - d) * phi`` after a meta-step (no-op unless ``train.average_decay`` > 0)."""
+        decay = self.config.train.average_decay
+        if not decay or self.average is None:
+            return
+        with torch.no_grad():
+            for n, p in self.learner.named_meta_parameters().items():
+                self.average[n].lerp_(p.detach(), 1.0 - decay)
+
+    def _swap_in_average(self) -> dict[str, torch.Tensor] | None:
+        """Load the running average into the learner and return the raw parameters it replaced (None when
+        training does not average)."""
+        if self.average is None:
+            return None
+        raw = meta_parameters(self.learner)
+        load_meta_parameters(self.learner, self.average)
+        return raw
 
     def _pretrain(self) -> None:
         """Plain supervised epochs over all meta-train ratings (no inner loop) on the same parameters."""
@@ -200,12 +233,16 @@ class Trainer:
         self.state["pretrained"] = True
         log.info("pretrained %d epochs as a global model", cfg.pretrain_epochs)
 
-    def _record(self, epoch: int, train_loss: float, seconds: float) -> dict:
+    def _unadapted_mae(self) -> float:
+        return validation_mae(self.learner, self.split, self.config.train.eval_batch_size, adapted=False)["val_mae"]
+
+    def _record(self, epoch: int, train_loss: float, seconds: float, unadapted_mae: float | None = None) -> dict:
+        """Validation metrics of the parameters now in the learner; ``unadapted_mae`` (select_unadapted)
+        when it was measured on other parameters (the raw ones, while the average is in)."""
         record = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3),
                   **validation_mae(self.learner, self.split, self.config.train.eval_batch_size)}
         if self.select_unadapted:
-            record["val_unadapted_mae"] = validation_mae(self.learner, self.split, self.config.train.eval_batch_size,
-                                                         adapted=False)["val_mae"]
+            record["val_unadapted_mae"] = self._unadapted_mae() if unadapted_mae is None else unadapted_mae
         self.history.append(record) if epoch >= 0 else None
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a" if epoch >= 0 else "w", encoding="utf-8") as fh:
