@@ -46,7 +46,7 @@ from metarec.meta.engine import MetaLearner
 from metarec.meta.global_model import train_global_model
 from metarec.meta.item_fold_in import item_prior_variance, new_items_folded_in, supports_item_fold_in
 from metarec.meta.run import RunConfig
-from metarec.meta.trainer import Trainer, load_meta_parameters, meta_parameters, without_support
+from metarec.meta.trainer import Trainer, parameters_swapped_in, without_support
 from metarec.tasks.splits import (HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, SplitConfig, add_user_history,
                                   make_split)
 from metarec.tasks.taskset import TaskSet
@@ -356,15 +356,9 @@ class MetaMethod(Method):
         """Within the block the learner holds the variant's selected parameters: the global model
         without fine-tuning has its own epoch (see ``train_global_model``); every other variant uses
         the learner's as they are."""
-        if self.unadapted_params is None or self._steps(variant) != 0:
+        own_epoch = self.unadapted_params if self._steps(variant) == 0 else None
+        with parameters_swapped_in(self.learner, own_epoch):
             yield
-            return
-        kept = meta_parameters(self.learner)
-        try:
-            load_meta_parameters(self.learner, self.unadapted_params)
-            yield
-        finally:
-            load_meta_parameters(self.learner, kept)
 
     def predict(self, variant: str, tasks: TaskSet) -> np.ndarray:
         with self._parameters(variant):

@@ -10,9 +10,10 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -73,6 +74,22 @@ def load_meta_parameters(learner: MetaLearner, params: dict[str, torch.Tensor]) 
         for n, value in params.items():
             named[n].copy_(value)
     return learner
+
+
+@contextmanager
+def parameters_swapped_in(learner: MetaLearner, params: dict[str, torch.Tensor] | None
+                          ) -> Iterator[dict[str, torch.Tensor] | None]:
+    """Within the block the learner holds ``params``; its own come back afterwards, even on an error.
+    Yields a copy of its own (None, and nothing is swapped, when ``params`` is None)."""
+    if params is None:
+        yield None
+        return
+    kept = meta_parameters(learner)
+    load_meta_parameters(learner, params)
+    try:
+        yield kept
+    finally:
+        load_meta_parameters(learner, kept)
 
 
 class Trainer:
@@ -139,7 +156,8 @@ class Trainer:
             if p in ckpt.learner.optimizer.state:
                 self.learner.optimizer.state[names[n]] = ckpt.learner.optimizer.state[p]
         self.state = dict(ckpt.state)
-        self.average = None if ckpt.average is None else {n: v.clone() for n, v in ckpt.average.items()}
+        self.average = ({n: v.clone() for n, v in ckpt.average.items()}
+                        if self.config.train.average_decay and ckpt.average is not None else None)
         if self.run_dir is not None and (self.run_dir / "metrics.jsonl").exists():
             lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
             self.history = [json.loads(x) for x in lines if x.strip()][: self.state["epoch"]]
@@ -174,23 +192,22 @@ class Trainer:
                 if self.progress:
                     self.progress("train", i + 1, n_batches)
             raw_unadapted = self._unadapted_mae() if self.select_unadapted else None
-            raw = self._swap_in_average()  # validation, selection and "best" see the average
-            record = self._record(epoch, float(np.mean(losses)) if losses else float("nan"), time.perf_counter() - start,
-                                  raw_unadapted)
-            self.state["epoch"] = epoch + 1
-            improved = record["val_mae"] < self.state["best_val_mae"] - 1e-6
-            if improved:
-                self.state.update(best_epoch=epoch, best_val_mae=record["val_mae"], bad_epochs=0)
-                self.best_params = meta_parameters(self.learner)
-                self._save("best")
-            else:
-                self.state["bad_epochs"] += 1
-            if self.select_unadapted and record["val_unadapted_mae"] < self.state.get("best_unadapted_val_mae", math.inf) - 1e-6:
-                self.state.update(best_unadapted_epoch=epoch, best_unadapted_val_mae=record["val_unadapted_mae"])
-                self.best_unadapted_params = raw if raw is not None else meta_parameters(self.learner)
-                self.state["bad_epochs"] = 0  # patience runs out only when neither use improves
-            if raw is not None:
-                load_meta_parameters(self.learner, raw)  # training goes on from the raw parameters
+            # validation, selection and "best" see the average; training goes on from the raw parameters
+            with parameters_swapped_in(self.learner, self.average) as raw:
+                record = self._record(epoch, float(np.mean(losses)) if losses else float("nan"),
+                                      time.perf_counter() - start, raw_unadapted)
+                self.state["epoch"] = epoch + 1
+                improved = record["val_mae"] < self.state["best_val_mae"] - 1e-6
+                if improved:
+                    self.state.update(best_epoch=epoch, best_val_mae=record["val_mae"], bad_epochs=0)
+                    self.best_params = meta_parameters(self.learner)
+                    self._save("best")
+                else:
+                    self.state["bad_epochs"] += 1
+                if self.select_unadapted and record["val_unadapted_mae"] < self.state.get("best_unadapted_val_mae", math.inf) - 1e-6:
+                    self.state.update(best_unadapted_epoch=epoch, best_unadapted_val_mae=record["val_unadapted_mae"])
+                    self.best_unadapted_params = raw if raw is not None else meta_parameters(self.learner)
+                    self.state["bad_epochs"] = 0  # patience runs out only when neither use improves
             if self.progress:
                 self.progress("epoch", epoch + 1, cfg.epochs)
             if self.run_dir is not None and ((epoch + 1) % cfg.checkpoint_every == 0 or improved):
@@ -201,21 +218,11 @@ class Trainer:
 
     def _update_average(self) -> None:
         """``avg <- d * avg + (1 - d) * phi`` after a meta-step (no-op unless ``train.average_decay`` > 0)."""
-        decay = self.config.train.average_decay
-        if not decay or self.average is None:
+        if self.average is None:  # set only when train.average_decay > 0
             return
         with torch.no_grad():
             for n, p in self.learner.named_meta_parameters().items():
-                self.average[n].lerp_(p.detach(), 1.0 - decay)
-
-    def _swap_in_average(self) -> dict[str, torch.Tensor] | None:
-        """Load the running average into the learner and return the raw parameters it replaced (None when
-        training does not average)."""
-        if self.average is None:
-            return None
-        raw = meta_parameters(self.learner)
-        load_meta_parameters(self.learner, self.average)
-        return raw
+                self.average[n].lerp_(p.detach(), 1.0 - self.config.train.average_decay)
 
     def _pretrain(self) -> None:
         """Plain supervised epochs over all meta-train ratings (no inner loop) on the same parameters."""
