@@ -142,20 +142,91 @@ def data_split(
 
 
 # ---------------------------------------------------------------------- training
+def _data_overrides(dataset: Optional[str], data_dir: Optional[str], users: Optional[str], items: Optional[str],
+                    columns: List[str], attributes: List[str], rating_scale: Optional[str]) -> dict:
+    """``[data]`` values from the command line (None / empty: not given)."""
+    def pairs(entries: List[str], flag: str) -> dict[str, str]:
+        out = {}
+        for entry in entries:
+            key, sep, value = entry.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise MetarecError(f"{flag} {entry!r}: expected NAME=VALUE")
+            out[key.strip()] = value.strip()
+        return out
+
+    scale = None
+    if rating_scale is not None:
+        try:
+            low, high = (float(x) for x in rating_scale.split(","))
+        except ValueError:
+            raise MetarecError(f"--rating-scale {rating_scale!r}: expected LOW,HIGH") from None
+        scale = [low, high]
+    values = dict(dataset=dataset, data_dir=data_dir, users=users, items=items, rating_scale=scale,
+                  columns=pairs(columns, "--column") or None, attributes=pairs(attributes, "--attribute") or None)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _run_config(config: Optional[Path], preset: Optional[str], model: Optional[str], algorithm: Optional[str]):
+    """The base configuration and the searched settings it fixes: ``--model`` / ``--algorithm`` give a
+    plain preset (no recipe, nothing searched); otherwise the recipe's base with ``--preset``'s and then
+    ``--config``'s values on top (what they set is fixed)."""
+    from metarec.meta.recipe import SEARCH_SPACE, config_over_recipe, load_toml_values, preset_dict
+    from metarec.meta.run import RunConfig
+
+    if model is not None or algorithm is not None:
+        if config is not None:
+            cfg = RunConfig.from_toml(config)
+            base = RunConfig.preset(model or cfg.model.kind, algorithm)
+            cfg = RunConfig(cfg.data, cfg.split, base.model if model else cfg.model, base.meta if algorithm else cfg.meta, cfg.train)
+        else:
+            cfg = RunConfig.preset(model or "feature-mlp", algorithm)
+        return cfg, tuple(f"{s}.{k}" for s, k, _ in SEARCH_SPACE)
+    values: dict = {}
+    for layer in ([preset_dict(preset)] if preset else []) + ([load_toml_values(config)] if config else []):
+        for section, entries in layer.items():
+            values.setdefault(section, {}).update(entries)
+    return config_over_recipe(values)
+
+
+def _train_flags_fix(outer_lr, query_loss, item_id_embedding, item_id_residual) -> tuple[str, ...]:
+    """Searched settings a command-line flag sets: the recipe leaves them as given."""
+    fixed = []
+    if outer_lr is not None:
+        fixed.append("meta.outer_lr")
+    if query_loss is not None:
+        fixed.append("meta.query_loss")
+    if item_id_embedding is not None or item_id_residual is not None:
+        fixed.append("model.item_ids")
+    return tuple(fixed)
+
+
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Run folder (config, metrics.jsonl, checkpoints)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="A run.toml; flags override it."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset name or path."),
+    out: Path = typer.Option(..., "--out", help="Run folder (config, metrics.jsonl, checkpoints, recipe.json)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run.toml whose values override the recipe; "
+                                          "the searched settings it sets are not searched."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A preset shipped with metarec (e.g. maml-gd), "
+                                         "applied under --config."),
+    search: bool = typer.Option(True, "--search/--no-search", help="Choose the dataset-dependent settings on "
+                                "validation users (outer lr, item ids, id dropout, query loss) [default: search]."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name, or your interactions table (CSV / TSV / Parquet)."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
+    users: Optional[str] = typer.Option(None, "--users", help="A table of user attributes (with --dataset TABLE)."),
+    items: Optional[str] = typer.Option(None, "--items", help="A table of item attributes (with --dataset TABLE)."),
+    column: List[str] = typer.Option([], "--column", help="ROLE=NAME: the table's column for user, item, rating "
+                                     "or timestamp, e.g. --column user=userId; repeatable."),
+    attribute: List[str] = typer.Option([], "--attribute", help="COLUMN=KIND (categorical, multi, numeric, text): "
+                                        "e.g. --attribute author=categorical; items.COLUMN for one table; repeatable."),
+    rating_scale: Optional[str] = typer.Option(None, help="LOW,HIGH of your table's ratings [default: observed]."),
     protocol: Optional[str] = typer.Option(None, help="melu, time or splits."),
     split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: a folder of published split files."),
-    model: Optional[str] = typer.Option(None, help="feature-mlp, neural-cf, attention or melu."),
-    algorithm: Optional[str] = typer.Option(None, help="maml, fomaml, reptile or metasgd."),
+    model: Optional[str] = typer.Option(None, help="feature-mlp, neural-cf, attention or melu: a plain preset "
+                                        "instead of the recipe (no search)."),
+    algorithm: Optional[str] = typer.Option(None, help="maml, fomaml, reptile or metasgd (a plain preset, no search)."),
     adapt: Optional[str] = typer.Option(None, help="Parameters adapted per user: all, head or embeddings."),
     inner_steps: Optional[int] = typer.Option(None, help="Inner gradient steps."),
     inner_lr: Optional[float] = typer.Option(None, help="Inner learning rate alpha."),
-    outer_lr: Optional[float] = typer.Option(None, help="Outer (Adam) learning rate beta."),
+    outer_lr: Optional[float] = typer.Option(None, help="Outer (Adam) learning rate beta (not searched then)."),
     l2: Optional[float] = typer.Option(None, help="L2 weight lambda on the meta-parameters."),
     meta_batch_size: Optional[int] = typer.Option(None, help="Tasks per meta-batch."),
     query_loss: Optional[str] = typer.Option(None, help="Outer loss on the query set: squared, absolute or huber."),
@@ -170,30 +241,57 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
-    """Meta-train a model; the best checkpoint on validation users goes to RUNDIR/best."""
+    """Meta-train a model; the best checkpoint on validation users goes to RUNDIR/best.
+
+    By default the automatic recipe chooses the settings that differ between datasets on validation users
+    (recorded in RUNDIR/recipe.json); --config / flags fix what they set."""
     with _errors():
         from metarec.meta.run import RunConfig
         from metarec.meta.trainer import Trainer
 
-        if config is not None:
-            cfg = RunConfig.from_toml(config)
-            if model is not None or algorithm is not None:
-                base = RunConfig.preset(model or cfg.model.kind, algorithm)
-                cfg = RunConfig(cfg.data, cfg.split, base.model if model else cfg.model, base.meta if algorithm else cfg.meta, cfg.train)
+        if resume:
+            cfg = RunConfig.from_toml(out / "config.toml")
+            search = False
         else:
-            cfg = RunConfig.preset(model or "feature-mlp", algorithm)
-        cfg = cfg.override("data", dataset=dataset, data_dir=data_dir)
-        cfg = cfg.override("split", protocol=protocol, seed=seed, split_dir=split_dir)
-        cfg = cfg.override("model", item_id_embedding=item_id_embedding, item_id_residual=item_id_residual)
-        cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
-                           meta_batch_size=meta_batch_size, query_loss=query_loss)
-        cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)
+            cfg, fixed = _run_config(config, preset, model, algorithm)
+            search = search and model is None and algorithm is None  # a plain preset is trained as it is
+            fixed = (*fixed, *_train_flags_fix(outer_lr, query_loss, item_id_embedding, item_id_residual))
+            data = _data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
+            cfg = cfg.override("data", **data)
+            cfg = cfg.override("split", protocol=protocol, seed=seed, split_dir=split_dir)
+            cfg = cfg.override("model", item_id_embedding=item_id_embedding, item_id_residual=item_id_residual)
+            cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
+                               meta_batch_size=meta_batch_size, query_loss=query_loss)
+            cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)
         if device and device.startswith("cuda"):
             import torch
 
             if not torch.cuda.is_available():
                 raise MetarecError(f"--device {device}: CUDA is not available on this machine")
         with _progress() as progress:
+            if search and not resume:
+                from metarec._atomic import write_json
+                from metarec.data.loaders.registry import load_data
+                from metarec.meta.recipe import choose_recipe
+                from metarec.tasks import make_split
+
+                split = make_split(load_data(cfg.data), cfg.split)
+                bar = progress.add_task("choosing the recipe on validation users (trainings)", total=None)
+
+                def step(description: str, done: int, total: int) -> None:
+                    progress.update(bar, completed=done, total=total)
+
+                chosen = choose_recipe(split, cfg, fixed=fixed, progress=step)
+                trainer = chosen.trainer
+                trainer.write_run(out)
+                write_json(out / "recipe.json", chosen.to_dict())
+                state = trainer.state
+                console.print("recipe (chosen on validation users): "
+                              + ", ".join(f"{k} = {v}" for k, v in min(chosen.trials, key=lambda t: t.val_score)
+                                          .settings.items()), highlight=False)
+                console.print(f"best epoch {state['best_epoch']}: validation score {state['best_val_mae']:.4f} "
+                              f"({state['epoch']} epochs, {len(chosen.trials)} trials); run folder {out}")
+                return
             bar = progress.add_task("meta-training", total=None)
             epochs_bar = progress.add_task("epochs", total=cfg.train.epochs)
 
@@ -245,14 +343,14 @@ def evaluate(
 ) -> None:
     """MAE and RMSE per test scenario, with and without adaptation, on the run's own split."""
     with _errors():
-        from metarec.data import load_dataset
+        from metarec.data.loaders.registry import load_data
         from metarec.meta.run import RunConfig
         from metarec.meta.trainer import evaluate_run, load_best
         from metarec.tasks import make_split
 
         cfg = RunConfig.from_toml(run / "config.toml")
         ckpt = load_best(run)
-        split = make_split(load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir), cfg.split)
+        split = make_split(load_data(cfg.data), cfg.split)
         results = evaluate_run(ckpt, split, steps, user_history=user_history,
                                history_max_new_support=_history_limit(history_max_new_support),
                                history_as_prior=history_as_prior)
@@ -313,11 +411,11 @@ def recommend(
 def _titles(run: Path) -> dict[str, str]:
     """Item titles from the run's dataset, when it can be loaded (display only)."""
     try:
-        from metarec.data import load_dataset
+        from metarec.data.loaders.registry import load_data
         from metarec.meta.run import RunConfig
 
         cfg = RunConfig.from_toml(run / "config.toml")
-        items = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir).items
+        items = load_data(cfg.data).items
         return items["title"].astype(str).to_dict() if "title" in items.columns else {}
     except Exception as exc:  # noqa: BLE001 - titles are optional decoration, but say why they are missing
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -336,7 +434,18 @@ def benchmark(
     split_seed: Optional[int] = typer.Option(None, help="Score every seed on this seed's split: the seeds then vary "
                                              "only the training (initialisation, task order) [default: each its own]."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="run.toml for the meta-learners (model, meta, train)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run.toml whose values override the meta-learner's "
+                                          "recipe; the searched settings it sets are not searched."),
+    search: bool = typer.Option(True, "--search/--no-search", help="The meta-learner's recipe chosen on each seed's "
+                                "validation users [default: search]."),
+    users: Optional[str] = typer.Option(None, "--users", help="A table of user attributes (with --dataset TABLE)."),
+    items: Optional[str] = typer.Option(None, "--items", help="A table of item attributes (with --dataset TABLE)."),
+    column: List[str] = typer.Option([], "--column", help="ROLE=NAME: the table's column for user, item, rating "
+                                     "or timestamp; repeatable."),
+    attribute: List[str] = typer.Option([], "--attribute", help="COLUMN=KIND (categorical, multi, numeric, text); "
+                                        "repeatable."),
+    rating_scale: Optional[str] = typer.Option(None, help="LOW,HIGH of your table's ratings [default: observed]."),
+    support_draws: int = typer.Option(3, help="Seeded draws of the K support ratings per test task (averaged)."),
     heavy_users: Optional[str] = typer.Option(None, help="drop (MeLU) or chunk: users above 100 ratings feed meta-training "
                                                "[default: the config's [split] heavy_users, else drop]."),
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
@@ -366,18 +475,24 @@ def benchmark(
             except ValueError:
                 raise MetarecError(f"--{what} {text!r}: expected comma-separated integers") from None
 
-        run_config = RunConfig.from_toml(config) if config else RunConfig.preset("feature-mlp", "maml")
+        from metarec.meta.recipe import config_over_recipe, load_toml_values
+
+        run_config, fixed = config_over_recipe(load_toml_values(config) if config else None)
+        data = _data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
+        run_config = run_config.override("data", **data)
         if epochs is not None:
             run_config = run_config.override("train", epochs=epochs)
+        table = run_config.data if run_config.data.is_table else None
         options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
                        user_history=user_history, history_max_new_support=_history_limit(history_max_new_support),
-                       history_as_prior=history_as_prior, item_fold_in=item_fold_in, split_seed=split_seed)
+                       history_as_prior=history_as_prior, item_fold_in=item_fold_in, split_seed=split_seed,
+                       data=table)
         if quick:
             cfg = BenchmarkConfig.quick(**options)
         else:
             cfg = BenchmarkConfig(seeds=ints(seeds, "seeds"), support_sizes=ints(support_sizes, "support-sizes"),
                                   methods=tuple(m.strip() for m in methods.split(",")) if methods else DEFAULT_METHODS,
-                                  run=run_config, **options)
+                                  run=run_config, search=search, fixed=fixed, support_draws=support_draws, **options)
         started = time.perf_counter()
 
         def report(status, msg: str) -> None:
@@ -417,7 +532,7 @@ def onboard(
 ) -> None:
     """The items to ask a new user to rate first; with --experiment, what each strategy buys on held-out users."""
     with _errors():
-        from metarec.data import load_dataset
+        from metarec.data.loaders.registry import load_data
         import numpy as np
 
         from metarec.eval.onboarding import (PROTOCOLS, STRATEGIES, adaptive_questionnaire, choose_items,
@@ -445,7 +560,7 @@ def onboard(
                 raise MetarecError(f"unknown onboarding strategy {name!r}; known: {', '.join(STRATEGIES)}")
         budget_values, seed_values = ints(budgets, "budgets"), ints(seeds, "seeds")
         cfg = RunConfig.from_toml(run / "config.toml")
-        dataset = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir)
+        dataset = load_data(cfg.data)
         split = make_split(dataset, cfg.split)
         learner = load_best(run).learner
         if not experiment:
@@ -477,7 +592,7 @@ def onboard(
         runs = [(run, split, learner)]
         for other in pool_runs or []:
             other_cfg = RunConfig.from_toml(other / "config.toml")
-            other_split = make_split(load_dataset(other_cfg.data.dataset, data_dir=other_cfg.data.data_dir), other_cfg.split)
+            other_split = make_split(load_data(other_cfg.data), other_cfg.split)
             runs.append((other, other_split, load_best(other).learner))
         results = []
         with _progress() as progress:

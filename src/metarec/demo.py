@@ -1,4 +1,5 @@
-"""``metarec demo``: meta-train on ML-100K, compare with two baselines, recommend for one new user.
+"""``metarec demo``: meta-train on ML-100K with the automatic recipe, compare with two baselines along the
+K-curve (a newcomer with 1, 3, 5, 10, 20 ratings), recommend for one new user.
 
 Data: ``$METAREC_DATA_DIR``, else the cache, else a download from GroupLens; offline with neither, the
 synthetic dataset (the caller is told in one line). Everything is scored on test users and items that
@@ -33,7 +34,8 @@ METHOD_LABELS = {  # short: the table must fit 80 columns
     "bias": "bias fold-in",
     "mf": "MF fold-in",
 }
-SUPPORT_SIZES = (1, 3, 5, 10)
+SUPPORT_SIZES = (1, 3, 5, 10, 20)
+SUPPORT_DRAWS = 3  # seeded choices of the K ratings per test task, averaged
 RANKING_METRIC = "ndcg@10"
 Progress = Callable[[str, int, int], None]  # (step description, done, total)
 Notice = Callable[[str], None]
@@ -49,7 +51,8 @@ class DemoResult:
     best_epoch: int
     best_val_mae: float
     table: pd.DataFrame  # method, scenario, tasks, mae, ndcg@10
-    k_curve: pd.DataFrame  # method, k, tasks, mae (new users with exactly k support ratings)
+    k_curve: pd.DataFrame  # scenario, method, k ("all" = whole support), tasks, mae, vs_best_baseline, ci_low, ci_high
+    recipe: dict  # what the automatic recipe chose on validation users, and its trials
     plot: Path
     user: dict  # attributes, the 5 ratings (item_id, title, rating)
     top: pd.DataFrame  # item_id, score, title, held_out (the user's real rating when known)
@@ -103,20 +106,6 @@ def _quiet_pooch() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def demo_config(dataset: str, epochs: int):
-    """The ML-100K benchmark settings (configs/ml100k.toml, chosen on validation users; the package
-    does not ship configs/, a test keeps the two equal): neural CF whose new-user offset is folded in by
-    closed-form ridge regression, item id embeddings, a fresh support / query partition per epoch."""
-    from metarec.meta.run import RunConfig
-
-    cfg = RunConfig.preset("neural-cf", "maml")
-    cfg = cfg.override("data", dataset=dataset).override("split", heavy_users="chunk")
-    cfg = cfg.override("model", embedding_size=32, hidden=[64], factors=32, item_id_embedding=True,
-                       item_id_dropout=0.0, fold_in=True)
-    cfg = cfg.override("meta", adapt="head", inner_steps=0, inner_lr=0.1, outer_lr=1e-3, l2=1e-4, meta_batch_size=32)
-    return cfg.override("train", epochs=epochs, patience=5, resample_query=True, threads=1)
-
-
 def _catalogue(split, scenario: str) -> np.ndarray:
     """Candidates of full-catalogue ranking, as in the benchmark: items with a rating (new items only
     in the new-item scenarios)."""
@@ -129,33 +118,41 @@ def _catalogue(split, scenario: str) -> np.ndarray:
 
 def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes: tuple[int, ...] = SUPPORT_SIZES,
              download: bool = True, progress: Progress | None = None, notice: Notice | None = None) -> DemoResult:
-    """Meta-train, evaluate against two baselines, plot, and recommend for a sample new user."""
+    """Choose the recipe on validation users and meta-train, evaluate against two baselines along the
+    K-curve, plot, and recommend for a sample new user."""
+    from metarec._atomic import write_json
     from metarec.eval.benchmark import BenchmarkConfig, MetaMethod, make_method
     from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse
-    from metarec.meta.trainer import Trainer, load_best
+    from metarec.meta.recipe import choose_recipe, recipe_base
+    from metarec.meta.trainer import load_best
     from metarec.serve.recommender import ColdStartRecommender
     from metarec.tasks import make_split
 
     started = time.perf_counter()
     out = Path(out)
     dataset, synthetic = demo_dataset(notice, download=download)
-    cfg = demo_config(dataset.name, epochs).override("split", seed=seed).override("train", seed=seed)
+    cfg = recipe_base().override("data", dataset=dataset.name).override("split", seed=seed)
+    cfg = cfg.override("train", seed=seed, epochs=epochs)
     split = make_split(dataset, cfg.split)
     description = (f"{dataset.name}: {dataset.n_users} users, {dataset.n_items} items, {dataset.n_ratings} ratings; "
-                   f"{len(split.meta_train)} meta-train users, {len(split.test['new_users'])} new (test) users, "
+                   f"{len(split.train_users)} meta-train users ({len(split.meta_train)} tasks), "
+                   f"{len(split.val_users)} validation users, {len(split.test['new_users'])} new (test) users, "
                    f"{int(split.new_item_mask.sum())} new items")
     log.info(description)
 
     def report(stage: str, done: int, total: int) -> None:
-        if progress and stage == "epoch":
-            progress("meta-training (MAML, epochs; stops early on validation users)", done, total)
+        if progress:
+            progress("choosing the recipe on validation users (trainings)", done, total)
 
-    trained = Trainer(cfg, split=split, run_dir=out, progress=report).fit()
+    chosen = choose_recipe(split, cfg, progress=report)
+    chosen.trainer.write_run(out)
+    write_json(out / "recipe.json", chosen.to_dict())
+    best_trial = min(chosen.trials, key=lambda t: t.val_score)
     ckpt = load_best(out)
-    meta = MetaMethod("maml", cfg)
+    meta = MetaMethod("maml", chosen.config)
     meta.learner = ckpt.learner
     methods = [meta]
-    bench = BenchmarkConfig(dataset=dataset.name, seeds=(seed,), methods=BASELINES)
+    bench = BenchmarkConfig(dataset=dataset.name, seeds=(seed,), methods=BASELINES, run=chosen.config)
     for i, name in enumerate(BASELINES):
         if progress:
             progress("fitting the baselines (regularisation chosen on validation users)", i, len(BASELINES))
@@ -183,26 +180,51 @@ def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes:
     if progress:
         progress("scoring test users (MAE, full-catalogue nDCG@10)", len(variants), len(variants))
     table = pd.DataFrame(rows)
-
-    curve = []
-    for k in support_sizes:
-        tasks = split.with_support_size(k).test["new_users"]
-        if not len(tasks):
-            continue
-        for method, variant in variants:
-            curve.append({"method": variant, "k": k, "tasks": len(tasks),
-                          "mae": mae_rmse(tasks, method.predict(variant, tasks))["mae"]})
-    k_curve = pd.DataFrame(curve)
+    k_curve = _k_curve(split, [(m, v) for m, v in variants if not v.endswith("-no-adapt")], support_sizes, seed)
     plot = plot_demo(table, k_curve, out / "demo.png", dataset.name)
 
     titles = dataset.items["title"].astype(str).to_dict() if "title" in dataset.items.columns else {}
     counts = np.bincount(split.train_ratings()["item_idx"].to_numpy(), minlength=dataset.n_items)
     recommender = ColdStartRecommender(ckpt, items=dataset.items, train_counts=counts, dataset_name=dataset.name, replicas=1)
     user, top = _sample_user(dataset, split, recommender, titles, popularity)
-    result = DemoResult(dataset.name, synthetic, description, trained.best_epoch, trained.best_val_mae, table, k_curve,
-                        plot, user, top, out, time.perf_counter() - started)
+    recipe = {"chosen": best_trial.settings, "trials": len(chosen.trials), "val_score": best_trial.val_score,
+              "best_epoch": ckpt.state.get("best_epoch")}
+    result = DemoResult(dataset.name, synthetic, description, int(ckpt.state.get("best_epoch", -1)), best_trial.val_score,
+                        table, k_curve, recipe, plot, user, top, out, time.perf_counter() - started)
     log.info("demo done in %.1f s", result.seconds)
     return result
+
+
+def _k_curve(split, variants, support_sizes: tuple[int, ...], seed: int) -> pd.DataFrame:
+    """Per scenario and K (and the whole support): each method's test MAE over tasks cut to K ratings
+    (``SUPPORT_DRAWS`` draws averaged), and the meta-learner minus the better baseline at that K with a
+    bootstrap 95% interval over tasks."""
+    from metarec.eval.benchmark import paired_difference
+
+    rows = []
+    rng = np.random.default_rng(seed)
+    for scenario in ("new_users", "new_users_new_items"):
+        for k in (*support_sizes, "all"):
+            cuts = [split] if k == "all" else [split.with_support_size(k, d) for d in range(SUPPORT_DRAWS)]
+            tasks0 = cuts[0].test[scenario]
+            if not len(tasks0):
+                continue
+            errors = {}
+            for method, variant in variants:
+                per_draw = []
+                for cut in cuts:
+                    tasks = cut.test[scenario]
+                    pred = method.predict(variant, tasks)
+                    per_draw.append(np.add.reduceat(np.abs(pred - tasks.query_rating), tasks.query_ptr[:-1]) / tasks.query_sizes)
+                errors[variant] = np.mean(per_draw, axis=0)
+            baselines = [v for v in errors if v in BASELINES]
+            best = min(baselines, key=lambda v: errors[v].mean())
+            diff = paired_difference({0: errors["maml"]}, {0: errors[best]}, 2000, rng)
+            for variant, err in errors.items():
+                rows.append({"scenario": scenario, "method": variant, "k": str(k), "tasks": len(tasks0),
+                             "mae": float(err.mean()), "vs_best_baseline": diff["mae_difference"],
+                             "best_baseline": best, "ci_low": diff["ci95"][0], "ci_high": diff["ci95"][1]})
+    return pd.DataFrame(rows)
 
 
 def _sample_user(dataset: RatingDataset, split, recommender, titles: dict[str, str],
@@ -258,11 +280,13 @@ def plot_demo(table: pd.DataFrame, k_curve: pd.DataFrame, path: Path, dataset: s
     left.set_ylim(max(0.0, low - 0.15), float(table["mae"].max()) + 0.05)
     left.set_title(f"{dataset}: MAE per cold-start scenario")
     left.legend(fontsize=7, loc="upper left")
-    if len(k_curve):
-        for method in methods:
-            sub = k_curve[k_curve["method"] == method]
+    curve = k_curve[(k_curve["scenario"] == "new_users") & (k_curve["k"] != "all")] if len(k_curve) else k_curve
+    if len(curve):
+        curve = curve.assign(k=curve["k"].astype(int))
+        for method in dict.fromkeys(curve["method"]):
+            sub = curve[curve["method"] == method]
             right.plot(sub["k"], sub["mae"], marker="o", label=METHOD_LABELS.get(method, method))
-        ks = sorted(k_curve["k"].unique())
+        ks = sorted(curve["k"].unique())
         right.set_xscale("log")
         right.set_xticks(ks, [str(k) for k in ks])
         right.set_xlabel("ratings the new user gave (support size K)")
@@ -279,10 +303,34 @@ def plot_demo(table: pd.DataFrame, k_curve: pd.DataFrame, path: Path, dataset: s
 
 def print_demo(result: DemoResult, console) -> None:
     """Render a :class:`DemoResult` with rich (the CLI's console)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    console.print(f"[bold]{result.description}[/bold]")
-    console.print(f"meta-training: best epoch {result.best_epoch}, validation MAE {result.best_val_mae:.4f}")
+    console.print(f"[bold]{escape(result.description)}[/bold]")
+    chosen = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in result.recipe["chosen"].items())
+    console.print(f"recipe chosen on validation users ({result.recipe['trials']} trainings): {escape(chosen)}; "
+                  f"best epoch {result.best_epoch}, validation score {result.best_val_mae:.4f}")
+    curve = Table(title="A newcomer with K ratings: test query MAE (lower is better; "
+                        f"{SUPPORT_DRAWS} draws of the K ratings per user)")
+    for col in ("scenario", "K", "users", "MAML", "bias", "MF", "MAML - best [95% CI]"):
+        curve.add_column(col, justify="left" if col == "scenario" else "right", no_wrap=True)
+    k_curve = result.k_curve
+    for scenario in ("new_users", "new_users_new_items"):
+        sub = k_curve[k_curve["scenario"] == scenario] if len(k_curve) else k_curve
+        ks = list(dict.fromkeys(sub["k"])) if len(sub) else []
+        for i, k in enumerate(ks):
+            cell = sub[sub["k"] == k].set_index("method")
+            maes = {m: cell.loc[m, "mae"] for m in ("maml", "bias", "mf") if m in cell.index}
+            best = min(maes.values())
+            row = cell.iloc[0]
+            diff = f"{row['vs_best_baseline']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+            curve.add_row(SCENARIO_LABELS[scenario] if i == 0 else "", str(k), str(int(row["tasks"])),
+                          *[f"[bold]{maes[m]:.4f}[/bold]" if maes.get(m) == best else f"{maes.get(m, float('nan')):.4f}"
+                            for m in ("maml", "bias", "mf")], diff, end_section=i == len(ks) - 1)
+    console.print(curve)
+    console.print("K = all: each test user's whole support. MAML - best: the meta-learner's MAE minus the better "
+                  "baseline's at that K, paired by user (below 0: MAML is better; the interval is a bootstrap over "
+                  "users of this one split - `metarec benchmark` gives intervals over seeds).")
     table = Table(title="Test users and items never seen in training: query MAE (lower is better), "
                         "full-catalogue nDCG@10 (higher is better)")
     for col in ("scenario (test tasks)", "method", "MAE", "nDCG@10"):
@@ -299,7 +347,8 @@ def print_demo(result: DemoResult, console) -> None:
                           end_section=i == len(sub) - 1)
     console.print(table)
     console.print("MAML: meta-trained neural CF; a new user's ratings are folded in by a ridge solve whose prior "
-                  "and penalties were meta-learned (no adapt: the attribute prior alone); bias: global mean + user "
+                  "and support-size dependent penalty were meta-learned, on tasks cut to a newcomer's few ratings "
+                  "(no adapt: the attribute prior alone); bias: global mean + user "
                   "bias + item bias; MF: matrix factorisation; the baselines fold the new user in by ridge "
                   "regression too. Best per scenario in bold. One split (seed 0): intervals over seeds come from "
                   "`metarec benchmark`.")

@@ -27,7 +27,18 @@ def test_demo_ml100k_table_plot_and_top10(data_dir, tmp_path, monkeypatch):
         assert text.count(method) == 3, method
     for scenario in ("new users (", "new items (", "both new ("):
         assert scenario in text
-    numbers = [float(x) for x in re.findall(r"│\s+(\d\.\d{4})\s+│\s+(\d\.\d{4})\s+│", text) for x in x]
+    # the K-curve first: per scenario and K (and the whole support), MAML / bias / MF and the paired difference
+    curve = text[text.index("A newcomer with K ratings"):text.index("Test users and items never seen")]
+    rows = re.findall(r"│\s+(\d+|all) │\s+(\d+) │ (\S+) │ (\S+) │ (\S+) │\s+([+-]\d\.\d{4}) \[([+-]\d\.\d{4}), "
+                      r"([+-]\d\.\d{4})\]", curve.replace("[bold]", "").replace("[/bold]", ""))
+    assert [r[0] for r in rows] == ["1", "3", "5", "10", "20", "all"] * 2, curve
+    for k, users, *maes, diff, low, high in rows:
+        maes = [float(m) for m in maes]
+        assert all(0 < m < 2 for m in maes) and float(low) <= float(diff) <= float(high)
+        assert float(diff) == pytest.approx(maes[0] - min(maes[1:]), abs=2e-4)  # MAML minus the better baseline
+    assert "recipe chosen on validation users" in text and (out / "recipe.json").exists()
+    table = text[text.index("Test users and items never seen"):]
+    numbers = [float(x) for x in re.findall(r"│\s+(\d\.\d{4})\s+│\s+(\d\.\d{4})\s+│", table) for x in x]
     assert len(numbers) == 24 and all(0 <= x < 2 for x in numbers)
     plot = out / "demo.png"
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -61,15 +72,18 @@ def test_demo_offline_without_data_uses_synthetic(tmp_path, monkeypatch):
     assert "bias fold-in" in result.stdout and (tmp_path / "demo" / "demo.png").exists()
 
 
-def test_demo_settings_are_the_benchmark_config():
-    """`metarec demo` trains with configs/ml100k.toml's settings (the package cannot read configs/)."""
-    from pathlib import Path
+def test_demo_uses_the_packaged_recipe(tmp_path, monkeypatch):
+    """`metarec demo` starts from the recipe shipped in the package (no configs/ folder needed) and records
+    what the search chose; tiny synthetic data keeps it fast."""
+    import json
 
-    from metarec.demo import demo_config
-    from metarec.meta.run import RunConfig
+    from metarec import demo as module
+    from metarec.data.synthetic import SyntheticConfig, make_synthetic
 
-    repo = Path(__file__).resolve().parents[2]
-    expected = RunConfig.from_toml(repo / "configs" / "ml100k.toml").to_dict()
-    actual = demo_config("ml-100k", 30).to_dict()
-    for section in ("split", "model", "meta", "train"):
-        assert actual[section] == expected[section], section
+    small = make_synthetic(SyntheticConfig(n_users=240, n_items=120)).dataset
+    monkeypatch.setattr(module, "demo_dataset", lambda notice=None, download=True: (small, True))
+    result = module.run_demo(tmp_path / "demo", epochs=1, support_sizes=(1, 3))
+    recipe = json.loads((tmp_path / "demo" / "recipe.json").read_text())
+    assert recipe["chosen"] == result.recipe["chosen"] and len(recipe["trials"]) == result.recipe["trials"] >= 6
+    assert set(result.k_curve["k"]) == {"1", "3", "all"}
+    assert set(result.k_curve["scenario"]) <= {"new_users", "new_users_new_items"}

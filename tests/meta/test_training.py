@@ -249,7 +249,7 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
         warm.with_history(split.meta_train, as_prior=np.ones(len(warm), bool))))
     assert not np.allclose(as_prior, with_history)
     # the rule is for strict scoring: the pooled item fold-in gives every task the history
-    import metarec.eval.benchmark as benchmark
+    import metarec.eval.benchmark.methods as benchmark_methods
 
     seen = []
 
@@ -259,7 +259,7 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
 
     method.history_max_new_support, method.history_as_prior, method._last_history = 3, False, None
     method.pool_penalty = np.ones(1)
-    monkeypatch.setattr(benchmark, "new_items_folded_in", spy)
+    monkeypatch.setattr(benchmark_methods, "new_items_folded_in", spy)
     with method.pooled("maml", warm):
         assert np.allclose(method.predict("maml", warm), with_history)
     assert seen[0].tolist() == warm.with_history(split.meta_train).support_sizes.tolist()
@@ -269,11 +269,11 @@ def test_benchmark_meta_method_folds_a_known_user_in_from_their_history(tiny_spl
         assert np.allclose(method.predict("maml", warm), with_history)
     assert np.allclose(method.predict("maml", warm), as_prior)
     # ... and the global model, fine-tuned per user, has no rule
-    bench = benchmark.BenchmarkConfig(history_max_new_support=3)
-    assert benchmark.make_method("global-neural", bench).history_max_new_support is None
-    assert benchmark.make_method("maml", bench).history_max_new_support == 3
-    assert benchmark.make_method("maml", bench).history_as_prior and not benchmark.make_method("global-neural", bench).history_as_prior
-    assert not benchmark.make_method("maml", benchmark.BenchmarkConfig(history_as_prior=False)).history_as_prior
+    bench = benchmark_methods.BenchmarkConfig(history_max_new_support=3)
+    assert benchmark_methods.make_method("global-neural", bench).history_max_new_support is None
+    assert benchmark_methods.make_method("maml", bench).history_max_new_support == 3
+    assert benchmark_methods.make_method("maml", bench).history_as_prior and not benchmark_methods.make_method("global-neural", bench).history_as_prior
+    assert not benchmark_methods.make_method("maml", benchmark_methods.BenchmarkConfig(history_as_prior=False)).history_as_prior
 
 
 def test_average_decay_selects_the_running_average_and_trains_on_from_the_raw_parameters(tiny_split, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
@@ -47,14 +48,26 @@ def _is_listlike(value: object) -> bool:
     return isinstance(value, (list, tuple, np.ndarray))
 
 
+def looks_like_id(name: object) -> bool:
+    """A column name such as ``author_id``, ``publisherId``, ``brand id`` or ``id``."""
+    text = str(name)
+    return bool(re.search(r"(^|[_\-\s])id$", text, re.IGNORECASE) or re.search(r"[a-z](Id|ID)$", text))
+
+
 def infer_kind(column: pd.Series) -> AttributeKind:
-    """Guess a column's kind from its dtype: lists -> multi, numbers -> numeric, anything else -> categorical."""
+    """Guess a column's kind from its dtype: lists -> multi, numbers -> numeric, anything else -> categorical.
+
+    Integer-valued numbers in a column named like an id (``author_id``, ``publisherId``) are codes, not
+    quantities: categorical. Any other guess can be overridden per column."""
     non_null = column.dropna()
     if len(non_null) and _is_listlike(non_null.iloc[0]):
         return "multi"
     if pd.api.types.is_bool_dtype(column):
         return "categorical"
     if pd.api.types.is_numeric_dtype(column):
+        values = non_null.to_numpy(dtype=np.float64) if len(non_null) else np.zeros(0)
+        if looks_like_id(column.name) and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+            return "categorical"
         return "numeric"
     return "categorical"
 

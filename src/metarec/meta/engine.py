@@ -219,7 +219,10 @@ class MetaLearner:
             else:
                 call = lambda *args, **kw: functional_call(self.model, params, args, kw)  # noqa: E731
             users = self.user_features.select(batch.user_idx) if by_index else users
-            task["user_vec"] = call("users", dict(users.single), dict(users.multi))
+            user_vec = call("users", dict(users.single), dict(users.multi))
+            if user_vec.dim() != 2 or user_vec.shape[0] != len(batch):  # no user attributes: [B, 0]
+                user_vec = user_vec.new_zeros(len(batch), user_vec.shape[-1])
+            task["user_vec"] = user_vec
             # support and query items in one embedding call, each distinct item once
             s = task["support_item"].shape[1]
             items, inverse = torch.unique(torch.cat([task["support_item"], task["query_item"]], dim=1), return_inverse=True)

@@ -23,7 +23,7 @@ def global_config(config: RunConfig) -> RunConfig:
     # Its tasks' query is already every rating of the user: nothing to resample.
     return RunConfig(config.data, config.split, config.model,
                      replace(meta, algorithm="fomaml", inner_steps=0, eval_inner_steps=meta.test_steps,
-                             support_batch_size=None), replace(config.train, resample_query=False))
+                             support_batch_size=None), replace(config.train, resample_query=False, short_support_fraction=0.0))
 
 
 def train_global_model(config: RunConfig, split: ColdStartSplit, run_dir: str | Path | None = None) -> Trainer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from metarec.errors import ConfigError
 from metarec.meta.config import MetaConfig
@@ -29,6 +29,18 @@ class TrainConfig:
     ``resample_query`` draws a fresh random support / query partition of every meta-train task each
     epoch (same sizes): over the epochs every rating is a query rating, so the outer loss (and the item
     representations it trains) sees all the meta-train ratings instead of a fixed tenth of them.
+
+    ``average_epochs`` sets ``average_decay`` from the data: ``1 - 1 / (average_epochs x meta-batches per
+    epoch)``, a running average over about that many epochs whatever the dataset's size (0: use
+    ``average_decay`` as given).
+
+    ``short_support_fraction`` cuts, each epoch, the support of that fraction of meta-train tasks to K
+    ratings drawn log-uniformly from 1..``short_support_max`` (the cut ratings join the query): the outer
+    loss then measures what a newcomer's first ratings give, not only what a long history gives.
+
+    ``select_on`` is the validation score that early stopping and model selection use: ``all`` the query
+    MAE with each validation task's whole support; ``k-curve`` the mean of that and of the query MAE with
+    each validation task's support cut to K ratings, for every K in ``selection_support_sizes``.
     """
 
     epochs: int = 30
@@ -41,18 +53,74 @@ class TrainConfig:
     pretrain_epochs: int = 0
     resample_query: bool = False
     average_decay: float = 0.0
+    average_epochs: float = 0.0
+    short_support_fraction: float = 0.0
+    short_support_max: int = 20
+    select_on: Literal["all", "k-curve"] = "all"
+    selection_support_sizes: tuple[int, ...] = (1, 3, 5, 10)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.patience < 1 or self.pretrain_epochs < 0:
             raise ConfigError("epochs and pretrain_epochs must be >= 0 and patience >= 1")
         if not 0.0 <= self.average_decay < 1.0:
             raise ConfigError(f"average_decay must be in [0, 1), got {self.average_decay}")
+        if self.average_epochs < 0:
+            raise ConfigError(f"average_epochs must be >= 0, got {self.average_epochs}")
+        if self.average_epochs and self.average_decay:
+            raise ConfigError("set average_epochs or average_decay, not both")
+        if not 0.0 <= self.short_support_fraction <= 1.0:
+            raise ConfigError(f"short_support_fraction must be in [0, 1], got {self.short_support_fraction}")
+        if self.short_support_max < 1:
+            raise ConfigError(f"short_support_max must be >= 1, got {self.short_support_max}")
+        if self.select_on not in ("all", "k-curve"):
+            raise ConfigError(f"select_on must be 'all' or 'k-curve', got {self.select_on!r}")
+        sizes = tuple(int(k) for k in self.selection_support_sizes)
+        if not sizes or min(sizes) < 1:
+            raise ConfigError(f"selection_support_sizes must be a non-empty list of K >= 1, got {list(sizes)}")
+        object.__setattr__(self, "selection_support_sizes", sizes)
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Where the ratings come from: a registered name (``data_dir``: the folder holding it), a saved
+    dataset folder, RecBole atomic files, or your own interactions table (CSV / TSV / Parquet) with
+    optional ``users`` / ``items`` attribute tables. For a table: ``columns`` maps the roles ``user``,
+    ``item``, ``rating``, ``timestamp`` to its column names; ``attributes`` sets a column's kind
+    (``categorical``, ``multi``, ``numeric``, ``text``; ``users.x`` / ``items.x`` for one table only) where
+    the guess from its type is wrong - an integer-coded author id is a category, not a number;
+    ``list_separator`` splits a ``multi`` column given as text; ``rating_scale`` is [low, high] (default:
+    the observed range)."""
+
     dataset: str = "ml-100k"
     data_dir: str | None = None
+    users: str | None = None
+    items: str | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    list_separator: str = "|"
+    rating_scale: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        from metarec.data.schema import KINDS
+
+        bad_roles = set(self.columns) - {"user", "item", "rating", "timestamp"}
+        if bad_roles:
+            raise ConfigError(f"[data] columns: unknown role(s) {sorted(bad_roles)}; roles: user, item, rating, timestamp")
+        for column, kind in self.attributes.items():
+            if kind not in KINDS:
+                raise ConfigError(f"[data] attributes: {column} = {kind!r}; a kind is one of {', '.join(KINDS)}")
+        if self.rating_scale is not None:
+            if len(self.rating_scale) != 2 or not float(self.rating_scale[0]) < float(self.rating_scale[1]):
+                raise ConfigError(f"[data] rating_scale must be [low, high] with low < high, got {list(self.rating_scale)}")
+            object.__setattr__(self, "rating_scale", (float(self.rating_scale[0]), float(self.rating_scale[1])))
+        object.__setattr__(self, "columns", dict(self.columns))
+        object.__setattr__(self, "attributes", dict(self.attributes))
+
+    @property
+    def is_table(self) -> bool:
+        """Whether this is a table the user brings (mapping and attribute kinds apply)."""
+        return bool(self.users or self.items or self.columns or self.attributes) or Path(self.dataset).suffix.lower() in (
+            ".csv", ".tsv", ".txt", ".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -71,7 +139,8 @@ class RunConfig:
         out = {}
         for name in self.SECTIONS:
             section = asdict(getattr(self, name))
-            out[name] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in section.items() if v is not None}
+            out[name] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in section.items()
+                         if v is not None and not (isinstance(v, dict) and not v)}
         return out
 
     @classmethod
@@ -87,8 +156,9 @@ class RunConfig:
             bad = set(values) - allowed
             if bad:
                 raise ConfigError(f"[{name}] has unknown key(s) {sorted(bad)}; allowed: {sorted(allowed)}")
-            if "hidden" in values:
-                values["hidden"] = tuple(values["hidden"])
+            for key in ("hidden", "selection_support_sizes", "rating_scale"):
+                if key in values and isinstance(values[key], list):
+                    values[key] = tuple(values[key])
             try:
                 parts[name] = kind(**values)
             except TypeError as exc:

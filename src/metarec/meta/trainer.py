@@ -20,12 +20,13 @@ import torch
 
 from metarec._atomic import write_text
 from metarec.data.dataset import RatingDataset
-from metarec.data.loaders.registry import load_dataset
+from metarec.data.loaders.registry import load_data
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from metarec.meta.engine import MetaLearner
 from metarec.meta.run import RunConfig
 from metarec.models.config import build_model
 from metarec.tasks.features import encode_features
+from metarec.tasks.selection import validation_curve
 from metarec.tasks.splits import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, make_split
 from metarec.tasks.taskset import TaskSet
 
@@ -44,12 +45,28 @@ class TrainResult:
 
 
 def validation_mae(learner: MetaLearner, split: ColdStartSplit, batch_size: int = 512,
-                   adapted: bool = True) -> dict[str, float]:
-    """MAE per validation scenario and over all validation query ratings (the selection metric);
-    ``adapted=False``: of the predictions without adaptation (no step, no support set seen)."""
+                   adapted: bool = True, support_sizes: tuple[int, ...] = ()) -> dict[str, float]:
+    """MAE per validation scenario and over all validation query ratings (``val_mae``, the selection
+    metric); ``adapted=False``: of the predictions without adaptation (no step, no support set seen).
+
+    ``support_sizes`` (the ``k-curve`` selection): ``val_mae`` becomes
+    :func:`metarec.tasks.selection.validation_score` - the mean over the whole support and K support
+    ratings for each K of the validation scenarios' mean MAE - with each point as ``val_k{K}_mae`` and the
+    whole-support one as ``val_all_mae``; a model is then chosen for what a newcomer's first ratings give
+    as much as for what a long history gives."""
+    out = _validation_scores(learner, split.validation, batch_size, adapted)
+    if not support_sizes or not adapted:
+        return out
+    curve = validation_curve(lambda tasks: learner.evaluate(tasks, batch_size=batch_size)["mae"], split, support_sizes)
+    out.update({f"val_{name}_mae": value for name, value in curve.items()})
+    out["val_mae"] = float(np.mean([v for v in curve.values() if v == v]))
+    return out
+
+
+def _validation_scores(learner: MetaLearner, validation, batch_size: int, adapted: bool) -> dict[str, float]:
     out: dict[str, float] = {}
     total_abs = total_n = 0.0
-    for name, tasks in split.validation.items():
+    for name, tasks in validation.items():
         if not len(tasks):
             continue
         m = (learner.evaluate(tasks, batch_size=batch_size) if adapted else
@@ -109,7 +126,7 @@ class Trainer:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         if split is None:
-            dataset = dataset or load_dataset(config.data.dataset, data_dir=config.data.data_dir)
+            dataset = dataset or load_data(config.data)
             split = make_split(dataset, config.split)
         self.split = split
         self.dataset = split.dataset
@@ -126,6 +143,9 @@ class Trainer:
         self.best_params: dict[str, torch.Tensor] | None = None  # in memory, for runs without a folder
         self.best_unadapted_params: dict[str, torch.Tensor] | None = None  # with select_unadapted
         self.average: dict[str, torch.Tensor] | None = None  # running average (train.average_decay > 0)
+        self.average_decay = self._average_decay()
+        # the K-curve selection's support sizes (empty: select on the whole-support validation MAE)
+        self.selection_support_sizes = config.train.selection_support_sizes if config.train.select_on == "k-curve" else ()
 
     def restore_best(self) -> MetaLearner:
         """Put the best validation epoch's parameters back into the learner (no-op before any epoch)."""
@@ -143,6 +163,21 @@ class Trainer:
         if self.run_dir is not None:
             save_checkpoint(self.checkpoint(), self.run_dir / name, with_optimizer=(name == "last"))
 
+    def write_run(self, run_dir: str | Path) -> Path:
+        """Make ``run_dir`` the run folder of this (already fitted, in memory) training, as if it had been
+        trained there: ``config.toml``, ``metrics.jsonl``, ``best`` (the selected epoch) and ``last`` (the
+        state to resume from). The automatic recipe trains its candidates in memory and keeps the chosen
+        one this way, instead of training it a second time."""
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "config.toml", self.config.to_toml())
+        write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        if self.best_params is not None:
+            with parameters_swapped_in(self.learner, self.best_params):
+                self._save("best")
+        self._save("last")
+        return self.run_dir
+
     def resume(self, directory: str | Path) -> None:
         """Continue from a ``last`` checkpoint: parameters, optimiser moments, epoch and best-so-far."""
         ckpt = load_checkpoint(directory, device=self.device)
@@ -157,7 +192,7 @@ class Trainer:
                 self.learner.optimizer.state[names[n]] = ckpt.learner.optimizer.state[p]
         self.state = dict(ckpt.state)
         self.average = ({n: v.clone() for n, v in ckpt.average.items()}
-                        if self.config.train.average_decay and ckpt.average is not None else None)
+                        if self.average_decay and ckpt.average is not None else None)
         if self.run_dir is not None and (self.run_dir / "metrics.jsonl").exists():
             lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
             self.history = [json.loads(x) for x in lines if x.strip()][: self.state["epoch"]]
@@ -176,7 +211,7 @@ class Trainer:
             self._pretrain()
         if self.state["epoch"] == 0 and self.run_dir is not None:
             self.history = [self._record(-1, float("nan"), 0.0)]  # the initialisation, for learning curves
-        if cfg.average_decay and self.average is None:
+        if self.average_decay and self.average is None:
             self.average = meta_parameters(self.learner)
         while self.state["epoch"] < stop_at and self.state["bad_epochs"] < cfg.patience:
             epoch = self.state["epoch"]
@@ -186,6 +221,9 @@ class Trainer:
             start = time.perf_counter()
             losses = []
             epoch_tasks = tasks.with_resampled_query(np.random.default_rng([cfg.seed, epoch, 1])) if cfg.resample_query else tasks
+            if cfg.short_support_fraction > 0:
+                epoch_tasks = epoch_tasks.with_short_supports(np.random.default_rng([cfg.seed, epoch, 2]),
+                                                              cfg.short_support_fraction, cfg.short_support_max)
             for i, batch in enumerate(epoch_tasks.batches(self.config.meta.meta_batch_size, shuffle=True, generator=rng)):
                 losses.append(self.learner.meta_step(batch.to(self.device), generator=gen))
                 self._update_average()
@@ -216,13 +254,22 @@ class Trainer:
             self._save("last")
         return TrainResult(self.state["best_epoch"], self.state["best_val_mae"], self.state["epoch"], self.history, self.run_dir)
 
+    def _average_decay(self) -> float:
+        """The running average's decay: ``train.average_decay``, or from ``train.average_epochs`` and the
+        number of meta-batches per epoch."""
+        cfg = self.config.train
+        if not cfg.average_epochs:
+            return cfg.average_decay
+        n_batches = max(1, -(-len(self.split.meta_train) // self.config.meta.meta_batch_size))
+        return 1.0 - 1.0 / (cfg.average_epochs * n_batches)
+
     def _update_average(self) -> None:
         """``avg <- d * avg + (1 - d) * phi`` after a meta-step (no-op unless ``train.average_decay`` > 0)."""
         if self.average is None:  # set only when train.average_decay > 0
             return
         with torch.no_grad():
             for n, p in self.learner.named_meta_parameters().items():
-                self.average[n].lerp_(p.detach(), 1.0 - self.config.train.average_decay)
+                self.average[n].lerp_(p.detach(), 1.0 - self.average_decay)
 
     def _pretrain(self) -> None:
         """Plain supervised epochs over all meta-train ratings (no inner loop) on the same parameters."""
@@ -247,7 +294,8 @@ class Trainer:
         """Validation metrics of the parameters now in the learner; ``unadapted_mae`` (select_unadapted)
         when it was measured on other parameters (the raw ones, while the average is in)."""
         record = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3),
-                  **validation_mae(self.learner, self.split, self.config.train.eval_batch_size)}
+                  **validation_mae(self.learner, self.split, self.config.train.eval_batch_size,
+                                   support_sizes=self.selection_support_sizes)}
         if self.select_unadapted:
             record["val_unadapted_mae"] = self._unadapted_mae() if unadapted_mae is None else unadapted_mae
         self.history.append(record) if epoch >= 0 else None

@@ -39,6 +39,10 @@ class ModelConfig:
     # on the mean of the four validation sets, and 1.5 is better on the two large (heavy-user) ones. (Chosen
     # before the history's solve moved to new items' space; there ML-1M's validation favours larger scales.)
     history_penalty_scale: float = 1.5
+    # fold_in: the learned ridge penalty is exp(penalty_rate * w) (a rate > 1 lets it move faster under Adam);
+    # penalty_by_support_size: it also grows or shrinks with log(1 + support size), the slope learned
+    penalty_rate: float = 1.0
+    penalty_by_support_size: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -49,6 +53,8 @@ class ModelConfig:
             raise ConfigError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
         if self.fold_in and self.kind != "neural-cf":
             raise ConfigError(f"fold_in is a neural-cf option (the user's factors solved from the support set), not {self.kind!r}")
+        if not self.penalty_rate > 0:
+            raise ConfigError(f"penalty_rate must be > 0, got {self.penalty_rate}")
         if not self.history_penalty_scale > 0:
             raise ConfigError(f"history_penalty_scale must be > 0, got {self.history_penalty_scale}")
         if self.item_id_residual and (self.kind != "neural-cf" or not self.item_id_embedding):
@@ -84,5 +90,6 @@ def build_model(
         if config.kind == "neural-cf":
             return NeuralCF(*args, factors=config.factors, hidden=config.hidden[:1], dropout=config.dropout,
                             fold_in=config.fold_in, item_id_residual=config.item_id_residual,
-                            history_penalty_scale=config.history_penalty_scale, **common)
+                            history_penalty_scale=config.history_penalty_scale, penalty_rate=config.penalty_rate,
+                            penalty_by_support_size=config.penalty_by_support_size, **common)
         return AttentionRec(*args, attention_size=config.attention_size, hidden=config.hidden, dropout=config.dropout, **common)

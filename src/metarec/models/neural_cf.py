@@ -31,7 +31,7 @@ class NeuralCF(RatingModel):
 
     def __init__(self, *args, factors: int = 32, hidden: tuple[int, ...] = (64,), dropout: float = 0.0,
                  fold_in: bool = False, item_id_residual: bool = False, history_penalty_scale: float = 1.5,
-                 **kwargs) -> None:
+                 penalty_rate: float = 1.0, penalty_by_support_size: bool = False, **kwargs) -> None:
         # item_id_residual: a warm item's id vector is added to the tower's [q_v, b_v] instead of entering
         # the tower, so the tower's output is what the attributes alone predict - all a new item has - and
         # the id vector is the item's own deviation from it, as in matrix factorisation with side features.
@@ -40,6 +40,12 @@ class NeuralCF(RatingModel):
         self.fold_in = fold_in
         self.history_penalty_scale = float(history_penalty_scale)  # see ModelConfig
         self.uses_context = fold_in
+        # the ridge penalty is exp(penalty_rate * w): Adam moves w by about its learning rate per step, so a
+        # rate > 1 lets the penalty travel orders of magnitude within a few epochs (a dataset where a
+        # newcomer's ratings say almost nothing needs a large one). With penalty_by_support_size it is
+        # exp(penalty_rate * (w_j + c * log(1 + n))) for a support of n ratings, c learned (from 0).
+        self.penalty_rate = float(penalty_rate)
+        self.penalty_by_support_size = bool(penalty_by_support_size)
         if self.item_dim == 0:
             raise ConfigError("neural-cf with item_id_residual needs item attributes: the item tower has no input")
         self.item_tower = mlp([self.item_dim, *hidden, factors + 1], dropout)  # q_v and b_v
@@ -53,13 +59,17 @@ class NeuralCF(RatingModel):
         if fold_in:
             # log of the ridge penalty per coordinate of [delta p_u, delta b_u]; exp(1.0) ~ 2.7 to start
             head["log_reg"] = nn.Linear(factors + 1, 1, bias=False)
+            if penalty_by_support_size:
+                head["log_reg_slope"] = nn.Linear(1, 1, bias=False)
         self.head = nn.ModuleDict(head)
         # [n_items, factors + 1] added to the item tower's output: the item-side fold-in of items released
         # after training (metarec.meta.item_fold_in); None = none. Evaluation state, never checkpointed.
         self.item_offset: torch.Tensor | None = None
         nn.init.zeros_(self.head["bias"].weight)
         if fold_in:
-            nn.init.constant_(self.head["log_reg"].weight, 1.0)
+            nn.init.constant_(self.head["log_reg"].weight, 1.0 / self.penalty_rate)
+            if penalty_by_support_size:
+                nn.init.zeros_(self.head["log_reg_slope"].weight)
 
     @property
     def item_id_residual(self) -> bool:
@@ -139,20 +149,29 @@ class NeuralCF(RatingModel):
         z = self._design(context.item_vec)  # [..., S, F+1]
         prior_fit = self._prior(p, b_u, context.item_vec)
         residual = context.rating - prior_fit
-        reg = torch.exp(self.head["log_reg"].weight[0])
         if context.prior is None:
-            delta, inverse = self._ridge(z, residual, context.mask, reg)
+            delta, inverse = self._ridge(z, residual, context.mask, self.penalty(context.mask))
         else:
             history = context.mask * context.prior
             cold = context.item_vec if context.prior_item_vec is None else context.prior_item_vec
-            centre = self._ridge(self._design(cold), context.rating - self._prior(p, b_u, cold), history, reg)[0]
+            centre = self._ridge(self._design(cold), context.rating - self._prior(p, b_u, cold), history,
+                                 self.penalty(history))[0]
             # the scale applies around a history's solution; with no history row it is the plain fold-in
             scale = torch.where(history.sum(-1, keepdim=True) > 0, self.history_penalty_scale, 1.0)
             step, inverse = self._ridge(z, residual - (z * centre.unsqueeze(-2)).sum(-1), context.mask - history,
-                                        reg * scale)
+                                        self.penalty(context.mask - history) * scale)
             delta = centre + step
         fit = prior_fit + (z * delta.unsqueeze(-2)).sum(-1)
         return delta, inverse, z, fit
+
+    def penalty(self, mask: torch.Tensor) -> torch.Tensor:
+        """The ridge penalty per coordinate of [delta p_u, delta b_u] ([F+1], or [..., F+1] when it depends
+        on the support size: ``mask`` [..., S] marks the support's real ratings)."""
+        w = self.head["log_reg"].weight[0]
+        if self.penalty_by_support_size:
+            n = mask.sum(-1, keepdim=True)
+            w = w + self.head["log_reg_slope"].weight[0, 0] * torch.log1p(n)
+        return torch.exp(self.penalty_rate * w)
 
     @staticmethod
     def _ridge(z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, reg: torch.Tensor):

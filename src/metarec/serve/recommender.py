@@ -171,14 +171,20 @@ class ColdStartRecommender:
         *,
         name: str = "interactions",
         rating_scale: tuple[float, float] | None = None,
+        search: bool | None = None,
+        preset: str | None = None,
     ) -> "ColdStartRecommender":
         """Meta-train on a ratings table (or a :class:`RatingDataset`) and keep the best checkpoint.
 
         Frames: ``interactions`` has ``user_id``, ``item_id``, ``rating`` and optionally ``timestamp``;
         attribute frames are indexed by id or carry a ``user_id`` / ``item_id`` column. ``run_dir`` keeps
-        the training run (metrics, checkpoints); without it the run lives in a temporary folder.
+        the training run (metrics, checkpoints, the recipe's ``recipe.json``); without it the run lives in a
+        temporary folder. Without ``config`` the automatic recipe (:mod:`metarec.meta.recipe`) chooses the
+        dataset-dependent settings on validation users (``search``; default: on without ``config``, off
+        with one); ``preset`` starts from a preset shipped with the package instead of the recipe's base.
         Returns ``self``, fitted: ``ColdStartRecommender().fit(ratings_frame)``.
         """
+        from metarec.meta.recipe import choose_recipe, preset as load_preset, recipe_base
         from metarec.meta.trainer import Trainer
         from metarec.tasks import make_split
 
@@ -191,12 +197,21 @@ class ColdStartRecommender:
                                                 rating_scale=rating_scale)
         else:
             raise DataError(f"interactions must be a DataFrame or a RatingDataset, not {type(interactions).__name__}")
-        config = config or RunConfig.preset("feature-mlp", "maml")
+        if search is None:
+            search = config is None
+        config = config or (load_preset(preset) if preset else recipe_base())
         config = config.override("data", dataset=dataset.name)
         split = make_split(dataset, config.split)
         with tempfile.TemporaryDirectory(prefix="metarec-fit-") as tmp:
             directory = Path(run_dir) if run_dir is not None else Path(tmp)
-            Trainer(config, split=split, run_dir=directory).fit()
+            if search:
+                from metarec._atomic import write_json
+
+                chosen = choose_recipe(split, config)
+                chosen.trainer.write_run(directory)
+                write_json(directory / "recipe.json", chosen.to_dict())
+            else:
+                Trainer(config, split=split, run_dir=directory).fit()
             ckpt_dir = _best_dir(directory)
             checkpoint = load_checkpoint(ckpt_dir, device=config.train.device)
             version = _file_version(ckpt_dir / "model.safetensors")
@@ -618,12 +633,12 @@ def _check_panel(panel: pd.DataFrame | None, n_items: int) -> pd.DataFrame | Non
 
 def _run_catalogue(checkpoint: Checkpoint) -> tuple[pd.DataFrame | None, np.ndarray | None, pd.DataFrame | None]:
     """Items table, training popularity and onboarding panel of a ``metarec train`` run, rebuilt from its dataset."""
-    from metarec.data.loaders.registry import load_dataset
+    from metarec.data.loaders.registry import load_data
     from metarec.tasks import make_split
 
     try:
         config = RunConfig.from_dict(checkpoint.run_config)
-        dataset = load_dataset(config.data.dataset, data_dir=config.data.data_dir)
+        dataset = load_data(config.data)
     except (MetarecError, OSError, ValueError) as exc:
         log.warning("item metadata unavailable (%s); serving ids only", exc)
         return None, None, None

@@ -173,9 +173,18 @@ class ColdStartSplit:
         ``as_prior``, in tasks with new-item support ratings the history is flagged to set the prior."""
         return add_user_history(tasks, self.meta_train, self.known_items(), max_new_support, as_prior)
 
-    def with_support_size(self, k: int) -> "ColdStartSplit":
-        """The same split with exactly ``k`` support ratings in validation and test tasks."""
-        return _resplit_support(self, k)
+    def with_support_size(self, k: int, draw: int = 0) -> "ColdStartSplit":
+        """The same split with exactly ``k`` support ratings in validation and test tasks (tasks with
+        fewer are left out); ``draw`` picks another seeded choice of which ``k`` (the same tasks)."""
+        return _resplit_support(self, k, draw)
+
+    def validation_with_support_size(self, k: int) -> dict[str, TaskSet]:
+        """The validation tasks cut to ``k`` support ratings (draw 0), cached: model selection on the
+        K-curve scores every candidate on these same tasks."""
+        key = ("validation_k", k)
+        if key not in self._cache:
+            self._cache[key] = dict(self.with_support_size(k).validation)
+        return self._cache[key]
 
     def scenario_sets(self) -> dict[str, TaskSet]:
         return dict(self.test)
@@ -391,9 +400,10 @@ def _new_items(dataset: RatingDataset, item: np.ndarray, ts: np.ndarray, config:
     return mask, f"a random {fraction:.0%} of items (no release years or timestamps)"
 
 
-def _resplit_support(split: ColdStartSplit, k: int) -> ColdStartSplit:
-    """Keep ``k`` support ratings per validation/test task (random under melu, the latest under time)."""
-    rng = np.random.default_rng(split.config.seed + 7919 * k)
+def _resplit_support(split: ColdStartSplit, k: int, draw: int = 0) -> ColdStartSplit:
+    """Keep ``k`` support ratings per validation/test task (random under melu and published splits, the
+    latest under time: there every draw is the same)."""
+    rng = np.random.default_rng(split.config.seed + 7919 * k if draw == 0 else [split.config.seed, k, draw])
 
     def restrict(ts: TaskSet) -> TaskSet:
         sizes = ts.support_sizes

@@ -265,6 +265,36 @@ class TaskSet:
             self.query_ptr, rows["item_idx"][q_rows], rows["rating"][q_rows],
         )
 
+    def with_short_supports(self, generator: np.random.Generator, fraction: float, max_size: int,
+                            name: str | None = None) -> "TaskSet":
+        """The same tasks with the support of a random ``fraction`` of them cut to a short length K, drawn
+        log-uniformly from 1..``max_size`` (never more than the task has); the ratings cut from a support
+        join that task's query, so no rating is lost to the outer loss.
+
+        Why: a newcomer gives one to five ratings, but a meta-train user's task holds dozens. Trained only on
+        long supports, the outer loss never sees what the prior and the fold-in do with one rating. History
+        flags are dropped (meta-train tasks carry none)."""
+        n = len(self)
+        if n == 0 or fraction <= 0:
+            return self
+        cut = generator.random(n) < fraction
+        k = np.floor(np.exp(generator.uniform(0.0, np.log(max_size + 1.0), n))).astype(np.int64).clip(1, max_size)
+        keep_n = np.where(cut, np.minimum(k, self.support_sizes), self.support_sizes)
+        s_task = self.support_task
+        keep = rank_within(s_task) < keep_n[s_task]
+        # the query: each task's own query rows, then its cut support rows
+        q_task = np.concatenate([self.query_task, s_task[~keep]])
+        order = np.argsort(q_task, kind="stable")
+        q_item = np.concatenate([self.query_item, self.support_item[~keep]])[order]
+        q_rating = np.concatenate([self.query_rating, self.support_rating[~keep]])[order]
+        q_counts = np.bincount(q_task, minlength=n)
+        return TaskSet(
+            name or self.name, self.user_idx, np.concatenate([[0], np.cumsum(keep_n)]).astype(np.int64),
+            self.support_item[keep], self.support_rating[keep],
+            np.concatenate([[0], np.cumsum(q_counts)]).astype(np.int64), q_item.astype(np.int64),
+            q_rating.astype(np.float32),
+        )
+
     # ------------------------------------------------------------------ packing
     def packed(self) -> TaskBatch:
         """All tasks as one padded TaskBatch, built once and cached."""

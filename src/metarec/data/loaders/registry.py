@@ -115,3 +115,28 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
 
         return load_table(path)
     raise ConfigError(f"unknown dataset {key!r}; known: {', '.join(dataset_names())}, or a path")
+
+
+def load_data(config) -> RatingDataset:
+    """The dataset a run's ``[data]`` section (:class:`metarec.meta.run.DataConfig`) names: a table with
+    its column mapping, attribute tables and attribute kinds, or anything :func:`load_dataset` reads."""
+    if not config.is_table:
+        return load_dataset(config.dataset, data_dir=config.data_dir)
+    from metarec.data.loaders.tabular import ColumnMapping, load_table
+
+    path = Path(config.dataset)
+    if config.data_dir is not None and not path.is_absolute():
+        path = Path(config.data_dir) / path
+    roles = dict(config.columns)
+    mapping = ColumnMapping(user=roles.get("user", "user_id"), item=roles.get("item", "item_id"),
+                            rating=roles.get("rating", "rating"), timestamp=roles.get("timestamp", "timestamp"))
+
+    def side(name: str | None) -> Path | None:
+        if name is None:
+            return None
+        p = Path(name)
+        return Path(config.data_dir) / p if config.data_dir is not None and not p.is_absolute() else p
+
+    return load_table(path, mapping, users=side(config.users), items=side(config.items),
+                      attribute_kinds=config.attributes, list_separator=config.list_separator,
+                      rating_scale=config.rating_scale)

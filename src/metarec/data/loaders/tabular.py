@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -180,6 +180,8 @@ def load_table(
     duplicates: DuplicatePolicy = "last",
     rating_scale: tuple[float, float] | None = None,
     sep: str | None = None,
+    attribute_kinds: Mapping[str, str] | None = None,
+    list_separator: str = "|",
 ) -> RatingDataset:
     """Build a dataset from an interactions table plus optional users / items tables.
 
@@ -188,7 +190,10 @@ def load_table(
     attributes. Ratings must be finite numbers (``rating_scale`` defaults to the observed range);
     timestamps may be unix seconds or ISO datetimes. ``users`` / ``items`` tables are keyed by
     ``user_id`` / ``item_id`` or by the mapped id column name. Duplicate (user, item) pairs follow
-    ``duplicates`` (``last``, ``mean`` or ``error``).
+    ``duplicates`` (``last``, ``mean`` or ``error``). ``attribute_kinds`` sets a column's kind
+    (``categorical``, ``multi``, ``numeric``, ``text``) instead of the guess from its type; ``users.x`` /
+    ``items.x`` name one table's column, a bare ``x`` every table that has it. A ``multi`` column given
+    as text is split on ``list_separator``.
     """
     mapping = mapping or ColumnMapping()
     table = read_table(source, sep=sep, string_columns=(mapping.user, mapping.item))
@@ -231,10 +236,50 @@ def load_table(
                         _inline(inline, "item_id", mapping.item_attributes), "item_id")
     if name is None:
         name = "table" if isinstance(source, pd.DataFrame) else Path(source).name.split(".")[0]
+    user_schema, item_schema = _kinds_by_table(attribute_kinds or {}, user_table, item_table)
+    user_table = _split_lists(user_table, user_schema, list_separator)
+    item_table = _split_lists(item_table, item_schema, list_separator)
     return RatingDataset.from_frames(
         name, ratings, user_table, item_table, rating_scale=rating_scale, duplicates=duplicates,
         source=table.where, meta={"source": table.where, "format": "table"},
+        user_schema=user_schema, item_schema=item_schema,
     )
+
+
+def _kinds_by_table(kinds: Mapping[str, str], users: pd.DataFrame | None,
+                    items: pd.DataFrame | None) -> tuple[dict[str, str], dict[str, str]]:
+    """Split ``{column or users.column / items.column: kind}`` into the users' and the items' overrides;
+    a name no table has is an error that names it."""
+    from metarec.errors import ConfigError
+
+    tables = {"users": users, "items": items}
+    out: dict[str, dict[str, str]] = {"users": {}, "items": {}}
+    for name, kind in kinds.items():
+        prefix, dot, column = name.partition(".")
+        targets = [prefix] if dot and prefix in tables else ["users", "items"]
+        column = column if dot and prefix in tables else name
+        found = [t for t in targets if tables[t] is not None and column in tables[t].columns and column not in
+                 ("user_id", "item_id")]
+        if not found:
+            raise ConfigError(f"attribute {name!r}: no such column in the "
+                              f"{' or '.join(t for t in targets)} table(s)")
+        for t in found:
+            out[t][column] = kind
+    return out["users"], out["items"]
+
+
+def _split_lists(frame: pd.DataFrame | None, schema: Mapping[str, str], separator: str) -> pd.DataFrame | None:
+    """Text values of ``multi`` columns split on ``separator`` into tuples (empty text: missing)."""
+    if frame is None:
+        return None
+    multi = [c for c, kind in schema.items() if kind == "multi"]
+    if not multi:
+        return frame
+    frame = frame.copy()
+    for column in multi:
+        frame[column] = frame[column].map(
+            lambda v: tuple(x.strip() for x in v.split(separator) if x.strip()) or None if isinstance(v, str) else v)
+    return frame
 
 
 def _merge(table: pd.DataFrame | None, inline: pd.DataFrame | None, id_column: str) -> pd.DataFrame | None:

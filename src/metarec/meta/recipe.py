@@ -1,0 +1,223 @@
+"""One automatic recipe: the settings that differ between datasets, chosen on validation users only.
+
+Why: the settings that made the meta-learner win on one dataset (its outer learning rate, whether warm
+items get id vectors and how, the outer loss) lose on another. A user who brings their own data should
+not have to find them by hand, and a benchmark should not be won by settings picked per dataset by a
+person. So :func:`choose_recipe` starts from one base configuration (``presets/recipe.toml``: neural CF
+whose user offset is folded in by a ridge solve with a learned, support-size dependent penalty;
+meta-trained on supports cut to newcomer lengths; selected on the validation K-curve) and searches a
+small, fixed space around it on the split's validation users:
+
+* ``meta.outer_lr`` (how fast the item side can move in the meta-batches a dataset has);
+* ``model.item_ids``: warm items' id vectors fed into the item tower, added to its output, or none;
+* ``model.item_id_dropout``: a warm item's id vector dropped in training (DropoutNet), so the attributes
+  alone learn to predict - all a new item has - or kept;
+* ``meta.query_loss``: the absolute error MAE measures, or the squared error.
+
+The search is greedy, one dimension at a time in that order, each from the best so far: 3 + 2 + 1 + 1 =
+7 trainings (6 when the items end up without id vectors). Every trial is scored by the trainer's own selection score (``train.select_on = "k-curve"``:
+the mean validation MAE over K = 1, 3, 5, 10 support ratings and the whole support), so the recipe and
+early stopping optimise the same thing; test users are never seen. Settings fixed by the caller (a TOML
+that sets them, or ``fixed``) are not searched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable, Mapping, Sequence
+
+from metarec.errors import ConfigError
+from metarec.meta.run import RunConfig, tomllib
+from metarec.meta.trainer import Trainer
+from metarec.tasks.splits import ColdStartSplit
+
+log = logging.getLogger(__name__)
+
+# (section, key, candidates); the first candidate is the base's value
+ITEM_ID_MODES = {"input": dict(item_id_embedding=True, item_id_residual=False),
+                 "residual": dict(item_id_embedding=True, item_id_residual=True),
+                 "none": dict(item_id_embedding=False, item_id_residual=False)}
+SEARCH_SPACE: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+    ("meta", "outer_lr", (0.003, 0.001, 0.01)),
+    ("model", "item_ids", ("input", "residual", "none")),
+    ("model", "item_id_dropout", (0.3, 0.0)),  # searched only where items have id vectors
+    ("meta", "query_loss", ("absolute", "squared")),
+)
+Progress = Callable[[str, int, int], None]  # (description, done, total)
+
+
+def recipe_base() -> RunConfig:
+    """The recipe's base configuration (package data ``metarec/presets/recipe.toml``)."""
+    return preset("recipe")
+
+
+def recipe_base_dict() -> dict[str, dict[str, Any]]:
+    return preset_dict("recipe")
+
+
+def preset_dict(name: str) -> dict[str, dict[str, Any]]:
+    """The values of a preset shipped with the package (``metarec/presets/NAME.toml``)."""
+    path = resources.files("metarec.presets").joinpath(f"{name}.toml")
+    if not path.is_file():
+        known = sorted(p.name[:-5] for p in resources.files("metarec.presets").iterdir() if p.name.endswith(".toml"))
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(known)}")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def preset(name: str) -> RunConfig:
+    """A preset shipped with the package as a :class:`RunConfig`."""
+    return RunConfig.from_dict(preset_dict(name))
+
+
+def item_id_mode(config: RunConfig) -> str:
+    """The ``model.item_ids`` value a configuration has (see ``ITEM_ID_MODES``)."""
+    if not config.model.item_id_embedding:
+        return "none"
+    return "residual" if config.model.item_id_residual else "input"
+
+
+def apply_setting(config: RunConfig, section: str, key: str, value: Any) -> RunConfig:
+    """``config`` with one searched setting; ``model.item_ids`` sets the two item-id fields."""
+    if (section, key) == ("model", "item_ids"):
+        if value not in ITEM_ID_MODES:
+            raise ConfigError(f"model.item_ids must be one of {sorted(ITEM_ID_MODES)}, got {value!r}")
+        return config.override("model", **ITEM_ID_MODES[value])
+    return config.override(section, **{key: value})
+
+
+def setting_of(config: RunConfig, section: str, key: str) -> Any:
+    if (section, key) == ("model", "item_ids"):
+        return item_id_mode(config)
+    return getattr(getattr(config, section), key)
+
+
+@dataclass
+class RecipeTrial:
+    """One trained candidate: its searched settings, the selection score it reached, and its epochs."""
+
+    settings: dict[str, Any]
+    val_score: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    val_curve: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": dict(self.settings), "val_score": self.val_score, "best_epoch": self.best_epoch,
+                "epochs_run": self.epochs_run, "seconds": round(self.seconds, 2), "val_curve": dict(self.val_curve)}
+
+
+@dataclass
+class RecipeResult:
+    """The chosen configuration, every trial in the order run, and the chosen trial's trained trainer."""
+
+    config: RunConfig
+    trials: list[RecipeTrial]
+    trainer: Trainer
+    searched: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        best = min(self.trials, key=lambda t: t.val_score)
+        return {"searched": list(self.searched), "chosen": dict(best.settings), "val_score": best.val_score,
+                "selection": self.config.train.select_on, "trials": [t.to_dict() for t in self.trials],
+                "rule": "greedy, one setting at a time, each from the best so far; validation users only"}
+
+
+def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed: Sequence[str] = (),
+                  space: Sequence[tuple[str, str, tuple[Any, ...]]] = SEARCH_SPACE,
+                  progress: Progress | None = None) -> RecipeResult:
+    """Search ``space`` around ``base`` (default: :func:`recipe_base`) on ``split``'s validation users.
+
+    ``fixed``: ``"section.key"`` names not to search (the caller's own settings). Returns the best
+    trial's configuration and its trained :class:`Trainer` (its learner holds the selected epoch's
+    parameters after ``restore_best()``), so the chosen model need not be trained again."""
+    config = base or recipe_base()
+    if not any(len(split.validation.get(name, ())) for name in split.validation):
+        raise ConfigError(f"{split.dataset.name}: the split has no validation tasks to choose the recipe on "
+                          "(raise split.val_user_fraction, or pass a full configuration and no search)")
+    dims = [(s, k, tuple(v)) for s, k, v in space if f"{s}.{k}" not in set(fixed)]
+    total = sum(len(v) - 1 for _, _, v in dims) + 1
+    trials: list[RecipeTrial] = []
+    tried: set[tuple] = set()
+
+    def run(cfg: RunConfig) -> tuple[RecipeTrial, Trainer] | None:
+        """Train one candidate (None: already tried - it is the current best)."""
+        key = tuple(setting_of(cfg, s, k) for s, k, _ in dims)
+        if key in tried:
+            return None
+        tried.add(key)
+        settings = {f"{s}.{k}": setting_of(cfg, s, k) for s, k, _ in dims}
+        if progress:
+            progress("choosing the recipe on validation users", len(trials), total)
+        started = time.perf_counter()
+        trainer = Trainer(cfg, split=split)
+        result = trainer.fit()
+        best = next((h for h in trainer.history if h.get("epoch") == result.best_epoch), {})
+        curve = {k: float(v) for k, v in best.items() if k.startswith("val_") and k.endswith("_mae")}
+        trial = RecipeTrial(settings, float(result.best_val_mae), result.best_epoch, result.epochs_run,
+                            time.perf_counter() - started, curve)
+        log.info("recipe trial %s: validation score %.4f (best epoch %d)", settings, trial.val_score, trial.best_epoch)
+        trials.append(trial)
+        return trial, trainer
+
+    best_trial, best_trainer = run(config)
+    for section, key, values in dims:
+        if not _relevant(config, section, key):
+            continue
+        for value in values:
+            candidate = apply_setting(config, section, key, value)
+            outcome = run(candidate)
+            if outcome is not None and outcome[0].val_score < best_trial.val_score:
+                (best_trial, best_trainer), config = outcome, candidate
+    if progress:
+        progress("choosing the recipe on validation users", total, total)
+    log.info("recipe chosen: %s (validation score %.4f)", best_trial.settings, best_trial.val_score)
+    return RecipeResult(config, trials, best_trainer, tuple(f"{s}.{k}" for s, k, _ in dims))
+
+
+def _relevant(config: RunConfig, section: str, key: str) -> bool:
+    """Whether a searched setting changes anything under ``config`` (id dropout needs id vectors)."""
+    return not ((section, key) == ("model", "item_id_dropout") and not config.model.item_id_embedding)
+
+
+def explicit_settings(toml_values: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
+    """The searched settings a TOML sets itself (``model.item_ids`` counts as set when either item-id
+    field is): those the recipe leaves as the file says."""
+    out = []
+    for section, key, _ in SEARCH_SPACE:
+        values = toml_values.get(section, {})
+        if (section, key) == ("model", "item_ids"):
+            if "item_id_embedding" in values or "item_id_residual" in values:
+                out.append(f"{section}.{key}")
+        elif key in values:
+            out.append(f"{section}.{key}")
+    return tuple(out)
+
+
+def config_over_recipe(toml_values: Mapping[str, Mapping[str, Any]] | None) -> tuple[RunConfig, tuple[str, ...]]:
+    """The recipe's base with a TOML's values on top, and the searched settings that TOML fixes."""
+    merged = recipe_base_dict()
+    for section, values in (toml_values or {}).items():
+        base = merged.setdefault(section, {})
+        # two ways to set the running average: the overlay's wins
+        if section == "train" and ({"average_decay", "average_epochs"} & set(values)):
+            base.pop("average_decay", None)
+            base.pop("average_epochs", None)
+        base.update(values)
+    return RunConfig.from_dict(merged), explicit_settings(toml_values or {})
+
+
+def load_toml_values(path) -> dict[str, dict[str, Any]]:
+    """The sections and values a TOML file sets (nothing filled in), with a clear error for a bad file."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
