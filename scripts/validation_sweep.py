@@ -50,33 +50,8 @@ def known_users_on_new_items(split) -> TaskSet | None:
 
 
 def heavy_users_on_new_items(split, seed: int = 0) -> TaskSet | None:
-    """Known users with long histories rating new items, made of data no scenario uses: under MeLU's
-    protocol a user with more than ``max_ratings`` ratings feeds meta-training with old items only, and
-    their ratings of new items are left out of every task. Each such user with enough of them gives a
-    task (a random ``query_size`` of them as the query, the rest as the support), to be adapted with the
-    user's meta-train chunks as history - the benchmark's new-item scenario, with histories as long as
-    MetaHIN's splits have. No test user is involved. (The tasks without the history: add it with
-    ``TaskSet.with_history(split.meta_train)``.)"""
-    cfg = split.config
-    if cfg.protocol == "splits":
-        return None
-    r = split.dataset.ratings
-    user, item = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
-    counts = np.bincount(user, minlength=split.dataset.n_users)
-    heavy = np.zeros(split.dataset.n_users, bool)
-    heavy[split.meta_train.user_idx] = True  # known to training (a user whose chunks were all too small is not)
-    heavy &= counts > cfg.max_ratings
-    rows = np.flatnonzero(heavy[user] & split.new_item_mask[item])
-    if not len(rows):
-        return None
-    rng = np.random.default_rng(seed)
-    rows = rows[np.lexsort((rng.random(len(rows)), user[rows]))]
-    _, inverse, sizes = np.unique(user[rows], return_inverse=True, return_counts=True)
-    rows = rows[sizes[inverse] >= cfg.query_size + cfg.min_support]
-    if not len(rows):
-        return None
-    return TaskSet.from_rows("heavy_new_items", user[rows], item[rows], r["rating"].to_numpy(np.float32)[rows],
-                             rank_within(user[rows]) < cfg.query_size)
+    """Known users with long histories rating new items (see ``ColdStartSplit.heavy_new_item_tasks``)."""
+    return split.heavy_new_item_tasks(seed)
 
 
 def pooled_history_sweep(split, bench: BenchmarkConfig, heavy: TaskSet, methods: list[str], limits: list[int]) -> None:

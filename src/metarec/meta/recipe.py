@@ -46,6 +46,9 @@ SEARCH_SPACE: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
     ("model", "item_id_dropout", (0.3, 0.0)),  # searched only where items have id vectors
     ("meta", "query_loss", ("absolute", "squared")),
 )
+# the history's penalty multiple (ModelConfig.history_penalty_scale), chosen after training: it changes
+# nothing the training sees, only how a known user's history meets a new-item support set
+HISTORY_SCALES = (1.0, 1.5, 2.0, 4.0, 8.0)
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
 
@@ -112,17 +115,23 @@ class RecipeTrial:
 
 @dataclass
 class RecipeResult:
-    """The chosen configuration, every trial in the order run, and the chosen trial's trained trainer."""
+    """The chosen configuration, every trial in the order run, and the chosen trial's trained trainer;
+    ``history_scales``: each candidate history penalty multiple's MAE on the heavy users' new-item tasks."""
 
     config: RunConfig
     trials: list[RecipeTrial]
     trainer: Trainer
     searched: tuple[str, ...]
+    history_scales: dict[float, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         best = min(self.trials, key=lambda t: t.val_score)
-        return {"searched": list(self.searched), "chosen": dict(best.settings), "val_score": best.val_score,
+        chosen = dict(best.settings)
+        if self.history_scales:
+            chosen["model.history_penalty_scale"] = self.config.model.history_penalty_scale
+        return {"searched": list(self.searched), "chosen": chosen, "val_score": best.val_score,
                 "selection": self.config.train.select_on, "trials": [t.to_dict() for t in self.trials],
+                "history_scales": {str(k): v for k, v in self.history_scales.items()},
                 "rule": "greedy, one setting at a time, each from the best so far; validation users only"}
 
 
@@ -172,10 +181,42 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
             outcome = run(candidate)
             if outcome is not None and outcome[0].val_score < best_trial.val_score:
                 (best_trial, best_trainer), config = outcome, candidate
+    scales: dict[float, float] = {}
+    if "model.history_penalty_scale" not in set(fixed):
+        scales = choose_history_scale(best_trainer, split)
+        if scales:
+            scale = min(scales, key=scales.get)
+            config = config.override("model", history_penalty_scale=scale)
+            best_trainer.config = config
     if progress:
         progress("choosing the recipe on validation users", total, total)
     log.info("recipe chosen: %s (validation score %.4f)", best_trial.settings, best_trial.val_score)
-    return RecipeResult(config, trials, best_trainer, tuple(f"{s}.{k}" for s, k, _ in dims))
+    return RecipeResult(config, trials, best_trainer, tuple(f"{s}.{k}" for s, k, _ in dims), scales)
+
+
+def choose_history_scale(trainer: Trainer, split: ColdStartSplit,
+                         candidates: Sequence[float] = HISTORY_SCALES) -> dict[float, float]:
+    """{scale: MAE} of the trained model on known users' new-item tasks that no scenario uses (the heavy
+    users', :meth:`ColdStartSplit.heavy_new_item_tasks`), each adapted with the user's meta-train history
+    as the prior (the benchmark's rule) under that multiple of the learned penalty; the model keeps the
+    best. Empty (nothing chosen) for a model without the fold-in, or a split without such tasks."""
+    from metarec.tasks.splits import add_user_history
+
+    learner = trainer.restore_best()
+    model = learner.model
+    heavy = split.heavy_new_item_tasks()
+    if not getattr(model, "fold_in", False) or heavy is None or not len(heavy):
+        return {}
+    tasks = add_user_history(heavy, split.meta_train, split.known_items(), None, True)
+    out: dict[float, float] = {}
+    for scale in candidates:
+        model.history_penalty_scale = float(scale)
+        pred = learner.predict_tasks(tasks)
+        out[float(scale)] = float(abs(pred - tasks.query_rating).mean())
+    best = min(out, key=out.get)
+    model.history_penalty_scale = best
+    log.info("history penalty scale %g (heavy users' new items MAE %s)", best, out)
+    return out
 
 
 def _relevant(config: RunConfig, section: str, key: str) -> bool:

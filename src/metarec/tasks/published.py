@@ -22,7 +22,7 @@ import numpy as np
 
 from metarec.data.dataset import RatingDataset
 from metarec.errors import DataError
-from metarec.tasks.splits import ColdStartSplit, SplitConfig
+from metarec.tasks.splits import ColdStartSplit, SplitConfig, validation_user_count
 from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def load_published_split(dataset: RatingDataset, split_dir: str | Path, config: 
     # only feed meta-training (as under the melu protocol).
     eligible = np.unique([u for u, idx, _ in parts["meta_training"]
                           if not chunk or len(idx) <= config.max_ratings])
-    n_val = int(round(config.val_user_fraction * len(train_users)))
+    n_val = validation_user_count(config, len(train_users))
     val_users = np.sort(rng.choice(eligible, size=min(n_val, len(eligible)), replace=False)) if n_val else np.zeros(0, np.int64)
     is_val = np.isin([u for u, _, _ in parts["meta_training"]], val_users)
     meta_rows = [row for row, v in zip(parts["meta_training"], is_val) if not v]

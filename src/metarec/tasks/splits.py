@@ -88,7 +88,9 @@ class SplitConfig:
     the query and the earlier ones as support (users without timestamps are left out); ``splits``
     reads a peer's published split files from ``split_dir`` (see :mod:`metarec.tasks.published`).
     ``min_ratings`` / ``max_ratings``: MeLU keeps users with 13-100 ratings. A task needs
-    ``query_size + min_support`` ratings in its scenario. ``support_size`` fixes K support ratings in
+    ``query_size + min_support`` ratings in its scenario. Validation users are ``val_user_fraction`` of the
+    non-test users, but at least ``min_val_users`` (never more than half of them): model selection on a
+    few dozen users of a small dataset is mostly noise. ``support_size`` fixes K support ratings in
     validation and test tasks (for K-curves; tasks with fewer are dropped). New items: released in or
     after ``new_item_year`` if given (else the dataset's own rule), else the ``new_item_fraction`` of
     items first rated latest. ``heavy_users``: users with more than ``max_ratings`` ratings are never
@@ -104,6 +106,7 @@ class SplitConfig:
     max_ratings: int = 100
     test_user_fraction: float = 0.2
     val_user_fraction: float = 0.1
+    min_val_users: int = 0
     user_split: Literal["random", "time"] = "random"
     new_item_year: int | None = None
     new_item_fraction: float = 0.2
@@ -125,6 +128,8 @@ class SplitConfig:
             raise ConfigError("user fractions must be in (0, 1)")
         if not 0 < self.new_item_fraction < 1:
             raise ConfigError("new_item_fraction must be in (0, 1)")
+        if self.min_val_users < 0:
+            raise ConfigError(f"min_val_users must be >= 0, got {self.min_val_users}")
         if self.min_ratings > self.max_ratings:
             raise ConfigError("min_ratings must be <= max_ratings")
         if self.support_size is not None and self.support_size < 1:
@@ -177,6 +182,34 @@ class ColdStartSplit:
         """The same split with exactly ``k`` support ratings in validation and test tasks (tasks with
         fewer are left out); ``draw`` picks another seeded choice of which ``k`` (the same tasks)."""
         return _resplit_support(self, k, draw)
+
+    def heavy_new_item_tasks(self, seed: int = 0) -> TaskSet | None:
+        """Known users with long histories rating new items, made of data no scenario uses: a user with
+        more than ``max_ratings`` ratings feeds meta-training with old items only (``heavy_users =
+        "chunk"``), and their ratings of new items are in no task. Each such user with enough of them gives
+        a task (a random ``query_size`` as the query, the rest as the support) - the new-item scenario
+        (known users on new items) for validation, no test user involved. None under published splits or
+        when there are none. Add the history with ``TaskSet.with_history(split.meta_train)``."""
+        cfg = self.config
+        if cfg.protocol == "splits":
+            return None
+        r = self.dataset.ratings
+        user, item = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
+        counts = np.bincount(user, minlength=self.dataset.n_users)
+        heavy = np.zeros(self.dataset.n_users, bool)
+        heavy[self.meta_train.user_idx] = True  # known to training (a user whose chunks were all too small is not)
+        heavy &= counts > cfg.max_ratings
+        rows = np.flatnonzero(heavy[user] & self.new_item_mask[item])
+        if not len(rows):
+            return None
+        rng = np.random.default_rng(seed)
+        rows = rows[np.lexsort((rng.random(len(rows)), user[rows]))]
+        _, inverse, sizes = np.unique(user[rows], return_inverse=True, return_counts=True)
+        rows = rows[sizes[inverse] >= cfg.query_size + cfg.min_support]
+        if not len(rows):
+            return None
+        return TaskSet.from_rows("heavy_new_items", user[rows], item[rows], r["rating"].to_numpy(np.float32)[rows],
+                                 rank_within(user[rows]) < cfg.query_size)
 
     def validation_with_support_size(self, k: int) -> dict[str, TaskSet]:
         """The validation tasks cut to ``k`` support ratings (draw 0), cached: model selection on the
@@ -374,8 +407,15 @@ def _split_users(users: np.ndarray, user: np.ndarray, ts: np.ndarray, config: Sp
         perm = rng.permutation(users)
         test_users, rest = perm[:n_test], perm[n_test:]
     rest = rng.permutation(rest)
-    n_val = int(round(config.val_user_fraction * len(rest)))
+    n_val = validation_user_count(config, len(rest))
     return rest[n_val:], rest[:n_val], test_users
+
+
+def validation_user_count(config: SplitConfig, candidates: int) -> int:
+    """How many of ``candidates`` non-test users validate: the fraction, at least ``min_val_users`` (at
+    most half the candidates)."""
+    n = int(round(config.val_user_fraction * candidates))
+    return max(n, min(config.min_val_users, candidates // 2)) if config.val_user_fraction > 0 else 0
 
 
 def _new_items(dataset: RatingDataset, item: np.ndarray, ts: np.ndarray, config: SplitConfig, rng) -> tuple[np.ndarray, str]:
