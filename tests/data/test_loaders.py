@@ -313,3 +313,23 @@ def test_table_separate_attribute_tables(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         load_table(tmp_path / "r.csv", mapping, items=tmp_path / "users.csv", sep=";")
     assert str(info.value) == f"{tmp_path / 'users.csv'}, field 'iid': id column not found (columns: uid, country)"
+
+
+def test_table_attribute_kinds_lists_and_integer_ids(tmp_path: Path) -> None:
+    """Integer-coded ids are categories, never bucketised numbers: by name (``author_id``) or by override."""
+    (tmp_path / "r.csv").write_text("user_id,item_id,rating\nu1,b1,4\nu1,b2,2\nu2,b1,5\n", encoding="utf-8")
+    (tmp_path / "items.csv").write_text(
+        "item_id,author_id,publisher,pages,tags\nb1,17,3,120,sci-fi|space\nb2,4,3,300,romance\n", encoding="utf-8")
+    (tmp_path / "users.csv").write_text("user_id,publisher,age\nu1,1,30\nu2,2,40\n", encoding="utf-8")
+    guessed = load_table(tmp_path / "r.csv", items=tmp_path / "items.csv")
+    kinds = {name: spec.kind for name, spec in guessed.item_schema.items()}
+    assert kinds == {"author_id": "categorical", "publisher": "numeric", "pages": "numeric", "tags": "categorical"}
+    given = load_table(tmp_path / "r.csv", users=tmp_path / "users.csv", items=tmp_path / "items.csv",
+                       attribute_kinds={"items.publisher": "categorical", "tags": "multi", "users.age": "categorical"},
+                       list_separator="|")
+    assert given.item_schema["publisher"].kind == "categorical" and given.item_schema["tags"].kind == "multi"
+    assert given.user_schema["publisher"].kind == "numeric"  # "items.publisher" names the items table only
+    assert given.user_schema["age"].kind == "categorical"
+    assert list(given.items.loc["b1", "tags"]) == ["sci-fi", "space"]
+    with pytest.raises(ConfigError, match="nope"):
+        load_table(tmp_path / "r.csv", items=tmp_path / "items.csv", attribute_kinds={"nope": "categorical"})

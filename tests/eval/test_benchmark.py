@@ -245,3 +245,29 @@ def test_interval_separation_known_values():
     assert new["global-neural"]["separated"] is False and new["global-neural-ft"]["separated"] is True
     assert out["warm"]["mf"]["separated"] is None  # one seed: no interval
     assert interval_separation(summary, None, families) == {}
+
+
+def test_k_curve_comparison_pairs_by_task_at_every_support_size():
+    """Known per-task errors: at K=1 the meta-learner is 0.1 better than bias on every task, 0.05 worse than
+    MF at K=5; the interval is exact (a constant difference has a zero-width bootstrap)."""
+    import numpy as np
+
+    from metarec.eval.benchmark import compare_curve
+
+    base = {0: np.linspace(0.5, 1.0, 50), 1: np.linspace(0.6, 1.1, 50)}
+    errors = {("new_users@1", "maml"): {s: e - 0.1 for s, e in base.items()},
+              ("new_users@1", "bias"): base,
+              ("new_users@5", "maml"): {s: e + 0.05 for s, e in base.items()},
+              ("new_users@5", "mf"): base,
+              ("new_users", "maml"): base, ("new_users", "mf"): base}
+    out = compare_curve(errors, "maml", ("bias", "mf"), ("new_users", "new_users_new_items"), (1, 5), draws=100)
+    assert set(out) == {"new_users"} and set(out["new_users"]) == {"1", "5", "all"}
+    at1 = out["new_users"]["1"]
+    assert set(at1) == {"bias"}  # MF has no K=1 errors: no cell, not a made-up one
+    assert at1["bias"]["mae_difference"] == pytest.approx(-0.1)
+    assert at1["bias"]["ci95"] == pytest.approx([-0.1, -0.1]) and at1["bias"]["p_meta_better"] == 1.0
+    assert at1["bias"]["tasks"] == 100 and at1["bias"]["seed_differences"] == pytest.approx([-0.1, -0.1])
+    assert out["new_users"]["5"]["mf"]["mae_difference"] == pytest.approx(0.05)
+    assert out["new_users"]["5"]["mf"]["p_meta_better"] == 0.0
+    assert out["new_users"]["all"]["mf"]["mae_difference"] == 0.0
+    assert compare_curve(errors, None, ("bias",), ("new_users",), (1,), draws=10) == {}

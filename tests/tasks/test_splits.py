@@ -250,3 +250,17 @@ def test_published_split_chunks_heavy_meta_training_users(tmp_path, ml100k):
     assert heavy not in chunked.val_users.tolist()
     kept = [u for u in parts["meta_training"] if u not in chunked.val_users.tolist()]
     assert len(chunked.train_ratings()) == int(counts[kept].sum())  # every rating of every meta-train user
+
+
+def test_min_val_users_lifts_a_small_validation_set(ml100k):
+    from metarec.tasks.splits import validation_user_count
+
+    assert validation_user_count(SplitConfig(val_user_fraction=0.1, min_val_users=150), 700) == 150
+    assert validation_user_count(SplitConfig(val_user_fraction=0.1, min_val_users=150), 5000) == 500
+    assert validation_user_count(SplitConfig(val_user_fraction=0.1, min_val_users=150), 200) == 100  # at most half
+    small = make_split(ml100k, SplitConfig(seed=0, val_user_fraction=0.1))
+    lifted = make_split(ml100k, SplitConfig(seed=0, val_user_fraction=0.1, min_val_users=150))
+    assert len(small.val_users) < 100 and len(lifted.val_users) == 150
+    assert set(lifted.test_users.tolist()) == set(small.test_users.tolist())  # only train / validation move
+    with pytest.raises(ConfigError):
+        SplitConfig(min_val_users=-1)

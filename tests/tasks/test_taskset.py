@@ -91,3 +91,31 @@ def test_with_history_prepends_the_users_known_ratings_and_never_a_held_item():
     with pytest.raises(ValueError, match="support_prior has 1 flags for 2 support ratings"):
         TaskSet("t", tasks.user_idx, tasks.support_ptr, tasks.support_item, tasks.support_rating, tasks.query_ptr,
                 tasks.query_item, tasks.query_rating, np.array([True]))
+
+
+def test_short_supports_cut_a_fraction_and_the_cut_ratings_join_the_query():
+    ts = _tasks()
+    # fraction 1, max 1: every support is cut to its first rating; nothing is lost
+    short = ts.with_short_supports(np.random.default_rng(0), fraction=1.0, max_size=1)
+    assert short.support_sizes.tolist() == [1, 1, 1]
+    assert (short.support_sizes + short.query_sizes).tolist() == (ts.support_sizes + ts.query_sizes).tolist()
+    for t in range(len(ts)):
+        assert _pairs(short, t, "support") | _pairs(short, t, "query") == _pairs(ts, t, "support") | _pairs(ts, t, "query")
+        assert _pairs(ts, t, "query") <= _pairs(short, t, "query")  # the original query stays the query
+        assert not _pairs(short, t, "support") & _pairs(short, t, "query")
+    assert ts.with_short_supports(np.random.default_rng(0), fraction=0.0, max_size=5) is ts
+
+
+def test_short_supports_lengths_are_log_uniform_and_seeded():
+    user = np.repeat(np.arange(4000), 30)
+    query = np.tile(np.arange(30) < 5, 4000)
+    ts = TaskSet.from_rows("big", user, np.arange(len(user)) % 500, np.ones(len(user), np.float32), query)
+    rng = lambda: np.random.default_rng(7)  # noqa: E731
+    a, b = ts.with_short_supports(rng(), 0.5, 20), ts.with_short_supports(rng(), 0.5, 20)
+    assert a.support_sizes.tolist() == b.support_sizes.tolist()
+    cut = a.support_sizes < 25
+    assert abs(cut.mean() - 0.5) < 0.03  # about half the tasks cut
+    sizes = a.support_sizes[cut]
+    assert sizes.min() == 1 and sizes.max() <= 20
+    # log-uniform on 1..20: P(K <= 4) = log(5) / log(21) = 0.53, far from the uniform 0.2
+    assert abs((sizes <= 4).mean() - np.log(5) / np.log(21)) < 0.04
