@@ -35,7 +35,7 @@ class ModelConfig:
     # fold_in: where a known user's history sets the prior (Context.prior), the support is folded in around
     # the history's solution with this multiple of the learned ridge penalty. 1.5 was chosen on validation
     # tasks (heavy users' and validation users' new items, ML-1M + IMDb and ML-100K, 3 seeds; see
-    # docs/results.md): 1.0 / 1.5 / 2.0 within 0.001 of each other on the heavy users, 3.0 worse; 1.5 and 2.0 tie
+    # docs/experiments/rounds.md): 1.0 / 1.5 / 2.0 within 0.001 of each other on the heavy users, 3.0 worse; 1.5 and 2.0 tie
     # on the mean of the four validation sets, and 1.5 is better on the two large (heavy-user) ones. (Chosen
     # before the history's solve moved to new items' space; there ML-1M's validation favours larger scales.)
     history_penalty_scale: float = 1.5
