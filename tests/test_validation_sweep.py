@@ -90,7 +90,7 @@ def test_pooled_history_sweep_scores_each_rule_strict_and_pooled(sweep, data_dir
 
     split = make_split(load_dataset("ml-100k", data_dir=data_dir), SplitConfig(seed=0, heavy_users="chunk"))
     run = RunConfig.preset("neural-cf", "maml").override("model", fold_in=True).override("train", epochs=2)
-    bench = BenchmarkConfig(run=run)
+    bench = BenchmarkConfig(run=run, search=False)  # this run as it is: the sweep compares rules, not recipes
     sweep.pooled_history_sweep(split, bench, sweep.heavy_users_on_new_items(split, seed=0), ["maml", "mf"], [0])
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["maml history always", "maml history below 0",

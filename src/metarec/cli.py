@@ -142,6 +142,17 @@ def data_split(
 
 
 # ---------------------------------------------------------------------- training
+# your own tables: the same options for train and benchmark
+USERS_OPTION = typer.Option(None, "--users", help="A table of user attributes (with --dataset TABLE).")
+ITEMS_OPTION = typer.Option(None, "--items", help="A table of item attributes (with --dataset TABLE).")
+COLUMN_OPTION = typer.Option([], "--column", help="ROLE=NAME: the table's column for user, item, rating or timestamp, "
+                                                  "e.g. --column user=userId; repeatable.")
+ATTRIBUTE_OPTION = typer.Option([], "--attribute", help="COLUMN=KIND (categorical, multi, numeric, text): e.g. "
+                                                        "--attribute author=categorical; items.COLUMN for one table; "
+                                                        "repeatable.")
+RATING_SCALE_OPTION = typer.Option(None, help="LOW,HIGH of your table's ratings [default: observed].")
+
+
 def _data_overrides(dataset: Optional[str], data_dir: Optional[str], users: Optional[str], items: Optional[str],
                     columns: List[str], attributes: List[str], rating_scale: Optional[str]) -> dict:
     """``[data]`` values from the command line (None / empty: not given)."""
@@ -211,13 +222,11 @@ def train(
                                 "validation users (outer lr, item ids, id dropout, query loss) [default: search]."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name, or your interactions table (CSV / TSV / Parquet)."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
-    users: Optional[str] = typer.Option(None, "--users", help="A table of user attributes (with --dataset TABLE)."),
-    items: Optional[str] = typer.Option(None, "--items", help="A table of item attributes (with --dataset TABLE)."),
-    column: List[str] = typer.Option([], "--column", help="ROLE=NAME: the table's column for user, item, rating "
-                                     "or timestamp, e.g. --column user=userId; repeatable."),
-    attribute: List[str] = typer.Option([], "--attribute", help="COLUMN=KIND (categorical, multi, numeric, text): "
-                                        "e.g. --attribute author=categorical; items.COLUMN for one table; repeatable."),
-    rating_scale: Optional[str] = typer.Option(None, help="LOW,HIGH of your table's ratings [default: observed]."),
+    users: Optional[str] = USERS_OPTION,
+    items: Optional[str] = ITEMS_OPTION,
+    column: List[str] = COLUMN_OPTION,
+    attribute: List[str] = ATTRIBUTE_OPTION,
+    rating_scale: Optional[str] = RATING_SCALE_OPTION,
     protocol: Optional[str] = typer.Option(None, help="melu, time or splits."),
     split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: a folder of published split files."),
     model: Optional[str] = typer.Option(None, help="feature-mlp, neural-cf, attention or melu: a plain preset "
@@ -438,13 +447,11 @@ def benchmark(
                                           "recipe; the searched settings it sets are not searched."),
     search: bool = typer.Option(True, "--search/--no-search", help="The meta-learner's recipe chosen on each seed's "
                                 "validation users [default: search]."),
-    users: Optional[str] = typer.Option(None, "--users", help="A table of user attributes (with --dataset TABLE)."),
-    items: Optional[str] = typer.Option(None, "--items", help="A table of item attributes (with --dataset TABLE)."),
-    column: List[str] = typer.Option([], "--column", help="ROLE=NAME: the table's column for user, item, rating "
-                                     "or timestamp; repeatable."),
-    attribute: List[str] = typer.Option([], "--attribute", help="COLUMN=KIND (categorical, multi, numeric, text); "
-                                        "repeatable."),
-    rating_scale: Optional[str] = typer.Option(None, help="LOW,HIGH of your table's ratings [default: observed]."),
+    users: Optional[str] = USERS_OPTION,
+    items: Optional[str] = ITEMS_OPTION,
+    column: List[str] = COLUMN_OPTION,
+    attribute: List[str] = ATTRIBUTE_OPTION,
+    rating_scale: Optional[str] = RATING_SCALE_OPTION,
     support_draws: int = typer.Option(3, help="Seeded draws of the K support ratings per test task (averaged)."),
     heavy_users: Optional[str] = typer.Option(None, help="drop (MeLU) or chunk: users above 100 ratings feed meta-training "
                                                "[default: the config's [split] heavy_users, else drop]."),

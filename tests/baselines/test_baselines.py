@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -184,8 +183,9 @@ def test_ridge_fit_paths_agree(path, monkeypatch):
     np.testing.assert_allclose(coef, want, rtol=1e-5, atol=1e-6)
 
 
-def test_fold_in_is_batched_and_fast(rank2_split):
-    """Thousands of new users in well under a second (one stacked solve, no Python loop per user)."""
+def test_fold_in_is_batched(rank2_split):
+    """Thousands of new users in one call give each user's own answer (one stacked solve; its speed is
+    measured by benchmarks/, not asserted here)."""
     base = rank2_split.test["new_users"]
     reps = int(np.ceil(3000 / len(base)))
     big = TaskSet(
@@ -196,9 +196,5 @@ def test_fold_in_is_batched_and_fast(rank2_split):
     )
     for model in (UserItemBias(), MatrixFactorization(), ContentBased()):
         model.fit(rank2_split)
-        model.predict(base)  # warm-up
-        start = time.perf_counter()
         pred = model.predict(big)
-        elapsed = time.perf_counter() - start
         np.testing.assert_allclose(pred[: len(base.query_item)], model.predict(base))
-        assert elapsed < 1.0, (model.name, elapsed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +37,8 @@ def _r2(target: np.ndarray, prediction: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- shape
-def test_default_sizes_ids_and_speed() -> None:
-    start = time.perf_counter()
+def test_default_sizes_and_ids() -> None:
     data = make_synthetic(SyntheticConfig())
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"default config took {elapsed:.2f}s"
     ds, truth = data.dataset, data.truth
     assert (ds.n_users, ds.n_items) == (1000, 500)
     assert ds.user_vocab.ids[:3] == ("u0", "u1", "u2") and ds.user_vocab.ids[-1] == "u999"

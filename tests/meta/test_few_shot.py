@@ -16,17 +16,7 @@ from metarec.meta.run import RunConfig, TrainConfig
 from metarec.meta.trainer import Trainer, validation_mae
 from metarec.models import Context
 from metarec.tasks.selection import validation_curve, validation_score
-
-
-
-def fold_in_model(tiny_split, **overrides):
-    from metarec.models import ModelConfig, build_model
-
-    _, feats = tiny_split
-    config = ModelConfig(**{"kind": "neural-cf", "embedding_size": 8, "hidden": (16,), "factors": 4,
-                            "item_id_embedding": True, "fold_in": True, **overrides})
-    return build_model(config, feats.user_encoder, feats.item_encoder, feats.item_features,
-                       known_items=feats.known_items, seed=1).double()
+from test_fold_in import fold_in_model  # the small fold-in model of the fold-in tests
 
 
 def small(config: RunConfig, epochs: int = 2) -> RunConfig:
@@ -222,6 +212,20 @@ def test_history_scale_is_chosen_on_heavy_users_new_items(tiny_split_new_items, 
     scores = recipe.choose_history_scale(trainer, split)
     assert set(scores) == set(HISTORY_SCALES)
     assert trainer.learner.model.history_penalty_scale == min(scores, key=scores.get)
+
+    # a multiple whose predictions are not finite is never chosen, even though NaN compares as "smallest"
+    learner = trainer.restore_best()
+    honest = type(learner).predict_tasks
+
+    def nan_at_the_first_scale(self, tasks_, *args, **kwargs):
+        pred = honest(self, tasks_, *args, **kwargs)
+        return pred * np.nan if self.model.history_penalty_scale == HISTORY_SCALES[0] else pred
+
+    monkeypatch.setattr(type(learner), "predict_tasks", nan_at_the_first_scale)
+    scores = recipe.choose_history_scale(trainer, split)
+    assert math.isnan(scores[HISTORY_SCALES[0]])
+    finite = {k: v for k, v in scores.items() if not math.isnan(v)}
+    assert trainer.learner.model.history_penalty_scale == min(finite, key=finite.get) != HISTORY_SCALES[0]
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ that sets them, or ``fixed``) are not searched.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -131,7 +132,7 @@ class RecipeResult:
             chosen["model.history_penalty_scale"] = self.config.model.history_penalty_scale
         return {"searched": list(self.searched), "chosen": chosen, "val_score": best.val_score,
                 "selection": self.config.train.select_on, "trials": [t.to_dict() for t in self.trials],
-                "history_scales": {str(k): v for k, v in self.history_scales.items()},
+                "history_scales": {str(k): v if math.isfinite(v) else None for k, v in self.history_scales.items()},
                 "rule": "greedy, one setting at a time, each from the best so far; validation users only"}
 
 
@@ -185,7 +186,7 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
     if "model.history_penalty_scale" not in set(fixed):
         scales = choose_history_scale(best_trainer, split)
         if scales:
-            scale = min(scales, key=scales.get)
+            scale = best_trainer.learner.model.history_penalty_scale  # the best finite one
             config = config.override("model", history_penalty_scale=scale)
             best_trainer.config = config
     if progress:
@@ -213,7 +214,15 @@ def choose_history_scale(trainer: Trainer, split: ColdStartSplit,
         model.history_penalty_scale = float(scale)
         pred = learner.predict_tasks(tasks)
         out[float(scale)] = float(abs(pred - tasks.query_rating).mean())
-    best = min(out, key=out.get)
+    # a multiple whose solve is not finite on some task (a near-singular system where the learned penalty
+    # is tiny) is never chosen; if none is finite the model keeps its configured multiple
+    finite = {scale: mae for scale, mae in out.items() if math.isfinite(mae)}
+    if not finite:
+        model.history_penalty_scale = trainer.config.model.history_penalty_scale
+        log.warning("history penalty scale: no candidate gives finite predictions; kept %g",
+                    model.history_penalty_scale)
+        return {}
+    best = min(finite, key=finite.get)
     model.history_penalty_scale = best
     log.info("history penalty scale %g (heavy users' new items MAE %s)", best, out)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -85,12 +85,18 @@ def _tasks(result: BenchmarkResult, scenario: str, k: str) -> str:
 
 def recipes_chosen(histories: Mapping[str, Mapping[int, list[dict]]]) -> dict[str, dict[int, dict]]:
     """{method: {seed: settings}}: what the automatic recipe chose on each seed's validation users."""
-    out: dict[str, dict[int, dict]] = {}
+    return _best_per_seed(histories, "recipe_trial", "val_score", "settings")
+
+
+def _best_per_seed(histories: Mapping[str, Mapping[int, list[dict]]], marker: str, score: str,
+                   value: str) -> dict[str, dict[int, Any]]:
+    """{method: {seed: row[value]}} of the history row marked ``marker`` with the lowest ``score``."""
+    out: dict[str, dict[int, Any]] = {}
     for method, per_seed in histories.items():
         for seed, rows in per_seed.items():
-            trials = [r for r in rows if "recipe_trial" in r]
-            if trials:
-                out.setdefault(method, {})[seed] = min(trials, key=lambda r: r["val_score"])["settings"]
+            tried = [r for r in rows if marker in r]
+            if tried:
+                out.setdefault(method, {})[seed] = min(tried, key=lambda r: r[score])[value]
     return out
 
 
@@ -180,13 +186,7 @@ def results_markdown(result: BenchmarkResult) -> str:
 def chosen_pool_scales(histories: Mapping[str, Mapping[int, list[dict]]]) -> dict[str, dict[int, float]]:
     """{method: {seed: scale}}: the pooled item fold-in's scale each method chose on validation users
     (the candidate of lowest validation MAE recorded in its history)."""
-    out: dict[str, dict[int, float]] = {}
-    for method, per_seed in histories.items():
-        for seed, rows in per_seed.items():
-            tried = [r for r in rows if "pool_candidate" in r]
-            if tried:
-                out.setdefault(method, {})[seed] = min(tried, key=lambda r: r["val_new_items_mae"])["pool_candidate"]
-    return out
+    return _best_per_seed(histories, "pool_candidate", "val_new_items_mae", "pool_candidate")
 
 
 def plot_results(result: BenchmarkResult, out: Path) -> list[Path]:
