@@ -215,6 +215,10 @@ class MetaMethod(Method):
             chosen = choose_recipe(split, self.config, fixed=self.fixed)
             trainer, self.config, self.recipe = chosen.trainer, chosen.config, chosen.to_dict()
             grid = [{"recipe_trial": i, **t.to_dict()} for i, t in enumerate(chosen.trials)]
+            # the history's penalty multiple: chosen after training (or the configured one where no heavy
+            # user's new-item ratings exist, as under published splits)
+            grid.append({"history_penalty_scale": chosen.config.model.history_penalty_scale,
+                         "history_scales": self.recipe["history_scales"]})
         elif not self.inner_lr_grid:
             trainer = self._train(self.config, split)
         else:
