@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from metarec.eval.benchmark.report import recipes_chosen
+
 CURVE = (("new_users", "new users"), ("new_users_new_items", "both new"))
 SCENARIOS = ("warm", "new_users", "new_items", "new_users_new_items")
 CURVE_METHODS = ("maml", "maml-gd", "mf", "bias", "item-mean")
@@ -45,10 +47,11 @@ def section(folder: Path, title: str, command: str) -> str:
     minutes = result.get("seconds", 0) / 60
     out = [f"### {title}", "", "```bash", f"{command}   # {minutes:.0f} min on 2 cores, beside another benchmark",
            "```", ""]
-    chosen = _recipes(result.get("histories", {}).get("maml", {}))
+    chosen = recipes_chosen(result.get("histories", {})).get("maml", {})
     if chosen:
         out += ["Recipe chosen on each seed's validation users: " + "; ".join(
-            f"seed {seed}: {text}" for seed, text in chosen.items()) + ".", ""]
+            f"seed {seed}: " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in settings.items())
+            for seed, settings in chosen.items()) + ".", ""]
     columns = [f"{label} K={k}" if k != "0" else f"{label} all" for _, label in CURVE for k in [*ks, "0"]]
     out += [f"Query MAE, mean ±95% t-interval over seeds; K-curve ({result['config']['support_draws']} seeded draws of "
             "the K support ratings per test task):", "",
@@ -80,16 +83,6 @@ def section(folder: Path, title: str, command: str) -> str:
         out.append(f"| {method} | " + " | ".join(cells) + " |")
     out.append("")
     return "\n".join(out)
-
-
-def _recipes(per_seed: dict) -> dict[str, str]:
-    out = {}
-    for seed, rows in per_seed.items():
-        trials = [r for r in rows if "recipe_trial" in r]
-        if trials:
-            best = min(trials, key=lambda r: r["val_score"])["settings"]
-            out[seed] = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in best.items())
-    return out
 
 
 def main() -> None:
