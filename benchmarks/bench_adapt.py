@@ -1,6 +1,6 @@
 """Serving a new user with MeLU's shapes on ML-1M: adapt to their ratings, score the whole catalogue.
 
-* latency: one new user at a time through :class:`metarec.meta.personalize.Personalizer` -
+* latency: one new user at a time through :class:`metarec.serve.personalizer.Personalizer` -
   ``adapt(ratings, attributes)`` (K inner steps) then ``recommend(k=10)``, which scores every item of the
   catalogue (3,883 films, the 3,706 rated ones among them) and ranks them; p50 / p99 / mean over the
   test users of the MeLU split (``new_users``: real support sets, 3-90 ratings);
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from metarec.meta.personalize import Personalizer
+    from metarec.serve.personalizer import Personalizer
 
     split = melu_split()
     ckpt = melu_checkpoint(split, args.train_epochs)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench_adapt: ml-1m-imdb, MeLU features and sizes, {'freshly initialised' if not args.train_epochs else f'{args.train_epochs}-epoch'} checkpoint")
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, {platform.machine()}")
     print(f"# catalogue {n_items} items ({rated} rated); {len(users)} new users, support {min(sizes)}-{max(sizes)} "
-          f"(median {int(np.median(sizes))}); fast batched head: {learner.fast}")
+          f"(median {int(np.median(sizes))}); meta-learning kernel: {learner.kernel}")
 
     print("\n| K | users | p50 ms | p90 ms | p99 ms | mean ms | adapt p50 ms | recommend p50 ms |")
     print("|---|---|---|---|---|---|---|---|")

@@ -63,7 +63,7 @@ def melu_split(dataset=None, seed: int = 0):
 
 def melu_learner(split, features=None, *, algorithm: str = "maml", inner_steps: int = 1, seed: int = 0, **meta):
     from metarec.meta.config import MetaConfig
-    from metarec.meta.engine import MetaLearner
+    from metarec.meta.learner import MetaLearner
     from metarec.models import ModelConfig, build_model
     from metarec.tasks.features import encode_features
 

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from metarec.data import load_dataset
-from metarec.eval.onboarding import (adaptive_questionnaire, answer_pools, per_user_scores, positions_from_order,
-                                     simulate, strategy_order, trained_catalogue)
+from metarec.eval.onboarding_experiment import answer_pools, per_user_scores, positions_from_order, simulate
+from metarec.onboarding.catalogue import trained_catalogue
+from metarec.onboarding.strategies import adaptive_questionnaire, strategy_order
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import load_best
-from metarec.serve.questionnaire import QuestionnaireConfig
+from metarec.onboarding.questionnaire import QuestionnaireConfig
 from metarec.tasks import make_split
 
 

@@ -23,6 +23,12 @@ def _data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Where real data would be (``$METAREC_DATA_DIR``), present or not: for tests with a synthetic fallback."""
+    return _data_root()
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real-data root. Without its files a test is skipped on a developer's machine, but fails
     under CI (``CI`` set), where the data are always provided: a silent skip there would hide a break."""
@@ -35,3 +41,37 @@ def data_dir() -> Path:
     if missing:
         pytest.skip(f"real data not found under {root} (missing: {', '.join(missing)})")
     return root
+
+
+def tiny_onboarding_dataset(seed: int = 0, n_users: int = 80, n_items: int = 60):
+    """A small dataset with a long-tailed item popularity, as onboarding meets it."""
+    import numpy as np
+    import pandas as pd
+
+    from metarec.data.dataset import RatingDataset
+
+    rng = np.random.default_rng(seed)
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(n_users)], "gender": rng.choice(["F", "M"], n_users)})
+    items = pd.DataFrame({"item_id": [f"i{j}" for j in range(n_items)], "genre": rng.choice(["a", "b", "c"], n_items),
+                          "year": rng.integers(1990, 2000, n_items).astype(float)})
+    from tiny_data import random_ratings
+
+    ratings = random_ratings(rng, n_users, n_items, (16, 40), popularity=1.0 / np.arange(1, n_items + 1))
+    return RatingDataset.from_frames("tiny", ratings, users, items, rating_scale=(1.0, 5.0),
+                                     meta={"new_item_rule": {"release_year_from": 1998}})
+
+
+@pytest.fixture(scope="session")
+def tiny_trained():
+    """(split, meta-learner) of a 2-epoch MAML run on :func:`tiny_onboarding_dataset`: for the onboarding
+    strategies (tests/onboarding) and the onboarding experiment (tests/eval)."""
+    from metarec.meta.run import RunConfig
+    from metarec.meta.trainer import Trainer
+    from metarec.tasks import SplitConfig, make_split
+
+    split = make_split(tiny_onboarding_dataset(), SplitConfig(seed=0, test_user_fraction=0.25, val_user_fraction=0.2))
+    cfg = RunConfig.preset("feature-mlp", "maml").override("train", epochs=2, patience=2)
+    cfg = cfg.override("model", embedding_size=8, hidden=[16], item_id_embedding=True)
+    trainer = Trainer(cfg, split=split)
+    trainer.fit()
+    return split, trainer.restore_best()

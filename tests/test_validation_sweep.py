@@ -26,7 +26,9 @@ def test_variant_overrides_fields_of_several_sections(sweep):
 
 
 def test_bad_variant_fails_loudly(sweep):
-    with pytest.raises(Exception):
+    from metarec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[meta\] has unknown key\(s\) \['no_such_field'\]"):
         sweep.apply(RunConfig.preset("neural-cf"), "meta.no_such_field=1")
 
 

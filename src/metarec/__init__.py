@@ -6,6 +6,5 @@ data -> tasks -> models -> meta -> baselines / eval -> serve.
 """
 
 from metarec.errors import DataError, MetarecError, ConfigError
-
-__version__ = "0.1.0"
+from metarec.version import __version__
 __all__ = ["DataError", "MetarecError", "ConfigError", "__version__"]

@@ -21,7 +21,7 @@ from metarec.baselines import (
     default_baselines,
     item_design,
 )
-from metarec.baselines import _linalg
+from metarec import linalg
 from metarec.tasks import TaskSet
 
 
@@ -174,8 +174,8 @@ def test_ridge_fit_paths_agree(path, monkeypatch):
     if path == "dual":
         x, y, w = x[:30], y[:30], w[:30]  # p > n
     if path == "lsmr":
-        monkeypatch.setattr(_linalg, "_DENSE_GRAM_MAX", 10)
-    intercept, coef = _linalg.ridge_fit(x, y, reg=0.7, weights=w)
+        monkeypatch.setattr(linalg, "_DENSE_GRAM_MAX", 10)
+    intercept, coef = linalg.ridge_fit(x, y, reg=0.7, weights=w)
     dense = x.toarray()
     mean = (w @ y) / w.sum()
     want = np.linalg.solve(dense.T @ (w[:, None] * dense) + 0.7 * np.eye(dense.shape[1]), dense.T @ (w[:, None] * (y - mean)))

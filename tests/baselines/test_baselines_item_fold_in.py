@@ -9,8 +9,7 @@ import pytest
 
 from metarec.baselines import (ItemMean, ItemMeanConfig, MatrixFactorization, MostPopular, UserItemBias,
                                UserItemBiasConfig)
-from metarec.baselines.base import new_item_rows
-from metarec.tasks.taskset import TaskSet
+from metarec.tasks.taskset import TaskSet, new_item_rows
 
 
 def mae(model, tasks: TaskSet) -> float:

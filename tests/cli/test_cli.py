@@ -130,3 +130,13 @@ def test_train_rejects_bad_config(tmp_path):
     config.write_text("[meta]\ninner_stepz = 3\n")
     result = runner.invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "inner_stepz" in result.output
+
+
+@pytest.mark.parametrize("module", ["metarec", "metarec.cli"])
+def test_python_dash_m_runs_the_command_line(module):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert all(command in result.stdout for command in ("train", "onboard", "serve", "demo", "data"))

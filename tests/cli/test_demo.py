@@ -85,5 +85,13 @@ def test_demo_uses_the_packaged_recipe(tmp_path, monkeypatch):
     result = module.run_demo(tmp_path / "demo", epochs=1, support_sizes=(1, 3))
     recipe = json.loads((tmp_path / "demo" / "recipe.json").read_text())
     assert recipe["chosen"] == result.recipe["chosen"] and len(recipe["trials"]) == result.recipe["trials"] >= 6
+    # the run's configuration is the packaged preset where the search does not choose
+    from metarec.meta.recipe import recipe_base
+    from metarec.meta.run import RunConfig
+
+    base, ran = recipe_base(), RunConfig.from_toml(tmp_path / "demo" / "config.toml")
+    assert (ran.model.kind, ran.meta.algorithm, ran.meta.adapt, ran.meta.inner_steps) == \
+        (base.model.kind, base.meta.algorithm, base.meta.adapt, base.meta.inner_steps)
+    assert (ran.data.dataset, ran.train.epochs) == (small.name, 1)
     assert set(result.k_curve["k"]) == {"1", "3", "all"}
     assert set(result.k_curve["scenario"]) <= {"new_users", "new_users_new_items"}

@@ -57,10 +57,11 @@ def test_onboard_experiment_json_and_errors(data_dir, tmp_path, monkeypatch):
                            catch_exceptions=False)
     assert first[0] not in [i["item_id"] for i in json.loads(result.stdout)["items"]]
 
-    for args, message in ((["--experiment", "--protocol", "telepathy"], "--protocol"),
+    for args, message in ((["--experiment", "--protocol", "telepathy"], "unknown onboarding protocol 'telepathy'"),
                           (["--experiment", "--users", "everyone"], "--users"),
                           (["--experiment", "--budgets", "ten"], "--budgets"),
                           (["--strategy", "random"], "no fixed order"),
-                          (["--shown", "no-such-item"], "unknown item id")):
+                          (["--shown", "no-such-item"], "shown: unknown item id"),
+                          (["--experiment", "--strategies", "popular,astrology"], "unknown onboarding strategy 'astrology'")):
         bad = runner.invoke(app, ["onboard", str(out), *args])
         assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output, args

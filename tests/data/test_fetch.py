@@ -53,13 +53,17 @@ def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert cache_dir() == Path(pooch.os_cache("metarec"))
 
 
+def _is_hex(digest: str | None, length: int) -> bool:
+    """A lower-case hex digest of ``length`` digits (what hashlib's hexdigest gives)."""
+    return digest is not None and len(digest) == length and set(digest) <= set("0123456789abcdef")
+
+
 def test_pinned_values_are_well_formed() -> None:
     assert set(ARCHIVES) == {"ml-100k", "ml-1m", "lastfm"}
     for archive in ARCHIVES.values():
         assert archive.url.startswith("https://files.grouplens.org/datasets/")
-        assert len(archive.sha256) == 64 and int(archive.sha256, 16) >= 0
-        assert archive.md5 is not None and len(archive.md5) == 32
-        assert all(len(h) == 64 for h in archive.files.values())
+        assert _is_hex(archive.sha256, 64) and _is_hex(archive.md5, 32)
+        assert archive.files and all(_is_hex(h, 64) for h in archive.files.values())
     assert ARCHIVES["ml-100k"].md5 == "0e33842e24a9c977be4e0107933c0723"
     assert ARCHIVES["ml-100k"].files["u.data"] == "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"
 

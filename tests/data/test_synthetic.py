@@ -122,11 +122,11 @@ def test_popularity_skew(default: SyntheticData) -> None:
 
 
 def test_invalid_config_raises() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="user_attr_share must be in"):
         SyntheticConfig(user_attr_share=1.5)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="ratings_per_user must satisfy"):
         SyntheticConfig(ratings_per_user=(20, 10))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"release_years\[0\] < rating_years\[0\]"):
         SyntheticConfig(rating_years=(1980, 1990))
 
 

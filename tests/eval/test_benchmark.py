@@ -172,9 +172,9 @@ def test_benchmark_config_checks_history_max_new_support(tmp_path):
     assert BenchmarkConfig(history_max_new_support=None).history_max_new_support is None  # every task
     bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-new-support", "-1", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "history_max_new_support must be >= 0" in bad.output
-    from metarec.cli import _history_limit
+    from metarec.cli.options import history_limit
 
-    assert (_history_limit(None), _history_limit("all"), _history_limit(" 5 "), _history_limit("0")) == (None, None, 5, 0)
+    assert (history_limit(None), history_limit("all"), history_limit(" 5 "), history_limit("0")) == (None, None, 5, 0)
     bad = CliRunner().invoke(app, ["benchmark", "--dataset", "ml-100k", "--history-max-new-support", "some", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "expected an integer or 'all'" in bad.output
     assert not (tmp_path / "b").exists()

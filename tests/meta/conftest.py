@@ -9,6 +9,7 @@ import pytest
 from metarec.data.dataset import RatingDataset
 from metarec.tasks import SplitConfig, make_split
 from metarec.tasks.features import encode_features
+from tiny_data import random_ratings
 
 
 def tiny_dataset(seed: int = 0, n_users: int = 60, n_items: int = 80) -> RatingDataset:
@@ -25,11 +26,7 @@ def tiny_dataset(seed: int = 0, n_users: int = 60, n_items: int = 80) -> RatingD
         "tags": [tuple(rng.choice(list("pqrstuvw"), rng.integers(1, 4), replace=False)) for _ in range(n_items)],
         "year": rng.integers(1990, 2000, n_items).astype(float),
     })
-    rows = []
-    for u in range(n_users):
-        for j in rng.choice(n_items, rng.integers(15, 40), replace=False):
-            rows.append((f"u{u}", f"i{j}", float(rng.integers(1, 6)), 1_000_000 + len(rows)))
-    ratings = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    ratings = random_ratings(rng, n_users, n_items, (15, 40))
     return RatingDataset.from_frames("tiny", ratings, users, items, rating_scale=(1.0, 5.0),
                                      meta={"new_item_rule": {"release_year_from": 1998}})
 

@@ -1,12 +1,14 @@
-"""The vectorised engine's meta-gradient equals the plain per-task loop's, for every model and algorithm."""
+"""The learner's meta-gradient (whichever kernel it chooses) equals the plain per-task loop's
+(metarec.meta.reference), for every model and algorithm."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from metarec.errors import ConfigError
 from metarec.meta.config import MetaConfig
-from metarec.meta.engine import MetaLearner
+from metarec.meta.learner import MetaLearner
 from metarec.meta.reference import reference_meta_gradients
 from metarec.models import ModelConfig, build_model
 from metarec.tasks.taskset import TaskBatch
@@ -21,7 +23,8 @@ def make_learner(tiny_split, kind: str, dtype=torch.float64, **meta) -> tuple[Me
                                     item_id_embedding=True),
                         feats.user_encoder, feats.item_encoder, feats.item_features, known_items=feats.known_items,
                         rating_scale=(1.0, 5.0), seed=3).to(dtype)
-    learner = MetaLearner(model, MetaConfig(**{"inner_lr": 0.1, "l2": 1e-3, **meta}), feats.user_features)
+    rate = {"inner_lr": 0.1} if meta.get("inner_steps", 1) else {}  # no inner step: no inner rate to set
+    learner = MetaLearner(model, MetaConfig(**{**rate, "l2": 1e-3, **meta}), feats.user_features)
     batch = split.meta_train.packed().select(torch.arange(6))  # unequal support sizes: padding matters
     batch = TaskBatch(*(t.to(dtype) if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
     assert len(set(batch.support_mask.sum(1).tolist())) > 1
@@ -64,7 +67,7 @@ def test_query_losses_match_the_per_task_loop(tiny_split, kind, query_loss, step
 
 
 def test_reptile_has_no_query_loss_to_choose():
-    with pytest.raises(Exception, match="reptile has no query loss"):
+    with pytest.raises(ConfigError, match="reptile has no query loss"):
         MetaConfig(algorithm="reptile", query_loss="absolute")
 
 

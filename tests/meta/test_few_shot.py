@@ -103,15 +103,15 @@ def test_short_supports_reach_the_meta_batches(tiny_split, monkeypatch):
     """Every epoch, about the configured fraction of meta-train tasks have 1..max support ratings."""
     split, _ = tiny_split
     seen = []
-    from metarec.meta import engine
+    from metarec.meta import learner as learner_module
 
-    original = engine.MetaLearner.meta_step
+    original = learner_module.MetaLearner.meta_step
 
     def spy(self, batch, **kwargs):
         seen.append(batch.support_mask.sum(1).numpy())
         return original(self, batch, **kwargs)
 
-    monkeypatch.setattr(engine.MetaLearner, "meta_step", spy)
+    monkeypatch.setattr(learner_module.MetaLearner, "meta_step", spy)
     cfg = small(recipe_base(), epochs=1).override("train", short_support_fraction=1.0, short_support_max=3)
     Trainer(cfg, split=split).fit()
     sizes = np.concatenate(seen)
@@ -199,7 +199,7 @@ def test_history_scale_is_chosen_on_heavy_users_new_items(tiny_split_new_items, 
     """The multiple with the lowest MAE on the heavy users' unused new-item tasks is kept, in the model
     and the config; without such tasks nothing is chosen."""
     from metarec.meta import recipe
-    from metarec.tasks.splits import ColdStartSplit
+    from metarec.tasks.split import ColdStartSplit
 
     split, _ = tiny_split_new_items
     trainer = Trainer(small(recipe_base(), epochs=1), split=split)

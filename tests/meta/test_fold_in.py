@@ -8,7 +8,8 @@ import torch
 
 from metarec.errors import ConfigError
 from metarec.meta.config import MetaConfig
-from metarec.meta.engine import MetaLearner
+from metarec.meta.inputs import predict_task_items
+from metarec.meta.learner import MetaLearner
 from metarec.meta.reference import reference_meta_gradients
 from metarec.models import Context, ModelConfig, build_model
 from metarec.tasks.taskset import TaskBatch
@@ -83,7 +84,7 @@ def test_engine_equals_per_task_loop_with_fold_in(tiny_split, algorithm, steps, 
     if residual:  # the id vectors start at zero; make them matter
         with torch.no_grad():
             model.item_id.weight.normal_(std=0.3)
-    learner = MetaLearner(model, MetaConfig(algorithm=algorithm, inner_steps=steps, inner_lr=0.1, l2=1e-3),
+    learner = MetaLearner(model, MetaConfig(algorithm=algorithm, inner_steps=steps, l2=1e-3, **({"inner_lr": 0.1} if steps else {})),
                           feats.user_features)
     batch = split.meta_train.packed().select(torch.arange(6))
     batch = TaskBatch(*(t.double() if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
@@ -158,7 +159,7 @@ def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fo
     with torch.no_grad():
         if fold_in:
             model.head["log_reg"].weight.normal_()
-    learner = MetaLearner(model, MetaConfig(inner_steps=steps, inner_lr=0.1), feats.user_features)
+    learner = MetaLearner(model, MetaConfig(inner_steps=steps, **({"inner_lr": 0.1} if steps else {})), feats.user_features)
     batch = split.validation["new_users"].packed().select(torch.arange(5))
     batch = TaskBatch(*(t.double() if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
     items = torch.arange(feats.item_features.single[next(iter(feats.item_features.single))].shape[0])
@@ -168,7 +169,7 @@ def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fo
     fast = learner.predict_items(adapted, task, items, item_vec)
     frozen = {n: p.detach() for n, p in model.named_parameters() if n not in adapted}
     with torch.no_grad():
-        each = vmap(lambda a, fr, t: learner._predict_items({**fr, **a}, t, items, item_vec), in_dims=(0, None, 0))(
+        each = vmap(lambda a, fr, t: predict_task_items(model, {**fr, **a}, t, items, item_vec), in_dims=(0, None, 0))(
             adapted, frozen, task)
     low, high = model.rating_scale
     torch.testing.assert_close(fast, each.clamp(low, high), rtol=1e-9, atol=1e-9)

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from metarec.baselines.base import new_item_rows
 from metarec.meta.config import MetaConfig
-from metarec.meta.engine import MetaLearner
+from metarec.meta.learner import MetaLearner
 from metarec.meta.item_fold_in import (fold_in_items, item_prior_variance, new_items_folded_in,
                                        supports_item_fold_in, task_user_weights)
 from metarec.models import ModelConfig, build_model
-from metarec.tasks.taskset import TaskSet
+from metarec.tasks.taskset import TaskSet, new_item_rows
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from metarec.meta.config import MetaConfig
-from metarec.meta.engine import MetaLearner
+from metarec.meta.learner import MetaLearner
 from metarec.models import ModelConfig, build_model
 
 
@@ -18,7 +18,7 @@ def test_predictions_come_back_in_task_order_whatever_the_batching(tiny_split, k
                                     fold_in=kind == "neural-cf"),
                         feats.user_encoder, feats.item_encoder, feats.item_features, known_items=feats.known_items,
                         rating_scale=(1.0, 5.0), seed=3).to(torch.float64)
-    learner = MetaLearner(model, MetaConfig(inner_steps=steps, inner_lr=0.1), feats.user_features)
+    learner = MetaLearner(model, MetaConfig(inner_steps=steps, **({"inner_lr": 0.1} if steps else {})), feats.user_features)
     tasks = split.meta_train
     assert len(set(tasks.support_sizes.tolist())) > 3  # unequal supports: the sort by length reorders tasks
     # one task at a time, in task order: the reference

@@ -1,20 +1,44 @@
-"""One tiny model meta-trained on ML-100K (2 epochs, ~2 s), shared by every serving test."""
+"""One tiny model meta-trained for 2 epochs (a few seconds), shared by every serving test.
+
+On ML-100K when ``$METAREC_DATA_DIR`` holds it, else on the synthetic dataset, so that serving is tested
+on a bare checkout too; the tests read what differs (attributes, an item to look up) from
+:class:`ServeData`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
 from metarec.data import load_dataset
+from metarec.data.dataset import RatingDataset
 from metarec.meta.run import RunConfig
 from metarec.serve import ColdStartRecommender
 
 
+@dataclass(frozen=True)
+class ServeData:
+    """The dataset the served model was trained on, and what a test needs to know of it."""
+
+    dataset: RatingDataset
+    new_user: Callable[[int], dict]  # valid attributes of a new user, varied by the argument
+    item_id: str  # an item with a title, a multi-valued attribute and an integer year
+    title_prefix: str
+    multi_column: str
+
+
 @pytest.fixture(scope="package")
-def ml100k(data_dir: Path):
-    return load_dataset("ml-100k", data_dir=data_dir)
+def serve_data(data_root: Path) -> ServeData:
+    if (data_root / "ml-100k" / "u.data").exists():
+        return ServeData(load_dataset("ml-100k", data_dir=data_root),
+                         lambda i: {"gender": "MF"[i % 2], "age": 18 + i % 50}, "50", "Star Wars", "genres")
+    return ServeData(load_dataset("synthetic"),  # what the run folder's config reloads
+                     lambda i: {"gender": f"gender_{i % 2}", "age_group": f"age_group_{i % 5}"}, "i0",
+                     "Synthetic item 0", "tags")
 
 
 @pytest.fixture(scope="package")
@@ -23,13 +47,13 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def recommender(ml100k, run_dir: Path, data_dir: Path) -> ColdStartRecommender:
+def recommender(serve_data: ServeData, run_dir: Path, data_root: Path) -> ColdStartRecommender:
     # one torch thread: on a busy machine OpenMP's spinning threads make this tiny run 10x slower
     previous = torch.get_num_threads()
     config = (RunConfig.preset("feature-mlp", "maml").override("train", epochs=2, threads=1)
-              .override("data", data_dir=str(data_dir)))
+              .override("data", data_dir=str(data_root)))
     try:
-        return ColdStartRecommender().fit(ml100k, config=config, run_dir=run_dir)
+        return ColdStartRecommender().fit(serve_data.dataset, config=config, run_dir=run_dir)
     finally:
         torch.set_num_threads(previous)
 

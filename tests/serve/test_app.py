@@ -22,9 +22,14 @@ def client(recommender):
         yield c
 
 
-def _body(ids: list[str], **extra) -> dict:
+@pytest.fixture(scope="module")
+def user(serve_data) -> dict:
+    return serve_data.new_user(7)
+
+
+def _body(ids: list[str], user: dict | None = None, **extra) -> dict:
     ratings = [{"item_id": ids[0], "rating": 5}, {"item_id": ids[5], "rating": 4}, {"item_id": ids[9], "rating": 1}]
-    return {"ratings": ratings, "user": {"gender": "M", "age": 25}, **extra}
+    return {"ratings": ratings, **({"user": user} if user else {}), **extra}
 
 
 def _post(client, path: str, body: dict, headers: dict | None = HEADERS):
@@ -35,8 +40,8 @@ def _detail_locs(response) -> list[list]:
     return [d["loc"] for d in response.json()["detail"]]
 
 
-def test_recommend(client, recommender, popular_ids):
-    r = _post(client, "/v1/recommend", _body(popular_ids, k=8))
+def test_recommend(client, recommender, popular_ids, user):
+    r = _post(client, "/v1/recommend", _body(popular_ids, user, k=8))
     assert r.status_code == 200, r.text
     out = r.json()
     items = out["items"]
@@ -50,10 +55,11 @@ def test_recommend(client, recommender, popular_ids):
 
 def test_recommend_integer_ids_and_include_rated(client, popular_ids):
     body = _body(popular_ids, k=50, exclude_rated=False)
-    body["ratings"][0]["item_id"] = int(popular_ids[0])  # a JSON number id is read as its string
+    numeric = popular_ids[0].isdigit()  # ML-100K ids are numbers; synthetic ones are not (then: an unknown id)
+    body["ratings"][0]["item_id"] = int(popular_ids[0]) if numeric else 123456  # a JSON number: read as its string
     r = _post(client, "/v1/recommend", body)
     assert r.status_code == 200, r.text
-    assert r.json()["unknown_item_ids"] == []
+    assert r.json()["unknown_item_ids"] == ([] if numeric else ["123456"])
     assert all(isinstance(i["item_id"], str) for i in r.json()["items"])
 
 
@@ -126,32 +132,33 @@ def test_from_dir_without_api_key(saved_dir, recommender, popular_ids):
     assert torch.get_num_threads() == before  # the caller's thread is left as it was
 
 
-def test_predict(client, popular_ids):
-    body = {**_body(popular_ids), "item_ids": [popular_ids[1], "nope", popular_ids[2]]}
+def test_predict(client, popular_ids, user):
+    body = {**_body(popular_ids, user), "item_ids": [popular_ids[1], "nope", popular_ids[2]]}
     r = _post(client, "/v1/predict", body)
     assert r.status_code == 200, r.text
     out = r.json()
     assert [p["item_id"] for p in out["predictions"]] == [popular_ids[1], popular_ids[2]]
     assert all(1.0 <= p["score"] <= 5.0 and math.isfinite(p["score"]) for p in out["predictions"])
     assert out["unknown_item_ids"] == ["nope"]
-    rec = _post(client, "/v1/recommend", _body(popular_ids, k=3)).json()["items"]
-    same = _post(client, "/v1/predict", {**_body(popular_ids), "item_ids": [i["item_id"] for i in rec]}).json()
+    rec = _post(client, "/v1/recommend", _body(popular_ids, user, k=3)).json()["items"]
+    same = _post(client, "/v1/predict", {**_body(popular_ids, user), "item_ids": [i["item_id"] for i in rec]}).json()
     assert [p["score"] for p in same["predictions"]] == pytest.approx([i["score"] for i in rec], rel=1e-6)
 
 
-def test_items_model_onboarding_health(client, recommender):
-    r = client.get("/v1/items/50", headers=HEADERS)
-    assert r.status_code == 200 and r.json()["title"].startswith("Star Wars")
+def test_items_model_onboarding_health(client, recommender, serve_data):
+    r = client.get(f"/v1/items/{serve_data.item_id}", headers=HEADERS)
+    assert r.status_code == 200 and r.json()["title"].startswith(serve_data.title_prefix)
     r = client.get("/v1/items/no-such-item", headers=HEADERS)
     assert r.status_code == 404 and "no-such-item" in r.json()["detail"]
     model = client.get("/v1/model", headers=HEADERS).json()
-    assert model["model_version"] == recommender.model_version and model["n_items"] == 1682
-    assert model["dataset"] == "ml-100k" and model["model"]["kind"] == "feature-mlp"
+    assert model["model_version"] == recommender.model_version and model["n_items"] == serve_data.dataset.n_items
+    assert model["dataset"] == serve_data.dataset.name and model["model"]["kind"] == "feature-mlp"
     assert "torch" in model["versions"] and model["limits"]["max_k"] == 50
     onboarding = client.get("/v1/onboarding?n=12", headers=HEADERS).json()["items"]
     assert len(onboarding) == 12 and all(i["title"] for i in onboarding)
     assert [i["item_id"] for i in onboarding] == recommender.onboarding_items(12)["item_id"].tolist()
-    assert client.get("/v1/onboarding?n=0", headers=HEADERS).status_code == 422
+    r = client.get("/v1/onboarding?n=0", headers=HEADERS)
+    assert r.status_code == 422 and ["query", "n"] in _detail_locs(r) and "n must be a positive integer" in r.text
     first = [i["item_id"] for i in onboarding[:10]]
     r = client.post("/v1/onboarding", json={"n": 5, "shown": [*first, "no-such-item"], "rated": first[:2]},
                     headers=HEADERS)
@@ -168,13 +175,11 @@ def test_items_model_onboarding_health(client, recommender):
     assert client.get("/openapi.json").json()["paths"]["/v1/recommend"]["post"]
 
 
-def test_concurrent_requests_match_sequential(client, popular_ids):
+def test_concurrent_requests_match_sequential(client, popular_ids, serve_data):
     bodies = []
     for u in range(24):
         ids = popular_ids[u % 7:] + popular_ids[: u % 7]
-        body = _body(ids, k=10)
-        body["user"] = {"gender": "MF"[u % 2], "age": 18 + u}
-        bodies.append(body)
+        bodies.append(_body(ids, serve_data.new_user(u), k=10))
     sequential = [_post(client, "/v1/recommend", b).json() for b in bodies]
     with ThreadPoolExecutor(max_workers=8) as pool:
         concurrent = list(pool.map(lambda b: _post(client, "/v1/recommend", b).json(), bodies))

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from metarec.errors import DataError, MetarecError, UnknownIdError
-from metarec.meta.personalize import Personalizer
+from metarec.serve.personalizer import Personalizer
 from metarec.serve import create_app
 from metarec.serve import app as app_module
 from metarec.serve.batching import MicroBatcher
@@ -38,14 +38,14 @@ def _assert_same(got, want, tol: float = 1e-4) -> None:
             assert want_scores.get(g["item_id"], want.items[-1]["score"]) == pytest.approx(w["score"], abs=tol)
 
 
-def _queries(ids: list[str], n: int, seed: int = 0) -> list[RecommendQuery]:
+def _queries(ids: list[str], n: int, new_user, seed: int = 0) -> list[RecommendQuery]:
     """Users that differ in support size (1-25 ratings), attributes, k and exclude_rated."""
     rng = np.random.default_rng(seed)
     out = []
     for u in range(n):
         chosen = rng.choice(len(ids), size=int(rng.integers(1, 26)), replace=False)
         ratings = {ids[i]: float(rng.integers(1, 6)) for i in chosen}
-        user = {"gender": "MF"[u % 2], "age": int(18 + u)} if u % 3 else None
+        user = new_user(u) if u % 3 else None
         out.append(RecommendQuery(ratings, user, k=int(rng.integers(1, 30)), exclude_rated=bool(u % 4)))
     return out
 
@@ -56,8 +56,8 @@ def catalogue_ids(recommender) -> list[str]:
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_recommend_many_equals_one_at_a_time(recommender, catalogue_ids, batch_size):
-    queries = _queries(catalogue_ids, 20, seed=batch_size)
+def test_recommend_many_equals_one_at_a_time(recommender, catalogue_ids, serve_data, batch_size):
+    queries = _queries(catalogue_ids, 20, serve_data.new_user, seed=batch_size)
     many = recommender.recommend_many(queries, batch_size=batch_size)
     assert len(many) == len(queries)
     for query, got in zip(queries, many):
@@ -93,10 +93,10 @@ def test_recommend_many_keeps_errors_per_query(recommender, popular_ids):
         recommender.recommend_many([good], batch_size=0)
 
 
-def test_adapt_many_equals_adapt(recommender, popular_ids):
+def test_adapt_many_equals_adapt(recommender, popular_ids, serve_data):
     personalizer = Personalizer(recommender.checkpoint)
     users = [({popular_ids[0]: 5.0}, None),
-             ({popular_ids[3]: 1.0, popular_ids[4]: 4.0, popular_ids[9]: 2.0}, {"gender": "F", "age": 40})]
+             ({popular_ids[3]: 1.0, popular_ids[4]: 4.0, popular_ids[9]: 2.0}, serve_data.new_user(22))]
     batch = personalizer.adapt_many(users)
     scores = batch.catalogue_scores()
     assert scores.shape == (2, recommender.n_items) and len(batch) == 2
@@ -128,10 +128,10 @@ class _Gated:
         return self.inner.recommend_many(queries, batch_size=batch_size)
 
 
-def test_batcher_batches_what_is_queued_and_answers_each(recommender, catalogue_ids):
+def test_batcher_batches_what_is_queued_and_answers_each(recommender, catalogue_ids, serve_data):
     gated = _Gated(recommender)
     batcher = MicroBatcher(gated, batch_size=2)
-    queries = _queries(catalogue_ids, 7, seed=3)
+    queries = _queries(catalogue_ids, 7, serve_data.new_user, seed=3)
     bad = RecommendQuery({"nope": 3})
 
     async def scenario():
@@ -185,14 +185,14 @@ def clients(recommender):
         yield on, off
 
 
-def _body(u: int, ids: list[str]) -> dict:
+def _body(u: int, ids: list[str], new_user) -> dict:
     ratings = [{"item_id": ids[(u * 7 + j * 13) % 300], "rating": 1 + (u + j) % 5} for j in range(1 + u % 9)]
-    return {"ratings": ratings, "user": {"gender": "MF"[u % 2], "age": 18 + u}, "k": 5 + u % 11}
+    return {"ratings": ratings, "user": new_user(u), "k": 5 + u % 11}
 
 
-def test_service_batching_on_off_and_concurrent_equal(clients, catalogue_ids):
+def test_service_batching_on_off_and_concurrent_equal(clients, catalogue_ids, serve_data):
     on, off = clients
-    bodies = [_body(u, catalogue_ids) for u in range(32)]
+    bodies = [_body(u, catalogue_ids, serve_data.new_user) for u in range(32)]
     bodies[5] = {"ratings": [{"item_id": "nope", "rating": 3}]}  # one bad request among good ones
     sequential = [off.post("/v1/recommend", json=b, headers=HEADERS) for b in bodies]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -215,11 +215,11 @@ class _Answer:
         self.items, self.unknown_item_ids = payload["items"], payload["unknown_item_ids"]
 
 
-def test_json_without_orjson(monkeypatch, clients, catalogue_ids):
+def test_json_without_orjson(monkeypatch, clients, catalogue_ids, serve_data):
     on, _ = clients
-    with_orjson = on.post("/v1/recommend", json=_body(1, catalogue_ids), headers=HEADERS)
+    with_orjson = on.post("/v1/recommend", json=_body(1, catalogue_ids, serve_data.new_user), headers=HEADERS)
     monkeypatch.setattr(app_module, "orjson", None)
-    plain = on.post("/v1/recommend", json=_body(1, catalogue_ids), headers=HEADERS)
+    plain = on.post("/v1/recommend", json=_body(1, catalogue_ids, serve_data.new_user), headers=HEADERS)
     assert plain.status_code == with_orjson.status_code == 200
     assert json.loads(plain.content) == json.loads(with_orjson.content)
 

@@ -12,16 +12,14 @@ from metarec.errors import DataError, MetarecError, UnknownIdError
 from metarec.meta.run import RunConfig
 from metarec.serve import ColdStartRecommender
 
-USER = {"gender": "F", "age": 31, "occupation": "writer"}
-
 
 def _ratings(ids: list[str]) -> dict[str, float]:
     return {ids[0]: 5, ids[3]: 4, ids[7]: 2, ids[12]: 1, ids[20]: 4}
 
 
-def test_recommend_frame(recommender, popular_ids):
+def test_recommend_frame(recommender, popular_ids, serve_data):
     rated = _ratings(popular_ids)
-    top = recommender.recommend(rated, USER, k=7)
+    top = recommender.recommend(rated, serve_data.new_user(13), k=7)
     assert list(top.columns[:2]) == ["item_id", "score"] and "title" in top.columns
     assert len(top) == 7 and top["title"].notna().all()
     assert not set(top["item_id"]) & set(rated)
@@ -40,10 +38,10 @@ def test_recommend_include_rated_and_unknown(recommender, popular_ids):
         recommender.recommend({"no-such-item": 3, "nor-this": 4})
 
 
-def test_predict_matches_recommend(recommender, popular_ids):
-    rated = _ratings(popular_ids)
-    top = recommender.recommend(rated, USER, k=5)
-    pred = recommender.predict(rated, [*top["item_id"], "nope"], USER)
+def test_predict_matches_recommend(recommender, popular_ids, serve_data):
+    rated, user = _ratings(popular_ids), serve_data.new_user(13)
+    top = recommender.recommend(rated, user, k=5)
+    pred = recommender.predict(rated, [*top["item_id"], "nope"], user)
     assert list(pred.columns) == ["item_id", "score"]
     assert pred["item_id"].tolist() == top["item_id"].tolist()
     np.testing.assert_allclose(pred["score"].to_numpy(), top["score"].to_numpy(), rtol=1e-6)
@@ -63,11 +61,15 @@ def test_bad_inputs(recommender, popular_ids):
         ColdStartRecommender().recommend({"1": 4})
 
 
-def test_onboarding_first_round_is_most_rated_among_newcomer_like_users(recommender, ml100k):
+def test_onboarding_first_round_is_most_rated_among_newcomer_like_users(recommender, serve_data, saved_dir):
     first = recommender.onboarding_items(10)
     assert len(first) == 10 and first["title"].notna().all()
-    counts = ml100k.ratings["item_id"].value_counts()
-    # most-rated within the panel of newcomer-like meta-train users, which tracks overall popularity
+    # most-rated within the panel of newcomer-like meta-train users (counted here from the saved panel) ...
+    panel = pd.read_parquet(saved_dir / "onboarding_panel.parquet").drop_duplicates()
+    knows = panel.groupby("item_id").size()
+    assert knows[first["item_id"]].is_monotonic_decreasing and knows[first["item_id"].iloc[0]] == knows.max()
+    # ... which tracks overall popularity
+    counts = serve_data.dataset.ratings["item_id"].value_counts()
     assert first["item_id"].iloc[0] in set(counts.index[:5])
     assert first["item_id"].is_unique
     assert all(recommender.item(i)["seen_in_training"] for i in first["item_id"])
@@ -91,15 +93,15 @@ def test_onboarding_next_round_depends_on_what_the_user_knew(recommender):
         recommender.onboarding_records(0)
 
 
-def test_item_metadata(recommender):
-    item = recommender.item("50")
-    assert item["item_id"] == "50" and item["title"].startswith("Star Wars")
-    assert isinstance(item["genres"], list) and isinstance(item["year"], int)
+def test_item_metadata(recommender, serve_data):
+    item = recommender.item(serve_data.item_id)
+    assert item["item_id"] == serve_data.item_id and item["title"].startswith(serve_data.title_prefix)
+    assert isinstance(item[serve_data.multi_column], list) and isinstance(item["year"], int)
     with pytest.raises(UnknownIdError):
         recommender.item("no-such-item")
 
 
-def test_save_load_round_trip(recommender, popular_ids, tmp_path):
+def test_save_load_round_trip(recommender, popular_ids, serve_data, tmp_path):
     folder = recommender.save(tmp_path / "rec")
     assert {p.name for p in folder.iterdir()} == {"checkpoint", "items.parquet", "item_stats.parquet",
                                                   "onboarding_panel.parquet", "recommender.json"}
@@ -108,23 +110,23 @@ def test_save_load_round_trip(recommender, popular_ids, tmp_path):
     assert spec["model_version"] == recommender.model_version
     loaded = ColdStartRecommender.load(folder)
     assert loaded.model_version == recommender.model_version
-    rated = _ratings(popular_ids)
-    pd.testing.assert_frame_equal(loaded.recommend(rated, USER, k=20), recommender.recommend(rated, USER, k=20))
+    rated, user = _ratings(popular_ids), serve_data.new_user(13)
+    pd.testing.assert_frame_equal(loaded.recommend(rated, user, k=20), recommender.recommend(rated, user, k=20))
     pd.testing.assert_frame_equal(loaded.onboarding_items(15), recommender.onboarding_items(15))
     shown, knew = popular_ids[:10], popular_ids[2:5]
     pd.testing.assert_frame_equal(loaded.onboarding_items(10, shown, knew), recommender.onboarding_items(10, shown, knew))
-    assert loaded.item("1") == recommender.item("1")
+    assert loaded.item(popular_ids[0]) == recommender.item(popular_ids[0])
     # saving again over the same folder replaces it whole
     loaded.save(folder)
     assert ColdStartRecommender.load(folder).model_version == recommender.model_version
 
 
-def test_load_run_folder(recommender, run_dir, popular_ids):
+def test_load_run_folder(recommender, run_dir, popular_ids, serve_data):
     """A `metarec train` run folder serves the same model, with titles rebuilt from its dataset."""
     from_run = ColdStartRecommender.load(run_dir)
     assert from_run.model_version == recommender.model_version
-    rated = _ratings(popular_ids)
-    pd.testing.assert_frame_equal(from_run.recommend(rated, USER, k=10), recommender.recommend(rated, USER, k=10))
+    rated, user = _ratings(popular_ids), serve_data.new_user(13)
+    pd.testing.assert_frame_equal(from_run.recommend(rated, user, k=10), recommender.recommend(rated, user, k=10))
     assert from_run.onboarding_items(10)["item_id"].tolist() == recommender.onboarding_items(10)["item_id"].tolist()
     shown, knew = popular_ids[:10], popular_ids[:3]
     pd.testing.assert_frame_equal(from_run.onboarding_items(10, shown, knew), recommender.onboarding_items(10, shown, knew))
@@ -159,7 +161,7 @@ def test_fit_on_frames(tmp_path):
 
 
 @pytest.mark.parametrize("replicas", [1, 4])
-def test_threads_share_one_recommender(saved_dir, popular_ids, replicas):
+def test_threads_share_one_recommender(saved_dir, popular_ids, serve_data, replicas):
     """functional_call swaps module tensors in place: concurrent calls must not see each other's."""
     import torch
     from concurrent.futures import ThreadPoolExecutor
@@ -167,7 +169,7 @@ def test_threads_share_one_recommender(saved_dir, popular_ids, replicas):
     rec = ColdStartRecommender.load(saved_dir, replicas=replicas)
     rng = np.random.default_rng(replicas)
     requests = [({popular_ids[j]: float(rng.integers(1, 6)) for j in rng.choice(40, 5, replace=False)},
-                 {"age": int(rng.integers(18, 70))}) for _ in range(120)]
+                 serve_data.new_user(int(rng.integers(0, 50)))) for _ in range(120)]
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # as the service runs; results then match bit for bit
     try:

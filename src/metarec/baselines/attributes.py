@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from metarec.data.encoding import PAD, FeatureEncoder, FeatureTable
 from metarec.tasks.features import FeatureSpace, encode_features
-from metarec.tasks.splits import ColdStartSplit
+from metarec.tasks.split import ColdStartSplit
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,6 @@ class AttributeDesign:
 
     matrix: sp.csr_matrix
     names: tuple[str, ...]
-
-    @property
-    def n_features(self) -> int:
-        return int(self.matrix.shape[1])
 
 
 def attribute_design(table: FeatureTable, encoder: FeatureEncoder) -> AttributeDesign:

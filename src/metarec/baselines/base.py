@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from metarec.tasks.splits import ColdStartSplit
+from metarec.tasks.split import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
 
@@ -137,14 +137,3 @@ class BaselineBase:
         out = np.zeros(len(user_idx), bool)
         out[ok] = known[user_idx[ok]]
         return out
-
-
-def new_item_rows(tasks: TaskSet, known_items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(task, item, rating)`` of every support rating, over all ``tasks``, of an item training never saw.
-
-    Why: items released after training have no learnt parameters, but the support sets of the users
-    who rated them at test time do say something about them. Pooling those ratings across tasks is the
-    item-side fold-in (``with_new_items``); a task's query ratings are never among them.
-    """
-    new = ~known_items[tasks.support_item]
-    return tasks.support_task[new], tasks.support_item[new], tasks.support_rating[new].astype(np.float64)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines._linalg import ridge_fit
 from metarec.baselines.attributes import item_design
-from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, train_stats
-from metarec.tasks.splits import ColdStartSplit
-from metarec.tasks.taskset import TaskSet
+from metarec.baselines.base import BaselineBase, TrainStats, train_stats
+from metarec.linalg import ridge_fit
+from metarec.tasks.split import ColdStartSplit
+from metarec.tasks.taskset import TaskSet, new_item_rows
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines._linalg import batched_ridge, group_matrix, ridge_fit
 from metarec.baselines.attributes import item_design
 from metarec.baselines.base import BaselineBase, TrainStats, train_stats
-from metarec.tasks.splits import ColdStartSplit
+from metarec.linalg import batched_ridge, group_matrix, ridge_fit
+from metarec.tasks.split import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
 

@@ -9,7 +9,7 @@ New items (never rated in training) have no learnt factors; theirs are predicted
 ridge regression from the items' **sparse** one-hot / multi-hot attribute design
 (:mod:`metarec.baselines.attributes`) to the trained item factors and biases. The design is never made
 dense: the regression is solved through the smaller of its primal or dual Gram matrix, or by LSMR
-(:func:`metarec.baselines._linalg.ridge_fit`).
+(:func:`metarec.linalg.ridge_fit`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from metarec.baselines._linalg import batched_ridge, group_matrix, pooled_item_ridge, ridge_fit
 from metarec.baselines.attributes import item_design
-from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, train_stats
-from metarec.tasks.splits import ColdStartSplit
-from metarec.tasks.taskset import TaskSet
+from metarec.baselines.base import BaselineBase, TrainStats, train_stats
+from metarec.linalg import batched_ridge, group_matrix, pooled_item_ridge, ridge_fit
+from metarec.tasks.split import ColdStartSplit
+from metarec.tasks.taskset import TaskSet, new_item_rows
 
 
 @dataclass(frozen=True)

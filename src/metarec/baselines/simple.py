@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import BaselineBase, TrainStats, new_item_rows, train_stats
-from metarec.tasks.splits import ColdStartSplit
-from metarec.tasks.taskset import TaskSet
+from metarec.baselines.base import BaselineBase, TrainStats, train_stats
+from metarec.tasks.split import ColdStartSplit
+from metarec.tasks.taskset import TaskSet, new_item_rows
 
 
 @dataclass(frozen=True)

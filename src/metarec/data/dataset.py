@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping
@@ -13,7 +11,7 @@ from typing import Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from metarec._atomic import write_json
+from metarec._io import atomic_dir, recover_dir, write_json
 from metarec.data.schema import AttributeSpec, infer_schema
 from metarec.data.vocab import Vocabulary
 from metarec.errors import DataError
@@ -136,10 +134,6 @@ class RatingDataset:
     def n_ratings(self) -> int:
         return len(self.ratings)
 
-    @property
-    def has_timestamps(self) -> bool:
-        return bool(self.ratings["timestamp"].notna().any())
-
     def describe(self) -> dict:
         """Summary statistics: sizes, density, rating histogram, attribute columns, timestamp coverage."""
         r = self.ratings
@@ -163,9 +157,6 @@ class RatingDataset:
             "item_attributes": {k: v.kind for k, v in self.item_schema.items()},
         }
 
-    def subset_ratings(self, mask: np.ndarray | pd.Series) -> pd.DataFrame:
-        return self.ratings[np.asarray(mask)]
-
     def item_release_year(self) -> np.ndarray | None:
         """Release year per item index (float, NaN unknown), when the items table has a ``year`` column."""
         if "year" not in self.items.columns:
@@ -176,9 +167,7 @@ class RatingDataset:
     def save(self, directory: str | Path) -> Path:
         """Write Parquet tables plus ``dataset.json``; the folder appears whole or not at all."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             self.ratings[["user_id", "item_id", "rating", "timestamp"]].to_parquet(tmp / "ratings.parquet", index=False)
             _lists_to_python(self.users).to_parquet(tmp / "users.parquet", index=True)
             _lists_to_python(self.items).to_parquet(tmp / "items.parquet", index=True)
@@ -193,17 +182,11 @@ class RatingDataset:
                     "meta": dict(self.meta),
                 },
             )
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> "RatingDataset":
-        directory = Path(directory)
+        directory = recover_dir(directory)
         spec_path = directory / "dataset.json"
         if not spec_path.exists():
             raise DataError("not a saved metarec dataset (dataset.json is missing)", path=directory)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import unquote, urlparse
 
+from metarec._io import recover_dir, replace_dir, write_json
 from metarec.errors import ConfigError, DataError
 
 ENV_CACHE = "METAREC_CACHE_DIR"
@@ -146,7 +147,7 @@ def fetch_dataset(name: str, *, cache: str | Path | None = None, progress: bool 
 
 def _already_fetched(target: Path, archive: Archive) -> bool:
     """A stamp from an earlier verified fetch, or files that verify now (then stamp them)."""
-    stamp = target / STAMP
+    stamp = recover_dir(target) / STAMP
     if stamp.exists():
         try:
             recorded = json.loads(stamp.read_text(encoding="utf-8"))
@@ -210,10 +211,7 @@ def _unpack(archive: Archive, zip_path: Path, root: Path, target: Path) -> Path:
                 raise DataError(f"extracted file has sha256 {got}, expected the pinned {want}; nothing was kept",
                                 path=f"{archive.name}:{relative}")
         _write_stamp(found, archive)
-        if target.exists():
-            shutil.rmtree(target)  # an incomplete or unverifiable earlier copy
-        os.replace(found, target)
-        return target
+        return replace_dir(found, target)  # over an incomplete or unverifiable earlier copy
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -236,8 +234,6 @@ def _find_folder(tmp: Path, archive: Archive) -> Path:
 
 
 def _write_stamp(folder: Path, archive: Archive) -> None:
-    from metarec._atomic import write_json
-
     write_json(folder / STAMP, {"name": archive.name, "url": archive.url, "sha256": archive.sha256,
                                 "files": dict(archive.files)})
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,24 +19,22 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from metarec._atomic import write_json
+from metarec._io import atomic_dir, jsonable, recover_dir, write_json
 from metarec.data.encoding import FeatureEncoder, FeatureTable
 from metarec.data.vocab import Vocabulary
 from metarec.errors import MetarecError
 from metarec.meta.config import MetaConfig
-from metarec.meta.engine import MetaLearner
-from metarec.models.base import RatingModel
+from metarec.meta.learner import MetaLearner
 from metarec.models.config import ModelConfig, build_model
 from metarec.tasks.features import FeatureSpace
+from metarec.version import __version__
 
 FORMAT = "metarec-checkpoint"
 FORMAT_VERSION = 1
 
 
 def package_versions() -> dict[str, str]:
-    import metarec
-
-    versions = {"metarec": metarec.__version__, "torch": torch.__version__, "numpy": np.__version__,
+    versions = {"metarec": __version__, "torch": torch.__version__, "numpy": np.__version__,
                 "python": platform.python_version()}
     try:
         import pandas
@@ -86,11 +82,10 @@ def _load_optimizer(learner: MetaLearner, tensors: Mapping[str, torch.Tensor]) -
 
 
 def save_checkpoint(ckpt: Checkpoint, directory: str | Path, *, with_optimizer: bool = True) -> Path:
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        learner = ckpt.learner
+    """Write ``ckpt`` as safetensors + JSON into ``directory``, replacing any old one whole (a crash
+    leaves the old checkpoint or the new one, never a mix: :func:`metarec._io.atomic_dir`)."""
+    learner = ckpt.learner
+    with atomic_dir(directory) as tmp:
         model_tensors = {k: v.detach().cpu().contiguous() for k, v in learner.model.state_dict().items()}
         model_tensors.update({f"inner_lr.{n}": p.detach().cpu().contiguous() for n, p in learner.inner_lrs.items()})
         save_file(model_tensors, str(tmp / "model.safetensors"))
@@ -105,8 +100,8 @@ def save_checkpoint(ckpt: Checkpoint, directory: str | Path, *, with_optimizer: 
         write_json(tmp / "checkpoint.json", {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "model_config": _dataclass_json(ckpt.model_config),
-            "meta_config": _dataclass_json(learner.config),
+            "model_config": jsonable(ckpt.model_config),
+            "meta_config": jsonable(learner.config),
             "rating_scale": list(ckpt.rating_scale),
             "user_encoder": ckpt.features.user_encoder.to_json(),
             "item_encoder": ckpt.features.item_encoder.to_json(),
@@ -116,17 +111,11 @@ def save_checkpoint(ckpt: Checkpoint, directory: str | Path, *, with_optimizer: 
             "state": dict(ckpt.state),
             "versions": package_versions(),
         })
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return directory
+    return Path(directory)
 
 
 def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
-    directory = Path(directory)
+    directory = recover_dir(directory)  # a save a crash interrupted: its backup is the checkpoint
     meta_path = directory / "checkpoint.json"
     if not meta_path.exists():
         raise MetarecError(f"{directory}: not a metarec checkpoint (checkpoint.json is missing)")
@@ -164,10 +153,3 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
         rating_scale=rating_scale, run_config=spec.get("run_config", {}), state=spec.get("state", {}),
         average=average,
     )
-
-
-def _dataclass_json(obj: Any) -> dict:
-    from dataclasses import asdict
-
-    out = asdict(obj)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}

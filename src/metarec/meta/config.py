@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,6 +12,8 @@ Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd")
 ADAPT_SCOPES: tuple[str, ...] = ("all", "head", "embeddings")
 QUERY_LOSSES: tuple[str, ...] = ("squared", "absolute", "huber")
+KERNEL_CHOICES: tuple[str, ...] = ("auto", "vmap", "batched_head", "one_step")
+DEFAULT_INNER_LR = 0.05
 
 
 @dataclass(frozen=True)
@@ -27,19 +30,24 @@ class MetaConfig:
     second-order terms; ``metasgd`` learns a per-parameter inner learning rate (second order);
     ``reptile`` moves the initialisation towards each task's adapted parameters (inner loop over the
     whole task, no query/support distinction).
+
+    ``kernel`` says which computation of the same maths runs (see :mod:`metarec.meta.kernels`):
+    ``vmap`` (:mod:`metarec.meta.maml` as written), ``batched_head`` / ``one_step`` (FeatureMLP heads),
+    or ``auto``: the fastest that applies. The learner logs its choice.
     """
 
     algorithm: Algorithm = "maml"
     adapt: Literal["all", "head", "embeddings"] = "head"
     inner_steps: int = 1
     eval_inner_steps: int | None = None
-    inner_lr: float = 0.05
+    inner_lr: float = DEFAULT_INNER_LR
     outer_lr: float = 1e-3
     l2: float = 0.0
     support_batch_size: int | None = None
     grad_clip: float | None = 10.0
     meta_batch_size: int = 32
     query_loss: Literal["squared", "absolute", "huber"] = "squared"
+    kernel: Literal["auto", "vmap", "batched_head", "one_step"] = "auto"
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -58,6 +66,13 @@ class MetaConfig:
             raise ConfigError(f"query_loss must be one of {QUERY_LOSSES}, got {self.query_loss!r}")
         if self.algorithm == "reptile" and self.query_loss != "squared":
             raise ConfigError("reptile has no query loss: query_loss must stay 'squared'")
+        if self.kernel not in KERNEL_CHOICES:
+            raise ConfigError(f"kernel must be one of {KERNEL_CHOICES}, got {self.kernel!r}")
+        if (self.inner_steps == 0 and self.test_steps == 0 and self.inner_lr != DEFAULT_INNER_LR
+                and self.algorithm != "metasgd"):
+            warnings.warn(f"meta.inner_lr = {self.inner_lr} is unused: no inner gradient steps are taken "
+                          "(inner_steps = 0; the adaptation, if any, is the model's closed-form fold-in)",
+                          UserWarning, stacklevel=3)
 
     @property
     def test_steps(self) -> int:

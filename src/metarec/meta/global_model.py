@@ -13,7 +13,7 @@ from pathlib import Path
 
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer
-from metarec.tasks.splits import ColdStartSplit
+from metarec.tasks.split import ColdStartSplit
 
 
 def global_config(config: RunConfig) -> RunConfig:

@@ -22,19 +22,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from metarec.baselines._linalg import pooled_item_ridge
-from metarec.baselines.base import new_item_rows
 from metarec.errors import MetarecError
-from metarec.meta.engine import MetaLearner
-from metarec.tasks.taskset import TaskSet
+from metarec.linalg import pooled_item_ridge
+from metarec.meta.learner import MetaLearner
+from metarec.tasks.taskset import TaskSet, new_item_rows
 
 
 def supports_item_fold_in(learner: MetaLearner) -> bool:
     """Whether the learner's model is linear in an item vector it can offset (NeuralCF), and that vector
     is shared by every task (nothing on the item side adapts per user, as it does under Reptile)."""
     model = learner.model
-    return (learner.hoist and hasattr(model, "user_weights") and hasattr(model, "item_offset")
-            and hasattr(model, "factors"))
+    return learner.hoist and model.linear_in_item
 
 
 def item_prior_variance(learner: MetaLearner, floor: float = 1e-4) -> np.ndarray:

@@ -28,12 +28,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from metarec.errors import ConfigError
 from metarec.meta.run import RunConfig, tomllib
 from metarec.meta.trainer import Trainer
-from metarec.tasks.splits import ColdStartSplit
+from metarec.tasks.split import ColdStartSplit
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def choose_history_scale(trainer: Trainer, split: ColdStartSplit,
     users', :meth:`ColdStartSplit.heavy_new_item_tasks`), each adapted with the user's meta-train history
     as the prior (the benchmark's rule) under that multiple of the learned penalty; the model keeps the
     best. Empty (nothing chosen) for a model without the fold-in, or a split without such tasks."""
-    from metarec.tasks.splits import add_user_history
+    from metarec.tasks.history import add_user_history
 
     learner = trainer.restore_best()
     model = learner.model
@@ -271,3 +272,23 @@ def load_toml_values(path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path}: {exc}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+
+
+def layered_config(config: str | Path | None = None, preset_name: str | None = None, model: str | None = None,
+                   algorithm: str | None = None) -> tuple[RunConfig, tuple[str, ...]]:
+    """The base configuration of ``metarec train`` and the searched settings it fixes: ``model`` /
+    ``algorithm`` give a plain preset (no recipe, nothing searched); otherwise the recipe's base with the
+    preset's and then the TOML file's values on top (what they set is fixed)."""
+    if model is not None or algorithm is not None:
+        if config is not None:
+            cfg = RunConfig.from_toml(config)
+            base = RunConfig.preset(model or cfg.model.kind, algorithm)
+            cfg = RunConfig(cfg.data, cfg.split, base.model if model else cfg.model, base.meta if algorithm else cfg.meta, cfg.train)
+        else:
+            cfg = RunConfig.preset(model or "feature-mlp", algorithm)
+        return cfg, tuple(f"{s}.{k}" for s, k, _ in SEARCH_SPACE)
+    values: dict = {}
+    for layer in ([preset_dict(preset_name)] if preset_name else []) + ([load_toml_values(config)] if config else []):
+        for section, entries in layer.items():
+            values.setdefault(section, {}).update(entries)
+    return config_over_recipe(values)

@@ -1,7 +1,7 @@
-"""The same meta-learning maths as :mod:`metarec.meta.engine`, written as a plain loop over tasks.
+"""The same meta-learning maths as :mod:`metarec.meta.maml` and its kernels, written as a plain loop over tasks.
 
 One task at a time, unpadded, no hoisting, ``torch.autograd.grad`` with ``create_graph`` for the
-second-order terms. It is slow on purpose: it is the reference the engine is tested against and the
+second-order terms. It is slow on purpose: it is the reference the learner (every kernel) is tested against and the
 baseline the speed benchmark measures the engine against.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from metarec.meta.engine import MetaLearner, pointwise_loss
+from metarec.meta.learner import MetaLearner
+from metarec.meta.losses import pointwise_loss
 from metarec.models.base import Context, Params
 from metarec.tasks.taskset import TaskBatch
 

@@ -10,7 +10,7 @@ from typing import Any, Literal, Mapping
 from metarec.errors import ConfigError
 from metarec.meta.config import MetaConfig
 from metarec.models.config import ModelConfig
-from metarec.tasks.splits import SplitConfig
+from metarec.tasks.config import SplitConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

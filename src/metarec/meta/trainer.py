@@ -18,16 +18,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from metarec._atomic import write_text
+from metarec._io import write_text
 from metarec.data.dataset import RatingDataset
 from metarec.data.loaders.registry import load_data
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from metarec.meta.engine import MetaLearner
+from metarec.meta.learner import MetaLearner
 from metarec.meta.run import RunConfig
 from metarec.models.config import build_model
 from metarec.tasks.features import encode_features
 from metarec.tasks.selection import validation_curve
-from metarec.tasks.splits import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, make_split
+from metarec.tasks import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, ColdStartSplit, make_split
 from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)

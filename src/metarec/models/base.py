@@ -48,6 +48,10 @@ class RatingModel(nn.Module):
 
     uses_context: bool = False
     head_prefixes: tuple[str, ...] = ("head.",)
+    # score(v) = q_v . w_u + b_v + c_u, linear in an item vector [q_v, b_v] (NeuralCF): the model has
+    # ``user_weights`` / ``score_with_weights`` (a catalogue scored by one product) and an ``item_offset``
+    # (the item-side fold-in, metarec.meta.item_fold_in)
+    linear_in_item: bool = False
 
     def __init__(
         self,

@@ -29,6 +29,8 @@ from metarec.models.embedding import mlp
 class NeuralCF(RatingModel):
     """rating = center + b + b_u + b_v + p_u . q_v with p_u = f(user attrs), q_v = g(item attrs [, item id])."""
 
+    linear_in_item = True
+
     def __init__(self, *args, factors: int = 32, hidden: tuple[int, ...] = (64,), dropout: float = 0.0,
                  fold_in: bool = False, item_id_residual: bool = False, history_penalty_scale: float = 1.5,
                  penalty_rate: float = 1.0, penalty_by_support_size: bool = False, **kwargs) -> None:

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator, Callable
+from typing import Annotated, Any, AsyncIterator
 
 import torch
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
@@ -32,6 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from metarec.errors import DataError, MetarecError, UnknownIdError
 from metarec.serve.batching import MicroBatcher
+from metarec.serve.body_limit import BodyLimit
 from metarec.serve.recommender import ColdStartRecommender, RecommendQuery
 
 try:  # ~10x faster than json for the answers' metadata (a dependency; the fallback keeps old installs working)
@@ -107,63 +108,6 @@ class OnboardingNextResponse(BaseModel):
     model_version: str
 
 
-class _BodyLimit:
-    """Reject bodies over ``max_bytes`` with 413, by Content-Length or, failing that, by counting.
-
-    The (small, bounded) body is buffered before the app runs, so a chunked upload cannot slip past.
-    """
-
-    def __init__(self, app: Callable, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await _send_json(send, 400, {"detail": "invalid Content-Length header"})
-                return
-            if size > self.max_bytes:
-                await _send_json(send, 413, {"detail": f"request body of {size} bytes exceeds the limit of {self.max_bytes}"})
-                return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await _send_json(send, 413, {"detail": f"request body exceeds the limit of {self.max_bytes} bytes"})
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-async def _send_json(send: Callable, status: int, payload: dict) -> None:
-    import json
-
-    data = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
-
-
 def _unprocessable(loc: list[str | int], message: str, kind: str = "value_error") -> HTTPException:
     """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
     return HTTPException(status_code=422, detail=[{"loc": loc, "msg": message, "type": kind}])
@@ -211,8 +155,7 @@ def create_app(
     class RatingIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
         item_id: ItemId
-        rating: float = Field(ge=low, le=high, allow_inf_nan=False,
-                              description=f"a finite number in [{low:g}, {high:g}]")
+        rating: float = Field(description=f"a finite number in [{low:g}, {high:g}] (checked by the recommender)")
 
     def _no_duplicates(ratings: list[RatingIn]) -> list[RatingIn]:
         seen: set[str] = set()
@@ -229,7 +172,7 @@ def create_app(
         ratings: list[RatingIn] = Field(min_length=1, max_length=max_ratings,
                                         description="the new user's ratings (support set)")
         user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
-        k: int = Field(10, ge=1, le=max_k, description=f"how many items, at most {max_k}")
+        k: int = Field(10, le=max_k, description=f"how many items, at least 1 and at most {max_k}")
         exclude_rated: bool = True
 
         @field_validator("ratings")
@@ -250,7 +193,7 @@ def create_app(
 
     class OnboardingRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        n: int = Field(10, ge=1, le=max_k, description=f"how many items to ask about next, at most {max_k}")
+        n: int = Field(10, le=max_k, description=f"how many items to ask about next, at least 1 and at most {max_k}")
         shown: list[ItemId] = Field(default_factory=list, max_length=max_item_ids,
                                     description="the items already shown to the user")
         rated: list[ItemId] = Field(default_factory=list, max_length=max_item_ids,
@@ -287,7 +230,7 @@ def create_app(
     app.state.recommender = recommender
     app.state.batcher = batcher
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
     expected = None if api_key is None else api_key.encode("utf-8")
@@ -301,13 +244,13 @@ def create_app(
 
     v1 = APIRouter(prefix="/v1", dependencies=[Security(require_key)] if expected is not None else [])
 
-    def _adapt_errors(exc: MetarecError) -> HTTPException:
-        """The library's input errors as 422s that name the body field."""
+    def _adapt_errors(exc: MetarecError, source: str = "body") -> HTTPException:
+        """The library's input errors (the recommender validates every request) as 422s that name the
+        field: ``ratings.3.rating`` becomes ``["body", "ratings", 3, "rating"]``."""
         if isinstance(exc, UnknownIdError):
-            return _unprocessable(["body", "ratings"], str(exc), "unknown_item_id")
+            return _unprocessable([source, "ratings"], str(exc), "unknown_item_id")
         field = getattr(exc, "field", None) or "ratings"
-        loc: list[str | int] = ["body", "ratings"] if field in ("rating", "ratings") else ["body", *field.split(".")]
-        return _unprocessable(loc, str(exc))
+        return _unprocessable([source, *(int(p) if p.isdigit() else p for p in field.split("."))], str(exc))
 
     recommend_doc = "Adapt to the user's ratings; the ``k`` best items, with titles. Unknown rated ids are listed."
 
@@ -350,9 +293,12 @@ def create_app(
                              "model_version": version})
 
     @v1.get("/onboarding", response_model=OnboardingResponse)
-    def onboarding(n: int = Query(10, ge=1, le=max_k, description="how many items to ask about")) -> JSONResponse:
+    def onboarding(n: int = Query(10, le=max_k, description="how many items to ask about")) -> JSONResponse:
         """The items to ask a new user to rate first."""
-        return JSONResponse({"items": recommender.onboarding_records(n), "model_version": version})
+        try:
+            return JSONResponse({"items": recommender.onboarding_records(n), "model_version": version})
+        except MetarecError as exc:
+            raise _adapt_errors(exc, "query") from None
 
     @v1.post("/onboarding", response_model=OnboardingNextResponse)
     def onboarding_next(request: OnboardingRequest) -> JSONResponse:

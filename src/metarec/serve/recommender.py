@@ -2,60 +2,37 @@
 
 The facade owns one meta-trained checkpoint plus the catalogue's metadata (titles, attributes) and
 training popularity, so that serving needs neither the dataset nor the split. It keeps no per-user
-state: every call adapts a fresh copy of the parameters.
+state: every call adapts a fresh copy of the parameters, on one of a pool of module replicas
+(:mod:`metarec.serve.replicas`), so threads may share one recommender. The saved folder's format is
+:mod:`metarec.serve.bundle`.
 
-Thread safety: ``torch.func.functional_call`` swaps a module's parameters in place for the duration
-of a call, so two threads adapting through the *same* module object see each other's tensors (torch
-raises, or worse). Each concurrent call therefore borrows one of a small pool of replicas: separate
-module objects that share every parameter and buffer tensor (read-only here), so a replica costs a
-few kilobytes, not a copy of the weights.
-
-A saved recommender folder holds::
-
-    recommender.json     format, dataset name, model_version, package versions
-    checkpoint/          a metarec checkpoint (safetensors + JSON, no optimiser moments)
-    items.parquet        the items table (index ``item_id``), in vocabulary order
-    item_stats.parquet   ratings per item seen by meta-training (popularity, the onboarding tie-break)
-    onboarding_panel.parquet  who rated what among newcomer-like training users (the adaptive
-                         onboarding questionnaire's panel; absent in older folders: onboarding by popularity)
-
-It is written whole under a temporary name and then renamed into place.
+It is the one place a request is validated: ``k`` / ``n``, id collections and user attributes here,
+the ratings themselves by :meth:`Personalizer.support`. The HTTP service and the CLI only parse.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
-import hashlib
-import json
-import logging
-import math
 import os
-import queue
-import shutil
-import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from metarec._atomic import write_json
+from metarec._io import jsonable
 from metarec.data.dataset import RatingDataset
-from metarec.errors import DataError, MetarecError, UnknownIdError
-from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
-from metarec.meta.personalize import Personalizer
+from metarec.errors import DataError, MetarecError
+from metarec.meta.checkpoint import Checkpoint
 from metarec.meta.run import RunConfig
-from metarec.serve.questionnaire import AdaptiveQuestionnaire
+from metarec.onboarding.catalogue import item_indices
+from metarec.onboarding.questionnaire import AdaptiveQuestionnaire
+from metarec.serve.bundle import Bundle, complete_bundle, metadata_records, read_bundle, write_bundle
+from metarec.serve.personalizer import Personalizer
+from metarec.serve.replicas import personalizer_pool
+from metarec.serve.training import as_dataset, train_bundle
 
-log = logging.getLogger(__name__)
-
-FORMAT = "metarec-recommender"
-FORMAT_VERSION = 1
-RESERVED_COLUMNS = ("item_id", "score")  # metadata columns with these names would shadow the answer
 DEFAULT_REPLICAS = max(1, min(8, os.cpu_count() or 1))
 
 
@@ -102,52 +79,20 @@ class ColdStartRecommender:
         if self._replicas < 1:
             raise MetarecError(f"replicas must be >= 1, got {replicas}")
         if checkpoint is not None:
-            self._bind(checkpoint, items=items, train_counts=train_counts, panel=panel, dataset_name=dataset_name,
-                       model_version=model_version, versions=versions)
+            self._bind(Bundle(checkpoint, items, train_counts, panel, dataset_name, model_version, versions))
 
-    def _bind(
-        self,
-        checkpoint: Checkpoint,
-        *,
-        items: pd.DataFrame | None,
-        train_counts: np.ndarray | None,
-        panel: pd.DataFrame | None,
-        dataset_name: str | None,
-        model_version: str | None,
-        versions: Mapping[str, str] | None,
-    ) -> None:
+    def _bind(self, bundle: Bundle) -> None:
         """Precompute everything a request reads, so requests only read (safe across threads)."""
-        vocab = checkpoint.item_vocab
-        n = len(vocab)
-        if train_counts is None:  # no popularity known: items meta-training saw, in catalogue order
-            train_counts = checkpoint.features.known_items.cpu().numpy().astype(np.int64)
-        counts = np.asarray(train_counts, dtype=np.int64)
-        if counts.shape != (n,):
-            raise MetarecError(f"train_counts has shape {counts.shape}, expected ({n},)")
-        self._items = _align_items(items, vocab.ids)
-        self._meta = _metadata_records(self._items)
-        self._train_counts = counts
-        self._panel = _check_panel(panel, n)
-        if self._panel is None:  # an empty panel never adapts: most-rated first, ties by catalogue order
-            no_one = np.zeros(0, np.int64)
-            self._questionnaire = AdaptiveQuestionnaire(no_one, no_one, n, np.arange(n), counts)
-        else:
-            self._questionnaire = AdaptiveQuestionnaire(self._panel["panel_user"].to_numpy(),
-                                                        self._panel["item_idx"].to_numpy(), n,
-                                                        np.flatnonzero(counts > 0), counts)
-        self._dataset_name = dataset_name or str(checkpoint.run_config.get("data", {}).get("dataset", "unknown"))
-        self._model_version = model_version or _tensor_version(checkpoint)
-        self._versions = dict(versions or package_versions())
+        bundle = complete_bundle(bundle)
+        checkpoint, panel = bundle.checkpoint, bundle.panel
+        self._bundle, self._items, self._model_version = bundle, bundle.items, bundle.model_version
+        self._meta = metadata_records(bundle.items)
+        members = (None, None) if panel is None else (panel["panel_user"].to_numpy(), panel["item_idx"].to_numpy())
+        self._questionnaire = AdaptiveQuestionnaire.from_panel(*members, bundle.train_counts)
         self._user_columns = {c.name: c.kind for c in checkpoint.features.user_encoder.columns}
-        # Calls only ever run on replicas, copied from a private template no call uses: copying (or
-        # saving) a module while another thread is inside functional_call on it would see that
-        # thread's swapped-in tensors. ``checkpoint`` itself stays untouched, for save() and info().
-        template = _replica(checkpoint)
-        self._pool = _Pool(Personalizer(_replica(template)), lambda: Personalizer(_replica(template)), self._replicas)
-        # recommend_many's own replica (made on first use: each holds the catalogue's ~60 MB Gram matrix),
-        # one batch at a time
-        self._batch_factory = lambda: Personalizer(_replica(template))
-        self._batch_personalizer: Personalizer | None = None
+        # ``checkpoint`` itself stays untouched (for save() and info()): calls run on replicas
+        self._pool, self._batch_factory = personalizer_pool(checkpoint, self._replicas)
+        self._batch_personalizer: Personalizer | None = None  # recommend_many's, made on first use
         self._batch_lock = threading.Lock()
         self._checkpoint = checkpoint
 
@@ -184,70 +129,16 @@ class ColdStartRecommender:
         with one); ``preset`` starts from a preset shipped with the package instead of the recipe's base.
         Returns ``self``, fitted: ``ColdStartRecommender().fit(ratings_frame)``.
         """
-        from metarec.meta.recipe import choose_recipe, preset as load_preset, recipe_base
-        from metarec.meta.trainer import Trainer
-        from metarec.tasks import make_split
-
-        if isinstance(interactions, RatingDataset):
-            if user_attributes is not None or item_attributes is not None:
-                raise DataError("pass attribute tables inside the RatingDataset, not beside it")
-            dataset = interactions
-        elif isinstance(interactions, pd.DataFrame):
-            dataset = RatingDataset.from_frames(name, interactions, user_attributes, item_attributes,
-                                                rating_scale=rating_scale)
-        else:
-            raise DataError(f"interactions must be a DataFrame or a RatingDataset, not {type(interactions).__name__}")
-        if search is None:
-            search = config is None
-        config = config or (load_preset(preset) if preset else recipe_base())
-        config = config.override("data", dataset=dataset.name)
-        split = make_split(dataset, config.split)
-        with tempfile.TemporaryDirectory(prefix="metarec-fit-") as tmp:
-            directory = Path(run_dir) if run_dir is not None else Path(tmp)
-            if search:
-                from metarec._atomic import write_json
-
-                chosen = choose_recipe(split, config)
-                chosen.trainer.write_run(directory)
-                write_json(directory / "recipe.json", chosen.to_dict())
-            else:
-                Trainer(config, split=split, run_dir=directory).fit()
-            ckpt_dir = _best_dir(directory)
-            checkpoint = load_checkpoint(ckpt_dir, device=config.train.device)
-            version = _file_version(ckpt_dir / "model.safetensors")
-        self._bind(checkpoint, items=dataset.items, train_counts=_train_counts(split, dataset.n_items),
-                   panel=_panel(split), dataset_name=dataset.name, model_version=version, versions=None)
+        dataset = as_dataset(interactions, user_attributes, item_attributes, name, rating_scale)
+        self._bind(train_bundle(dataset, config, run_dir, search=search, preset=preset))
         return self
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
-        """Write checkpoint, items metadata and a small JSON; the folder appears whole or not at all."""
-        checkpoint = self._require_fitted()
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            save_checkpoint(checkpoint, tmp / "checkpoint", with_optimizer=False)
-            version = _file_version(tmp / "checkpoint" / "model.safetensors")
-            if version != self._model_version:
-                log.warning("model_version changed on save (%s -> %s)", self._model_version, version)
-            _items_for_parquet(self._items).to_parquet(tmp / "items.parquet", index=True)
-            pd.DataFrame({"item_id": list(checkpoint.item_vocab.ids), "n_train_ratings": self._train_counts}
-                         ).to_parquet(tmp / "item_stats.parquet", index=False)
-            if self._panel is not None:
-                ids = np.asarray(checkpoint.item_vocab.ids, dtype=object)
-                pd.DataFrame({"panel_user": self._panel["panel_user"].to_numpy(np.int64),
-                              "item_id": ids[self._panel["item_idx"].to_numpy()].astype(str)}
-                             ).to_parquet(tmp / "onboarding_panel.parquet", index=False)
-            write_json(tmp / "recommender.json", {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self._dataset_name,
-                "model_version": version, "versions": self._versions,
-            })
-            _replace_dir(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return directory
+        """Write checkpoint, items metadata and a small JSON (:mod:`metarec.serve.bundle`); the folder
+        appears whole or not at all."""
+        self._require_fitted()
+        return write_bundle(directory, self._bundle)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", *, replicas: int | None = None) -> "ColdStartRecommender":
@@ -256,41 +147,9 @@ class ColdStartRecommender:
         For a run or checkpoint folder the item metadata and training popularity come from the run's
         dataset when it can be loaded (else ids only, and onboarding falls back to catalogue order).
         """
-        directory = Path(directory)
-        spec_path = directory / "recommender.json"
-        if spec_path.exists():
-            spec = json.loads(spec_path.read_text(encoding="utf-8"))
-            if spec.get("format") != FORMAT:
-                raise MetarecError(f"{spec_path}: unknown format {spec.get('format')!r}")
-            if int(spec.get("format_version", 0)) > FORMAT_VERSION:
-                raise MetarecError(f"{spec_path}: format version {spec['format_version']} is newer than this metarec")
-            checkpoint = load_checkpoint(directory / "checkpoint", device=device)
-            items = _items_from_parquet(pd.read_parquet(directory / "items.parquet"))
-            stats = pd.read_parquet(directory / "item_stats.parquet").set_index("item_id")["n_train_ratings"]
-            counts = stats.reindex(list(checkpoint.item_vocab.ids)).fillna(0).to_numpy(np.int64)
-            panel = None
-            if (directory / "onboarding_panel.parquet").exists():
-                frame = pd.read_parquet(directory / "onboarding_panel.parquet")
-                try:
-                    item_idx = checkpoint.item_vocab.indices(frame["item_id"].astype(str).tolist(), strict=True)
-                except (KeyError, UnknownIdError) as exc:
-                    raise MetarecError(f"{directory / 'onboarding_panel.parquet'}: {exc}") from None
-                panel = pd.DataFrame({"panel_user": frame["panel_user"].to_numpy(np.int64), "item_idx": item_idx})
-            return cls(checkpoint, items=items, train_counts=counts, panel=panel, dataset_name=spec.get("dataset"),
-                       model_version=_file_version(directory / "checkpoint" / "model.safetensors"),
-                       versions=spec.get("versions"), replicas=replicas)
-        if (directory / "checkpoint.json").exists():
-            ckpt_dir = directory
-        elif directory.is_dir():
-            ckpt_dir = _best_dir(directory)
-        else:
-            raise MetarecError(f"{directory}: no such folder")
-        checkpoint = load_checkpoint(ckpt_dir, device=device)
-        items, counts, panel = _run_catalogue(checkpoint)
-        versions = json.loads((ckpt_dir / "checkpoint.json").read_text(encoding="utf-8")).get("versions")
-        return cls(checkpoint, items=items, train_counts=counts, panel=panel,
-                   model_version=_file_version(ckpt_dir / "model.safetensors"), versions=versions,
-                   replicas=replicas)
+        recommender = cls(replicas=replicas)
+        recommender._bind(read_bundle(directory, device))
+        return recommender
 
     # ------------------------------------------------------------------ properties
     @property
@@ -307,7 +166,7 @@ class ColdStartRecommender:
     @property
     def dataset_name(self) -> str:
         self._require_fitted()
-        return self._dataset_name
+        return self._bundle.dataset_name
 
     @property
     def n_items(self) -> int:
@@ -332,22 +191,20 @@ class ColdStartRecommender:
 
     def info(self) -> dict[str, Any]:
         """What a client may want to know about the served model (JSON-ready)."""
-        from dataclasses import asdict
-
         ckpt = self.checkpoint
         state = dict(ckpt.state)
         return {
             "model_version": self._model_version,
-            "dataset": self._dataset_name,
+            "dataset": self._bundle.dataset_name,
             "n_items": self.n_items,
             "n_training_users": len(ckpt.user_vocab),
             "rating_scale": list(self.rating_scale),
             "user_attributes": self.user_attributes,
-            "item_metadata": [c for c in self._items.columns if c not in RESERVED_COLUMNS],
-            "model": _jsonable(asdict(ckpt.model_config)),
-            "meta": _jsonable(asdict(ckpt.learner.config)),
-            "training": {k: _jsonable(state[k]) for k in ("epoch", "best_epoch", "best_val_mae") if k in state},
-            "versions": dict(self._versions),
+            "item_metadata": list(self._items.columns),
+            "model": jsonable(asdict(ckpt.model_config)),
+            "meta": jsonable(asdict(ckpt.learner.config)),
+            "training": {k: jsonable(state[k]) for k in ("epoch", "best_epoch", "best_val_mae") if k in state},
+            "versions": dict(self._bundle.versions),
         }
 
     # ------------------------------------------------------------------ using the model
@@ -380,20 +237,15 @@ class ColdStartRecommender:
     ) -> Recommendations:
         """:meth:`recommend` as JSON-ready dicts (what the HTTP service returns, without pandas)."""
         self._require_fitted()
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise DataError(f"k must be a positive integer, got {k!r}", field="k")
+        _check_count(k, "k")
         record = self._user_record(user_attributes)
         with self._pool.borrow() as personalizer:
             user = personalizer.adapt(ratings, record)
             top = user.recommend(int(k), exclude_rated=exclude_rated)
         return Recommendations(self._ranked_records(top), list(user.unknown_item_ids))
 
-    def recommend_many(
-        self,
-        queries: Sequence[RecommendQuery],
-        *,
-        batch_size: int = 4,
-    ) -> list[Recommendations | MetarecError]:
+    def recommend_many(self, queries: Sequence[RecommendQuery], *, batch_size: int = 4
+                       ) -> list[Recommendations | MetarecError]:
         """:meth:`recommend_records` of many new users at once: same answers (to float rounding), less work.
 
         Users are adapted and scored against the catalogue in vectorised groups of up to ``batch_size``
@@ -413,9 +265,7 @@ class ColdStartRecommender:
             ready: list[tuple[int, tuple[list[int], list[float], list[str], Any]]] = []
             for i, query in enumerate(queries):
                 try:
-                    k = query.k
-                    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-                        raise DataError(f"k must be a positive integer, got {k!r}", field="k")
+                    _check_count(query.k, "k")
                     record = self._user_record(query.user_attributes)
                     ready.append((i, (*personalizer.support(query.ratings), personalizer.encode_user(record))))
                 except MetarecError as exc:
@@ -458,8 +308,7 @@ class ColdStartRecommender:
     ) -> Recommendations:
         """:meth:`predict` as JSON-ready dicts, in the order asked."""
         self._require_fitted()
-        if isinstance(item_ids, (str, bytes)):
-            raise DataError("item_ids must be a list of ids, not one string", field="item_ids")
+        _check_ids(item_ids, "item_ids")
         record = self._user_record(user_attributes)
         asked = [str(i) for i in item_ids]
         idx = self.checkpoint.item_vocab.indices(asked, strict=False)
@@ -475,7 +324,7 @@ class ColdStartRecommender:
         """The next ``n`` items to ask a new user to rate, given the items already ``shown`` to them and
         those they ``rated`` (ids; a mapping of ratings works too). Nothing shown yet: the first round.
 
-        The adaptive questionnaire (:mod:`metarec.serve.questionnaire`) asks what users who knew and did
+        The adaptive questionnaire (:mod:`metarec.onboarding.questionnaire`) asks what users who knew and did
         not know the same items as this one have rated most; it gets more answers than the most popular
         items, and a better model after them (docs/onboarding.md). Ask in rounds of about 10. A
         recommender saved without a panel falls back to the most-rated items. Unknown ids are ignored.
@@ -491,20 +340,14 @@ class ColdStartRecommender:
         """:meth:`onboarding_items` as JSON-ready dicts plus the ids of ``shown`` / ``rated`` the model
         does not know (reported back, never an error: a client's catalogue may run ahead of the model)."""
         checkpoint = self._require_fitted()
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise DataError(f"n must be a positive integer, got {n!r}", field="n")
-        for name, value in (("shown", shown), ("rated", rated)):
-            if isinstance(value, (str, bytes)):
-                raise DataError(f"{name} must be a collection of item ids, not one string", field=name)
-        shown_ids, rated_ids = [str(i) for i in shown], [str(i) for i in rated]
+        _check_count(n, "n")
+        _check_ids(shown, "shown")
+        _check_ids(rated, "rated")
         vocab = checkpoint.item_vocab
-        shown_idx = vocab.indices(shown_ids, strict=False) if shown_ids else np.zeros(0, np.int64)
-        rated_idx = vocab.indices(rated_ids, strict=False) if rated_ids else np.zeros(0, np.int64)
-        unknown = _unique([i for i, j in zip([*shown_ids, *rated_ids], [*shown_idx, *rated_idx]) if j < 0])
-        shown_idx, rated_idx = shown_idx[shown_idx >= 0], rated_idx[rated_idx >= 0]
+        (shown_idx, unknown_shown), (rated_idx, unknown_rated) = item_indices(vocab, shown), item_indices(vocab, rated)
         order = self._questionnaire.next_items(shown_idx, rated_idx, int(n))
-        ids = vocab.ids
-        return Recommendations([{"item_id": ids[int(i)], **self._meta[int(i)]} for i in order], unknown)
+        return Recommendations([{"item_id": vocab.ids[int(i)], **self._meta[int(i)]} for i in order],
+                               _unique([*unknown_shown, *unknown_rated]))
 
     def item(self, item_id: object) -> dict[str, Any]:
         """One item's metadata (JSON-ready); :class:`UnknownIdError` for an id outside the catalogue."""
@@ -535,176 +378,16 @@ class ColdStartRecommender:
 
 
 # ---------------------------------------------------------------------- module helpers
-class _Pool:
-    """Up to ``size`` personalizers, created on first need; a borrower waits when all are in use."""
-
-    def __init__(self, first: Personalizer, factory: Callable[[], Personalizer], size: int) -> None:
-        self._free: queue.LifoQueue[Personalizer] = queue.LifoQueue()
-        self._free.put(first)
-        self._factory = factory
-        self._size = size
-        self._created = 1
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def borrow(self) -> Iterator[Personalizer]:
-        try:
-            item = self._free.get_nowait()
-        except queue.Empty:
-            with self._lock:
-                create = self._created < self._size
-                self._created += int(create)
-            try:
-                item = self._factory() if create else self._free.get()
-            except BaseException:
-                if create:
-                    with self._lock:
-                        self._created -= 1
-                raise
-        try:
-            yield item
-        finally:
-            self._free.put(item)
+def _check_count(value: object, name: str) -> None:
+    """``k`` / ``n`` of a request: a positive integer (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"{name} must be a positive integer, got {value!r}", field=name)
 
 
-def _replica(checkpoint: Checkpoint) -> Checkpoint:
-    """The checkpoint with its own module objects but the same tensors (see the module docstring)."""
-    learner = checkpoint.learner
-    features = checkpoint.features
-    tensors = [*learner.model.parameters(), *learner.model.buffers(), *learner.inner_lrs.values(),
-               *features.user_features.single.values(), *features.user_features.multi.values(),
-               *learner.user_features.single.values(), *learner.user_features.multi.values()]
-    memo = {id(t): t for t in tensors}
-    return dataclasses.replace(checkpoint, learner=copy.deepcopy(learner, memo))
-
-
-def _best_dir(run_dir: Path) -> Path:
-    """The checkpoint :func:`load_best` would pick (``best``, else ``last``)."""
-    for name in ("best", "last"):
-        if (run_dir / name / "checkpoint.json").exists():
-            return run_dir / name
-    raise MetarecError(f"{run_dir}: no checkpoint found (expected a saved recommender, "
-                       f"{run_dir}/best, {run_dir}/last or a checkpoint folder)")
-
-
-def _file_version(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _tensor_version(checkpoint: Checkpoint) -> str:
-    """A version for a checkpoint never written to disk: sha256 of the serialised tensors."""
-    from safetensors.torch import save
-
-    learner = checkpoint.learner
-    tensors = {k: v.detach().cpu().contiguous() for k, v in learner.model.state_dict().items()}
-    tensors.update({f"inner_lr.{n}": p.detach().cpu().contiguous() for n, p in learner.inner_lrs.items()})
-    return hashlib.sha256(save(tensors)).hexdigest()[:16]
-
-
-def _train_counts(split: Any, n_items: int) -> np.ndarray:
-    """Ratings per item that meta-training used (support and query of meta-train tasks)."""
-    rows = split.train_ratings()
-    return np.bincount(rows["item_idx"].to_numpy(np.int64), minlength=n_items).astype(np.int64)
-
-
-def _panel(split: Any) -> pd.DataFrame:
-    """The onboarding panel of a split: (panel_user, item_idx) pairs of its newcomer-like meta-train users."""
-    from metarec.eval.onboarding import newcomer_like_ratings
-
-    frame = newcomer_like_ratings(split)
-    return pd.DataFrame({"panel_user": frame["user_idx"].to_numpy(np.int64), "item_idx": frame["item_idx"].to_numpy(np.int64)})
-
-
-def _check_panel(panel: pd.DataFrame | None, n_items: int) -> pd.DataFrame | None:
-    if panel is None:
-        return None
-    missing = {"panel_user", "item_idx"} - set(panel.columns)
-    if missing:
-        raise MetarecError(f"the onboarding panel lacks column(s) {sorted(missing)}")
-    item = panel["item_idx"].to_numpy()
-    if len(item) and (item.min() < 0 or item.max() >= n_items):
-        raise MetarecError(f"the onboarding panel has item indices outside [0, {n_items})")
-    return panel.reset_index(drop=True)
-
-
-def _run_catalogue(checkpoint: Checkpoint) -> tuple[pd.DataFrame | None, np.ndarray | None, pd.DataFrame | None]:
-    """Items table, training popularity and onboarding panel of a ``metarec train`` run, rebuilt from its dataset."""
-    from metarec.data.loaders.registry import load_data
-    from metarec.tasks import make_split
-
-    try:
-        config = RunConfig.from_dict(checkpoint.run_config)
-        dataset = load_data(config.data)
-    except (MetarecError, OSError, ValueError) as exc:
-        log.warning("item metadata unavailable (%s); serving ids only", exc)
-        return None, None, None
-    if dataset.item_vocab != checkpoint.item_vocab:
-        log.warning("dataset %r no longer matches the checkpoint's catalogue; serving ids only", dataset.name)
-        return None, None, None
-    split = make_split(dataset, config.split)
-    return dataset.items, _train_counts(split, dataset.n_items), _panel(split)
-
-
-def _align_items(items: pd.DataFrame | None, ids: Sequence[str]) -> pd.DataFrame:
-    """The items table in vocabulary order, indexed by string id, with no reserved column names."""
-    index = pd.Index(list(ids), name="item_id")
-    if items is None:
-        return pd.DataFrame(index=index)
-    items = items.copy()
-    if "item_id" in items.columns:
-        items = items.set_index("item_id")
-    items.index = items.index.astype(str)
-    items = items[~items.index.duplicated()]
-    items = items.drop(columns=[c for c in RESERVED_COLUMNS if c in items.columns])
-    items.columns = [str(c) for c in items.columns]
-    out = items.reindex(index)
-    out.index.name = "item_id"
-    return out
-
-
-def _metadata_records(items: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per item (vocabulary order), its non-missing metadata as JSON-ready values; built once at load."""
-    items = items.copy()
-    for column in items.columns:  # a year stored as float (NaN for missing) is shown as 1995, not 1995.0
-        if pd.api.types.is_float_dtype(items[column].dtype):
-            values = pd.to_numeric(items[column], errors="coerce").astype("float64").to_numpy()
-            finite = values[np.isfinite(values)]
-            if len(finite) and np.all(finite == np.round(finite)) and np.all(np.abs(finite) < 2**53):
-                items[column] = items[column].astype("Int64")
-    columns = list(items.columns)
-    records = []
-    for row in items.itertuples(index=False, name=None):
-        record = {}
-        for column, value in zip(columns, row):
-            value = _jsonable(value)
-            if value is not None:
-                record[column] = value
-        records.append(record)
-    return records
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain Python for JSON: numpy scalars and arrays, tuples, pandas NA and NaN (-> None)."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, (str, int, bool)):
-        return value
-    return str(value)
+def _check_ids(value: object, name: str) -> None:
+    """A collection of ids, not one string (which would iterate as its characters)."""
+    if isinstance(value, (str, bytes)):
+        raise DataError(f"{name} must be a collection of item ids, not one string", field=name)
 
 
 def _records_frame(records: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
@@ -713,37 +396,3 @@ def _records_frame(records: list[dict[str, Any]], columns: Sequence[str]) -> pd.
 
 def _unique(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(values))
-
-
-def _items_for_parquet(items: pd.DataFrame) -> pd.DataFrame:
-    """Tuples (multi-valued attributes) become lists, which Parquet stores natively."""
-    out = items.copy()
-    for column in out.columns:
-        if out[column].dtype == object:
-            out[column] = out[column].map(lambda v: list(v) if isinstance(v, tuple) else v)
-    return out
-
-
-def _items_from_parquet(items: pd.DataFrame) -> pd.DataFrame:
-    out = items.copy()
-    for column in out.columns:
-        if out[column].dtype == object:
-            out[column] = out[column].map(lambda v: tuple(v.tolist()) if isinstance(v, np.ndarray) else v)
-    out.index = out.index.astype(str)
-    return out
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` onto ``target``: readers see the old folder or the new one, never a half-written one."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    old.rmdir()
-    target.rename(old)
-    try:
-        new.rename(target)
-    except OSError:
-        old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

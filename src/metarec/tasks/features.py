@@ -13,7 +13,7 @@ import torch
 
 from metarec.data.dataset import RatingDataset
 from metarec.data.encoding import FeatureEncoder, FeatureTable
-from metarec.tasks.splits import ColdStartSplit
+from metarec.tasks.split import ColdStartSplit
 
 
 @dataclass(frozen=True)

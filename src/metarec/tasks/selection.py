@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from metarec.tasks.splits import ColdStartSplit
+from metarec.tasks.split import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
 MaeOf = Callable[[TaskSet], float]  # a method's MAE over one task set's query ratings

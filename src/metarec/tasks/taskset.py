@@ -22,6 +22,17 @@ def rank_within(sorted_user: np.ndarray) -> np.ndarray:
     return np.arange(len(sorted_user)) - np.repeat(starts, run)
 
 
+def new_item_rows(tasks: TaskSet, known_items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(task, item, rating)`` of every support rating, over all ``tasks``, of an item training never saw.
+
+    Why: items released after training have no learnt parameters, but the support sets of the users
+    who rated them at test time do say something about them. Pooling those ratings across tasks is the
+    item-side fold-in (``with_new_items``); a task's query ratings are never among them.
+    """
+    new = ~known_items[tasks.support_item]
+    return tasks.support_task[new], tasks.support_item[new], tasks.support_rating[new].astype(np.float64)
+
+
 @dataclass(frozen=True)
 class TaskBatch:
     """Padded tensors of ``B`` tasks. Masks are float (1 = real rating, 0 = padding) to weight losses."""

@@ -7,8 +7,9 @@ results. See :mod:`metarec.eval.benchmark.run` for the rules that make the numbe
 
 from metarec.eval.benchmark.config import (BASELINES, CURVE_SCENARIOS, DEFAULT_METHODS, GRADIENT_STEP_META, META,
                                            POOL_SCALES, RATING_METRICS, BenchmarkConfig)
-from metarec.eval.benchmark.methods import (BaselineMethod, MetaMethod, Method, gradient_step_config, make_method,
-                                            selection_score)
+from metarec.eval.benchmark.meta_method import MetaMethod
+from metarec.eval.benchmark.method import Method, selection_score
+from metarec.eval.benchmark.methods import BaselineMethod, gradient_step_config, make_method
 from metarec.eval.benchmark.report import (chosen_pool_scales, plot_results, recipes_chosen, results_markdown,
                                            write_results)
 from metarec.eval.benchmark.run import BenchmarkResult, run_benchmark

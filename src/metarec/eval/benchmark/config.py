@@ -7,7 +7,7 @@ from typing import Callable, Literal
 
 from metarec.errors import ConfigError
 from metarec.meta.run import DataConfig, RunConfig
-from metarec.tasks.splits import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, SplitConfig
+from metarec.tasks import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, SplitConfig
 
 BASELINES = ("global-mean", "item-mean", "popularity", "bias", "mf", "content")
 # "maml": the recipe's meta-learner (a closed-form inner loop); the others take gradient steps in the
@@ -42,7 +42,7 @@ class BenchmarkConfig:
     their trained user parameters; ``history_as_prior``: in a task with new-item support ratings, the
     history sets the prior the support is folded in around; ``history_max_new_support`` restricts the
     history to tasks with fewer support ratings *of new items* than it (None: every task gets it; see
-    ``tasks.splits``). ``item_fold_in``: also score the new-item scenarios with new items folded in from
+    ``tasks.history``). ``item_fold_in``: also score the new-item scenarios with new items folded in from
     all test tasks' support sets, as extra scenarios ``new_items_pooled`` and ``new_users_new_items_pooled``."""
 
     dataset: str = "ml-100k"

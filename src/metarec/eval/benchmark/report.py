@@ -7,9 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 
-from metarec._atomic import atomic_path, write_json, write_text
+from metarec._io import atomic_path, write_json, write_text
 from metarec.eval.benchmark.config import CURVE_SCENARIOS
 from metarec.eval.benchmark.run import BenchmarkResult
 
@@ -40,7 +39,7 @@ def _curve_markdown(result: BenchmarkResult) -> list[str]:
             cells = [_fmt(summary.get(k, {}).get(scenario, {}).get(m, {}).get("mae")) for k in [*ks, "0"]]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         tasks = [_tasks(result, scenario, k) for k in [*ks, "all"]]
-        lines += [f"| (test tasks, all seeds) | " + " | ".join(tasks) + " |", ""]
+        lines += ["| (test tasks, all seeds) | " + " | ".join(tasks) + " |", ""]
         curve = result.comparisons.get("curve", {}).get(scenario, {})
         bases = sorted({b for cells in curve.values() for b in cells})
         if curve and bases:
@@ -250,12 +249,6 @@ def plot_results(result: BenchmarkResult, out: Path) -> list[Path]:
     return written
 
 
-def _jsonable(value: object) -> object:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value if isinstance(value, (int, float, str, bool, type(None), list, dict)) else repr(value)
-
-
 def write_results(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,7 +256,7 @@ def write_results(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
         result.rows.to_csv(tmp, index=False)
     cfg = asdict(result.config)
     cfg["run"] = result.config.run.to_dict()
-    histories = {m: {str(seed): [{k: _jsonable(v) for k, v in r.items()} for r in h] for seed, h in by_seed.items()}
+    histories = {m: {str(seed): h for seed, h in by_seed.items()}
                  for m, by_seed in result.histories.items()}  # learning curves, baselines' validation grids
     write_json(out / "results.json", {"config": cfg, "summary": result.summary, "comparisons": result.comparisons,
                                       "histories": histories, "seconds": result.seconds})

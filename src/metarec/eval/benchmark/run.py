@@ -32,11 +32,13 @@ import pandas as pd
 from metarec.data.dataset import RatingDataset
 from metarec.errors import MetarecError
 from metarec.eval.benchmark.config import CURVE_SCENARIOS, RATING_METRICS, BenchmarkConfig, Progress
-from metarec.eval.benchmark.methods import Method, MetaMethod, make_method, selection_score
+from metarec.eval.benchmark.meta_method import MetaMethod
+from metarec.eval.benchmark.method import Method, selection_score
+from metarec.eval.benchmark.methods import make_method
 from metarec.eval.benchmark.stats import (best_variants, compare_best, compare_curve, interval_separation,
                                           summarise)
 from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse, query_ranking_metrics
-from metarec.tasks.splits import ColdStartSplit, make_split
+from metarec.tasks import ColdStartSplit, make_split
 from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)

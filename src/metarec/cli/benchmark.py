@@ -1,0 +1,79 @@
+"""``metarec benchmark``: every method x scenario x metric over seeds, with intervals and plots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, HISTORY_AS_PRIOR_OPTION, HISTORY_MAX_NEW_SUPPORT_OPTION,
+                                 ITEMS_OPTION, RATING_SCALE_OPTION, USER_HISTORY_OPTION, USERS_OPTION, console,
+                                 data_overrides, err_console, errors, history_limit, ints, words)
+
+
+def benchmark(
+    out: Path = typer.Option(..., "--out", help="Folder for results.csv / .json / .md and the plots."),
+    dataset: str = typer.Option("ml-100k", help="Dataset name or path."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
+    protocol: str = typer.Option("melu", help="melu, time or splits."),
+    split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: the published split files."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (each: a split and an initialisation)."),
+    split_seed: Optional[int] = typer.Option(None, help="Score every seed on this seed's split: the seeds then vary "
+                                             "only the training (initialisation, task order) [default: each its own]."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run.toml whose values override the meta-learner's "
+                                          "recipe; the searched settings it sets are not searched."),
+    search: bool = typer.Option(True, "--search/--no-search", help="The meta-learner's recipe chosen on each seed's "
+                                "validation users [default: search]."),
+    users: Optional[str] = USERS_OPTION,
+    items: Optional[str] = ITEMS_OPTION,
+    column: List[str] = COLUMN_OPTION,
+    attribute: List[str] = ATTRIBUTE_OPTION,
+    rating_scale: Optional[str] = RATING_SCALE_OPTION,
+    support_draws: int = typer.Option(3, help="Seeded draws of the K support ratings per test task (averaged)."),
+    heavy_users: Optional[str] = typer.Option(None, help="drop (MeLU) or chunk: users above 100 ratings feed meta-training "
+                                               "[default: the config's [split] heavy_users, else drop]."),
+    support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
+    user_history: bool = USER_HISTORY_OPTION,
+    history_max_new_support: Optional[str] = HISTORY_MAX_NEW_SUPPORT_OPTION,
+    history_as_prior: bool = HISTORY_AS_PRIOR_OPTION,
+    item_fold_in: bool = typer.Option(False, "--item-fold-in", help="Also score the new-item scenarios with new "
+                                      "items folded in from every test task's support ratings (<scenario>_pooled)."),
+    epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
+    quick: bool = typer.Option(False, "--quick", help="A small version (CI): 2 seeds, few methods, 2 epochs."),
+) -> None:
+    """Every method x scenario x metric over seeds, mean +- 95% CI, paired bootstrap, plots."""
+    with errors():
+        from metarec.eval.benchmark import DEFAULT_METHODS, BenchmarkConfig, run_benchmark, write_results
+        from metarec.meta.recipe import config_over_recipe, load_toml_values
+
+        run_config, fixed = config_over_recipe(load_toml_values(config) if config else None)
+        data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
+        run_config = run_config.override("data", **data)
+        if epochs is not None:
+            run_config = run_config.override("train", epochs=epochs)
+        table = run_config.data if run_config.data.is_table else None
+        options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
+                       user_history=user_history, history_max_new_support=history_limit(history_max_new_support),
+                       history_as_prior=history_as_prior, item_fold_in=item_fold_in, split_seed=split_seed,
+                       data=table)
+        if quick:
+            cfg = BenchmarkConfig.quick(**options)
+        else:
+            cfg = BenchmarkConfig(seeds=ints(seeds, "seeds"), support_sizes=ints(support_sizes, "support-sizes"),
+                                  methods=tuple(words(methods)) or DEFAULT_METHODS,
+                                  run=run_config, search=search, fixed=fixed, support_draws=support_draws, **options)
+        started = time.perf_counter()
+
+        def report(status, msg: str) -> None:
+            status.update(f"benchmark: {msg}")
+            if not err_console.is_terminal:  # a log file gets one line per step instead of a spinner
+                err_console.print(f"benchmark: {msg} (at {time.perf_counter() - started:.0f} s)", highlight=False)
+
+        with err_console.status("benchmark") as status:
+            result = run_benchmark(cfg, progress=lambda msg: report(status, msg))
+        paths = write_results(result, out)
+        console.print(paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False)
+        console.print(f"wrote {out} in {result.seconds:.0f} s")

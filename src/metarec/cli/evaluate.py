@@ -1,0 +1,37 @@
+"""``metarec evaluate``: MAE and RMSE per test scenario of a run, on its own split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from metarec.cli.options import (HISTORY_AS_PRIOR_OPTION, HISTORY_MAX_NEW_SUPPORT_OPTION, USER_HISTORY_OPTION, console,
+                                 errors, history_limit, load_run, print_json, scenario_table)
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
+    steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: the run's)."),
+    user_history: bool = USER_HISTORY_OPTION,
+    history_max_new_support: Optional[str] = HISTORY_MAX_NEW_SUPPORT_OPTION,
+    history_as_prior: bool = HISTORY_AS_PRIOR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """MAE and RMSE per test scenario, with and without adaptation, on the run's own split."""
+    with errors():
+        from metarec.meta.trainer import evaluate_run
+
+        split, ckpt = load_run(run)
+        results = evaluate_run(ckpt, split, steps, user_history=user_history,
+                               history_max_new_support=history_limit(history_max_new_support),
+                               history_as_prior=history_as_prior)
+        if as_json:
+            print_json(results)
+            return
+        table = scenario_table(f"{run} - best epoch {ckpt.state.get('best_epoch')}",
+                               ("tasks", "MAE", "RMSE", "MAE (no adaptation)", "RMSE (no adaptation)"))
+        for name, m in results.items():
+            table.add_row(name, str(m["tasks"]), f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mae_no_adapt']:.4f}", f"{m['rmse_no_adapt']:.4f}")
+        console.print(table)

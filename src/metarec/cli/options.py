@@ -1,0 +1,151 @@
+"""What the commands share: the consoles, one-line errors, progress bars, option parsing, a run folder."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from metarec.errors import MetarecError
+
+console = Console()
+err_console = Console(stderr=True)
+state = {"debug": False}  # set by the top-level --debug
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Expected failures: one red line on stderr and exit code 1 (a traceback only with --debug)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (MetarecError, ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        if state["debug"]:
+            raise
+        message = str(exc) if not isinstance(exc, KeyError) or isinstance(exc, MetarecError) else str(exc.args[0])
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def print_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def progress_bars() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=False, disable=not err_console.is_terminal)
+
+
+def ints(text: str, flag: str) -> tuple[int, ...]:
+    """``--flag 1,2,3`` as integers; at least one."""
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise MetarecError(f"--{flag} {text!r}: expected comma-separated integers") from None
+    if not values:
+        raise MetarecError(f"--{flag}: at least one value is needed")
+    return values
+
+
+def words(text: Optional[str]) -> list[str]:
+    """A comma-separated option as its non-empty, stripped entries (None: none)."""
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def pairs(entries: List[str], flag: str, sep: str = "=", *, last: bool = False) -> dict[str, str]:
+    """Repeated ``--flag KEY<sep>VALUE`` options as a dict (``last``: split at the last ``sep``, for keys
+    that may contain it, such as item ids before ``:RATING``)."""
+    out = {}
+    for entry in entries:
+        key, found, value = entry.rpartition(sep) if last else entry.partition(sep)
+        if not found or not key.strip() or not value.strip():
+            raise MetarecError(f"{flag} {entry!r}: expected KEY{sep}VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def history_limit(text: str | None) -> int | None:
+    """``--history-max-new-support``: an integer K, or 'all' (None: every task gets the user's history);
+    not given, the library's validation-chosen default."""
+    if text is None:
+        from metarec.tasks.history import HISTORY_MAX_NEW_SUPPORT
+
+        return HISTORY_MAX_NEW_SUPPORT
+    if text.strip().lower() == "all":
+        return None
+    try:
+        limit = int(text)
+    except ValueError:
+        raise MetarecError(f"--history-max-new-support {text!r}: expected an integer or 'all'") from None
+    if limit < 0:
+        raise MetarecError(f"--history-max-new-support {text!r}: history_max_new_support must be >= 0")
+    return limit
+
+
+def load_run(run: Path) -> tuple[Any, Any]:
+    """A ``metarec train`` run folder's split (rebuilt from its config) and best checkpoint."""
+    from metarec.data.loaders.registry import load_data
+    from metarec.meta.run import RunConfig
+    from metarec.meta.trainer import load_best
+    from metarec.tasks import make_split
+
+    cfg = RunConfig.from_toml(run / "config.toml")
+    return make_split(load_data(cfg.data), cfg.split), load_best(run)
+
+
+def scenario_table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table of one row per scenario: its name first (left, unwrapped), then right-aligned numbers."""
+    table = Table(title=title)
+    table.add_column("scenario", justify="left", no_wrap=True)
+    for col in columns:
+        table.add_column(col, justify="right")
+    return table
+
+
+def titles(items: Any) -> dict[str, str]:
+    """Item id -> title of an items table (empty without a title column), for display."""
+    return items["title"].astype(str).to_dict() if "title" in items.columns else {}
+
+
+# your own tables: the same options for train and benchmark
+USERS_OPTION = typer.Option(None, "--users", help="A table of user attributes (with --dataset TABLE).")
+ITEMS_OPTION = typer.Option(None, "--items", help="A table of item attributes (with --dataset TABLE).")
+COLUMN_OPTION = typer.Option([], "--column", help="ROLE=NAME: the table's column for user, item, rating or timestamp, "
+                                                  "e.g. --column user=userId; repeatable.")
+ATTRIBUTE_OPTION = typer.Option([], "--attribute", help="COLUMN=KIND (categorical, multi, numeric, text): e.g. "
+                                                        "--attribute author=categorical; items.COLUMN for one table; "
+                                                        "repeatable.")
+RATING_SCALE_OPTION = typer.Option(None, help="LOW,HIGH of your table's ratings [default: observed].")
+# a known user's history: the same options for evaluate and benchmark
+USER_HISTORY_OPTION = typer.Option(True, help="Adapt a meta-train user (warm, new items) on their meta-train ratings "
+                                              "too, as bias and MF use trained user parameters.")
+HISTORY_MAX_NEW_SUPPORT_OPTION = typer.Option(
+    None, help="With the user's history: only tasks with fewer support ratings of new items than this get it; "
+               "'all': every task gets it [default: all, chosen on validation users].")
+HISTORY_AS_PRIOR_OPTION = typer.Option(
+    True, "--history-as-prior/--history-in-support",
+    help="With the user's history, in a task with new-item support ratings: the history sets the prior the support "
+         "is folded in around (neural-cf with fold_in), instead of joining the support of another kind of item "
+         "[default: as prior, chosen on validation users].")
+
+
+def data_overrides(dataset: Optional[str], data_dir: Optional[str], users: Optional[str], items: Optional[str],
+                   columns: List[str], attributes: List[str], rating_scale: Optional[str]) -> dict:
+    """``[data]`` values from the command line (None / empty: not given)."""
+    scale = None
+    if rating_scale is not None:
+        try:
+            low, high = (float(x) for x in rating_scale.split(","))
+        except ValueError:
+            raise MetarecError(f"--rating-scale {rating_scale!r}: expected LOW,HIGH") from None
+        scale = [low, high]
+    values = dict(dataset=dataset, data_dir=data_dir, users=users, items=items, rating_scale=scale,
+                  columns=pairs(columns, "--column") or None, attributes=pairs(attributes, "--attribute") or None)
+    return {k: v for k, v in values.items() if v is not None}

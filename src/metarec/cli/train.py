@@ -1,0 +1,132 @@
+"""``metarec train``: meta-train a model; by default the automatic recipe chooses the dataset-dependent settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, ITEMS_OPTION, RATING_SCALE_OPTION, USERS_OPTION,
+                                 console, data_overrides, errors, progress_bars)
+from metarec.errors import MetarecError
+
+
+def _train_flags_fix(outer_lr, query_loss, item_id_embedding, item_id_residual) -> tuple[str, ...]:
+    """Searched settings a command-line flag sets: the recipe leaves them as given."""
+    fixed = []
+    if outer_lr is not None:
+        fixed.append("meta.outer_lr")
+    if query_loss is not None:
+        fixed.append("meta.query_loss")
+    if item_id_embedding is not None or item_id_residual is not None:
+        fixed.append("model.item_ids")
+    return tuple(fixed)
+
+
+def train(
+    out: Path = typer.Option(..., "--out", help="Run folder (config, metrics.jsonl, checkpoints, recipe.json)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run.toml whose values override the recipe; "
+                                          "the searched settings it sets are not searched."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A preset shipped with metarec (e.g. maml-gd), "
+                                         "applied under --config."),
+    search: bool = typer.Option(True, "--search/--no-search", help="Choose the dataset-dependent settings on "
+                                "validation users (outer lr, item ids, id dropout, query loss) [default: search]."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset name, or your interactions table (CSV / TSV / Parquet)."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
+    users: Optional[str] = USERS_OPTION,
+    items: Optional[str] = ITEMS_OPTION,
+    column: List[str] = COLUMN_OPTION,
+    attribute: List[str] = ATTRIBUTE_OPTION,
+    rating_scale: Optional[str] = RATING_SCALE_OPTION,
+    protocol: Optional[str] = typer.Option(None, help="melu, time or splits."),
+    split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: a folder of published split files."),
+    model: Optional[str] = typer.Option(None, help="feature-mlp, neural-cf, attention or melu: a plain preset "
+                                        "instead of the recipe (no search)."),
+    algorithm: Optional[str] = typer.Option(None, help="maml, fomaml, reptile or metasgd (a plain preset, no search)."),
+    adapt: Optional[str] = typer.Option(None, help="Parameters adapted per user: all, head or embeddings."),
+    inner_steps: Optional[int] = typer.Option(None, help="Inner gradient steps."),
+    inner_lr: Optional[float] = typer.Option(None, help="Inner learning rate alpha."),
+    outer_lr: Optional[float] = typer.Option(None, help="Outer (Adam) learning rate beta (not searched then)."),
+    l2: Optional[float] = typer.Option(None, help="L2 weight lambda on the meta-parameters."),
+    meta_batch_size: Optional[int] = typer.Option(None, help="Tasks per meta-batch."),
+    query_loss: Optional[str] = typer.Option(None, help="Outer loss on the query set: squared, absolute or huber."),
+    item_id_embedding: Optional[bool] = typer.Option(None, "--item-ids/--no-item-ids", help="Learn id vectors of warm items."),
+    item_id_residual: Optional[bool] = typer.Option(
+        None, "--item-id-residual/--item-id-input",
+        help="neural-cf: add item id vectors to the item tower's output (a new item's vector is then the "
+             "attributes' prediction) instead of feeding them into it."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
+    patience: Optional[int] = typer.Option(None, help="Epochs without validation improvement before stopping."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the split, the initialisation and the batch order."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Meta-train a model; the best checkpoint on validation users goes to RUNDIR/best.
+
+    By default the automatic recipe chooses the settings that differ between datasets on validation users
+    (recorded in RUNDIR/recipe.json); --config / flags fix what they set."""
+    with errors():
+        from metarec.meta.run import RunConfig
+        from metarec.meta.trainer import Trainer
+
+        if resume:
+            cfg = RunConfig.from_toml(out / "config.toml")
+            search = False
+        else:
+            from metarec.meta.recipe import layered_config
+
+            cfg, fixed = layered_config(config, preset, model, algorithm)
+            search = search and model is None and algorithm is None  # a plain preset is trained as it is
+            fixed = (*fixed, *_train_flags_fix(outer_lr, query_loss, item_id_embedding, item_id_residual))
+            data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
+            cfg = cfg.override("data", **data)
+            cfg = cfg.override("split", protocol=protocol, seed=seed, split_dir=split_dir)
+            cfg = cfg.override("model", item_id_embedding=item_id_embedding, item_id_residual=item_id_residual)
+            cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
+                               meta_batch_size=meta_batch_size, query_loss=query_loss)
+            cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)
+        if device and device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise MetarecError(f"--device {device}: CUDA is not available on this machine")
+        with progress_bars() as progress:
+            if search and not resume:
+                from metarec._io import write_json
+                from metarec.data.loaders.registry import load_data
+                from metarec.meta.recipe import choose_recipe
+                from metarec.tasks import make_split
+
+                split = make_split(load_data(cfg.data), cfg.split)
+                bar = progress.add_task("choosing the recipe on validation users (trainings)", total=None)
+
+                def step(description: str, done: int, total: int) -> None:
+                    progress.update(bar, completed=done, total=total)
+
+                chosen = choose_recipe(split, cfg, fixed=fixed, progress=step)
+                trainer = chosen.trainer
+                trainer.write_run(out)
+                write_json(out / "recipe.json", chosen.to_dict())
+                state = trainer.state
+                console.print("recipe (chosen on validation users): "
+                              + ", ".join(f"{k} = {v}" for k, v in min(chosen.trials, key=lambda t: t.val_score)
+                                          .settings.items()), highlight=False)
+                console.print(f"best epoch {state['best_epoch']}: validation score {state['best_val_mae']:.4f} "
+                              f"({state['epoch']} epochs, {len(chosen.trials)} trials); run folder {out}")
+                return
+            bar = progress.add_task("meta-training", total=None)
+            epochs_bar = progress.add_task("epochs", total=cfg.train.epochs)
+
+            def report(stage: str, done: int, total: int) -> None:
+                if stage == "train":
+                    progress.update(bar, completed=done, total=total)
+                else:
+                    progress.update(epochs_bar, completed=done)
+
+            trainer = Trainer(cfg, run_dir=out, progress=report)
+            if resume:
+                trainer.resume(out / "last")
+            result = trainer.fit()
+        console.print(f"best epoch {result.best_epoch}: validation MAE {result.best_val_mae:.4f} "
+                      f"({result.epochs_run} epochs); run folder {out}")

@@ -1,0 +1,258 @@
+"""The saved recommender folder: a checkpoint plus what serving needs beside it, written whole or not at all.
+
+Serving needs neither the dataset nor the split, so the folder carries the catalogue's metadata and
+what meta-training saw of it::
+
+    recommender.json     format, dataset name, model_version, package versions
+    checkpoint/          a metarec checkpoint (safetensors + JSON, no optimiser moments)
+    items.parquet        the items table (index ``item_id``), in vocabulary order
+    item_stats.parquet   ratings per item seen by meta-training (popularity, the onboarding tie-break)
+    onboarding_panel.parquet  who rated what among newcomer-like training users (the adaptive
+                         onboarding questionnaire's panel; absent in older folders: onboarding by popularity)
+
+:func:`read_bundle` also reads a ``metarec train`` run folder or a checkpoint folder; the metadata,
+popularity and panel are then rebuilt from the run's dataset when it can still be loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from metarec._io import atomic_dir, jsonable, write_json
+from metarec.errors import MetarecError, UnknownIdError
+from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
+from metarec.meta.run import RunConfig
+from metarec.onboarding.catalogue import newcomer_like_ratings, training_counts
+from metarec.tasks import ColdStartSplit
+
+log = logging.getLogger(__name__)
+
+FORMAT = "metarec-recommender"
+FORMAT_VERSION = 1
+SPEC = "recommender.json"
+PANEL = "onboarding_panel.parquet"
+RESERVED_COLUMNS = ("item_id", "score")  # metadata columns with these names would shadow the answer
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What a :class:`~metarec.serve.recommender.ColdStartRecommender` is built from. ``panel``: columns
+    ``panel_user`` and ``item_idx``; None: no panel (onboarding by popularity)."""
+
+    checkpoint: Checkpoint
+    items: pd.DataFrame | None = None
+    train_counts: np.ndarray | None = None
+    panel: pd.DataFrame | None = None
+    dataset_name: str | None = None
+    model_version: str | None = None
+    versions: Mapping[str, str] | None = None
+
+
+def complete_bundle(bundle: Bundle) -> Bundle:
+    """``bundle`` with its items aligned to the vocabulary, its counts and panel checked, and defaults
+    filled in: without counts, the items meta-training saw count 1 (onboarding in catalogue order)."""
+    checkpoint = bundle.checkpoint
+    n = len(checkpoint.item_vocab)
+    counts = bundle.train_counts
+    if counts is None:
+        counts = checkpoint.features.known_items.cpu().numpy()
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.shape != (n,):
+        raise MetarecError(f"train_counts has shape {counts.shape}, expected ({n},)")
+    return Bundle(checkpoint, _align_items(bundle.items, checkpoint.item_vocab.ids), counts,
+                  _check_panel(bundle.panel, n),
+                  bundle.dataset_name or str(checkpoint.run_config.get("data", {}).get("dataset", "unknown")),
+                  bundle.model_version or tensor_version(checkpoint), dict(bundle.versions or package_versions()))
+
+
+def write_bundle(directory: str | Path, bundle: Bundle) -> Path:
+    """Write a completed ``bundle`` (:func:`complete_bundle`) as a saved folder."""
+    directory = Path(directory)
+    checkpoint = bundle.checkpoint
+    ids = list(checkpoint.item_vocab.ids)
+    with atomic_dir(directory) as tmp:
+        save_checkpoint(checkpoint, tmp / "checkpoint", with_optimizer=False)
+        version = file_version(tmp / "checkpoint" / "model.safetensors")
+        if bundle.model_version is not None and version != bundle.model_version:
+            log.warning("model_version changed on save (%s -> %s)", bundle.model_version, version)
+        _items_for_parquet(bundle.items).to_parquet(tmp / "items.parquet", index=True)
+        pd.DataFrame({"item_id": ids, "n_train_ratings": bundle.train_counts}).to_parquet(tmp / "item_stats.parquet",
+                                                                                      index=False)
+        if bundle.panel is not None:
+            pd.DataFrame({"panel_user": bundle.panel["panel_user"].to_numpy(np.int64),
+                          "item_id": np.asarray(ids, dtype=object)[bundle.panel["item_idx"].to_numpy()].astype(str)}
+                         ).to_parquet(tmp / PANEL, index=False)
+        write_json(tmp / SPEC, {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": bundle.dataset_name,
+                                "model_version": version, "versions": dict(bundle.versions or {})})
+    return directory
+
+
+def read_bundle(directory: str | Path, device: str = "cpu") -> Bundle:
+    """A folder written by :func:`write_bundle`, a run folder of ``metarec train``, or a checkpoint folder."""
+    directory = Path(directory)
+    spec_path = directory / SPEC
+    if spec_path.exists():
+        return _read_saved(directory, json.loads(spec_path.read_text(encoding="utf-8")), device)
+    if (directory / "checkpoint.json").exists():
+        ckpt_dir = directory
+    elif directory.is_dir():
+        ckpt_dir = best_checkpoint_dir(directory)
+    else:
+        raise MetarecError(f"{directory}: no such folder")
+    checkpoint = load_checkpoint(ckpt_dir, device=device)
+    items, counts, panel = _run_catalogue(checkpoint)
+    versions = json.loads((ckpt_dir / "checkpoint.json").read_text(encoding="utf-8")).get("versions")
+    return Bundle(checkpoint, items, counts, panel, None, file_version(ckpt_dir / "model.safetensors"), versions)
+
+
+def _read_saved(directory: Path, spec: dict, device: str) -> Bundle:
+    if spec.get("format") != FORMAT:
+        raise MetarecError(f"{directory / SPEC}: unknown format {spec.get('format')!r}")
+    if int(spec.get("format_version", 0)) > FORMAT_VERSION:
+        raise MetarecError(f"{directory / SPEC}: format version {spec['format_version']} is newer than this metarec")
+    checkpoint = load_checkpoint(directory / "checkpoint", device=device)
+    vocab = checkpoint.item_vocab
+    items = _items_from_parquet(pd.read_parquet(directory / "items.parquet"))
+    stats = pd.read_parquet(directory / "item_stats.parquet").set_index("item_id")["n_train_ratings"]
+    counts = stats.reindex(list(vocab.ids)).fillna(0).to_numpy(np.int64)
+    panel = None
+    if (directory / PANEL).exists():
+        frame = pd.read_parquet(directory / PANEL)
+        try:
+            item_idx = vocab.indices(frame["item_id"].astype(str).tolist(), strict=True)
+        except (KeyError, UnknownIdError) as exc:
+            raise MetarecError(f"{directory / PANEL}: {exc}") from None
+        panel = pd.DataFrame({"panel_user": frame["panel_user"].to_numpy(np.int64), "item_idx": item_idx})
+    return Bundle(checkpoint, items, counts, panel, spec.get("dataset"),
+                  file_version(directory / "checkpoint" / "model.safetensors"), spec.get("versions"))
+
+
+def best_checkpoint_dir(run_dir: Path) -> Path:
+    """The checkpoint a run serves (``best``, else ``last``), as :func:`metarec.meta.trainer.load_best` picks."""
+    for name in ("best", "last"):
+        if (run_dir / name / "checkpoint.json").exists():
+            return run_dir / name
+    raise MetarecError(f"{run_dir}: no checkpoint found (expected a saved recommender, "
+                       f"{run_dir}/best, {run_dir}/last or a checkpoint folder)")
+
+
+def file_version(path: Path) -> str:
+    """First 16 hex digits of the file's sha256: the served weights' ``model_version``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def tensor_version(checkpoint: Checkpoint) -> str:
+    """A version for a checkpoint never written to disk: sha256 of the serialised tensors."""
+    from safetensors.torch import save
+
+    learner = checkpoint.learner
+    tensors = {k: v.detach().cpu().contiguous() for k, v in learner.model.state_dict().items()}
+    tensors.update({f"inner_lr.{n}": p.detach().cpu().contiguous() for n, p in learner.inner_lrs.items()})
+    return hashlib.sha256(save(tensors)).hexdigest()[:16]
+
+
+def split_catalogue(split: ColdStartSplit) -> tuple[np.ndarray, pd.DataFrame]:
+    """What serving keeps of a split: ratings per item in meta-training, and the onboarding panel
+    ((panel_user, item_idx) pairs of its newcomer-like meta-train users)."""
+    frame = newcomer_like_ratings(split)
+    panel = pd.DataFrame({"panel_user": frame["user_idx"].to_numpy(np.int64),
+                          "item_idx": frame["item_idx"].to_numpy(np.int64)})
+    return training_counts(split), panel
+
+
+def metadata_records(items: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per item (vocabulary order), its non-missing metadata as JSON-ready values; built once at load."""
+    items = items.copy()
+    for column in items.columns:  # a year stored as float (NaN for missing) is shown as 1995, not 1995.0
+        if pd.api.types.is_float_dtype(items[column].dtype):
+            values = pd.to_numeric(items[column], errors="coerce").astype("float64").to_numpy()
+            finite = values[np.isfinite(values)]
+            if len(finite) and np.all(finite == np.round(finite)) and np.all(np.abs(finite) < 2**53):
+                items[column] = items[column].astype("Int64")
+    columns = list(items.columns)
+    records = []
+    for row in items.itertuples(index=False, name=None):
+        record = {}
+        for column, value in zip(columns, row):
+            value = jsonable(value)
+            if value is not None:
+                record[column] = value
+        records.append(record)
+    return records
+
+
+def _run_catalogue(checkpoint: Checkpoint) -> tuple[pd.DataFrame | None, np.ndarray | None, pd.DataFrame | None]:
+    """Items table, training popularity and onboarding panel of a ``metarec train`` run, rebuilt from its dataset."""
+    from metarec.data.loaders.registry import load_data
+    from metarec.tasks import make_split
+
+    try:
+        config = RunConfig.from_dict(checkpoint.run_config)
+        dataset = load_data(config.data)
+    except (MetarecError, OSError, ValueError) as exc:
+        log.warning("item metadata unavailable (%s); serving ids only", exc)
+        return None, None, None
+    if dataset.item_vocab != checkpoint.item_vocab:
+        log.warning("dataset %r no longer matches the checkpoint's catalogue; serving ids only", dataset.name)
+        return None, None, None
+    counts, panel = split_catalogue(make_split(dataset, config.split))
+    return dataset.items, counts, panel
+
+
+def _align_items(items: pd.DataFrame | None, ids: Sequence[str]) -> pd.DataFrame:
+    """The items table in vocabulary order, indexed by string id, with no reserved column names."""
+    index = pd.Index(list(ids), name="item_id")
+    if items is None:
+        return pd.DataFrame(index=index)
+    items = items.copy()
+    if "item_id" in items.columns:
+        items = items.set_index("item_id")
+    items.index = items.index.astype(str)
+    items = items[~items.index.duplicated()]
+    items = items.drop(columns=[c for c in RESERVED_COLUMNS if c in items.columns])
+    items.columns = [str(c) for c in items.columns]
+    out = items.reindex(index)
+    out.index.name = "item_id"
+    return out
+
+
+def _check_panel(panel: pd.DataFrame | None, n_items: int) -> pd.DataFrame | None:
+    if panel is None:
+        return None
+    missing = {"panel_user", "item_idx"} - set(panel.columns)
+    if missing:
+        raise MetarecError(f"the onboarding panel lacks column(s) {sorted(missing)}")
+    item = panel["item_idx"].to_numpy()
+    if len(item) and (item.min() < 0 or item.max() >= n_items):
+        raise MetarecError(f"the onboarding panel has item indices outside [0, {n_items})")
+    return panel.reset_index(drop=True)
+
+
+def _items_for_parquet(items: pd.DataFrame) -> pd.DataFrame:
+    """Tuples (multi-valued attributes) become lists, which Parquet stores natively."""
+    out = items.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(lambda v: list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def _items_from_parquet(items: pd.DataFrame) -> pd.DataFrame:
+    out = items.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(lambda v: tuple(v.tolist()) if isinstance(v, np.ndarray) else v)
+    out.index = out.index.astype(str)
+    return out

@@ -1,0 +1,282 @@
+"""A meta-trained model bound to its vocabularies: adapt to one new user's ratings (or several users' at
+once), then predict and recommend. :class:`~metarec.serve.recommender.ColdStartRecommender` wraps it.
+
+External ids in, external ids out. Unknown item ids in a user's ratings are reported, not fatal, unless
+no rated item is known at all; an empty support set still gives the meta-learned initialisation's
+(non-personalised) predictions when allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metarec.data.encoding import UNKNOWN, FeatureTable
+from metarec.errors import DataError, UnknownIdError
+from metarec.meta.checkpoint import Checkpoint
+from metarec.models.base import Params
+from metarec.tasks.taskset import TaskBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptedUser:
+    """One user's personalised parameters and what they rated."""
+
+    personalizer: "Personalizer"
+    params: Params
+    task: dict
+    rated_idx: np.ndarray
+    unknown_item_ids: list[str]
+
+    def predict(self, item_ids: Sequence[object]) -> np.ndarray:
+        """Predicted ratings of ``item_ids`` (unknown ids raise :class:`UnknownIdError`)."""
+        idx = self.personalizer.item_vocab.indices(list(item_ids))
+        return self.predict_idx(idx)
+
+    def predict_idx(self, idx: np.ndarray) -> np.ndarray:
+        p = self.personalizer
+        idx = np.asarray(idx)
+        vec = proj = None
+        if len(idx) == len(p.item_vocab) and p.catalogue_vec is not None and np.array_equal(idx, p.all_idx):
+            items, vec, proj = p.all_items, p.catalogue_vec, p.catalogue_proj  # the whole catalogue: no gathers
+        else:
+            items = torch.as_tensor(idx, dtype=torch.long, device=p.device)
+            if p.catalogue_vec is not None:
+                vec = p.catalogue_vec.index_select(0, items)
+                proj = None if p.catalogue_proj is None else p.catalogue_proj.index_select(0, items)
+        pred = p.learner.predict_items(self.params, self.task, items, vec, proj, p.catalogue_gram)
+        return pred[0].cpu().numpy()
+
+    def recommend(self, k: int = 10, exclude_rated: bool = True, candidates: Sequence[object] | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best-scored items (of the catalogue, or of ``candidates``), best first."""
+        p = self.personalizer
+        if candidates is None:
+            pool = p.all_idx
+            scores = self.predict_idx(pool)
+        else:
+            pool = p.item_vocab.indices(list(candidates))
+            scores = self.predict_idx(pool)
+        if exclude_rated and len(self.rated_idx):
+            keep = ~np.isin(pool, self.rated_idx)
+            pool, scores = pool[keep], scores[keep]
+        return p.top_k(pool, scores, k)
+
+
+@dataclass
+class AdaptedUsers:
+    """Several new users adapted together (one padded batch): scored against the catalogue at once."""
+
+    personalizer: "Personalizer"
+    params: Params
+    task: dict
+    rated_idx: list[np.ndarray]
+    unknown_item_ids: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.rated_idx)
+
+    def catalogue_scores(self) -> np.ndarray:
+        """Predicted ratings [B, N] of every catalogue item, one row per user."""
+        p = self.personalizer
+        pred = p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec, p.catalogue_proj,
+                                       p.catalogue_gram)
+        return pred.cpu().numpy()
+
+    def recommend(self, k: int | Sequence[int] = 10, exclude_rated: bool | Sequence[bool] = True) -> list[list[tuple[str, float]]]:
+        """Per user, :meth:`AdaptedUser.recommend` of the whole catalogue (``k`` and ``exclude_rated``
+        may differ per user)."""
+        n = len(self)
+        ks = [k] * n if isinstance(k, (int, np.integer)) else list(k)
+        excludes = [exclude_rated] * n if isinstance(exclude_rated, (bool, np.bool_)) else list(exclude_rated)
+        p = self.personalizer
+        scores = self.catalogue_scores()
+        out = []
+        for row, rated, k_, exclude in zip(scores, self.rated_idx, ks, excludes):
+            pool = p.all_idx
+            if exclude and len(rated):
+                keep = np.ones(len(pool), dtype=bool)
+                keep[rated] = False
+                pool, row = pool[keep], row[keep]
+            out.append(p.top_k(pool, row, k_))
+        return out
+
+
+class Personalizer:
+    """A loaded checkpoint bound to its vocabularies and encoders."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.learner = checkpoint.learner
+        self.item_vocab = checkpoint.item_vocab
+        self.user_vocab = checkpoint.user_vocab
+        self.features = checkpoint.features
+        self.device = next(self.learner.model.parameters()).device
+        self.learner.model.eval()
+        self.all_idx = np.arange(len(self.item_vocab))
+        self.all_items = torch.arange(len(self.item_vocab), device=self.device)
+        # Under the meta-parameters, catalogue item vectors (and what the head can precompute from them)
+        # are the same for every user: computed once here.
+        self.catalogue_vec = self.learner.catalogue_vectors(self.all_items)
+        self.catalogue_proj = self.learner.catalogue_projection(self.catalogue_vec)
+        self.catalogue_gram = self.learner.catalogue_gram(self.catalogue_vec)  # [N, N] (N <= 6000), else None
+        self._user_lookups = self._user_encoding_lookups()
+
+    def _encode_user(self, attributes: Mapping[str, object] | None) -> FeatureTable:
+        """The encoded attribute table of one new user: ``transform_record``'s result, computed without
+        pandas (~0.5 ms) for plain scalar values of categorical and numeric attributes."""
+        if self._user_lookups is None:
+            return self.features.user_encoder.transform_record(attributes).to(self.device)
+        record = attributes or {}
+        single = {}
+        for column, lookup in self._user_lookups:
+            value = record.get(column.name)
+            if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+                code = UNKNOWN
+            elif column.kind == "categorical" and isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+                code = lookup.get(str(value), UNKNOWN)
+            elif column.kind == "numeric" and isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+                v = float(value)
+                code = int(np.searchsorted(lookup, v, side="right")) + 1 if np.isfinite(v) else UNKNOWN
+            else:  # anything else (strings to parse as numbers, ...): the encoder's own path
+                return self.features.user_encoder.transform_record(attributes).to(self.device)
+            single[column.name] = torch.tensor([code], dtype=torch.long, device=self.device)
+        return FeatureTable(single, {})
+
+    def _user_encoding_lookups(self):
+        """Per user column, the value -> index map (categorical) or bucket edges (numeric); None when a
+        column is multi-valued (then the encoder's own path is used)."""
+        out = []
+        for column in self.features.user_encoder.columns:
+            if column.kind == "categorical":
+                out.append((column, {v: i + 1 for i, v in enumerate(column.values)}))
+            elif column.kind == "numeric":
+                out.append((column, np.asarray(column.edges, dtype=np.float64)))
+            else:
+                return None
+        return out
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> "Personalizer":
+        from metarec.meta.trainer import load_best
+
+        return cls(load_best(run_dir, device=device))
+
+    def top_k(self, pool: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best of ``pool`` by score, best first; ties by catalogue order (reproducible)."""
+        k = min(k, len(pool))
+        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, np.int64)
+        top = top[np.lexsort((pool[top], -scores[top]))]
+        ids = self.item_vocab.ids
+        return [(ids[int(pool[i])], float(scores[i])) for i in top]
+
+    def support(self, ratings: Mapping[object, float], *, allow_empty: bool = False) -> tuple[list[int], list[float], list[str]]:
+        """A new user's ratings checked and mapped to catalogue indices: (indices, ratings, unknown ids).
+
+        The one check of a rating's range: :class:`DataError` (field ``ratings.<position>.rating``) for a
+        rating that is not a finite number in the rating scale; :class:`UnknownIdError` when no rated
+        item is known (unless ``allow_empty``).
+        """
+        low, high = self.checkpoint.rating_scale
+        known_idx, known_r, unknown = [], [], []
+        for position, (item_id, value) in enumerate(ratings.items()):
+            try:
+                r = float(value)
+            except (TypeError, ValueError):
+                raise DataError(f"rating {value!r} of item {item_id!r} is not a number",
+                                field=f"ratings.{position}.rating") from None
+            if not np.isfinite(r) or r < low or r > high:
+                raise DataError(f"rating {value!r} of item {item_id!r} is not in [{low:g}, {high:g}]",
+                                field=f"ratings.{position}.rating")
+            idx = self.item_vocab.get(item_id)
+            if idx < 0:
+                unknown.append(str(item_id))
+            else:
+                known_idx.append(idx)
+                known_r.append(r)
+        if not known_idx and not allow_empty:
+            if unknown:
+                raise UnknownIdError(f"none of the rated items is known: {unknown[:5]}")
+            raise DataError("the support set is empty: rate at least one item", field="ratings")
+        if unknown:
+            log.info("ignoring %d unknown item ids: %s", len(unknown), unknown[:5])
+        return known_idx, known_r, unknown
+
+    def encode_user(self, attributes: Mapping[str, object] | None) -> FeatureTable:
+        """One new user's encoded attributes (a one-row table), for :meth:`adapt_encoded`."""
+        return self._encode_user(attributes)
+
+    def adapt(
+        self,
+        ratings: Mapping[object, float],
+        user_attributes: Mapping[str, object] | None = None,
+        *,
+        steps: int | None = None,
+        allow_empty: bool = False,
+    ) -> AdaptedUser:
+        """Personalised parameters from ``{item_id: rating}`` (a few gradient steps on them)."""
+        known_idx, known_r, unknown = self.support(ratings, allow_empty=allow_empty)
+        items = torch.as_tensor([known_idx], dtype=torch.long, device=self.device).reshape(1, -1)
+        rating = torch.as_tensor([known_r], dtype=torch.float32, device=self.device).reshape(1, -1)
+        mask = torch.ones_like(rating)
+        batch = TaskBatch(torch.zeros(1, dtype=torch.long, device=self.device), items, rating, mask,
+                          items[:, :0], rating[:, :0], mask[:, :0])
+        users = self._encode_user(user_attributes)
+        params, task = self.learner.adapt(batch, steps=steps if known_idx else 0, users=users)
+        return AdaptedUser(self, params, task, np.asarray(known_idx, dtype=np.int64), unknown)
+
+    def adapt_many(
+        self,
+        users: Sequence[tuple[Mapping[object, float], Mapping[str, object] | None]],
+        *,
+        steps: int | None = None,
+    ) -> AdaptedUsers:
+        """:meth:`adapt` of several new users ``[(ratings, attributes), ...]`` as one padded batch.
+
+        Many users per call amortise the per-call overhead (the same maths, padded support rows carry
+        no weight). The first invalid user raises; a caller that must isolate users checks each with
+        :meth:`support` and :meth:`encode_user` and calls :meth:`adapt_encoded`.
+        """
+        prepared = [(*self.support(ratings), self._encode_user(attributes)) for ratings, attributes in users]
+        return self.adapt_encoded(prepared, steps=steps)
+
+    def adapt_encoded(
+        self,
+        users: Sequence[tuple[Sequence[int], Sequence[float], list[str], FeatureTable]],
+        *,
+        steps: int | None = None,
+    ) -> AdaptedUsers:
+        """Adapt users already checked: ``(indices, ratings, unknown ids, encoded attributes)`` each,
+        as :meth:`support` and :meth:`encode_user` return them; every user needs a known rating."""
+        if not users:
+            raise DataError("adapt_encoded needs at least one user", field="ratings")
+        n, width = len(users), max(len(u[0]) for u in users)
+        if width == 0:
+            raise DataError("the support set is empty: rate at least one item", field="ratings")
+        items = np.zeros((n, width), dtype=np.int64)
+        rating = np.zeros((n, width), dtype=np.float32)
+        mask = np.zeros((n, width), dtype=np.float32)
+        for row, (idx, values, _, _) in enumerate(users):
+            if not len(idx):
+                raise DataError("the support set is empty: rate at least one item", field="ratings")
+            items[row, : len(idx)] = idx
+            rating[row, : len(idx)] = values
+            mask[row, : len(idx)] = 1.0
+        tables = [u[3] for u in users]
+        encoded = FeatureTable({c: torch.cat([t.single[c] for t in tables]) for c in tables[0].single},
+                               {c: torch.cat([t.multi[c] for t in tables]) for c in tables[0].multi})
+        item_t = torch.from_numpy(items).to(self.device)
+        rating_t = torch.from_numpy(rating).to(self.device)
+        mask_t = torch.from_numpy(mask).to(self.device)
+        batch = TaskBatch(torch.arange(n, device=self.device), item_t, rating_t, mask_t,
+                          item_t[:, :0], rating_t[:, :0], mask_t[:, :0])
+        params, task = self.learner.adapt(batch, steps=steps, users=encoded)
+        return AdaptedUsers(self, params, task, [np.asarray(u[0], dtype=np.int64) for u in users],
+                            [list(u[2]) for u in users])

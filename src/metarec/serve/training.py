@@ -1,0 +1,56 @@
+"""Meta-training for :meth:`ColdStartRecommender.fit`: frames (or a dataset) in, a servable bundle out."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from metarec.data.dataset import RatingDataset
+from metarec.errors import DataError
+from metarec.meta.checkpoint import load_checkpoint
+from metarec.meta.run import RunConfig
+from metarec.serve.bundle import Bundle, best_checkpoint_dir, file_version, split_catalogue
+
+
+def as_dataset(interactions: pd.DataFrame | RatingDataset, user_attributes: pd.DataFrame | None,
+               item_attributes: pd.DataFrame | None, name: str, rating_scale: tuple[float, float] | None
+               ) -> RatingDataset:
+    """``fit``'s tables as one dataset (a dataset is taken as it is; attribute tables then go inside it)."""
+    if isinstance(interactions, RatingDataset):
+        if user_attributes is not None or item_attributes is not None:
+            raise DataError("pass attribute tables inside the RatingDataset, not beside it")
+        return interactions
+    if isinstance(interactions, pd.DataFrame):
+        return RatingDataset.from_frames(name, interactions, user_attributes, item_attributes, rating_scale=rating_scale)
+    raise DataError(f"interactions must be a DataFrame or a RatingDataset, not {type(interactions).__name__}")
+
+
+def train_bundle(dataset: RatingDataset, config: RunConfig | None, run_dir: str | Path | None, *,
+                 search: bool | None, preset: str | None) -> Bundle:
+    """Meta-train on ``dataset`` (see :meth:`ColdStartRecommender.fit`) and bundle the best checkpoint with
+    the dataset's items, its training popularity and its onboarding panel."""
+    from metarec._io import write_json
+    from metarec.meta.recipe import choose_recipe, preset as load_preset, recipe_base
+    from metarec.meta.trainer import Trainer
+    from metarec.tasks import make_split
+
+    if search is None:
+        search = config is None
+    config = config or (load_preset(preset) if preset else recipe_base())
+    config = config.override("data", dataset=dataset.name)
+    split = make_split(dataset, config.split)
+    with tempfile.TemporaryDirectory(prefix="metarec-fit-") as tmp:
+        directory = Path(run_dir) if run_dir is not None else Path(tmp)
+        if search:
+            chosen = choose_recipe(split, config)
+            chosen.trainer.write_run(directory)
+            write_json(directory / "recipe.json", chosen.to_dict())
+        else:
+            Trainer(config, split=split, run_dir=directory).fit()
+        ckpt_dir = best_checkpoint_dir(directory)
+        checkpoint = load_checkpoint(ckpt_dir, device=config.train.device)
+        version = file_version(ckpt_dir / "model.safetensors")
+    counts, panel = split_catalogue(split)
+    return Bundle(checkpoint, dataset.items, counts, panel, dataset.name, version)

@@ -1,0 +1,84 @@
+"""A known user's history in their test tasks, and the tasks that choose how it joins.
+
+A deployed model knows a returning user's earlier ratings. ``add_user_history`` adds them to the user's
+test tasks: joined to the support set where the support is of the same kind (old items), or as the
+prior the support refines where the support holds ratings of items training never saw (a support of
+another kind that the history would outnumber). The defaults were chosen on validation tasks only,
+among them ``heavy_user_new_item_tasks``: known users with long histories rating new items (the
+comparison is in docs/experiments/few-shot.md, "A known user's history").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from metarec.data.dataset import RatingDataset
+from metarec.tasks.config import SplitConfig
+from metarec.tasks.taskset import TaskSet, new_item_rows, rank_within
+
+# The defaults: every task gets the history; where it holds new-item support ratings the history sets the prior.
+HISTORY_MAX_NEW_SUPPORT: int | None = None
+HISTORY_AS_PRIOR = True
+
+
+def tasks_given_history(tasks: TaskSet, known_items: np.ndarray, max_new_support: int | None) -> np.ndarray | None:
+    """Which tasks a known user's history is added to (``TaskSet.with_history``'s ``only``; None: all):
+    those with fewer than ``max_new_support`` support ratings of items training never saw.
+
+    Why: a task that already holds many ratings of the kind of item its query asks about (new items)
+    predicts them worse when the user's old-item ratings, *joined to its support*, outnumber them. Warm
+    tasks have no new-item support ratings, so they always keep the history. K = 10 was the validation
+    choice while the history joined the support; the history as the prior (``HISTORY_AS_PRIOR``) for
+    every task did better on the same validation tasks, so the default is None (no limit)."""
+    if max_new_support is None:
+        return None
+    return new_item_support_counts(tasks, known_items) < max_new_support
+
+
+def tasks_with_new_item_support(tasks: TaskSet, known_items: np.ndarray) -> np.ndarray:
+    """A bool per task: does its support hold a rating of an item training never saw? In those tasks a
+    known user's history sets the prior (``TaskSet.with_history``'s ``as_prior``) instead of joining a
+    support set of another kind of item; warm tasks' support is like the history, so it joins it."""
+    return new_item_support_counts(tasks, known_items) > 0
+
+
+def new_item_support_counts(tasks: TaskSet, known_items: np.ndarray) -> np.ndarray:
+    """Per task, how many of its support ratings are of items training never saw."""
+    return np.bincount(new_item_rows(tasks, known_items)[0], minlength=len(tasks))
+
+
+def add_user_history(tasks: TaskSet, history: TaskSet, known_items: np.ndarray, max_new_support: int | None,
+                     as_prior: bool) -> TaskSet:
+    """``tasks`` with their users' ``history`` by the rule: only the tasks ``tasks_given_history`` picks,
+    and with ``as_prior``, flagged to set the prior in tasks with new-item support ratings."""
+    prior = tasks_with_new_item_support(tasks, known_items) if as_prior else None
+    return tasks.with_history(history, only=tasks_given_history(tasks, known_items, max_new_support), as_prior=prior)
+
+
+def heavy_user_new_item_tasks(dataset: RatingDataset, meta_train: TaskSet, new_item_mask: np.ndarray,
+                              config: SplitConfig, seed: int = 0) -> TaskSet | None:
+    """Known users with long histories rating new items, made of data no scenario uses: a user with
+    more than ``max_ratings`` ratings feeds meta-training with old items only (``heavy_users =
+    "chunk"``), and their ratings of new items are in no task. Each such user with enough of them gives
+    a task (a random ``query_size`` as the query, the rest as the support) - the new-item scenario
+    (known users on new items) for validation, no test user involved. None under published splits or
+    when there are none. Add the history with ``TaskSet.with_history(meta_train)``."""
+    if config.protocol == "splits":
+        return None
+    r = dataset.ratings
+    user, item = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
+    counts = np.bincount(user, minlength=dataset.n_users)
+    heavy = np.zeros(dataset.n_users, bool)
+    heavy[meta_train.user_idx] = True  # known to training (a user whose chunks were all too small is not)
+    heavy &= counts > config.max_ratings
+    rows = np.flatnonzero(heavy[user] & new_item_mask[item])
+    if not len(rows):
+        return None
+    rng = np.random.default_rng(seed)
+    rows = rows[np.lexsort((rng.random(len(rows)), user[rows]))]
+    _, inverse, sizes = np.unique(user[rows], return_inverse=True, return_counts=True)
+    rows = rows[sizes[inverse] >= config.query_size + config.min_support]
+    if not len(rows):
+        return None
+    return TaskSet.from_rows("heavy_new_items", user[rows], item[rows], r["rating"].to_numpy(np.float32)[rows],
+                             rank_within(user[rows]) < config.query_size)

@@ -1,0 +1,74 @@
+"""The one-step kernel (metarec.meta.kernels.one_step: the meta-gradient of one inner step with a scalar
+rate, written out by hand) equals maml.py's (the vmap kernel) and autograd's through the batched head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metarec.errors import ConfigError
+from metarec.meta.config import MetaConfig
+from metarec.meta.learner import MetaLearner
+from test_equivalence import make_learner, relative_difference
+
+
+def _as_kernel(learner: MetaLearner, kernel: str) -> MetaLearner:
+    """The same model and settings computed by another kernel."""
+    return MetaLearner(learner.model, MetaConfig(**{**vars(learner.config), "kernel": kernel}), learner.user_features)
+
+
+def _both(learner: MetaLearner, batch, seed: int | None = None, other: str = "vmap") -> tuple[dict, float, dict, float]:
+    """(one-step kernel's gradients, loss, ``other`` kernel's, loss); ``seed``: support mini-batches."""
+    assert learner.kernel == "one_step"
+    gen = (lambda: None) if seed is None else (lambda: torch.Generator().manual_seed(seed))  # noqa: E731
+    manual, manual_loss = learner.meta_gradients(batch, generator=gen())
+    auto, auto_loss = _as_kernel(learner, other).meta_gradients(batch, generator=gen())
+    return manual, manual_loss, auto, auto_loss
+
+
+@pytest.mark.parametrize("other", ["vmap", "batched_head"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_manual_equals_autograd_on_random_heads(tiny_split, algorithm, seed, other):
+    """Random head weights and ratings (many ReLUs on both sides of 0), a large inner rate (the
+    second-order terms matter), float64: the two gradients agree to rounding."""
+    learner, batch = make_learner(tiny_split, "feature-mlp", algorithm=algorithm, inner_steps=1, inner_lr=0.7)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+    batch.support_rating.copy_(torch.randint(1, 6, batch.support_rating.shape, generator=gen).to(batch.support_rating.dtype))
+    manual, manual_loss, auto, auto_loss = _both(learner, batch, other=other)
+    assert relative_difference(manual, auto) <= 1e-10
+    assert manual_loss == pytest.approx(auto_loss, rel=1e-12)
+    head = [n for n in learner.adapted]
+    assert all(float(manual[n].abs().max()) > 0 for n in head)
+    emb = [n for n in manual if n not in head]
+    assert any(float(manual[n].abs().max()) > 0 for n in emb)  # the embeddings get their share
+
+
+def test_manual_path_second_order_terms_are_real(tiny_split):
+    learner2, batch = make_learner(tiny_split, "feature-mlp", algorithm="maml", inner_steps=1, inner_lr=0.7)
+    learner1, _ = make_learner(tiny_split, "feature-mlp", algorithm="fomaml", inner_steps=1, inner_lr=0.7)
+    assert relative_difference(learner2.meta_gradients(batch)[0], learner1.meta_gradients(batch)[0]) > 1e-3
+
+
+def test_manual_path_with_support_minibatches_and_float32(tiny_split):
+    learner, batch = make_learner(tiny_split, "feature-mlp", dtype=torch.float32, algorithm="maml", inner_steps=1,
+                                  support_batch_size=4)
+    manual, _, auto, _ = _both(learner, batch, seed=3)
+    assert relative_difference(manual, auto) <= 1e-5
+
+
+def test_auto_chooses_the_one_step_kernel_where_it_applies(tiny_split):
+    assert make_learner(tiny_split, "feature-mlp", algorithm="maml", inner_steps=1)[0].kernel == "one_step"
+    assert make_learner(tiny_split, "feature-mlp", algorithm="maml", inner_steps=2)[0].kernel == "batched_head"
+    assert make_learner(tiny_split, "neural-cf", algorithm="maml", inner_steps=1)[0].kernel == "vmap"
+
+
+@pytest.mark.parametrize("algorithm,steps", [("maml", 2), ("metasgd", 1), ("reptile", 1)])
+def test_one_step_kernel_refused_where_it_does_not_apply(tiny_split, algorithm, steps):
+    learner, _ = make_learner(tiny_split, "feature-mlp", algorithm=algorithm, inner_steps=steps)
+    assert learner.kernel == "batched_head"
+    with pytest.raises(ConfigError, match="one_step.*does not apply"):
+        _as_kernel(learner, "one_step")
