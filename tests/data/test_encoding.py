@@ -55,3 +55,13 @@ def test_record_encoding_and_json_round_trip():
     one = again.transform_record({"gender": "M", "genres": ["Comedy"], "unexpected": 1})
     assert one.single["gender"].tolist() == [2] and one.multi["genres"][0, 0].item() == 2
     assert again.transform_record(None).single["gender"].tolist() == [UNKNOWN]
+
+
+def test_a_table_without_columns_still_counts_its_rows():
+    """An id-only dataset: no attribute column, yet every user / item is a row (len, select, safetensors)."""
+    from metarec.data.encoding import FeatureTable
+
+    table = FeatureEncoder().transform(pd.DataFrame(index=range(7)))
+    assert len(table) == 7 and not table.single and not table.multi
+    assert len(table.select(torch.tensor([0, 3, 3]))) == 3
+    assert len(FeatureTable.from_tensors(table.tensors("item"), "item")) == 7

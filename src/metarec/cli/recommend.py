@@ -32,9 +32,10 @@ def recommend(
             return
         if result.unknown_item_ids:
             err_console.print(f"ignored unknown item ids: {', '.join(result.unknown_item_ids)}")
+        titled = any(item.get("title") for item in result.items)  # an id-only dataset has no titles
         table = Table()
-        for col in ("rank", "item_id", "score", "title"):
+        for col in ("rank", "item_id", "score", *(["title"] if titled else [])):
             table.add_column(col)
         for rank, item in enumerate(result.items, 1):
-            table.add_row(str(rank), item["item_id"], f"{item['score']:.3f}", str(item.get("title", "")))
+            table.add_row(str(rank), item["item_id"], f"{item['score']:.3f}", *([str(item.get("title", ""))] if titled else []))
         console.print(table)

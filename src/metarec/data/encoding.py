@@ -24,33 +24,41 @@ MULTI_UNKNOWN = 1  # multi-valued: an unseen value
 
 @dataclass(frozen=True)
 class FeatureTable:
-    """Encoded attributes of ``n`` users or items: ``single[col]`` is ``[n]``, ``multi[col]`` is ``[n, L]``."""
+    """Encoded attributes of ``n`` users or items: ``single[col]`` is ``[n]``, ``multi[col]`` is ``[n, L]``.
+
+    ``rows`` is ``n`` itself, so a table without any attribute column (an id-only dataset) still knows how
+    many users or items it describes."""
 
     single: Mapping[str, torch.Tensor]
     multi: Mapping[str, torch.Tensor]
+    rows: int | None = None
 
     def __len__(self) -> int:
         for tensor in (*self.single.values(), *self.multi.values()):
             return int(tensor.shape[0])
-        return 0
+        return int(self.rows or 0)
 
     def select(self, index: torch.Tensor) -> "FeatureTable":
-        return FeatureTable({k: v[index] for k, v in self.single.items()}, {k: v[index] for k, v in self.multi.items()})
+        return FeatureTable({k: v[index] for k, v in self.single.items()}, {k: v[index] for k, v in self.multi.items()},
+                            int(index.shape[0]) if index.dim() else 1)
 
     def to(self, device: torch.device | str) -> "FeatureTable":
-        return FeatureTable({k: v.to(device) for k, v in self.single.items()}, {k: v.to(device) for k, v in self.multi.items()})
+        return FeatureTable({k: v.to(device) for k, v in self.single.items()}, {k: v.to(device) for k, v in self.multi.items()},
+                            self.rows)
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        """Flat name -> tensor map, for safetensors."""
+        """Flat name -> tensor map, for safetensors (``{prefix}.rows``: the row count)."""
         out = {f"{prefix}.single.{k}": v.contiguous() for k, v in self.single.items()}
         out.update({f"{prefix}.multi.{k}": v.contiguous() for k, v in self.multi.items()})
+        out[f"{prefix}.rows"] = torch.tensor([len(self)], dtype=torch.long)
         return out
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, torch.Tensor], prefix: str) -> "FeatureTable":
         single = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{prefix}.single.")}
         multi = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"{prefix}.multi.")}
-        return cls(single, multi)
+        rows = tensors.get(f"{prefix}.rows")
+        return cls(single, multi, None if rows is None else int(rows[0]))
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,7 @@ class FeatureEncoder:
                     dtype=np.int64, count=n,
                 )
                 single[column.name] = torch.as_tensor(idx)
-        return FeatureTable(single, multi)
+        return FeatureTable(single, multi, n)
 
     def transform_record(self, record: Mapping[str, object] | None) -> FeatureTable:
         """Encode one entity given as ``{column: value}`` (a served new user's attributes)."""

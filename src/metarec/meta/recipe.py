@@ -149,6 +149,11 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
     if not any(len(split.validation.get(name, ())) for name in split.validation):
         raise ConfigError(f"{split.dataset.name}: the split has no validation tasks to choose the recipe on "
                           "(raise split.val_user_fraction, or pass a full configuration and no search)")
+    if not split.dataset.item_schema and "model.item_ids" not in set(fixed):
+        # id-only items: the id vector is all an item has (residual ids and no ids need attributes)
+        log.info("%s: items have no attributes; their id vectors are the item tower's input", split.dataset.name)
+        config = apply_setting(config, "model", "item_ids", "input")
+        fixed = (*fixed, "model.item_ids")
     dims = [(s, k, tuple(v)) for s, k, v in space if f"{s}.{k}" not in set(fixed)]
     total = sum(len(v) - 1 for _, _, v in dims) + 1
     trials: list[RecipeTrial] = []

@@ -148,7 +148,7 @@ class Personalizer:
             else:  # anything else (strings to parse as numbers, ...): the encoder's own path
                 return self.features.user_encoder.transform_record(attributes).to(self.device)
             single[column.name] = torch.tensor([code], dtype=torch.long, device=self.device)
-        return FeatureTable(single, {})
+        return FeatureTable(single, {}, 1)
 
     def _user_encoding_lookups(self):
         """Per user column, the value -> index map (categorical) or bucket edges (numeric); None when a
@@ -271,7 +271,7 @@ class Personalizer:
             mask[row, : len(idx)] = 1.0
         tables = [u[3] for u in users]
         encoded = FeatureTable({c: torch.cat([t.single[c] for t in tables]) for c in tables[0].single},
-                               {c: torch.cat([t.multi[c] for t in tables]) for c in tables[0].multi})
+                               {c: torch.cat([t.multi[c] for t in tables]) for c in tables[0].multi}, n)
         item_t = torch.from_numpy(items).to(self.device)
         rating_t = torch.from_numpy(rating).to(self.device)
         mask_t = torch.from_numpy(mask).to(self.device)
