@@ -148,3 +148,28 @@ def test_jsonable_of_pandas_missing_values_is_none_and_of_other_objects_their_te
 
     assert jsonable(pd.NA) is None and jsonable(pd.NaT) is None
     assert jsonable(pd.Timestamp("2001-02-03")) == "2001-02-03 00:00:00"
+
+
+def test_every_file_of_an_atomic_dir_gets_the_umask_permissions(tmp_path):
+    """A saved model is readable by a service running as another user (umask 022: 0644 files, 0755
+    folders), whatever mode the writer of each file chose (safetensors: 0600)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        from metarec import _io
+
+        target = tmp_path / "model"
+        with _io.atomic_dir(target) as tmp:
+            (tmp / "sub").mkdir()
+            for name in ("weights.safetensors", "sub/x.json"):
+                path = tmp / name
+                path.write_text("x")
+                os.chmod(path, 0o600)
+        modes = {p.relative_to(target).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [target, *target.rglob("*")]}
+        expected = 0o777 & ~_io._UMASK
+        assert modes == {".": expected, "sub": expected, "weights.safetensors": expected & 0o666,
+                         "sub/x.json": expected & 0o666}
+    finally:
+        os.umask(old)

@@ -131,6 +131,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes the folder private (0700)
+        for path in tmp.rglob("*"):  # and writers such as safetensors make their files 0600
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
         replace_dir(tmp, target)
     finally:
         if tmp.exists():

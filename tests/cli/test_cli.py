@@ -126,10 +126,31 @@ def test_train_rejects_bad_config(tmp_path):
     config.write_text("[meta]\nalgorithm = 'magic'\n")
     result = runner.invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
-    assert "algorithm must be one of" in result.output
+    assert "[meta] algorithm = 'magic': Input should be 'maml'" in result.output
     config.write_text("[meta]\ninner_stepz = 3\n")
     result = runner.invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 1 and "inner_stepz" in result.output
+    assert result.exit_code == 1 and "[meta] has unknown key(s) ['inner_stepz']" in result.output  # "[meta]" not eaten
+
+
+@pytest.mark.parametrize("toml,message", [
+    ('[train]\nepochs = "abc"\n', "[train] epochs = 'abc': Input should be a valid integer"),
+    ("[model]\nhidden = [64, 'x']\n", "[model] hidden[1] = [64, 'x']: Input should be a valid integer"),
+    ("[meta]\nouter_lr = [0.1]\n", "[meta] outer_lr = [0.1]: Input should be a valid number"),
+    ("[train]\nresample_query = 'maybe'\n", "[train] resample_query = 'maybe': Input should be a valid boolean"),
+])
+def test_a_wrong_type_in_the_config_names_section_and_key(tmp_path, toml, message):
+    config = tmp_path / "run.toml"
+    config.write_text(toml)
+    result = runner.invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+def test_version():
+    from metarec import __version__
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"metarec {__version__}"
 
 
 @pytest.mark.parametrize("module", ["metarec", "metarec.cli"])

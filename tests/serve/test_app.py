@@ -213,3 +213,18 @@ def test_cli_serve_command_exists():
 def test_cli_serve_bad_folder_is_one_line(tmp_path):
     result = CliRunner().invoke(cli_app, ["serve", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "error" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("raw", [b'"abc"', b'"NaN"', b"NaN", b"Infinity", b"true", b"[30]"])
+def test_a_numeric_user_attribute_that_is_not_a_number_is_422(client, recommender, popular_ids, raw):
+    numeric = [name for name, kind in recommender._user_columns.items() if kind == "numeric"]
+    if not numeric:
+        pytest.skip("the served model has no numeric user attribute (synthetic fallback data)")
+    body = b'{"ratings": [{"item_id": "%s", "rating": 4}], "user": {"%s": %s}}' % (
+        popular_ids[0].encode(), numeric[0].encode(), raw)
+    r = client.post("/v1/recommend", content=body, headers={**HEADERS, "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert ["body", "user", numeric[0]] in _detail_locs(r)
+    good = b'{"ratings": [{"item_id": "%s", "rating": 4}], "user": {"%s": "30"}}' % (popular_ids[0].encode(),
+                                                                                   numeric[0].encode())
+    assert client.post("/v1/recommend", content=good, headers={**HEADERS, "content-type": "application/json"}).status_code == 200

@@ -189,3 +189,18 @@ def test_a_folder_saved_without_a_panel_onboards_by_popularity(recommender, tmp_
     first = loaded.onboarding_items(10)["item_id"].tolist()
     assert counts[first].tolist() == sorted(counts.to_numpy(), reverse=True)[:10]
     assert loaded.onboarding_items(5, shown=first)["item_id"].tolist() == loaded.onboarding_items(15)["item_id"].tolist()[10:]
+
+
+@pytest.mark.parametrize("value", ["abc", float("nan"), float("inf"), True, "", None])
+def test_finite_number_names_the_field(value):
+    from metarec.serve.checks import finite_number
+
+    with pytest.raises(DataError, match="user attribute 'age' must be a finite number") as caught:
+        finite_number(value, "user attribute 'age'", "user.age")
+    assert caught.value.field == "user.age"
+
+
+def test_finite_number_reads_numbers_and_numeric_text():
+    from metarec.serve.checks import finite_number
+
+    assert [finite_number(v, "x", "x") for v in (30, 30.5, " 41 ", "1e1")] == [30.0, 30.5, 41.0, 10.0]

@@ -26,10 +26,19 @@ for command in (train, evaluate, recommend, benchmark, onboard, demo, serve):
     app.command()(command)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from metarec.version import __version__
+
+        typer.echo(f"metarec {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     state["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -9,6 +9,7 @@ from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,7 +31,7 @@ def errors() -> Iterator[None]:
         if state["debug"]:
             raise
         message = str(exc) if not isinstance(exc, KeyError) or isinstance(exc, MetarecError) else str(exc.args[0])
-        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # "[train]" is text
         raise typer.Exit(1) from None
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -156,11 +158,8 @@ class RunConfig:
             bad = set(values) - allowed
             if bad:
                 raise ConfigError(f"[{name}] has unknown key(s) {sorted(bad)}; allowed: {sorted(allowed)}")
-            for key in ("hidden", "selection_support_sizes", "rating_scale"):
-                if key in values and isinstance(values[key], list):
-                    values[key] = tuple(values[key])
             try:
-                parts[name] = kind(**values)
+                parts[name] = kind(**typed_values(name, kind, values))
             except TypeError as exc:
                 raise ConfigError(f"[{name}]: {exc}") from None
         return cls(**parts)
@@ -200,3 +199,33 @@ class RunConfig:
         if meta.algorithm == "reptile":
             meta = replace(meta, adapt="all", inner_steps=3)
         return cls(model=ModelConfig(kind=model), meta=meta)
+
+
+def typed_values(section: str, kind: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` checked against the field types of the dataclass ``kind`` (by pydantic: a TOML list
+    becomes the tuple a field wants, 3 the float 3.0), so a wrong type is an error naming its section and
+    key rather than a TypeError deep in training."""
+    import pydantic
+
+    hints = _field_types(kind)
+    out = {}
+    for key, value in values.items():
+        try:
+            out[key] = _adapter(hints[key]).validate_python(value)
+        except pydantic.ValidationError as exc:
+            problem = exc.errors()[0]
+            where = "".join(f"[{p}]" for p in problem.get("loc", ()))
+            raise ConfigError(f"[{section}] {key}{where} = {value!r}: {problem['msg']}") from None
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(kind: type) -> dict[str, Any]:
+    return typing.get_type_hints(kind)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation: Any):
+    import pydantic
+
+    return pydantic.TypeAdapter(annotation)

@@ -29,6 +29,7 @@ from metarec.meta.run import RunConfig
 from metarec.onboarding.catalogue import item_indices
 from metarec.onboarding.questionnaire import AdaptiveQuestionnaire
 from metarec.serve.bundle import Bundle, complete_bundle, metadata_records, read_bundle, write_bundle
+from metarec.serve.checks import check_count, check_ids, finite_number
 from metarec.serve.personalizer import Personalizer
 from metarec.serve.replicas import personalizer_pool
 from metarec.serve.training import as_dataset, train_bundle
@@ -237,7 +238,7 @@ class ColdStartRecommender:
     ) -> Recommendations:
         """:meth:`recommend` as JSON-ready dicts (what the HTTP service returns, without pandas)."""
         self._require_fitted()
-        _check_count(k, "k")
+        check_count(k, "k")
         record = self._user_record(user_attributes)
         with self._pool.borrow() as personalizer:
             user = personalizer.adapt(ratings, record)
@@ -265,7 +266,7 @@ class ColdStartRecommender:
             ready: list[tuple[int, tuple[list[int], list[float], list[str], Any]]] = []
             for i, query in enumerate(queries):
                 try:
-                    _check_count(query.k, "k")
+                    check_count(query.k, "k")
                     record = self._user_record(query.user_attributes)
                     ready.append((i, (*personalizer.support(query.ratings), personalizer.encode_user(record))))
                 except MetarecError as exc:
@@ -308,7 +309,7 @@ class ColdStartRecommender:
     ) -> Recommendations:
         """:meth:`predict` as JSON-ready dicts, in the order asked."""
         self._require_fitted()
-        _check_ids(item_ids, "item_ids")
+        check_ids(item_ids, "item_ids")
         record = self._user_record(user_attributes)
         asked = [str(i) for i in item_ids]
         idx = self.checkpoint.item_vocab.indices(asked, strict=False)
@@ -340,9 +341,9 @@ class ColdStartRecommender:
         """:meth:`onboarding_items` as JSON-ready dicts plus the ids of ``shown`` / ``rated`` the model
         does not know (reported back, never an error: a client's catalogue may run ahead of the model)."""
         checkpoint = self._require_fitted()
-        _check_count(n, "n")
-        _check_ids(shown, "shown")
-        _check_ids(rated, "rated")
+        check_count(n, "n")
+        check_ids(shown, "shown")
+        check_ids(rated, "rated")
         vocab = checkpoint.item_vocab
         (shown_idx, unknown_shown), (rated_idx, unknown_rated) = item_indices(vocab, shown), item_indices(vocab, rated)
         order = self._questionnaire.next_items(shown_idx, rated_idx, int(n))
@@ -373,23 +374,13 @@ class ColdStartRecommender:
                 value = None if value is None else [value] if isinstance(value, (str, int, float)) else list(value)
             elif isinstance(value, (list, tuple, dict)):
                 raise DataError(f"user attribute {name!r} takes one value, got {type(value).__name__}", field=f"user.{name}")
+            elif kind == "numeric" and value is not None:
+                value = finite_number(value, f"user attribute {name!r}", f"user.{name}")
             record[name] = value
         return record
 
 
 # ---------------------------------------------------------------------- module helpers
-def _check_count(value: object, name: str) -> None:
-    """``k`` / ``n`` of a request: a positive integer (a bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise DataError(f"{name} must be a positive integer, got {value!r}", field=name)
-
-
-def _check_ids(value: object, name: str) -> None:
-    """A collection of ids, not one string (which would iterate as its characters)."""
-    if isinstance(value, (str, bytes)):
-        raise DataError(f"{name} must be a collection of item ids, not one string", field=name)
-
-
 def _records_frame(records: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=list(dict.fromkeys(columns)))
 

@@ -1,0 +1,38 @@
+"""The checks of a request's values that :class:`~metarec.serve.recommender.ColdStartRecommender` makes
+before anything is computed: each failure a :class:`DataError` naming the field (HTTP 422 at that field)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from metarec.errors import DataError
+
+
+def check_count(value: object, name: str) -> None:
+    """``k`` / ``n`` of a request: a positive integer (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"{name} must be a positive integer, got {value!r}", field=name)
+
+
+def check_ids(value: object, name: str) -> None:
+    """A collection of ids, not one string (which would iterate as its characters)."""
+    if isinstance(value, (str, bytes)):
+        raise DataError(f"{name} must be a collection of item ids, not one string", field=name)
+
+
+def finite_number(value: object, what: str, field: str) -> float:
+    """A numeric attribute's value: a finite number, or a string that reads as one ("30"); not a bool,
+    NaN or inf (None, meaning unknown, is the caller's to allow)."""
+    number = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise DataError(f"{what} must be a finite number, got {value!r}", field=field)
+    return number
