@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -184,3 +185,46 @@ def test_duplicates_policy(ml100k: Path, tmp_path: Path, caplog: pytest.LogCaptu
         handle.write(b"196\t242\t1\t881250950\n")
     with pytest.raises(DataError, match=r"duplicate \(user_id, item_id\) pair \(196, 242\)"):
         load_ml100k(ml100k)
+
+
+def _write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_first_row_with_a_field_too_many_is_refused_not_shifted(tmp_path):
+    from metarec.data.loaders.tabular import load_table
+
+    path = _write(tmp_path / "r.csv", "user_id,item_id,rating\n1,10,4,99\n1,11,3\n2,10,5\n")
+    with pytest.raises(DataError, match=r"r.csv, line 2: more fields than the header's 3 \(user_id, item_id, rating\)"):
+        load_table(path)
+
+
+@pytest.mark.parametrize("text,message", [("", "the file is empty"), ("user_id,item_id,rating\n", "no ratings")])
+def test_empty_tables_are_refused(tmp_path, text, message):
+    from metarec.data.loaders.tabular import load_table
+
+    with pytest.raises(DataError, match=message):
+        load_table(_write(tmp_path / "r.csv", text))
+
+
+@pytest.mark.parametrize("typo", ["50", "1e300", "-400"])
+def test_a_typo_does_not_become_the_rating_scale(tmp_path, typo):
+    from metarec.data.loaders.tabular import load_table
+
+    rows = [f"{u},{i},{1 + (u * 7 + i) % 5}" for u in range(20) for i in range(10)]
+    rows[57] = f"5,7,{typo}"
+    path = _write(tmp_path / "r.csv", "user_id,item_id,rating\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"line 59.*rating {re.escape(f'{float(typo):g}')} is far outside the others.*set rating_scale"):
+        load_table(path)
+    rows[57] = "5,7,5"
+    assert load_table(_write(path, "user_id,item_id,rating\n" + "\n".join(rows) + "\n")).rating_scale == (1.0, 5.0)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("spelling", [b"0115", b"+115", b"115.0", b" 1e2"])
+def test_another_spelling_of_an_id_is_refused_not_a_phantom_user(ml100k: Path, spelling: bytes) -> None:
+    corrupt(ml100k / "u.data", 7, spelling + b"\t265\t4\t881171488")
+    with pytest.raises(DataError, match="is not a plain integer id") as info:
+        load_ml100k(ml100k)
+    assert (info.value.line, info.value.field) == (7, "user_id")

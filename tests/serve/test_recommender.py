@@ -204,3 +204,26 @@ def test_finite_number_reads_numbers_and_numeric_text():
     from metarec.serve.checks import finite_number
 
     assert [finite_number(v, "x", "x") for v in (30, 30.5, " 41 ", "1e1")] == [30.0, 30.5, 41.0, 10.0]
+
+
+@pytest.mark.parametrize("name", ["{secret}", "../../{secret}", "{secret}.json"])
+def test_a_run_folder_cannot_make_the_server_open_any_file(recommender, run_dir, tmp_path, monkeypatch, caplog, name):
+    """A run's checkpoint names its dataset; a tampered one names a system file. It is never opened."""
+    import shutil
+
+    import metarec.data.loaders.registry as registry
+
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    for spec_path in run.glob("*/checkpoint.json"):
+        spec = json.loads(spec_path.read_text())
+        spec["run_config"]["data"] = {"dataset": name.format(secret=secret), "columns": {"user": "root"}}
+        spec_path.write_text(json.dumps(spec))
+    opened = []
+    monkeypatch.setattr(registry, "load_data", lambda config: opened.append(config) or pytest.fail("opened"))
+    with caplog.at_level("WARNING"):
+        served = ColdStartRecommender.load(run, replicas=1)
+    assert not opened and "secret-hash" not in caplog.text and "neither a known dataset nor a data table" in caplog.text
+    assert len(served.recommend({served.checkpoint.item_vocab.ids[0]: 4}, k=3)) == 3  # ids only, still served

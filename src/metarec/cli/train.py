@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,6 +11,27 @@ import typer
 from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, ITEMS_OPTION, RATING_SCALE_OPTION, USERS_OPTION,
                                  console, data_overrides, errors, progress_bars)
 from metarec.errors import MetarecError
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool, settings_given: list[str]) -> None:
+    """A run folder holds one run: a new run never lands silently in an old one's folder, and a resumed
+    run continues with the settings its config.toml records (flags that would change them are refused)."""
+    if resume:
+        if overwrite:
+            raise MetarecError("--resume continues the run in --out; --overwrite replaces it: give one")
+        if not (out / "config.toml").is_file() or not (out / "last").is_dir():
+            raise MetarecError(f"{out}: no run to resume (config.toml and last/ are missing)")
+        if settings_given:
+            raise MetarecError(f"--resume continues {out} with the settings in its config.toml; "
+                               f"{', '.join(settings_given)} would change them (train into a new --out instead)")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise MetarecError(f"{out} already holds a run: --resume continues it, --overwrite replaces it")
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
 
 
 def _train_flags_fix(outer_lr, query_loss, item_id_embedding, item_id_residual) -> tuple[str, ...]:
@@ -61,6 +83,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of the split, the initialisation and the batch order."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
 ) -> None:
     """Meta-train a model; the best checkpoint on validation users goes to RUNDIR/best.
 
@@ -70,6 +93,14 @@ def train(
         from metarec.meta.run import RunConfig
         from metarec.meta.trainer import Trainer
 
+        settings = {"--config": config, "--preset": preset, "--dataset": dataset, "--data-dir": data_dir,
+                    "--users": users, "--items": items, "--column": column or None, "--attribute": attribute or None,
+                    "--rating-scale": rating_scale, "--protocol": protocol, "--split-dir": split_dir, "--model": model,
+                    "--algorithm": algorithm, "--adapt": adapt, "--inner-steps": inner_steps, "--inner-lr": inner_lr,
+                    "--outer-lr": outer_lr, "--l2": l2, "--meta-batch-size": meta_batch_size,
+                    "--query-loss": query_loss, "--item-ids": item_id_embedding, "--item-id-residual": item_id_residual,
+                    "--epochs": epochs, "--patience": patience, "--seed": seed}
+        check_run_folder(out, resume, overwrite, [flag for flag, value in settings.items() if value is not None])
         if resume:
             cfg = RunConfig.from_toml(out / "config.toml")
             search = False

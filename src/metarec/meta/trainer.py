@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from metarec._io import write_text
+from metarec._io import jsonable, write_text
 from metarec.data.dataset import RatingDataset
 from metarec.data.loaders.registry import load_data
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -171,7 +171,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "config.toml", self.config.to_toml())
-        write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        write_text(self.run_dir / "metrics.jsonl", "".join(_json_line(r) for r in self.history))
         if self.best_params is not None:
             with parameters_swapped_in(self.learner, self.best_params):
                 self._save("best")
@@ -194,8 +194,12 @@ class Trainer:
         self.average = ({n: v.clone() for n, v in ckpt.average.items()}
                         if self.average_decay and ckpt.average is not None else None)
         if self.run_dir is not None and (self.run_dir / "metrics.jsonl").exists():
+            # the records up to the checkpoint's epoch (a run killed after logging an epoch it never saved
+            # logs that epoch again): the file is rewritten to them, so every epoch appears once
             lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
-            self.history = [json.loads(x) for x in lines if x.strip()][: self.state["epoch"]]
+            records = [json.loads(x) for x in lines if x.strip()]
+            self.history = [r for r in records if r.get("epoch", -1) < self.state["epoch"]]
+            write_text(self.run_dir / "metrics.jsonl", "".join(_json_line(r) for r in self.history))
 
     # ------------------------------------------------------------------ training
     def fit(self, *, max_epochs: int | None = None) -> TrainResult:
@@ -301,7 +305,7 @@ class Trainer:
         self.history.append(record) if epoch >= 0 else None
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a" if epoch >= 0 else "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+                fh.write(_json_line(record))
         log.info("epoch %d: train loss %.4f, validation MAE %.4f", epoch, train_loss, record["val_mae"])
         return record
 
@@ -342,3 +346,8 @@ def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = No
         out[name] = {"mae": adapted["mae"], "rmse": adapted["rmse"], "mae_no_adapt": frozen["mae"],
                      "rmse_no_adapt": frozen["rmse"], "ratings": adapted["n"], "tasks": len(tasks)}
     return out
+
+
+def _json_line(record: dict) -> str:
+    """One metrics.jsonl line: strict JSON (a NaN, such as the initialisation's train loss, is null)."""
+    return json.dumps(jsonable(record), allow_nan=False) + "\n"

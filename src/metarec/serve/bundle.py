@@ -200,6 +200,10 @@ def _run_catalogue(checkpoint: Checkpoint) -> tuple[pd.DataFrame | None, np.ndar
 
     try:
         config = RunConfig.from_dict(checkpoint.run_config)
+        refused = _not_a_data_source(config.data)
+        if refused:
+            log.warning("item metadata not loaded: %s; serving ids only", refused)
+            return None, None, None
         dataset = load_data(config.data)
     except (MetarecError, OSError, ValueError) as exc:
         log.warning("item metadata unavailable (%s); serving ids only", exc)
@@ -209,6 +213,30 @@ def _run_catalogue(checkpoint: Checkpoint) -> tuple[pd.DataFrame | None, np.ndar
         return None, None, None
     counts, panel = split_catalogue(make_split(dataset, config.split))
     return dataset.items, counts, panel
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".dat", ".parquet", ".pq", ".inter")
+
+
+def _not_a_data_source(data) -> str | None:
+    """Why a run's ``[data]`` section is not read when serving it (None: it may be). A run folder can come
+    from anyone: its config must not make the server open an arbitrary file (``../../etc/shadow``), so
+    only a registered dataset name, a folder saved by ``RatingDataset.save`` or RecBole files, or tables
+    named by a data-table suffix are read."""
+    from metarec.data.loaders.registry import REGISTRY
+
+    if not data.is_table and (data.dataset in REGISTRY or data.dataset == "synthetic"):
+        return None
+    for name in (data.dataset, data.users, data.items):
+        if name is None:
+            continue
+        path = Path(name)
+        suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+        if path.is_dir() and ((path / "dataset.json").is_file() or any(path.glob("*.inter"))):
+            continue
+        if not suffixes or suffixes[-1] not in TABLE_SUFFIXES:
+            return f"{name!r} is neither a known dataset nor a data table ({', '.join(TABLE_SUFFIXES)})"
+    return None
 
 
 def _align_items(items: pd.DataFrame | None, ids: Sequence[str]) -> pd.DataFrame:

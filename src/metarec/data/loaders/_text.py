@@ -139,6 +139,19 @@ def to_number(frame: pd.DataFrame, column: str, path: Path, *, integer: bool = F
     return values
 
 
+def plain_ids(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """A column of integer ids written plainly (``42``; not ``042``, ``+42`` or ``42.0``): the ids stay
+    text, so another spelling of the same number would be another user or item. The first other one
+    raises with its line."""
+    ids = frame[column].astype("string").str.strip()
+    bad = ~ids.str.fullmatch(r"0|[1-9][0-9]*").fillna(False).astype(bool)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{frame[column].iloc[row]!r} is not a plain integer id (digits, no sign, no leading zero)",
+                        path=path, line=row + frame.attrs.get("line_offset", 1), field=column)
+    return ids.astype(str)
+
+
 def check_ratings(
     ratings: pd.Series, frame: pd.DataFrame, path: Path, scale: tuple[float, float], *, field: str = "rating"
 ) -> None:

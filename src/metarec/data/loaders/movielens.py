@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from metarec.data.dataset import RatingDataset
-from metarec.data.loaders._text import check_ratings, read_delimited, to_number
+from metarec.data.loaders._text import check_ratings, plain_ids, read_delimited, to_number
 from metarec.data.schema import AttributeSpec
 from metarec.errors import DataError, DataNotFoundError
 
@@ -33,14 +33,13 @@ def load_ml100k(folder: str | Path) -> RatingDataset:
     rating = to_number(raw, "rating", path)
     check_ratings(rating, raw, path, (1, 5))
     timestamp = to_number(raw, "timestamp", path, integer=True)
-    to_number(raw, "user_id", path, integer=True)
-    to_number(raw, "item_id", path, integer=True)
-    ratings = pd.DataFrame({"user_id": raw["user_id"].str.strip(), "item_id": raw["item_id"].str.strip(),
+    ratings = pd.DataFrame({"user_id": plain_ids(raw, "user_id", path), "item_id": plain_ids(raw, "item_id", path),
                             "rating": rating, "timestamp": timestamp})
 
     upath = folder / "u.user"
     users = read_delimited(upath, "|", ["user_id", "age", "gender", "occupation", "zip"],
                            required=["user_id", "age", "gender", "occupation"], encoding="latin-1")
+    users["user_id"] = plain_ids(users, "user_id", upath)
     users["age"] = to_number(users, "age", upath, integer=True)
     users["zip_prefix"] = users.pop("zip").str.strip().str[:1].replace("", pd.NA)
 
@@ -51,7 +50,7 @@ def load_ml100k(folder: str | Path) -> RatingDataset:
     genres = [tuple(g for g, on in zip(ML100K_GENRES, row) if on) for row in flags]
     released = pd.to_datetime(items["release_date"], format="%d-%b-%Y", errors="coerce")
     items = pd.DataFrame({
-        "item_id": items["item_id"].str.strip(),
+        "item_id": plain_ids(items, "item_id", ipath),
         "title": items["title"],
         "year": released.dt.year.astype("Float64"),
         "genres": genres,
@@ -99,9 +98,7 @@ def load_ml1m(folder: str | Path, *, imdb_features: bool = False, imdb_folder: s
     rating = to_number(raw, "rating", path)
     check_ratings(rating, raw, path, (1, 5))
     timestamp = to_number(raw, "timestamp", path, integer=True)
-    to_number(raw, "user_id", path, integer=True)
-    to_number(raw, "item_id", path, integer=True)
-    ratings = pd.DataFrame({"user_id": raw["user_id"].str.strip(), "item_id": raw["item_id"].str.strip(),
+    ratings = pd.DataFrame({"user_id": plain_ids(raw, "user_id", path), "item_id": plain_ids(raw, "item_id", path),
                             "rating": rating, "timestamp": timestamp})
 
     upath = folder / "users.dat"
@@ -110,7 +107,7 @@ def load_ml1m(folder: str | Path, *, imdb_features: bool = False, imdb_folder: s
     to_number(users, "age", upath, integer=True)
     to_number(users, "occupation", upath, integer=True)
     users = pd.DataFrame({
-        "user_id": users["user_id"].str.strip(),
+        "user_id": plain_ids(users, "user_id", upath),
         "gender": users["gender"].str.strip(),
         "age": users["age"].str.strip(),
         "occupation": users["occupation"].str.strip(),
@@ -120,10 +117,9 @@ def load_ml1m(folder: str | Path, *, imdb_features: bool = False, imdb_folder: s
     mpath = folder / "movies.dat"
     movies = read_delimited(mpath, "::", ["item_id", "title", "genres"], required=["item_id", "title"],
                             encoding="latin-1")
-    to_number(movies, "item_id", mpath, integer=True)
     titles = movies["title"].str.strip()
     items = pd.DataFrame({
-        "item_id": movies["item_id"].str.strip(),
+        "item_id": plain_ids(movies, "item_id", mpath),
         "title": titles,
         "year": pd.to_numeric(titles.str.extract(_YEAR, expand=False), errors="coerce").astype("Float64"),
         "genres": [_split(v, "|") for v in movies["genres"]],
@@ -174,8 +170,7 @@ def _imdb_file(folder: Path, imdb_folder: str | Path | None) -> Path:
 
 def _read_imdb(path: Path) -> pd.DataFrame:
     raw = read_delimited(path, "::", _IMDB_FIELDS, required=["item_id"], encoding="utf-8")
-    to_number(raw, "item_id", path, integer=True)
-    ids = raw["item_id"].str.strip()
+    ids = plain_ids(raw, "item_id", path)
     if ids.duplicated().any():
         row = int(np.flatnonzero(ids.duplicated().to_numpy())[0])
         raise DataError(f"movie id {ids.iloc[row]} appears twice", path=path, line=row + 1, field="item_id")

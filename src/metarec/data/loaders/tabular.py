@@ -74,8 +74,13 @@ def read_table(source: Source, *, sep: str | None = None, string_columns: Sequen
     except UnicodeDecodeError as exc:
         read_text(path, "utf-8")  # raises the same problem with its line number
         raise DataError(f"cannot decode as utf-8: {exc.reason}", path=path) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except pd.errors.EmptyDataError:
+        raise DataError("the file is empty (not even a header line)", path=path) from None
+    except pd.errors.ParserError as exc:
         raise DataError(f"malformed table: {exc}", path=path) from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas took the surplus first field(s) as an index
+        raise DataError(f"more fields than the header's {len(head.columns)} ({', '.join(map(str, head.columns))}): "
+                        "every column would shift", path=path, line=2)
     return _Table(frame, str(path), 2)
 
 
@@ -121,6 +126,20 @@ def _numbers(table: _Table, column: str, what: str) -> pd.Series:
             message = f"{what} {shown!r} is not a finite number {note}"
         raise DataError(message, path=where, line=line, field=column)
     return values
+
+
+def _refuse_outliers(table: _Table, rating: pd.Series, column: str) -> None:
+    """With no ``rating_scale`` given the scale is the observed range, so a typo (50 among 1-5, 1e300)
+    would become the model's scale: a value more than 10 interquartile ranges (at least 1) from the
+    median is refused, naming its line, unless the caller sets the scale."""
+    values = rating.to_numpy(dtype=np.float64)
+    low, median, high = np.quantile(values, [0.25, 0.5, 0.75])
+    far = np.abs(values - median) > 10 * max(high - low, 1.0)
+    if far.any():
+        row = int(np.flatnonzero(far)[0])
+        where, line, note = _where_line(table, row)
+        raise DataError(f"rating {values[row]:g} is far outside the others (median {median:g}, middle half "
+                        f"{low:g}-{high:g}) {note}: fix the row, or set rating_scale", path=where, line=line, field=column)
 
 
 def _timestamps(table: _Table, column: str) -> pd.Series:
@@ -218,7 +237,11 @@ def load_table(
         "item_id": frame[mapping.item].astype(str).str.strip(),
         "rating": _numbers(table, mapping.rating, "rating"),
     })
-    if rating_scale is not None:
+    if not len(ratings):
+        raise DataError("no ratings: the table has a header and no rows", path=table.where)
+    if rating_scale is None:
+        _refuse_outliers(table, ratings["rating"], mapping.rating)
+    else:
         low, high = rating_scale
         out = ((ratings["rating"] < low) | (ratings["rating"] > high)).to_numpy()
         if out.any():
