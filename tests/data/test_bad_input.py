@@ -228,3 +228,12 @@ def test_another_spelling_of_an_id_is_refused_not_a_phantom_user(ml100k: Path, s
     with pytest.raises(DataError, match="is not a plain integer id") as info:
         load_ml100k(ml100k)
     assert (info.value.line, info.value.field) == (7, "user_id")
+
+
+@pytest.mark.parametrize("stamp,shown", [("1e30", "1e\\+30"), ("inf", "inf"), ("-inf", "-inf")])
+def test_a_timestamp_no_clock_can_show_names_its_line(tmp_path, stamp, shown):
+    from metarec.data.loaders.tabular import load_table
+
+    path = _write(tmp_path / "r.csv", f"user_id,item_id,rating,timestamp\n1,10,4,100\n1,11,3,{stamp}\n2,10,5,200\n")
+    with pytest.raises(DataError, match=rf"r.csv, line 3, field 'timestamp': timestamp {shown} is not a time"):
+        load_table(path)

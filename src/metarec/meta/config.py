@@ -14,6 +14,7 @@ ADAPT_SCOPES: tuple[str, ...] = ("all", "head", "embeddings")
 QUERY_LOSSES: tuple[str, ...] = ("squared", "absolute", "huber")
 KERNEL_CHOICES: tuple[str, ...] = ("auto", "vmap", "batched_head", "one_step")
 DEFAULT_INNER_LR = 0.05
+MAX_INNER_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class MetaConfig:
             raise ConfigError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.adapt not in ADAPT_SCOPES:
             raise ConfigError(f"adapt must be one of {ADAPT_SCOPES}, got {self.adapt!r}")
-        if self.inner_steps < 0 or (self.eval_inner_steps is not None and self.eval_inner_steps < 0):
-            raise ConfigError("inner steps must be >= 0")
+        for name, steps in (("inner_steps", self.inner_steps), ("eval_inner_steps", self.eval_inner_steps)):
+            if steps is not None and not 0 <= steps <= MAX_INNER_STEPS:  # 1e9 would hang, not fail
+                raise ConfigError(f"{name} must be between 0 and {MAX_INNER_STEPS}, got {steps}")
         if self.inner_lr < 0 or self.outer_lr <= 0 or self.l2 < 0:
             raise ConfigError("learning rates must be positive and l2 non-negative")
         if self.support_batch_size is not None and self.support_batch_size < 1:

@@ -152,7 +152,14 @@ def _timestamps(table: _Table, column: str) -> pd.Series:
     present = raw.notna() & (text != "")
     numeric = pd.to_numeric(raw.where(present), errors="coerce")
     if not (numeric.isna() & present).any():
-        return numeric.astype("float64")
+        values = numeric.astype("float64")
+        huge = present & ~(values.abs() <= 2.0 ** 53)  # inf, 1e30: no instant in any time unit
+        if huge.any():
+            row = int(np.flatnonzero(huge.to_numpy())[0])
+            where, line, note = _where_line(table, row)
+            raise DataError(f"timestamp {values.iloc[row]:g} is not a time (unix seconds or an ISO datetime) {note}",
+                            path=where, line=line, field=column)
+        return values
     parsed = pd.to_datetime(text.where(present), errors="coerce", utc=True, format="ISO8601")
     bad = parsed.isna() & present
     if bad.any():
