@@ -9,6 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+import metarec
+
 from metarec.cli import app as cli_app
 from metarec.serve import create_app, create_app_from_dir
 
@@ -153,7 +155,7 @@ def test_items_model_onboarding_health(client, recommender, serve_data):
     model = client.get("/v1/model", headers=HEADERS).json()
     assert model["model_version"] == recommender.model_version and model["n_items"] == serve_data.dataset.n_items
     assert model["dataset"] == serve_data.dataset.name and model["model"]["kind"] == "feature-mlp"
-    assert "torch" in model["versions"] and model["limits"]["max_k"] == 50
+    assert model["versions"] == {"metarec": metarec.__version__} and model["limits"]["max_k"] == 50  # no library list
     onboarding = client.get("/v1/onboarding?n=12", headers=HEADERS).json()["items"]
     assert len(onboarding) == 12 and all(i["title"] for i in onboarding)
     assert [i["item_id"] for i in onboarding] == recommender.onboarding_items(12)["item_id"].tolist()
@@ -172,7 +174,7 @@ def test_items_model_onboarding_health(client, recommender, serve_data):
         assert client.post("/v1/onboarding", json=bad, headers=HEADERS).status_code == 422, bad
     assert client.post("/v1/onboarding", json={"n": 5}).status_code == 401
     assert client.get("/healthz").json() == {"status": "ok", "model_version": recommender.model_version}
-    assert client.get("/openapi.json").json()["paths"]["/v1/recommend"]["post"]
+    assert client.get("/openapi.json", headers=HEADERS).json()["paths"]["/v1/recommend"]["post"]
 
 
 def test_concurrent_requests_match_sequential(client, popular_ids, serve_data):
@@ -228,3 +230,16 @@ def test_a_numeric_user_attribute_that_is_not_a_number_is_422(client, recommende
     good = b'{"ratings": [{"item_id": "%s", "rating": 4}], "user": {"%s": "30"}}' % (popular_ids[0].encode(),
                                                                                    numeric[0].encode())
     assert client.post("/v1/recommend", content=good, headers={**HEADERS, "content-type": "application/json"}).status_code == 200
+
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs"])
+def test_with_a_key_the_schema_and_docs_need_it(client, path):
+    assert client.get(path).status_code == 401
+    r = client.get(path, headers=HEADERS)
+    assert r.status_code == 200 and ("/v1/recommend" in r.text if path == "/openapi.json" else "swagger" in r.text.lower())
+
+
+def test_without_a_key_the_docs_are_open(recommender):
+    with TestClient(create_app(recommender)) as open_client:
+        assert open_client.get("/openapi.json").status_code == 200 and open_client.get("/docs").status_code == 200

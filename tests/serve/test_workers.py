@@ -38,7 +38,16 @@ def _post(port: int, body: dict, key: str) -> tuple[int, dict]:
 
 
 def _children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    """The server's worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:  # exited meanwhile
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return found
 
 
 def test_taken_port_is_one_clear_error():
@@ -74,6 +83,24 @@ def test_two_workers_serve_and_stop_cleanly(saved_dir: Path, popular_ids: list[s
         first = [x["item_id"] for x in answers[0][1]["items"]]
         assert all([x["item_id"] for x in body["items"]] == first for _, body in answers)  # same model everywhere
         assert _post(port, {"ratings": ratings}, "wrong-key")[0] == 401
+        # a worker killed (out of memory, say) is replaced; meanwhile the other one answers (a connection
+        # the kernel had already queued on the dead worker's socket is reset)
+        os.kill(workers[0], signal.SIGKILL)
+        deadline, answered = time.monotonic() + 120, 0
+        while log.read_text().count("Application startup complete") < 3:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no replacement worker in 120 s:\n" + log.read_text()
+            try:
+                answered += _post(port, {"ratings": ratings, "k": 5}, key)[0] == 200
+            except ConnectionError:
+                pass
+            time.sleep(0.3)
+        assert answered > 0
+        assert "starting a replacement" in log.read_text()
+        replaced = _children(proc.pid)
+        assert workers[0] not in replaced and len(replaced) >= 2
+        assert all(_post(port, {"ratings": ratings, "k": 5}, key)[0] == 200 for _ in range(8))
+        workers = replaced
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)

@@ -42,8 +42,10 @@ def serve(
                           f"docs at /docs, {workers} worker(s), batching {'on' if batching else 'off'}"
                           f"{'' if api_key else ', no API key'}", highlight=False)
         if workers == 1:
+            from metarec.serve.protocol import server_options
+
             uvicorn.run(create_app(recommender, api_key=api_key, **options), host=host, port=port,
-                        access_log=access_log)
+                        access_log=access_log, **server_options())
             return
         del recommender  # each worker process loads its own copy
         os.environ[ENV_DIR] = str(run.resolve())

@@ -26,6 +26,8 @@ from typing import Annotated, Any, AsyncIterator
 import torch
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.responses import JSONResponse as _StdJSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
@@ -225,15 +227,15 @@ def create_app(
             if torch_threads:
                 torch.set_num_threads(previous)
 
-    app = FastAPI(title="metarec", version=version, lifespan=lifespan,
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+    expected = None if api_key is None else api_key.encode("utf-8")
+    open_docs = {} if expected is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="metarec", version=version, lifespan=lifespan, **open_docs,
                   description="Cold-start recommendations: a new user's few ratings in, a personalised top-k out.")
     app.state.recommender = recommender
     app.state.batcher = batcher
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-
-    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
-    expected = None if api_key is None else api_key.encode("utf-8")
 
     async def require_key(given: str | None = Security(header)) -> None:  # async: no thread-pool hop per request
         if expected is None:
@@ -243,6 +245,14 @@ def create_app(
                                 headers={"WWW-Authenticate": "ApiKey"})
 
     v1 = APIRouter(prefix="/v1", dependencies=[Security(require_key)] if expected is not None else [])
+    if expected is not None:  # with a key, the schema and its page need it too
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Security(require_key)])
+        async def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=[Security(require_key)])
+        async def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="metarec")
 
     def _adapt_errors(exc: MetarecError, source: str = "body") -> HTTPException:
         """The library's input errors (the recommender validates every request) as 422s that name the

@@ -205,7 +205,7 @@ class ColdStartRecommender:
             "model": jsonable(asdict(ckpt.model_config)),
             "meta": jsonable(asdict(ckpt.learner.config)),
             "training": {k: jsonable(state[k]) for k in ("epoch", "best_epoch", "best_val_mae") if k in state},
-            "versions": dict(self._bundle.versions),
+            "versions": {"metarec": dict(self._bundle.versions).get("metarec")},  # not every library's: no fingerprint
         }
 
     # ------------------------------------------------------------------ using the model

@@ -57,26 +57,43 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
     return sock
 
 
-def _worker(host: str, port: int, access_log: bool) -> None:  # pragma: no cover - runs in a child process
+def _worker(host: str, port: int, access_log: bool, ready) -> None:  # pragma: no cover - runs in a child process
     import uvicorn
 
+    class AnnouncingServer(uvicorn.Server):
+        """Sets ``ready`` once the app is loaded and its start-up ran: a later death is not a start-up failure."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                ready.set()
+
+    from metarec.serve.protocol import server_options
+
     sock = listening_socket(host, port)
-    config = uvicorn.Config(APP_FACTORY, factory=True, host=host, port=port, access_log=access_log)
-    uvicorn.Server(config).run(sockets=[sock])
+    config = uvicorn.Config(APP_FACTORY, factory=True, host=host, port=port, access_log=access_log, **server_options())
+    AnnouncingServer(config).run(sockets=[sock])
 
 
 def serve_reuse_port(host: str, port: int, workers: int, *, access_log: bool = True,
                      poll_seconds: float = 0.5) -> None:
-    """Run ``workers`` uvicorn processes on ``host:port`` until SIGINT / SIGTERM, or until one dies.
+    """Run ``workers`` uvicorn processes on ``host:port`` until SIGINT / SIGTERM.
 
-    A worker that exits on its own (it could not load the model, say) stops the others, and the
-    call raises :class:`MetarecError` naming its exit code."""
+    A worker that dies once it is serving (killed, out of memory) is replaced by a fresh one, so the
+    service keeps every core. One that exits before it served (it could not load the model, say) stops
+    the others, and the call raises :class:`MetarecError` naming its exit code, rather than restarting
+    it forever."""
     if not reuse_port_supported():  # pragma: no cover - not Linux / BSD
         raise MetarecError("this platform has no SO_REUSEPORT; serve with --workers 1")
     check_port_free(host, port)
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(host, port, access_log), name=f"metarec-worker-{i}")
-                 for i in range(workers)]
+
+    def start(i: int):
+        ready = context.Event()
+        process = context.Process(target=_worker, args=(host, port, access_log, ready), name=f"metarec-worker-{i}")
+        process.start()
+        return process, ready
+
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -84,24 +101,32 @@ def serve_reuse_port(host: str, port: int, workers: int, *, access_log: bool = T
         stopping = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    running: list = []
+    failed = None
     try:
-        for process in processes:
-            process.start()
-        failed = None
+        running = [start(i) for i in range(workers)]
         while not stopping and failed is None:
             time.sleep(poll_seconds)
-            failed = next((p for p in processes if not p.is_alive()), None)
-        for process in processes:
+            for i, (process, ready) in enumerate(running):
+                if stopping or process.is_alive():
+                    continue
+                if not ready.is_set():
+                    failed = process
+                    break
+                log.warning("server worker %s exited with code %s; starting a replacement", process.name,
+                            process.exitcode)
+                running[i] = start(i)
+    finally:
+        for process, _ in running:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn finishes open requests, then exits
-        for process in processes:
+        for process, _ in running:
             process.join(timeout=15)
             if process.is_alive():  # pragma: no cover - a stuck worker
                 process.kill()
                 process.join()
-        if failed is not None and not stopping:
-            raise MetarecError(f"server worker {failed.name} exited with code {failed.exitcode}; "
-                               "stopped the others (see the log above)")
-    finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if failed is not None and not stopping:
+        raise MetarecError(f"server worker {failed.name} exited with code {failed.exitcode} before it served; "
+                           "stopped the others (see the log above)")
