@@ -237,3 +237,53 @@ def test_a_timestamp_no_clock_can_show_names_its_line(tmp_path, stamp, shown):
     path = _write(tmp_path / "r.csv", f"user_id,item_id,rating,timestamp\n1,10,4,100\n1,11,3,{stamp}\n2,10,5,200\n")
     with pytest.raises(DataError, match=rf"r.csv, line 3, field 'timestamp': timestamp {shown} is not a time"):
         load_table(path)
+
+
+@pytest.mark.parametrize("column,values,message", [
+    ("user_id", [True, True, False, False], "user ids are true / false values, not ids"),
+    ("item_id", [b"a", b"b", b"a", b"c"], r"line 1, field 'item_id': item id b'a' is a bytes, not text or an integer"),
+    ("item_id", [["a"], ["b"], ["a"], ["c"]], r"field 'item_id': item id .* is a ndarray, not text or an integer"),
+    ("user_id", [1.0, 1.0, 2.5, 2.0], r"line 3, field 'user_id': user id 2.5 is not an id"),
+    ("rating", [True, False, True, True], "ratings are true / false values, not numbers"),
+])
+def test_parquet_values_of_the_wrong_type_are_refused_not_turned_into_text(tmp_path, column, values, message):
+    from metarec.data.loaders.tabular import load_table
+
+    frame = pd.DataFrame({"user_id": ["1", "1", "2", "2"], "item_id": ["a", "b", "a", "c"], "rating": [4.0, 3.0, 5.0, 1.0]})
+    frame[column] = values
+    frame.to_parquet(tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=message):
+        load_table(tmp_path / "r.parquet")
+
+
+def test_parquet_whole_float_ids_read_as_integers(tmp_path):
+    from metarec.data.loaders.tabular import load_table
+
+    pd.DataFrame({"user_id": [1.0, 1.0, 2.0, 2.0], "item_id": [7, 8, 7, 9], "rating": [4.0, 3.0, 5.0, 1.0]}
+                 ).to_parquet(tmp_path / "r.parquet")
+    assert sorted(load_table(tmp_path / "r.parquet").ratings["user_id"].unique()) == ["1", "2"]
+
+
+@pytest.mark.parametrize("ratings,message", [
+    ([1e300] * 4, "too large to store"),
+    ([5.0] * 4, "every rating is 5: nothing to learn a scale from"),
+    ([b"5.0", b"3.0", b"4.0", b"1.0"], r"rating b'5.0' is a bytes, not a number"),
+])
+def test_ratings_that_cannot_make_a_scale_are_refused(tmp_path, ratings, message):
+    from metarec.data.loaders.tabular import load_table
+
+    frame = pd.DataFrame({"user_id": ["1", "1", "2", "2"], "item_id": ["a", "b", "a", "c"], "rating": ratings})
+    frame.to_parquet(tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=message):
+        load_table(tmp_path / "r.parquet")
+
+
+def test_the_inferred_scale_holds_the_stored_ratings(tmp_path):
+    """Ratings are stored as float32: the scale is taken from those values, so none falls outside it."""
+    from metarec.data.loaders.tabular import load_table
+
+    frame = pd.DataFrame({"user_id": ["1", "1", "2", "2"], "item_id": ["a", "b", "a", "c"],
+                          "rating": [0.31682382070903736, 8.89013977069738, 5.1, 1.2]})
+    data = load_table(frame)
+    low, high = data.rating_scale
+    assert data.ratings["rating"].min() >= low and data.ratings["rating"].max() <= high

@@ -93,8 +93,17 @@ class RatingDataset:
             frame["timestamp"] = ts.round().astype("Int64").array  # positional; stays nullable Int64
         else:
             frame["timestamp"] = pd.array([pd.NA] * len(frame), dtype="Int64")
+        stored = frame["rating"].astype(np.float32)  # what the table keeps: the scale is that of these values
+        if not np.isfinite(stored.to_numpy()).all():
+            row = int(np.flatnonzero(~np.isfinite(stored.to_numpy()))[0])
+            raise DataError(f"rating {frame['rating'].iloc[row]!r} is too large to store (float32)",
+                            path=where, line=row + 1, field="rating")
+        frame["rating"] = stored.astype(np.float64)
         if rating_scale is None:
             rating_scale = (float(frame["rating"].min()), float(frame["rating"].max())) if len(frame) else (1.0, 5.0)
+            if len(frame) and rating_scale[0] == rating_scale[1]:
+                raise DataError(f"every rating is {rating_scale[0]:g}: nothing to learn a scale from "
+                                "(set rating_scale)", path=where, field="rating")
         low, high = rating_scale
         out = (frame["rating"] < low) | (frame["rating"] > high)
         if out.any():

@@ -129,7 +129,7 @@ def to_number(frame: pd.DataFrame, column: str, path: Path, *, integer: bool = F
             line=row + frame.attrs.get("line_offset", 1), field=column,
         )
     if integer:
-        frac = values.notna() & (values != values.round())
+        frac = values.notna() & ((values != values.round()) | ~(values.abs() <= 2.0 ** 53))  # 1e30: no integer we keep
         if frac.any():
             row = int(np.flatnonzero(frac.to_numpy())[0])
             raise DataError(

@@ -30,6 +30,8 @@ def load_ml100k(folder: str | Path) -> RatingDataset:
     path = folder / "u.data"
     raw = read_delimited(path, "\t", ["user_id", "item_id", "rating", "timestamp"],
                          required=["user_id", "item_id", "rating", "timestamp"])
+    if raw.empty:
+        raise DataError("no ratings in the file", path=path)
     rating = to_number(raw, "rating", path)
     check_ratings(rating, raw, path, (1, 5))
     timestamp = to_number(raw, "timestamp", path, integer=True)
@@ -95,6 +97,8 @@ def load_ml1m(folder: str | Path, *, imdb_features: bool = False, imdb_folder: s
         path = folder / "ratings.dat.gz"
     raw = read_delimited(path, "::", ["user_id", "item_id", "rating", "timestamp"],
                          required=["user_id", "item_id", "rating"], optional_trailing=1, encoding="latin-1")
+    if raw.empty:
+        raise DataError("no ratings in the file", path=path)
     rating = to_number(raw, "rating", path)
     check_ratings(rating, raw, path, (1, 5))
     timestamp = to_number(raw, "timestamp", path, integer=True)

@@ -111,9 +111,50 @@ def _require(table: _Table, column: str | None, role: str) -> None:
                         path=table.where, field=column)
 
 
+def _refuse_objects(table: _Table, raw: pd.Series, what: str, column: str) -> None:
+    """A Parquet / DataFrame column of numbers may hold text that reads as a number, not bytes, lists or
+    true / false (pandas would read b'5.0' as 5)."""
+    if raw.dtype != object:
+        return
+    odd = raw.map(lambda v: isinstance(v, (bytes, bytearray, list, tuple, dict, set, np.ndarray, bool, np.bool_)))
+    if odd.any():
+        row = int(np.flatnonzero(odd.to_numpy())[0])
+        where, line, note = _where_line(table, row)
+        raise DataError(f"{what} {raw.iloc[row]!r} is a {type(raw.iloc[row]).__name__}, not a number {note}",
+                        path=where, line=line, field=column)
+
+
+def _ids(table: _Table, column: str, role: str) -> pd.Series:
+    """A column of ids as text: strings and integers (a Parquet float column of whole numbers too, 7.0 ->
+    "7"); true / false, fractions, bytes, lists and other objects are refused with their row rather
+    than turned into the text of their repr."""
+    raw = table.frame[column]
+    if pd.api.types.is_bool_dtype(raw):
+        raise DataError(f"{role}s are true / false values, not ids", path=table.where, field=column)
+    if pd.api.types.is_float_dtype(raw):
+        values = raw.to_numpy(dtype=np.float64)
+        bad = ~(np.isfinite(values) & (values == np.round(values)) & (np.abs(values) <= 2.0 ** 53))
+        if bad.any():
+            where, line, note = _where_line(table, int(np.flatnonzero(bad)[0]))
+            raise DataError(f"{role} {values[bad][0]:g} is not an id {note}", path=where, line=line, field=column)
+        return pd.Series(values.astype(np.int64), index=raw.index).astype(str)
+    if raw.dtype == object:
+        kinds = raw.map(type)
+        odd = ~kinds.isin([str, int, np.int64, np.int32])
+        if odd.any():
+            row = int(np.flatnonzero(odd.to_numpy())[0])
+            where, line, note = _where_line(table, row)
+            raise DataError(f"{role} {raw.iloc[row]!r} is a {type(raw.iloc[row]).__name__}, not text or an integer {note}",
+                            path=where, line=line, field=column)
+    return raw.astype(str).str.strip()
+
+
 def _numbers(table: _Table, column: str, what: str) -> pd.Series:
     """Parse a column as finite numbers; the first bad or missing value raises with its line."""
     raw = table.frame[column]
+    if pd.api.types.is_bool_dtype(raw):
+        raise DataError(f"{what}s are true / false values, not numbers", path=table.where, field=column)
+    _refuse_objects(table, raw, what, column)
     values = pd.to_numeric(raw, errors="coerce").astype("float64")
     bad = ~np.isfinite(values.to_numpy())
     if bad.any():
@@ -148,6 +189,7 @@ def _timestamps(table: _Table, column: str) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(raw):
         parsed = raw if getattr(raw.dt, "tz", None) is not None else raw.dt.tz_localize("UTC")
         return _to_unix(parsed)
+    _refuse_objects(table, raw, "timestamp", column)
     text = raw.astype("string").str.strip()
     present = raw.notna() & (text != "")
     numeric = pd.to_numeric(raw.where(present), errors="coerce")
@@ -240,8 +282,8 @@ def load_table(
             where, line, note = _where_line(table, int(np.flatnonzero(missing.to_numpy())[0]))
             raise DataError(f"{role} is missing {note}", path=where, line=line, field=column)
     ratings = pd.DataFrame({
-        "user_id": frame[mapping.user].astype(str).str.strip(),
-        "item_id": frame[mapping.item].astype(str).str.strip(),
+        "user_id": _ids(table, mapping.user, "user id"),
+        "item_id": _ids(table, mapping.item, "item id"),
         "rating": _numbers(table, mapping.rating, "rating"),
     })
     if not len(ratings):
