@@ -11,9 +11,9 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # torch first, pinned: a looser spec would pull a multi-GB CUDA build.
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

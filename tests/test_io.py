@@ -173,3 +173,21 @@ def test_every_file_of_an_atomic_dir_gets_the_umask_permissions(tmp_path):
                          "sub/x.json": expected & 0o666}
     finally:
         os.umask(old)
+
+
+def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL skips ``finally``: a temporary folder or file of an interrupted save stays behind until the
+    next write of the same path (or a load of the folder) removes it."""
+    from metarec import _io
+
+    target = tmp_path / "last"
+    with _io.atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    (tmp_path / ".last.k1ll3d.tmp").mkdir()
+    (tmp_path / ".last.k1ll3d.tmp" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".config.toml.x9.tmp").write_text("half")
+    (tmp_path / ".lastly.zz.tmp").mkdir()  # another name's: not touched
+    _io.recover_dir(target)
+    assert not (tmp_path / ".last.k1ll3d.tmp").exists() and (target / "a").read_text() == "1"
+    _io.write_text(tmp_path / "config.toml", "x = 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lastly.zz.tmp", "config.toml", "last"]

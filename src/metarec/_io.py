@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it replaces ``target`` atomically."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -85,10 +87,29 @@ def backup_path(target: str | Path) -> Path:
     return target.with_name(f".{target.name}.bak")
 
 
-def recover_dir(target: str | Path) -> Path:
-    """Finish a folder swap a crash interrupted: a lone backup becomes ``target`` again; a backup beside
-    a complete ``target`` (the crash came after the new folder moved in) is deleted."""
+def remove_stale_temporaries(target: str | Path, keep: Path | None = None) -> None:
+    """Delete what a killed writer of ``target`` left beside it (``.NAME.*.tmp``: a temporary file or
+    folder that never got renamed; a ``finally`` does not run after SIGKILL). A path has one writer at a
+    time (a run folder one training), so a temporary found before writing is stale."""
     target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if keep is not None and stale == keep:
+            continue
+        log.info("removing %s, left by an interrupted write", stale)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def recover_dir(target: str | Path, keep: Path | None = None) -> Path:
+    """Finish a folder swap a crash interrupted: a lone backup becomes ``target`` again; a backup beside
+    a complete ``target`` (the crash came after the new folder moved in) is deleted; temporaries a killed
+    writer left are removed."""
+    target = Path(target)
+    remove_stale_temporaries(target, keep)
     backup = backup_path(target)
     if backup.is_dir():
         if target.exists():
@@ -103,7 +124,7 @@ def replace_dir(new: str | Path, target: str | Path) -> Path:
     """Move the complete folder ``new`` onto ``target`` (same file system): a reader sees the old folder
     or the new one, never neither for longer than two renames, never a half-written one."""
     new, target = Path(new), Path(target)
-    recover_dir(target)
+    recover_dir(target, keep=new)
     for path in (*sorted(new.rglob("*"), reverse=True), new):  # files and sub-folders first
         _fsync(path)
     if not target.exists():
