@@ -243,3 +243,16 @@ def test_with_a_key_the_schema_and_docs_need_it(client, path):
 def test_without_a_key_the_docs_are_open(recommender):
     with TestClient(create_app(recommender)) as open_client:
         assert open_client.get("/openapi.json").status_code == 200 and open_client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("raw", [b"12345", b"true", b"1.5", b'["F"]'])
+def test_a_categorical_user_attribute_of_the_wrong_type_is_422(client, popular_ids, raw):
+    body = b'{"ratings": [{"item_id": "%s", "rating": 4}], "user": {"gender": %s}}' % (popular_ids[0].encode(), raw)
+    r = client.post("/v1/recommend", content=body, headers={**HEADERS, "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert ["body", "user", "gender"] in _detail_locs(r)
+
+
+def test_an_unseen_categorical_value_of_the_right_type_is_a_new_category(client, popular_ids):
+    body = {"ratings": [{"item_id": popular_ids[0], "rating": 4}], "user": {"gender": "not-in-training"}}
+    assert _post(client, "/v1/recommend", body).status_code == 200

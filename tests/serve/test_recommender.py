@@ -227,3 +227,15 @@ def test_a_run_folder_cannot_make_the_server_open_any_file(recommender, run_dir,
         served = ColdStartRecommender.load(run, replicas=1)
     assert not opened and "secret-hash" not in caplog.text and "neither a known dataset nor a data table" in caplog.text
     assert len(served.recommend({served.checkpoint.item_vocab.ids[0]: 4}, k=3)) == 3  # ids only, still served
+
+
+def test_categorical_values_take_numbers_only_where_the_codes_are_numbers():
+    from metarec.serve.checks import categorical_value
+
+    assert categorical_value(12, ("0", "1", "12"), "user attribute 'occupation'", "user.occupation") == 12
+    assert categorical_value("F", ("F", "M"), "x", "user.gender") == "F"
+    with pytest.raises(DataError, match=r"user attribute 'gender' takes one of 'F', 'M' \(text\), got 12345") as caught:
+        categorical_value(12345, ("F", "M"), "user attribute 'gender'", "user.gender")
+    assert caught.value.field == "user.gender"
+    with pytest.raises(DataError):
+        categorical_value(True, ("0", "1"), "x", "user.flag")

@@ -36,3 +36,14 @@ def finite_number(value: object, what: str, field: str) -> float:
     if number is None or not math.isfinite(number):
         raise DataError(f"{what} must be a finite number, got {value!r}", field=field)
     return number
+
+
+def categorical_value(value: object, known: tuple[str, ...], what: str, field: str) -> object:
+    """A categorical attribute's value: text, or a number only where the trained values are numbers written
+    as text (occupation codes). A value of the wrong type (``gender: 12345``, ``true``, ``1.5``) is refused
+    naming the known values; an unseen value of the right type is a new category (encoded as unknown)."""
+    numeric_codes = bool(known) and all(v.lstrip("-").isdigit() for v in known)
+    if isinstance(value, str) or (numeric_codes and isinstance(value, (int, np.integer)) and not isinstance(value, bool)):
+        return value
+    shown = ", ".join(repr(v) for v in known[:12]) + (", ..." if len(known) > 12 else "")
+    raise DataError(f"{what} takes one of {shown} (text), got {value!r}", field=field)

@@ -29,7 +29,7 @@ from metarec.meta.run import RunConfig
 from metarec.onboarding.catalogue import item_indices
 from metarec.onboarding.questionnaire import AdaptiveQuestionnaire
 from metarec.serve.bundle import Bundle, complete_bundle, metadata_records, read_bundle, write_bundle
-from metarec.serve.checks import check_count, check_ids, finite_number
+from metarec.serve.checks import categorical_value, check_count, check_ids, finite_number
 from metarec.serve.personalizer import Personalizer
 from metarec.serve.replicas import personalizer_pool
 from metarec.serve.training import as_dataset, train_bundle
@@ -91,6 +91,7 @@ class ColdStartRecommender:
         members = (None, None) if panel is None else (panel["panel_user"].to_numpy(), panel["item_idx"].to_numpy())
         self._questionnaire = AdaptiveQuestionnaire.from_panel(*members, bundle.train_counts)
         self._user_columns = {c.name: c.kind for c in checkpoint.features.user_encoder.columns}
+        self._user_values = {c.name: c.values for c in checkpoint.features.user_encoder.columns}
         # ``checkpoint`` itself stays untouched (for save() and info()): calls run on replicas
         self._pool, self._batch_factory = personalizer_pool(checkpoint, self._replicas)
         self._batch_personalizer: Personalizer | None = None  # recommend_many's, made on first use
@@ -376,6 +377,8 @@ class ColdStartRecommender:
                 raise DataError(f"user attribute {name!r} takes one value, got {type(value).__name__}", field=f"user.{name}")
             elif kind == "numeric" and value is not None:
                 value = finite_number(value, f"user attribute {name!r}", f"user.{name}")
+            elif kind == "categorical" and value is not None:
+                value = categorical_value(value, self._user_values[name], f"user attribute {name!r}", f"user.{name}")
             record[name] = value
         return record
 
