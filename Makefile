@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.metarec-installed
 export METAREC_DATA_DIR ?= $(abspath ../shared/data)
+# CPU-only torch on an ordinary machine: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: test demo install clean
 
@@ -12,8 +14,10 @@ $(PY):
 
 # torch first, pinned: a looser spec would pull a multi-GB CUDA build.
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install --quiet torch==2.13.0
+	@echo "installing torch==2.13.0 (TORCH_INDEX='$(TORCH_INDEX)'; empty: the default index, which on an ordinary machine is the multi-GB CUDA build)"
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@$(PY) -c "import torch, metarec; print('installed torch', torch.__version__, '(CUDA' if torch.version.cuda else '(CPU', 'build), metarec', metarec.__version__)"
 	touch $(STAMP)
 
 install: $(STAMP)
