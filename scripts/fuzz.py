@@ -157,7 +157,7 @@ def _quote(value: str, sep: str) -> str:
     return value
 
 
-def check_dataset(dataset, file: Path) -> str | None:
+def check_dataset(dataset) -> str | None:
     """Why a loaded dataset is garbage (None: it is sound)."""
     ratings = dataset.ratings
     values = ratings["rating"].to_numpy(dtype=np.float64)
@@ -232,7 +232,7 @@ def fuzz_loaders(n: int, seed: int, tally: Tally, timeout: float, folder: Path) 
         except Exception as exc:  # noqa: BLE001 - the point: no other exception may escape
             tally.fail("traceback", k, f"{fmt}: {type(exc).__name__}: {exc!s:.200}")
             continue
-        problem = check_dataset(dataset, path)
+        problem = check_dataset(dataset)
         if problem is not None:
             tally.fail("garbage accepted", k, f"{fmt}: {problem}")
         elif refuse is not None:

@@ -26,7 +26,7 @@ from metarec.eval.metrics import mae_rmse
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer, validation_mae
 from metarec.tasks import add_user_history, make_split
-from metarec.tasks.taskset import TaskSet, rank_within
+from metarec.tasks.taskset import TaskSet
 
 
 def apply(config: RunConfig, variant: str) -> RunConfig:

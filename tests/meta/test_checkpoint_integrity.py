@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from metarec.errors import ConfigError, MetarecError
-from metarec.meta.checkpoint import _sha256_file, _sha256_ids, load_checkpoint
+from metarec._io import sha256_file
+from metarec.meta.checkpoint import _sha256_ids, load_checkpoint
 from metarec.meta.run import RunConfig
 from metarec.meta.trainer import Trainer
 
@@ -42,7 +42,7 @@ def rewrite_weights(folder: Path, change, *, fix_digest: bool) -> None:
     change(tensors)
     save_file(tensors, str(path))
     if fix_digest:  # as if the model had been saved this way (a diverged training)
-        edit_spec(folder, lambda spec: spec["sha256"].__setitem__(path.name, _sha256_file(path)))
+        edit_spec(folder, lambda spec: spec["sha256"].__setitem__(path.name, sha256_file(path)))
 
 
 def test_an_intact_checkpoint_loads_and_one_without_digests_too(copy):

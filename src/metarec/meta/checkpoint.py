@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from metarec._io import atomic_dir, jsonable, recover_dir, write_json
+from metarec._io import atomic_dir, jsonable, recover_dir, sha256_file, write_json
 from metarec.data.encoding import FeatureEncoder, FeatureTable
 from metarec.data.vocab import Vocabulary
 from metarec.errors import MetarecError
@@ -102,7 +102,7 @@ def save_checkpoint(ckpt: Checkpoint, directory: str | Path, *, with_optimizer: 
                           str(tmp / "average.safetensors"))
         user_ids, item_ids = ckpt.user_vocab.to_json(), ckpt.item_vocab.to_json()
         write_json(tmp / "checkpoint.json", {
-            "sha256": {path.name: _sha256_file(path) for path in sorted(tmp.glob("*.safetensors"))},
+            "sha256": {path.name: sha256_file(path) for path in sorted(tmp.glob("*.safetensors"))},
             "ids_sha256": _sha256_ids(user_ids, item_ids),
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -194,14 +194,6 @@ def _load(directory: Path, spec: Mapping[str, Any], device: str | torch.device) 
     )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _sha256_ids(user_ids: list, item_ids: list) -> str:
     return hashlib.sha256(json.dumps([user_ids, item_ids], separators=(",", ":")).encode("utf-8")).hexdigest()
 
@@ -212,7 +204,7 @@ def _check_digests(directory: Path, spec: Mapping[str, Any]) -> None:
         path = directory / Path(name).name
         if not path.is_file():
             raise MetarecError(f"{path}: missing (checkpoint.json lists it)")
-        if _sha256_file(path) != want:
+        if sha256_file(path) != want:
             raise MetarecError(f"{path}: does not match the sha256 recorded when it was saved (changed or damaged)")
     if "ids_sha256" in spec and _sha256_ids(spec["user_ids"], spec["item_ids"]) != spec["ids_sha256"]:
         raise MetarecError(f"{directory / 'checkpoint.json'}: the user / item id lists were changed after saving")

@@ -114,9 +114,6 @@ class MetaLearner:
         return maml.meta_loss(self.predict_task, self._params, self.adapted, task, c.inner_steps, self._alpha(),
                               c.first_order, c.query_loss, c.l2)
 
-    def l2_penalty(self, params: Params) -> torch.Tensor:
-        return maml.l2_penalty(params, self.config.l2)
-
     def meta_gradients(self, batch: TaskBatch, *, generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], float]:
         """The meta-gradient of every meta-parameter (and the loss it came from)."""
         c = self.config

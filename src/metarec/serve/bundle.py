@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from metarec._io import atomic_dir, jsonable, write_json
+from metarec._io import atomic_dir, jsonable, sha256_file, write_json
 from metarec.errors import MetarecError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
 from metarec.meta.run import RunConfig
@@ -146,11 +146,7 @@ def best_checkpoint_dir(run_dir: Path) -> Path:
 
 def file_version(path: Path) -> str:
     """First 16 hex digits of the file's sha256: the served weights' ``model_version``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def tensor_version(checkpoint: Checkpoint) -> str:
