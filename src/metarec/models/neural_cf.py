@@ -25,6 +25,11 @@ from metarec.errors import ConfigError
 from metarec.models.base import Context, RatingModel
 from metarec.models.embedding import mlp
 
+# The smallest ridge penalty a fold-in solve uses (a prior precision in rating units: 1e-3 is a prior standard
+# deviation of ~30 ratings, i.e. no shrinkage at all). A learned penalty far below it made a short support's
+# Gram matrix singular in float32: the solve returned garbage (a one-rating fit of 0.5 came back as -3.7).
+RIDGE_FLOOR = 1e-3
+
 
 class NeuralCF(RatingModel):
     """rating = center + b + b_u + b_v + p_u . q_v with p_u = f(user attrs), q_v = g(item attrs [, item id])."""
@@ -177,8 +182,10 @@ class NeuralCF(RatingModel):
 
     @staticmethod
     def _ridge(z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, reg: torch.Tensor):
-        """argmin_d sum_s w_s (t_s - z_s . d)^2 + sum_j reg_j d_j^2, and the inverse of its Gram matrix."""
+        """argmin_d sum_s w_s (t_s - z_s . d)^2 + sum_j reg_j d_j^2 (reg floored at ``RIDGE_FLOOR``), and the
+        inverse of its Gram matrix."""
         zw = z * weight.unsqueeze(-1)
+        reg = reg.clamp(min=RIDGE_FLOOR)
         gram = zw.transpose(-1, -2) @ z + torch.diag_embed(reg.expand(*z.shape[:-2], -1))
         inverse = torch.linalg.inv(gram)
         return (inverse @ (zw.transpose(-1, -2) @ target.unsqueeze(-1))).squeeze(-1), inverse
