@@ -6,7 +6,7 @@ export METAREC_DATA_DIR ?= $(abspath ../shared/data)
 # CPU-only torch on an ordinary machine: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: test demo install clean
+.PHONY: test demo install docs clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,5 +28,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/metarec demo
 
+# the documentation site (mkdocs.yml) into site/; the docs extra is installed on first use
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info

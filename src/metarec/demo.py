@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from metarec.data.dataset import RatingDataset
-from metarec.errors import DataError, DataNotFoundError
+from metarec.errors import DataError, DataNotFoundError, require_extra
+from metarec.tasks.history import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,13 @@ METHOD_LABELS = {  # short: the table must fit 80 columns
     "bias": "bias fold-in",
     "mf": "MF fold-in",
 }
+# the recipe's meta-learner takes no gradient step: its inner loop is a closed-form ridge fold-in
+FOLD_IN_LABELS = {**METHOD_LABELS, "maml": "meta fold-in, adapted", "maml-no-adapt": "meta fold-in, no adapt"}
 SUPPORT_SIZES = (1, 3, 5, 10, 20)
+# a known (meta-train) user's history in the new-item scenario: the library's defaults, which ``metarec evaluate``
+# uses too, so both print the same new-item MAE for the same run
+DEMO_HISTORY = {"user_history": True, "history_max_new_support": HISTORY_MAX_NEW_SUPPORT,
+                "history_as_prior": HISTORY_AS_PRIOR}
 SUPPORT_DRAWS = 3  # seeded choices of the K ratings per test task, averaged
 RANKING_METRIC = "ndcg@10"
 Progress = Callable[[str, int, int], None]  # (step description, done, total)
@@ -50,7 +57,7 @@ class DemoResult:
     description: str
     best_epoch: int
     best_val_mae: float
-    table: pd.DataFrame  # method, scenario, tasks, mae, ndcg@10
+    table: pd.DataFrame  # method, scenario, tasks, mae, ndcg@10 (method: a key of ``labels``)
     k_curve: pd.DataFrame  # scenario, method, k ("all" = whole support), tasks, mae, vs_best_baseline, ci_low, ci_high
     recipe: dict  # what the automatic recipe chose on validation users, and its trials
     plot: Path
@@ -59,6 +66,9 @@ class DemoResult:
     run_dir: Path
     seconds: float
     notes: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=lambda: dict(METHOD_LABELS))  # method key -> what it is
+    # the known-user history rule of the scores, the same default as ``metarec evaluate``
+    history: dict = field(default_factory=lambda: dict(DEMO_HISTORY))
 
 
 def demo_dataset(notice: Notice | None = None, *, download: bool = True) -> tuple[RatingDataset, bool]:
@@ -120,6 +130,7 @@ def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes:
              download: bool = True, progress: Progress | None = None, notice: Notice | None = None) -> DemoResult:
     """Choose the recipe on validation users and meta-train, evaluate against two baselines along the
     K-curve, plot, and recommend for a sample new user."""
+    require_extra("matplotlib", "plot", "the demo's plot")  # before minutes of training, not after
     from metarec._io import write_json
     from metarec.eval.benchmark import BenchmarkConfig, MetaMethod, make_method
     from metarec.eval.metrics import catalogue_ranking_metrics, mae_rmse
@@ -134,10 +145,7 @@ def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes:
     cfg = recipe_base().override("data", dataset=dataset.name).override("split", seed=seed)
     cfg = cfg.override("train", seed=seed, epochs=epochs)
     split = make_split(dataset, cfg.split)
-    description = (f"{dataset.name}: {dataset.n_users} users, {dataset.n_items} items, {dataset.n_ratings} ratings; "
-                   f"{len(split.train_users)} meta-train users ({len(split.meta_train)} tasks), "
-                   f"{len(split.val_users)} validation users, {len(split.test['new_users'])} new (test) users, "
-                   f"{int(split.new_item_mask.sum())} new items")
+    description = describe_split(split)
     log.info(description)
 
     def report(stage: str, done: int, total: int) -> None:
@@ -149,8 +157,11 @@ def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes:
     write_json(out / "recipe.json", chosen.to_dict())
     best_trial = min(chosen.trials, key=lambda t: t.val_score)
     ckpt = load_best(out)
-    meta = MetaMethod("maml", chosen.config)
+    meta = MetaMethod("maml", chosen.config, **DEMO_HISTORY)
     meta.learner = ckpt.learner
+    # what is known about meta-train users (fit() would set it; the demo trained through the recipe instead):
+    # without it a known user's history was silently left out and the demo disagreed with `metarec evaluate`
+    meta.known, meta.known_items = split.meta_train, split.known_items()
     methods = [meta]
     bench = BenchmarkConfig(dataset=dataset.name, seeds=(seed,), methods=BASELINES, run=chosen.config)
     for i, name in enumerate(BASELINES):
@@ -181,7 +192,8 @@ def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes:
         progress("scoring test users (MAE, full-catalogue nDCG@10)", len(variants), len(variants))
     table = pd.DataFrame(rows)
     k_curve = _k_curve(split, [(m, v) for m, v in variants if not v.endswith("-no-adapt")], support_sizes, seed)
-    plot = plot_demo(table, k_curve, out / "demo.png", dataset.name)
+    labels = method_labels(chosen.config)
+    plot = plot_demo(table, k_curve, out / "demo.png", dataset.name, labels)
 
     titles = dataset.items["title"].astype(str).to_dict() if "title" in dataset.items.columns else {}
     counts = np.bincount(split.train_ratings()["item_idx"].to_numpy(), minlength=dataset.n_items)
@@ -190,9 +202,27 @@ def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes:
     recipe = {"chosen": best_trial.settings, "trials": len(chosen.trials), "val_score": best_trial.val_score,
               "best_epoch": ckpt.state.get("best_epoch")}
     result = DemoResult(dataset.name, synthetic, description, int(ckpt.state.get("best_epoch", -1)), best_trial.val_score,
-                        table, k_curve, recipe, plot, user, top, out, time.perf_counter() - started)
+                        table, k_curve, recipe, plot, user, top, out, time.perf_counter() - started, labels=labels)
     log.info("demo done in %.1f s", result.seconds)
     return result
+
+
+def describe_split(split) -> str:
+    """The dataset and its split in one line. Heavy users are cut into several meta-train tasks, so tasks and
+    the users they come from are counted apart (1118 tasks are not 1118 users)."""
+    dataset, meta_train = split.dataset, split.meta_train
+    return (f"{dataset.name}: {dataset.n_users} users, {dataset.n_items} items, {dataset.n_ratings} ratings; "
+            f"{len(meta_train)} meta-train tasks from {len(np.unique(meta_train.user_idx))} users, "
+            f"{len(split.val_users)} validation users, {len(np.unique(split.test['new_users'].user_idx))} new (test) "
+            f"users, {int(split.new_item_mask.sum())} new items")
+
+
+def method_labels(config) -> dict[str, str]:
+    """Method key -> label: the meta-learner is named for what its configuration makes it (a closed-form
+    fold-in takes no gradient step and is not called MAML)."""
+    from metarec.eval.benchmark.config import closed_form
+
+    return dict(FOLD_IN_LABELS if closed_form(config) else METHOD_LABELS)
 
 
 def _k_curve(split, variants, support_sizes: tuple[int, ...], seed: int) -> pd.DataFrame:
@@ -256,16 +286,17 @@ def _sample_user(dataset: RatingDataset, split, recommender, titles: dict[str, s
             "ratings": [(i, titles.get(i, ""), r) for i, r in sample.items()], "n_other_ratings": len(held_out)}, top
 
 
-def plot_demo(table: pd.DataFrame, k_curve: pd.DataFrame, path: Path, dataset: str) -> Path:
+def plot_demo(table: pd.DataFrame, k_curve: pd.DataFrame, path: Path, dataset: str,
+              labels: dict[str, str] | None = None) -> Path:
     """One PNG: test MAE per scenario and method (left); new-user MAE against the number of ratings the
     user gave (right), which is where adaptation earns its keep."""
-    import matplotlib
-
+    matplotlib = require_extra("matplotlib", "plot", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from metarec._io import atomic_path
 
+    labels = labels or METHOD_LABELS
     methods = list(dict.fromkeys(table["method"]))
     scenarios = [s for s in SCENARIOS if s in set(table["scenario"])]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -273,7 +304,7 @@ def plot_demo(table: pd.DataFrame, k_curve: pd.DataFrame, path: Path, dataset: s
     for j, method in enumerate(methods):
         sub = table[table["method"] == method].set_index("scenario")
         left.bar(np.arange(len(scenarios)) + (j - (len(methods) - 1) / 2) * width,
-                 [sub.loc[s, "mae"] for s in scenarios], width, label=METHOD_LABELS.get(method, method))
+                 [sub.loc[s, "mae"] for s in scenarios], width, label=labels.get(method, method))
     left.set_xticks(np.arange(len(scenarios)), [SCENARIO_LABELS[s] for s in scenarios])
     left.set_ylabel("test MAE (lower is better)")
     low = float(table["mae"].min())
@@ -285,7 +316,7 @@ def plot_demo(table: pd.DataFrame, k_curve: pd.DataFrame, path: Path, dataset: s
         curve = curve.assign(k=curve["k"].astype(int))
         for method in dict.fromkeys(curve["method"]):
             sub = curve[curve["method"] == method]
-            right.plot(sub["k"], sub["mae"], marker="o", label=METHOD_LABELS.get(method, method))
+            right.plot(sub["k"], sub["mae"], marker="o", label=labels.get(method, method))
         ks = sorted(curve["k"].unique())
         right.set_xscale("log")
         right.set_xticks(ks, [str(k) for k in ks])

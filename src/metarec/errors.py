@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 
 
 class MetarecError(Exception):
@@ -46,3 +48,16 @@ class UnknownIdError(MetarecError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
         return str(self.args[0]) if self.args else ""
+
+
+class MissingExtraError(MetarecError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def require_extra(module: str, extra: str, what: str) -> ModuleType:
+    """Import an optional dependency, or fail with one line saying which extra installs it: the core
+    install stays small, and a user who asks for plots, loggers or tuning learns the exact pip command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{what} needs the {module!r} package: pip install 'metarec[{extra}]'") from None

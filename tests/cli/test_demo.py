@@ -23,19 +23,19 @@ def test_demo_ml100k_table_plot_and_top10(data_dir, tmp_path, monkeypatch):
     text = result.stdout
     assert "ml-100k: 943 users" in text and "synthetic" not in text
     # one row per method and scenario: the adapted meta-learner, its initialisation and both baselines
-    for method in ("MAML, adapted", "MAML, no adapt", "bias fold-in", "MF fold-in"):
+    for method in ("meta fold-in, adapted", "meta fold-in, no adapt", "bias fold-in", "MF fold-in"):
         assert text.count(method) == 3, method
     for scenario in ("new users (", "new items (", "both new ("):
         assert scenario in text
     # the K-curve first: per scenario and K (and the whole support), MAML / bias / MF and the paired difference
     curve = text[text.index("A newcomer with K ratings"):text.index("Test users and items never seen")]
-    rows = re.findall(r"│\s+(\d+|all) │\s+(\d+) │ (\S+) │ (\S+) │ (\S+) │\s+([+-]\d\.\d{4}) \[([+-]\d\.\d{4}), "
+    rows = re.findall(r"│\s+(\d+|all) │\s+(\d+) │\s+(\S+) │\s+(\S+) │\s+(\S+) │\s+([+-]\d\.\d{4}) \[([+-]\d\.\d{4}), "
                       r"([+-]\d\.\d{4})\]", curve.replace("[bold]", "").replace("[/bold]", ""))
     assert [r[0] for r in rows] == ["1", "3", "5", "10", "20", "all"] * 2, curve
     for k, users, *maes, diff, low, high in rows:
         maes = [float(m) for m in maes]
         assert all(0 < m < 2 for m in maes) and float(low) <= float(diff) <= float(high)
-        assert float(diff) == pytest.approx(maes[0] - min(maes[1:]), abs=2e-4)  # MAML minus the better baseline
+        assert float(diff) == pytest.approx(maes[0] - min(maes[1:]), abs=2e-4)  # meta minus the better baseline
     assert "recipe chosen on validation users" in text and (out / "recipe.json").exists()
     table = text[text.index("Test users and items never seen"):]
     numbers = [float(x) for x in re.findall(r"│\s+(\d\.\d{4})\s+│\s+(\d\.\d{4})\s+│", table) for x in x]
@@ -95,3 +95,39 @@ def test_demo_uses_the_packaged_recipe(tmp_path, monkeypatch):
     assert (ran.data.dataset, ran.train.epochs) == (small.name, 1)
     assert set(result.k_curve["k"]) == {"1", "3", "all"}
     assert set(result.k_curve["scenario"]) <= {"new_users", "new_users_new_items"}
+
+
+def test_demo_output_agrees_with_itself_and_with_evaluate(tmp_path, monkeypatch):
+    """Tasks are not users (heavy users give several tasks); the closed-form meta-learner is not called
+    MAML; and the demo's new-item MAE is the one `metarec evaluate` prints for the same run, under the
+    same known-user history rule, which both show."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from metarec import demo as module
+    from metarec.cli.demo import print_demo
+    from metarec.cli.options import history_limit
+    from metarec.data.synthetic import SyntheticConfig, make_synthetic
+    from metarec.meta.run import RunConfig
+    from metarec.meta.trainer import evaluate_run, load_best
+    from metarec.tasks import make_split
+    from metarec.tasks.history import HISTORY_AS_PRIOR
+
+    small = make_synthetic(SyntheticConfig(n_users=240, n_items=120)).dataset
+    monkeypatch.setattr(module, "demo_dataset", lambda notice=None, download=True: (small, True))
+    result = module.run_demo(tmp_path / "demo", epochs=1, support_sizes=(1, 3))
+    split = make_split(small, RunConfig.from_toml(tmp_path / "demo" / "config.toml").split)
+    tasks, users = len(split.meta_train), len(np.unique(split.meta_train.user_idx))
+    assert f"{tasks} meta-train tasks from {users} users" in result.description
+    buffer = io.StringIO()
+    print_demo(result, Console(file=buffer, width=200))
+    text = buffer.getvalue()
+    assert "MAML" not in text and "meta fold-in, adapted" in text
+    assert "meta-learned fold-in (closed-form inner loop" in text
+    assert "known users' history (new items): every task, as the prior of the fold-in" in text
+    scores = evaluate_run(load_best(tmp_path / "demo"), split, history_max_new_support=history_limit(None),
+                          history_as_prior=HISTORY_AS_PRIOR)
+    demo_mae = result.table.set_index(["method", "scenario"]).loc[("maml", "new_items"), "mae"]
+    assert demo_mae == pytest.approx(scores["new_items"]["mae"], abs=1e-4)

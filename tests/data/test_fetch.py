@@ -190,3 +190,18 @@ def test_unknown_names() -> None:
         fetch_dataset("ml-20m")
     with pytest.raises(ConfigError, match="ml-1m-imdb has no official download"):
         fetch_dataset("ml-1m-imdb")
+
+
+@pytest.mark.realdata
+def test_fetch_reports_download_progress_without_printing(ml100k_zip: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """The library calls progress(done_bytes, total_bytes) and prints nothing: the command line draws the bar."""
+    serve(monkeypatch, "ml-100k", ml100k_zip)
+    calls: list[tuple[int, int | None]] = []
+    fetch_dataset("ml-100k", cache=tmp_path / "cache", progress=lambda done, total: calls.append((done, total)))
+    size = ml100k_zip.stat().st_size
+    assert calls and calls[-1] == (size, size)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -36,7 +36,9 @@ def test_quick_benchmark_writes_complete_finite_results(data_dir, tmp_path, monk
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["summary"]["0"]) >= SCENARIOS
     cell = summary["summary"]["0"]["new_users"]["mf"]["mae"]
-    assert cell["n"] == 2 and math.isfinite(cell["mean"]) and math.isfinite(cell["ci95"])
+    # two seeds: no t-interval (t(0.975, 1) = 12.7 would make it meaningless), the range instead
+    assert cell["n"] == 2 and math.isfinite(cell["mean"]) and cell["ci95"] is None
+    assert cell["low"] <= cell["mean"] <= cell["high"]
     comp = summary["comparisons"]
     assert comp["best_meta_learner"] == "maml" and comp["best_baseline"] in {"global-mean", "item-mean", "bias", "mf"}
     assert {s for s in comp["scenarios"] if "@" not in s} == SCENARIOS | POOLED
@@ -58,7 +60,7 @@ def test_quick_benchmark_writes_complete_finite_results(data_dir, tmp_path, monk
     assert set(separation) == SCENARIOS | POOLED and {"mf", "bias", "item-mean"} <= set(separation["new_users"])
     for cells in separation.values():
         for c in cells.values():
-            assert c["separated"] == (c["meta_upper"] < c["baseline_lower"])
+            assert c["separated"] is None  # two seeds: no interval to separate
     assert "MAE interval against each baseline's" in (out / "results.md").read_text()
     # what was chosen on validation users is kept: the baselines' grids and the learning curves
     grid = [r for r in summary["histories"]["mf"]["0"] if "candidate" in r]

@@ -67,3 +67,20 @@ def saved_dir(recommender: ColdStartRecommender, tmp_path_factory: pytest.TempPa
 def popular_ids(recommender: ColdStartRecommender) -> list[str]:
     """Ids surely in the catalogue and seen in training (the most-rated ones)."""
     return recommender.onboarding_items(40)["item_id"].tolist()
+
+
+@pytest.fixture(scope="package")
+def neural_cf(serve_data: ServeData, data_root: Path) -> ColdStartRecommender:
+    """The neural-cf preset for 1 epoch: a model with item vectors (similar items, export)."""
+    previous = torch.get_num_threads()
+    config = (RunConfig.preset("neural-cf", "maml").override("train", epochs=1, threads=1)
+              .override("data", data_dir=str(data_root)))
+    try:
+        return ColdStartRecommender(replicas=2).fit(serve_data.dataset, config=config)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="package")
+def neural_cf_dir(neural_cf: ColdStartRecommender, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return neural_cf.save(tmp_path_factory.mktemp("serve") / "neural-cf")

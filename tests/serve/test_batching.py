@@ -17,6 +17,7 @@ from metarec.errors import DataError, MetarecError, UnknownIdError
 from metarec.serve.personalizer import Personalizer
 from metarec.serve import create_app
 from metarec.serve import app as app_module
+from metarec.serve import schemas as schemas_module
 from metarec.serve.batching import MicroBatcher
 from metarec.serve.recommender import RecommendQuery
 
@@ -218,7 +219,7 @@ class _Answer:
 def test_json_without_orjson(monkeypatch, clients, catalogue_ids, serve_data):
     on, _ = clients
     with_orjson = on.post("/v1/recommend", json=_body(1, catalogue_ids, serve_data.new_user), headers=HEADERS)
-    monkeypatch.setattr(app_module, "orjson", None)
+    monkeypatch.setattr(schemas_module, "orjson", None)  # JSONResponse lives in metarec.serve.schemas
     plain = on.post("/v1/recommend", json=_body(1, catalogue_ids, serve_data.new_user), headers=HEADERS)
     assert plain.status_code == with_orjson.status_code == 200
     assert json.loads(plain.content) == json.loads(with_orjson.content)

@@ -104,7 +104,7 @@ def test_item_metadata(recommender, serve_data):
 def test_save_load_round_trip(recommender, popular_ids, serve_data, tmp_path):
     folder = recommender.save(tmp_path / "rec")
     assert {p.name for p in folder.iterdir()} == {"checkpoint", "items.parquet", "item_stats.parquet",
-                                                  "onboarding_panel.parquet", "recommender.json"}
+                                                  "onboarding_panel.parquet", "recommender.json", "MODEL_CARD.md"}
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary leftovers
     spec = json.loads((folder / "recommender.json").read_text())
     assert spec["model_version"] == recommender.model_version

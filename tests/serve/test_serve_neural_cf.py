@@ -6,22 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from metarec.meta.run import RunConfig
 from metarec.serve import ColdStartRecommender
 from metarec.serve.recommender import RecommendQuery
-
-
-@pytest.fixture(scope="module")
-def neural_cf(serve_data, data_root) -> ColdStartRecommender:
-    previous = torch.get_num_threads()
-    config = (RunConfig.preset("neural-cf", "maml").override("train", epochs=1, threads=1)
-              .override("data", data_dir=str(data_root)))
-    try:
-        return ColdStartRecommender(replicas=2).fit(serve_data.dataset, config=config)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def test_neural_cf_batched_equals_one_at_a_time(neural_cf, popular_ids, serve_data):

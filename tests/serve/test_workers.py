@@ -107,3 +107,35 @@ def test_two_workers_serve_and_stop_cleanly(saved_dir: Path, popular_ids: list[s
     assert code == 0, log.read_text()
     assert not any(os.path.exists(f"/proc/{w}") and "metarec" in Path(f"/proc/{w}/cmdline").read_text()
                    for w in workers), "a worker outlived the server"
+
+
+def _wait_for(log: Path, text: str, count: int, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while log.read_text().count(text) < count:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no {count} x {text!r} in {seconds:g} s:\n" + log.read_text()
+        time.sleep(0.2)
+
+
+def test_ctrl_c_stops_two_workers_without_a_traceback(saved_dir: Path, tmp_path: Path):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: server, workers, and a worker that is
+    still starting. Every one of them stops quietly (uvicorn raises the signal again once it has shut
+    down; a worker left with Python's default handler died of a KeyboardInterrupt traceback)."""
+    port, log = _free_port(), tmp_path / "server.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "metarec.cli", "serve", str(saved_dir), "--host", HOST,
+                                 "--port", str(port), "--workers", "2", "--no-access-log"],
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(log, "Application startup complete", 2, proc)
+        os.kill(_children(proc.pid)[0], signal.SIGINT)  # one worker alone: it stops quietly and is replaced
+        _wait_for(log, "starting a replacement", 1, proc)
+        os.killpg(proc.pid, signal.SIGINT)  # then the terminal's Ctrl-C, the replacement still starting
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    text = log.read_text()
+    assert code in (0, 130), text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text

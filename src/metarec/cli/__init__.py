@@ -14,16 +14,22 @@ from metarec.cli.benchmark import benchmark
 from metarec.cli.data import data_app
 from metarec.cli.demo import demo
 from metarec.cli.evaluate import evaluate
+from metarec.cli.export_items import export_items
 from metarec.cli.onboard import onboard
 from metarec.cli.options import state
+from metarec.cli.presets import presets
 from metarec.cli.recommend import recommend
 from metarec.cli.serve import serve
+from metarec.cli.similar_items import similar_items
 from metarec.cli.train import train
+from metarec.cli.tune import tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cold-start recommendation by meta-learning.")
 app.add_typer(data_app, name="data")
-for command in (train, evaluate, recommend, benchmark, onboard, demo, serve):
+for command in (train, tune, evaluate, recommend, benchmark, onboard, demo, serve, presets):
     app.command()(command)
+app.command("export-items")(export_items)
+app.command("similar-items")(similar_items)
 
 
 def _version(value: bool) -> None:

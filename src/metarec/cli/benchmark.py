@@ -10,7 +10,8 @@ import typer
 
 from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, HISTORY_AS_PRIOR_OPTION, HISTORY_MAX_NEW_SUPPORT_OPTION,
                                  ITEMS_OPTION, RATING_SCALE_OPTION, USER_HISTORY_OPTION, USERS_OPTION, console,
-                                 data_overrides, err_console, errors, history_limit, ints, words)
+                                 data_overrides, err_console, errors, history_limit, ints, progress_bars, words)
+from metarec.cli.presets import PRESET_OPTION
 
 
 def benchmark(
@@ -25,6 +26,7 @@ def benchmark(
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A run.toml whose values override the meta-learner's "
                                           "recipe; the searched settings it sets are not searched."),
+    preset: Optional[str] = PRESET_OPTION,
     search: bool = typer.Option(True, "--search/--no-search", help="The meta-learner's recipe chosen on each seed's "
                                 "validation users [default: search]."),
     users: Optional[str] = USERS_OPTION,
@@ -47,9 +49,11 @@ def benchmark(
     """Every method x scenario x metric over seeds, mean +- 95% CI, paired bootstrap, plots."""
     with errors():
         from metarec.eval.benchmark import DEFAULT_METHODS, BenchmarkConfig, run_benchmark, write_results
-        from metarec.meta.recipe import config_over_recipe, load_toml_values
+        from metarec.errors import require_extra
+        from metarec.meta.recipe import layered_config
 
-        run_config, fixed = config_over_recipe(load_toml_values(config) if config else None)
+        require_extra("matplotlib", "plot", "the benchmark's plots")  # before hours of work, not after
+        run_config, fixed = layered_config(config, preset)
         data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
         run_config = run_config.override("data", **data)
         if epochs is not None:
@@ -67,13 +71,16 @@ def benchmark(
                                   run=run_config, search=search, fixed=fixed, support_draws=support_draws, **options)
         started = time.perf_counter()
 
-        def report(status, msg: str) -> None:
-            status.update(f"benchmark: {msg}")
-            if not err_console.is_terminal:  # a log file gets one line per step instead of a spinner
-                err_console.print(f"benchmark: {msg} (at {time.perf_counter() - started:.0f} s)", highlight=False)
+        with progress_bars() as progress:
+            bar = progress.add_task("benchmark", total=None)
 
-        with err_console.status("benchmark") as status:
-            result = run_benchmark(cfg, progress=lambda msg: report(status, msg))
+            def report(msg: str, done: int, total: int) -> None:
+                progress.update(bar, completed=done, total=total, description=f"benchmark: {msg}")
+                if not err_console.is_terminal:  # a log file gets one line per step instead of a bar
+                    err_console.print(f"benchmark step {done}/{total}: {msg} (at {time.perf_counter() - started:.0f} s)",
+                                      highlight=False)
+
+            result = run_benchmark(cfg, progress=report)
         paths = write_results(result, out)
         console.print(paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False)
         console.print(f"wrote {out} in {result.seconds:.0f} s")

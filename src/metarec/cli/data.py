@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from metarec.cli.options import console, errors, print_json, scenario_table
+from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, ITEMS_OPTION, RATING_SCALE_OPTION, USERS_OPTION,
+                                 console, data_overrides, download_bar, errors, layered_run_config, print_json, scenario_table,
+                                 split_of)
+from metarec.cli.presets import PRESET_OPTION
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch, describe, split.")
 
@@ -21,7 +24,13 @@ def data_fetch(
     with errors():
         from metarec.data.fetch import fetch_dataset
 
-        path = fetch_dataset(name, cache=cache, progress=True)
+        with download_bar() as progress:
+            bar = progress.add_task(f"downloading {name}", total=None)
+
+            def report(done: int, total: int | None) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            path = fetch_dataset(name, cache=cache, progress=report)
         console.print(f"{name}: {path}")
 
 
@@ -48,38 +57,42 @@ def data_describe(
         console.print(table)
 
 
-def _split_config(protocol: str, seed: int, query_size: int, support_size: Optional[int], new_item_year: Optional[int],
-                  split_dir: Optional[Path] = None):
-    from metarec.tasks import SplitConfig
-
-    return SplitConfig(protocol=protocol, seed=seed, query_size=query_size, support_size=support_size,
-                       new_item_year=new_item_year, split_dir=None if split_dir is None else str(split_dir))
-
-
 @data_app.command("split")
 def data_split(
-    dataset: str = typer.Argument(..., help="A dataset name or a path."),
-    protocol: str = typer.Option("melu", help="melu (random query), time (latest ratings are the query) or splits."),
+    dataset: Optional[str] = typer.Argument(None, help="A dataset name or a path [default: the --config's, else ml-100k]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run.toml: the split `metarec train --config` "
+                                          "trains on (its [data] and [split])."),
+    preset: Optional[str] = PRESET_OPTION,
+    model: Optional[str] = typer.Option(None, help="As `metarec train --model`: a plain preset's split."),
+    protocol: Optional[str] = typer.Option(None, help="melu (random query), time (latest ratings are the query) or "
+                                           "splits [default: the config's]."),
     split_dir: Optional[Path] = typer.Option(None, help="With --protocol splits: a folder of published split files."),
-    seed: int = typer.Option(0, help="Seed of the user split and the query choice."),
-    query_size: int = typer.Option(10, help="Query ratings per task."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the user split and the query choice [default: the config's]."),
+    query_size: Optional[int] = typer.Option(None, help="Query ratings per task."),
     support_size: Optional[int] = typer.Option(None, help="Fixed support size K for test tasks."),
     new_item_year: Optional[int] = typer.Option(None, help="Items released in or after this year are new."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder holding the dataset."),
+    users: Optional[str] = USERS_OPTION,
+    items: Optional[str] = ITEMS_OPTION,
+    column: List[str] = COLUMN_OPTION,
+    attribute: List[str] = ATTRIBUTE_OPTION,
+    rating_scale: Optional[str] = RATING_SCALE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Per scenario: users, tasks, median support and query sizes, and every leakage check."""
-    with errors():
-        from metarec.data import load_dataset
-        from metarec.tasks import make_split
+    """Per scenario: users, tasks, median support and query sizes, and every leakage check.
 
-        split = make_split(load_dataset(dataset, data_dir=data_dir),
-                           _split_config(protocol, seed, query_size, support_size, new_item_year, split_dir))
-        info = split.summary()
+    The split is built exactly as `metarec train` builds it from the same --config / --preset / flags."""
+    with errors():
+        data = data_overrides(dataset, None if data_dir is None else str(data_dir), users, items, column, attribute,
+                              rating_scale)
+        cfg, _ = layered_run_config(config, preset, model, None, data, dict(
+            protocol=protocol, seed=seed, split_dir=None if split_dir is None else str(split_dir),
+            query_size=query_size, support_size=support_size, new_item_year=new_item_year))
+        info = split_of(cfg).summary()
         if as_json:
             print_json(info)
             return
-        table = scenario_table(f"{info['dataset']} - {protocol} protocol, seed {seed}",
+        table = scenario_table(f"{info['dataset']} - {cfg.split.protocol} protocol, seed {cfg.split.seed}",
                                ("users", "tasks", "ratings", "median support", "median query"))
         rows = [("meta-train", info["meta_train"])] + [(f"validation {k}", v) for k, v in info["validation"].items()]
         rows += list(info["scenarios"].items())

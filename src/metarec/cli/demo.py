@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from metarec.cli.options import console, err_console, errors, progress_bars
+from metarec.cli.options import console, err_console, errors, history_rule, progress_bars
 
 if TYPE_CHECKING:
     from metarec.demo import DemoResult
@@ -43,8 +43,10 @@ def print_demo(result: DemoResult, console: Console) -> None:
     """Render a :class:`DemoResult` with rich."""
     import numpy as np
 
-    from metarec.demo import METHOD_LABELS, RANKING_METRIC, SCENARIO_LABELS, SCENARIOS, SUPPORT_DRAWS
+    from metarec.demo import RANKING_METRIC, SCENARIO_LABELS, SCENARIOS, SUPPORT_DRAWS
 
+    labels = result.labels
+    meta = labels["maml"].rsplit(",", 1)[0]  # "meta fold-in" (closed-form inner loop) or "MAML"
 
     console.print(f"[bold]{escape(result.description)}[/bold]")
     chosen = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in result.recipe["chosen"].items())
@@ -52,7 +54,7 @@ def print_demo(result: DemoResult, console: Console) -> None:
                   f"best epoch {result.best_epoch}, validation score {result.best_val_mae:.4f}")
     curve = Table(title="A newcomer with K ratings: test query MAE (lower is better; "
                         f"{SUPPORT_DRAWS} draws of the K ratings per user)")
-    for col in ("scenario", "K", "users", "MAML", "bias", "MF", "MAML - best [95% CI]"):
+    for col in ("scenario", "K", "users", meta, "bias", "MF", f"{meta} - best [95% CI]"):
         curve.add_column(col, justify="left" if col == "scenario" else "right", no_wrap=True)
     k_curve = result.k_curve
     for scenario in ("new_users", "new_users_new_items"):
@@ -68,8 +70,8 @@ def print_demo(result: DemoResult, console: Console) -> None:
                           *[f"[bold]{maes[m]:.4f}[/bold]" if maes.get(m) == best else f"{maes.get(m, float('nan')):.4f}"
                             for m in ("maml", "bias", "mf")], diff, end_section=i == len(ks) - 1)
     console.print(curve)
-    console.print("K = all: each test user's whole support. MAML - best: the meta-learner's MAE minus the better "
-                  "baseline's at that K, paired by user (below 0: MAML is better; the interval is a bootstrap over "
+    console.print(f"K = all: each test user's whole support. {meta} - best: the meta-learner's MAE minus the better "
+                  f"baseline's at that K, paired by user (below 0: {meta} is better; the interval is a bootstrap over "
                   "users of this one split - `metarec benchmark` gives intervals over seeds).")
     table = Table(title="Test users and items never seen in training: query MAE (lower is better), "
                         "full-catalogue nDCG@10 (higher is better)")
@@ -81,17 +83,20 @@ def print_demo(result: DemoResult, console: Console) -> None:
         best_mae, best_ndcg = sub["mae"].min(), sub[RANKING_METRIC].max()
         for i, row in enumerate(sub.to_dict("records")):
             mae, ndcg = row["mae"], row[RANKING_METRIC]
-            table.add_row(f"{SCENARIO_LABELS[s]} ({row['tasks']})" if i == 0 else "", METHOD_LABELS.get(row["method"], row["method"]),
+            table.add_row(f"{SCENARIO_LABELS[s]} ({row['tasks']})" if i == 0 else "", labels.get(row["method"], row["method"]),
                           f"[bold]{mae:.4f}[/bold]" if mae == best_mae else f"{mae:.4f}",
                           f"[bold]{ndcg:.4f}[/bold]" if ndcg == best_ndcg else f"{ndcg:.4f}",
                           end_section=i == len(sub) - 1)
     console.print(table)
-    console.print("MAML: meta-trained neural CF; a new user's ratings are folded in by a ridge solve whose prior "
-                  "and support-size dependent penalty were meta-learned, on tasks cut to a newcomer's few ratings "
-                  "(no adapt: the attribute prior alone); bias: global mean + user "
+    what = (f"{meta}: meta-learned fold-in (closed-form inner loop, no gradient steps; method key `maml`) - "
+            "meta-trained neural CF; a new user's ratings are folded in by a ridge solve whose prior "
+            "and support-size dependent penalty were meta-learned, on tasks cut to a newcomer's few ratings"
+            if meta != "MAML" else "MAML: meta-trained with gradient steps in the inner loop")
+    console.print(f"{what} (no adapt: the attribute prior alone); bias: global mean + user "
                   "bias + item bias; MF: matrix factorisation; the baselines fold the new user in by ridge "
                   "regression too. Best per scenario in bold. One split (seed 0): intervals over seeds come from "
                   "`metarec benchmark`.")
+    console.print(f"known users' history (new items): {history_rule(**result.history)}", highlight=False)
     console.print(f"plot: {result.plot}")
 
     user = result.user

@@ -13,7 +13,7 @@ from metarec.errors import MetarecError
 
 
 def onboard(
-    run: Path = typer.Argument(..., help="A run folder written by `metarec train`."),
+    run: Path = typer.Argument(..., help="A run folder of `metarec train` or a rec.save() folder."),
     n: int = typer.Option(10, "--n", min=1, help="How many items to ask a new user to rate."),
     strategy: str = typer.Option("adaptive", help="adaptive (chosen on validation users: it asks in rounds, each from "
                                                   "the answers so far), popular, pop-entropy, melu-evidence, "

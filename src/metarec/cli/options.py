@@ -10,7 +10,8 @@ from typing import Any, Iterator, List, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
 
 from metarec.errors import MetarecError
@@ -40,8 +41,16 @@ def print_json(obj: object) -> None:
 
 
 def progress_bars() -> Progress:
+    """Bars with N/M steps, time so far and an estimate of the time left (on a terminal only)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=False, disable=not err_console.is_terminal)
+                    TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False,
+                    disable=not err_console.is_terminal)
+
+
+def download_bar() -> Progress:
+    """A byte-counting bar (size, speed, time left) for downloads."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=err_console, transient=False, disable=not err_console.is_terminal)
 
 
 def ints(text: str, flag: str) -> tuple[int, ...]:
@@ -90,15 +99,42 @@ def history_limit(text: str | None) -> int | None:
     return limit
 
 
-def load_run(run: Path) -> tuple[Any, Any]:
-    """A ``metarec train`` run folder's split (rebuilt from its config) and best checkpoint."""
+def history_rule(user_history: bool, history_max_new_support: int | None, history_as_prior: bool) -> str:
+    """How a known (meta-train) user's history entered the scores, in words: ``metarec evaluate`` and the
+    demo print it, so two numbers for the same run can be told apart by their rule."""
+    if not user_history:
+        return "not used (--no-user-history)"
+    which = ("every task" if history_max_new_support is None
+             else f"tasks with fewer than {history_max_new_support} new-item support ratings")
+    where = "as the prior of the fold-in" if history_as_prior else "joined to the support set"
+    return f"{which}, {where}"
+
+
+def layered_run_config(config: Optional[Path], preset: Optional[str], model: Optional[str], algorithm: Optional[str],
+                       data: dict, split: dict) -> tuple[Any, tuple[str, ...]]:
+    """The run configuration (and the searched settings it fixes) of --config / --preset / --model /
+    --algorithm plus the data and split flags: ``metarec train`` trains on it and ``metarec data split``
+    shows it, through this one function, so the two never disagree about the split."""
+    from metarec.meta.recipe import layered_config
+
+    cfg, fixed = layered_config(config, preset, model, algorithm)
+    return cfg.override("data", **data).override("split", **split), fixed
+
+
+def split_of(cfg: Any) -> Any:
+    """The split a run configuration trains and is evaluated on (its ``[data]`` and ``[split]``)."""
     from metarec.data.loaders.registry import load_data
-    from metarec.meta.run import RunConfig
-    from metarec.meta.trainer import load_best
     from metarec.tasks import make_split
 
-    cfg = RunConfig.from_toml(run / "config.toml")
-    return make_split(load_data(cfg.data), cfg.split), load_best(run)
+    return make_split(load_data(cfg.data), cfg.split)
+
+
+def load_run(run: Path) -> tuple[Any, Any]:
+    """A model folder's split (rebuilt from its config) and checkpoint: a ``metarec train`` run folder or
+    a ``rec.save()`` folder alike (:func:`metarec.serve.bundle.read_run`, the loader every command shares)."""
+    from metarec.serve.bundle import read_run
+
+    return read_run(run)
 
 
 def scenario_table(title: str, columns: tuple[str, ...]) -> Table:

@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
 
 from metarec.cli.options import console, err_console, errors, pairs, print_json
+from metarec.cli.recommend_batch import recommend_batch
+from metarec.errors import MetarecError
 
 
 def recommend(
     run: Path = typer.Argument(..., help="A run folder written by `metarec train`, or a saved recommender."),
-    rate: List[str] = typer.Option(..., "--rate", help="ITEM_ID:RATING, repeatable."),
-    k: int = typer.Option(10, help="How many items."),
+    rate: List[str] = typer.Option([], "--rate", help="ITEM_ID:RATING, repeatable (one new user)."),
+    k: int = typer.Option(10, help="How many items (at least 1)."),
     user: List[str] = typer.Option([], "--user", help="ATTRIBUTE=VALUE of the new user, repeatable."),
     include_rated: bool = typer.Option(False, "--include-rated", help="Allow already rated items."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    input_path: Optional[Path] = typer.Option(None, "--input", help="Many users: a JSON-lines file, each line the "
+                                              "body of POST /v1/recommend (plus an optional user_id)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --input: the table to write, one row per (user_id, "
+                                       "rank, item_id, score): .parquet, .csv or .jsonl."),
 ) -> None:
-    """Adapt to a new user's ratings and print the top-k."""
+    """Adapt to a new user's ratings and print the top-k; with --input and --out, every user of a file."""
     with errors():
-        from metarec.serve import ColdStartRecommender
-
+        if input_path is not None or out is not None:
+            return recommend_batch(load_for_recommend, run, input_path, out, bool(rate or user))
+        if not rate:
+            raise typer.BadParameter("give the new user's ratings (--rate ITEM_ID:RATING), or --input and --out")
+        if k < 1:  # before the model loads: a wrong flag should not cost seconds
+            raise MetarecError(f"--k {k}: k must be a positive integer")
         ratings = pairs(rate, "--rate", ":", last=True)
         attributes = pairs(user, "--user")
-        recommender = ColdStartRecommender.load(run, replicas=1)  # titles from the run's dataset, when it loads
+        recommender = load_for_recommend(run)
         result = recommender.recommend_records(ratings, attributes or None, k=k, exclude_rated=not include_rated)
         if as_json:
             print_json({"items": result.items, "unknown_item_ids": result.unknown_item_ids})
@@ -39,3 +49,25 @@ def recommend(
         for rank, item in enumerate(result.items, 1):
             table.add_row(str(rank), item["item_id"], f"{item['score']:.3f}", *([str(item.get("title", ""))] if titled else []))
         console.print(table)
+
+
+def load_for_recommend(run: Path) -> Any:
+    """The recommender of a run folder with only what a top-k needs: the checkpoint and the item titles.
+
+    Loading the run's whole dataset (and rebuilding its split, for onboarding's popularity and panel)
+    only to show titles took most of the command's time; where the items file can be read alone
+    (ML-100K, ML-1M) it is. A saved recommender, a checkpoint folder or other data load as before."""
+    from metarec.serve import ColdStartRecommender
+
+    saved = (run / "recommender.json").exists() or (run / "checkpoint.json").exists()
+    if saved or not (run / "config.toml").is_file():
+        return ColdStartRecommender.load(run, replicas=1)
+    from metarec.data.loaders.registry import load_items
+    from metarec.meta.run import RunConfig
+
+    items = load_items(RunConfig.from_toml(run / "config.toml").data)
+    if items is None:
+        return ColdStartRecommender.load(run, replicas=1)
+    from metarec.meta.trainer import load_best
+
+    return ColdStartRecommender(load_best(run), items=items, replicas=1)

@@ -31,12 +31,17 @@ def serve(
         import json
         import os
 
+        from metarec.errors import require_extra
+
+        for module in ("fastapi", "uvicorn", "h11"):  # the web stack is the [serve] extra
+            require_extra(module, "serve", "metarec serve")
         import uvicorn
 
         from metarec.serve.app import ENV_API_KEY, ENV_DIR, ENV_OPTIONS, create_app
         from metarec.serve.recommender import ColdStartRecommender
 
-        options = {"batching": batching, "batch_size": batch_size, "batch_wait_ms": batch_wait_ms}
+        options = {"batching": batching, "batch_size": batch_size, "batch_wait_ms": batch_wait_ms,
+                   "item_writes": workers == 1}  # POST /v1/items: a new item would live in one worker only
         recommender = ColdStartRecommender.load(run)  # a bad folder fails here, in one line, before binding
         err_console.print(f"serving {run} (model {recommender.model_version}) on http://{host}:{port}, "
                           f"docs at /docs, {workers} worker(s), batching {'on' if batching else 'off'}"

@@ -9,7 +9,9 @@ from typing import List, Optional
 import typer
 
 from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, ITEMS_OPTION, RATING_SCALE_OPTION, USERS_OPTION,
-                                 console, data_overrides, errors, progress_bars)
+                                 console, data_overrides, errors, layered_run_config, progress_bars,
+                                 split_of)
+from metarec.cli.presets import PRESET_OPTION
 from metarec.errors import MetarecError
 
 
@@ -34,6 +36,17 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool, settings_given: l
             out.unlink()
 
 
+def epoch_description(history: list[dict]) -> str:
+    """The epochs bar's label after an epoch: its mean training loss and validation MAE (the selection
+    score), so a run that diverges or stops improving shows it while it runs."""
+    if not history:
+        return "epochs"
+    last = history[-1]
+    loss = last.get("train_loss")
+    loss_text = "n/a" if loss is None or loss != loss else f"{loss:.4f}"
+    return f"epochs (epoch {last['epoch']}: train loss {loss_text}, validation MAE {last['val_mae']:.4f})"
+
+
 def _train_flags_fix(outer_lr, query_loss, item_id_embedding, item_id_residual) -> tuple[str, ...]:
     """Searched settings a command-line flag sets: the recipe leaves them as given."""
     fixed = []
@@ -50,8 +63,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder (config, metrics.jsonl, checkpoints, recipe.json)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A run.toml whose values override the recipe; "
                                           "the searched settings it sets are not searched."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="A preset shipped with metarec (e.g. maml-gd), "
-                                         "applied under --config."),
+    preset: Optional[str] = PRESET_OPTION,
     search: bool = typer.Option(True, "--search/--no-search", help="Choose the dataset-dependent settings on "
                                 "validation users (outer lr, item ids, id dropout, query loss) [default: search]."),
     dataset: Optional[str] = typer.Option(None, help="Dataset name, or your interactions table (CSV / TSV / Parquet)."),
@@ -84,15 +96,22 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
+    log_to: List[str] = typer.Option([], "--log-to", help="Also send each epoch's metrics to tensorboard "
+                                     "(RUNDIR/tensorboard) or mlflow (RUNDIR/mlruns, or $MLFLOW_TRACKING_URI); "
+                                     "repeatable."),
 ) -> None:
     """Meta-train a model; the best checkpoint on validation users goes to RUNDIR/best.
 
     By default the automatic recipe chooses the settings that differ between datasets on validation users
     (recorded in RUNDIR/recipe.json); --config / flags fix what they set."""
     with errors():
+        from metarec.meta.distributed import is_main_process
+        from metarec.meta.loggers import make_logger
         from metarec.meta.run import RunConfig
         from metarec.meta.trainer import Trainer
 
+        main = is_main_process()  # under torchrun rank 0 alone checks (and clears) --out, prints and draws bars
+        console.quiet = console.quiet or not main
         settings = {"--config": config, "--preset": preset, "--dataset": dataset, "--data-dir": data_dir,
                     "--users": users, "--items": items, "--column": column or None, "--attribute": attribute or None,
                     "--rating-scale": rating_scale, "--protocol": protocol, "--split-dir": split_dir, "--model": model,
@@ -100,19 +119,21 @@ def train(
                     "--outer-lr": outer_lr, "--l2": l2, "--meta-batch-size": meta_batch_size,
                     "--query-loss": query_loss, "--item-ids": item_id_embedding, "--item-id-residual": item_id_residual,
                     "--epochs": epochs, "--patience": patience, "--seed": seed}
-        check_run_folder(out, resume, overwrite, [flag for flag, value in settings.items() if value is not None])
+        if preset is not None:  # an unknown name fails before --overwrite removes anything
+            from metarec.meta.recipe import preset_dict
+
+            preset_dict(preset)
+        if main:
+            check_run_folder(out, resume, overwrite, [flag for flag, value in settings.items() if value is not None])
         if resume:
             cfg = RunConfig.from_toml(out / "config.toml")
             search = False
         else:
-            from metarec.meta.recipe import layered_config
-
-            cfg, fixed = layered_config(config, preset, model, algorithm)
+            data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
+            cfg, fixed = layered_run_config(config, preset, model, algorithm, data,
+                                            dict(protocol=protocol, seed=seed, split_dir=split_dir))
             search = search and model is None and algorithm is None  # a plain preset is trained as it is
             fixed = (*fixed, *_train_flags_fix(outer_lr, query_loss, item_id_embedding, item_id_residual))
-            data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
-            cfg = cfg.override("data", **data)
-            cfg = cfg.override("split", protocol=protocol, seed=seed, split_dir=split_dir)
             cfg = cfg.override("model", item_id_embedding=item_id_embedding, item_id_residual=item_id_residual)
             cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
                                meta_batch_size=meta_batch_size, query_loss=query_loss)
@@ -122,14 +143,14 @@ def train(
 
             if not torch.cuda.is_available():
                 raise MetarecError(f"--device {device}: CUDA is not available on this machine")
-        with progress_bars() as progress:
+        bars = progress_bars()
+        bars.disable = bars.disable or not main
+        with bars as progress, make_logger(log_to if main else (), out) as loggers:
             if search and not resume:
                 from metarec._io import write_json
-                from metarec.data.loaders.registry import load_data
                 from metarec.meta.recipe import choose_recipe
-                from metarec.tasks import make_split
 
-                split = make_split(load_data(cfg.data), cfg.split)
+                split = split_of(cfg)
                 bar = progress.add_task("choosing the recipe on validation users (trainings)", total=None)
 
                 def step(description: str, done: int, total: int) -> None:
@@ -137,8 +158,11 @@ def train(
 
                 chosen = choose_recipe(split, cfg, fixed=fixed, progress=step)
                 trainer = chosen.trainer
+                loggers.log_params(chosen.config.to_dict())
+                loggers.log_history(trainer.history)  # the recipe trained in memory: its epochs, sent now
                 trainer.write_run(out)
-                write_json(out / "recipe.json", chosen.to_dict())
+                if main:
+                    write_json(out / "recipe.json", chosen.to_dict())
                 state = trainer.state
                 console.print("recipe (chosen on validation users): "
                               + ", ".join(f"{k} = {v}" for k, v in min(chosen.trials, key=lambda t: t.val_score)
@@ -152,10 +176,14 @@ def train(
             def report(stage: str, done: int, total: int) -> None:
                 if stage == "train":
                     progress.update(bar, completed=done, total=total)
+                elif stage == "epoch":
+                    progress.update(epochs_bar, completed=done, description=epoch_description(trainer.history))
+                    loggers.log_epoch(trainer.history[-1])
                 else:
                     progress.update(epochs_bar, completed=done)
 
             trainer = Trainer(cfg, run_dir=out, progress=report)
+            loggers.log_params(cfg.to_dict())
             if resume:
                 trainer.resume(out / "last")
             result = trainer.fit()

@@ -39,7 +39,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import unquote, urlparse
 
 from metarec._io import recover_dir, replace_dir, write_json
@@ -47,6 +47,7 @@ from metarec.errors import ConfigError, DataError
 
 ENV_CACHE = "METAREC_CACHE_DIR"
 STAMP = ".metarec-fetch.json"
+DownloadProgress = Callable[[int, "int | None"], None]  # (bytes so far, total bytes or None)
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,11 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_dataset(name: str, *, cache: str | Path | None = None, progress: bool = False) -> Path:
+def fetch_dataset(name: str, *, cache: str | Path | None = None, progress: DownloadProgress | None = None) -> Path:
     """Download, verify and unpack ``name`` (``ml-100k``, ``ml-1m``, ``lastfm``); return its folder.
+
+    ``progress(done_bytes, total_bytes)`` is called as the zip arrives (total None when the server does not
+    say), so a caller can draw a bar: the library itself never prints.
 
     The folder is ``<cache>/<folder>`` (``cache`` defaults to :func:`cache_dir`), which is where
     :func:`~metarec.data.loaders.registry.resolve_folder` looks. An already fetched and verified
@@ -162,13 +166,16 @@ def _already_fetched(target: Path, archive: Archive) -> bool:
     return False
 
 
-def _download(archive: Archive, downloads: Path, progress: bool) -> Path:
+def _download(archive: Archive, downloads: Path, progress: DownloadProgress | None) -> Path:
     import pooch
 
     fname = Path(urlparse(archive.url).path).name or f"{archive.name}.zip"
-    downloader = _file_downloader if urlparse(archive.url).scheme == "file" else None
-    if downloader is None:
-        downloader = pooch.HTTPDownloader(progressbar=progress and _have_tqdm())
+    bar = _ProgressAdapter(progress) if progress is not None else False
+    if urlparse(archive.url).scheme == "file":
+        def downloader(url: str, output_file: str, pooch_obj: object, check_only: bool = False) -> bool | None:
+            return _file_downloader(url, output_file, pooch_obj, check_only, progress=bar or None)
+    else:
+        downloader = pooch.HTTPDownloader(progressbar=bar)
     try:
         path = Path(pooch.retrieve(archive.url, known_hash=f"sha256:{archive.sha256}", fname=fname,
                                    path=downloads, downloader=downloader))
@@ -238,23 +245,45 @@ def _write_stamp(folder: Path, archive: Archive) -> None:
                                 "files": dict(archive.files)})
 
 
-def _file_downloader(url: str, output_file: str, pooch_obj: object, check_only: bool = False) -> bool | None:
+def _file_downloader(url: str, output_file: str, pooch_obj: object, check_only: bool = False, *,
+                     progress: "_ProgressAdapter | None" = None) -> bool | None:
     """pooch downloader for ``file://`` URLs (local mirrors, tests); pooch itself has none."""
     source = Path(unquote(urlparse(url).path))
     if check_only:
         return source.exists()
     if not source.exists():
         raise FileNotFoundError(f"no such file: {source}")
-    shutil.copyfile(source, output_file)
+    if progress is not None:
+        progress.total = source.stat().st_size
+    with open(source, "rb") as src, open(output_file, "wb") as dst:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            dst.write(block)
+            if progress is not None:
+                progress.update(len(block))
+    if progress is not None:
+        progress.close()
     return None
 
 
-def _have_tqdm() -> bool:
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class _ProgressAdapter:
+    """The tqdm-like object pooch's downloaders drive (``total``, ``update``, ``reset``, ``close``), turned
+    into ``progress(done_bytes, total_bytes)`` calls: pooch's own bar would print from the library."""
+
+    def __init__(self, progress: DownloadProgress) -> None:
+        self.progress = progress
+        self.total: int | None = None
+        self.n = 0
+
+    def update(self, n: int) -> None:
+        self.n += int(n)
+        total = self.total or None  # pooch sets 0 when the server sends no length
+        self.progress(self.n if total is None else min(self.n, total), total)
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def close(self) -> None:
+        """Nothing to release: the caller's bar is the caller's."""
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -68,6 +68,20 @@ def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatc
     return task
 
 
+def restrict(task: Task, index: torch.Tensor) -> Task:
+    """Tasks ``index`` of a meta-batch's inputs: every per-task entry's rows (widths kept; padding is
+    masked); ``item_vec``, the batch's distinct items that ``*_inv`` index into, is shared and kept whole."""
+    out: Task = {}
+    for key, value in task.items():
+        if key == "item_vec":
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = {k: v.index_select(0, index.to(v.device)) for k, v in value.items()}
+        else:
+            out[key] = value.index_select(0, index.to(value.device))
+    return out
+
+
 def step_masks(support_mask: torch.Tensor, steps: int, size: int | None,
                generator: torch.Generator | None) -> torch.Tensor | None:
     """[B, steps, S]: per inner step, a random support mini-batch of ``size`` real ratings per task."""

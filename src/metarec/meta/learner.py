@@ -20,7 +20,7 @@ from torch.func import functional_call, vmap
 from metarec.data.encoding import FeatureTable
 from metarec.meta import maml, predict
 from metarec.meta.config import MetaConfig
-from metarec.meta.inputs import (Task, predict_task, predict_task_items, step_masks, task_inputs,
+from metarec.meta.inputs import (Task, predict_task, predict_task_items, restrict, step_masks, task_inputs,
                                  task_user_weights)
 from metarec.meta.kernels import batched_head, choose_kernel, fused_adam, one_step
 from metarec.models.base import Params, RatingModel
@@ -94,40 +94,57 @@ class MetaLearner:
         """Per inner step, a random support mini-batch of ``support_batch_size`` real ratings per task."""
         return step_masks(support_mask, steps, self.config.support_batch_size, generator)
 
-    def _training_inputs(self, batch: TaskBatch, generator: torch.Generator | None, whole_task: bool = False) -> Task:
+    def _training_inputs(self, batch: TaskBatch, generator: torch.Generator | None, whole_task: bool = False,
+                         rows: torch.Tensor | None = None) -> Task:
+        """The batch's inputs and random draws; ``rows``: then only those tasks' (the draws stay the whole
+        batch's, so a distributed rank's slice sees what one process sees)."""
         task = self.task_inputs(batch, whole_task=whole_task)
         masks = self.step_masks(task["support_mask"], self.config.inner_steps, generator)
         if masks is not None:
             task["step_masks"] = masks
-        return task
+        return task if rows is None else restrict(task, rows)
 
     # ------------------------------------------------------------------ meta-training
-    def meta_loss(self, batch: TaskBatch, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """L(phi) = mean_i l_Q_i(phi_i^(K)) + lambda ||phi||^2 for one meta-batch (differentiable w.r.t. phi)."""
+    def meta_loss(self, batch: TaskBatch, *, generator: torch.Generator | None = None,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+        """L(phi) = mean_i l_Q_i(phi_i^(K)) + lambda ||phi||^2 for one meta-batch (differentiable w.r.t. phi);
+        ``rows``: the mean over those tasks only."""
         c = self.config
         if c.algorithm == "reptile":
             raise ValueError("reptile has no meta-loss; use meta_gradients")
-        task = self._training_inputs(batch, generator)
+        task = self._training_inputs(batch, generator, rows=rows)
         if self.batched:
             return batched_head.meta_loss(self.model, self._params, self.adapted, task, c.inner_steps, self._alpha(),
                                           c.first_order, c.query_loss, c.l2)
         return maml.meta_loss(self.predict_task, self._params, self.adapted, task, c.inner_steps, self._alpha(),
                               c.first_order, c.query_loss, c.l2)
 
-    def meta_gradients(self, batch: TaskBatch, *, generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], float]:
-        """The meta-gradient of every meta-parameter (and the loss it came from)."""
+    def meta_gradients(self, batch: TaskBatch, *, generator: torch.Generator | None = None,
+                       rows: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], float]:
+        """The meta-gradient of every meta-parameter (and the loss it came from). ``rows``: of the mean over
+        those tasks of ``batch`` only, with the inputs and random draws made for the whole batch (a
+        distributed rank's share, :mod:`metarec.meta.distributed`); no rows: zeros, the draws still made."""
         c = self.config
+        if rows is not None and len(rows) == 0:
+            with torch.no_grad():  # the draws one process makes for this batch, so the next batch's match
+                if c.algorithm == "reptile" or self.kernel != "one_step":
+                    self._training_inputs(batch, generator, whole_task=c.algorithm == "reptile")
+                else:
+                    one_step.meta_gradients(self.model, self._params, self.adapted, self.user_features, batch, c,
+                                            generator, rows)
+            return {n: torch.zeros_like(p) for n, p in self.named_meta_parameters().items()}, 0.0
         if c.algorithm == "reptile":
             with torch.no_grad():
-                task = self._training_inputs(batch, generator, whole_task=True)
+                task = self._training_inputs(batch, generator, whole_task=True, rows=rows)
             params = {n: p.detach() for n, p in self._params.items()}
             if self.batched:
                 return batched_head.reptile_gradients(self.model, params, self.adapted, task, c.inner_steps,
                                                       c.inner_lr, c.l2)
             return maml.reptile_gradients(self.predict_task, params, self.adapted, task, c.inner_steps, c.inner_lr, c.l2)
         if self.kernel == "one_step":
-            return one_step.meta_gradients(self.model, self._params, self.adapted, self.user_features, batch, c, generator)
-        loss = self.meta_loss(batch, generator=generator)
+            return one_step.meta_gradients(self.model, self._params, self.adapted, self.user_features, batch, c,
+                                           generator, rows)
+        loss = self.meta_loss(batch, generator=generator, rows=rows)
         return maml.meta_gradients(loss, self.named_meta_parameters()), float(loss.detach())
 
     def meta_step(self, batch: TaskBatch, *, generator: torch.Generator | None = None) -> float:
@@ -135,13 +152,18 @@ class MetaLearner:
         if not self.model.training:
             self.model.train()
         grads, loss = self.meta_gradients(batch, generator=generator)
+        self.apply_gradients(grads)
+        return loss
+
+    def apply_gradients(self, grads: dict[str, torch.Tensor]) -> None:
+        """The outer step (clipped Adam) from given meta-gradients: :meth:`meta_step`'s second half, which a
+        distributed rank takes after the ranks' gradients are summed."""
         named = self.named_meta_parameters()
         params, found = list(named.values()), [grads[n] for n in named]
         if fused_adam.applies(self.optimizer, params, found):
             fused_adam.step(self.optimizer, params, found, self.config.grad_clip)
         else:
             fused_adam.plain_step(self.optimizer, params, found, self.config.grad_clip)
-        return loss
 
     # ------------------------------------------------------------------ using the meta-learned model
     def adapt(self, batch: TaskBatch, steps: int | None = None, users: FeatureTable | None = None) -> tuple[Params, Task]:

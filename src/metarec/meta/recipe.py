@@ -63,13 +63,31 @@ def recipe_base_dict() -> dict[str, dict[str, Any]]:
     return preset_dict("recipe")
 
 
+def preset_names() -> list[str]:
+    """The presets shipped with the package (``metarec/presets/*.toml``), so they work from a wheel too."""
+    return sorted(p.name[:-5] for p in resources.files("metarec.presets").iterdir() if p.name.endswith(".toml"))
+
+
 def preset_dict(name: str) -> dict[str, dict[str, Any]]:
     """The values of a preset shipped with the package (``metarec/presets/NAME.toml``)."""
-    path = resources.files("metarec.presets").joinpath(f"{name}.toml")
-    if not path.is_file():
-        known = sorted(p.name[:-5] for p in resources.files("metarec.presets").iterdir() if p.name.endswith(".toml"))
+    known = preset_names()
+    if name not in known:  # also refuses names that are paths ("../x")
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(known)}")
+    path = resources.files("metarec.presets").joinpath(f"{name}.toml")
     return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def preset_summary(name: str) -> str:
+    """A preset's first sentence of its leading comment (what ``metarec presets`` shows beside its name)."""
+    text = resources.files("metarec.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    comment = " ".join(lines)
+    end = comment.find(". ")
+    return comment if end < 0 else comment[:end + 1]
 
 
 def preset(name: str) -> RunConfig:
@@ -137,6 +155,21 @@ class RecipeResult:
                 "rule": "greedy, one setting at a time, each from the best so far; validation users only"}
 
 
+def train_candidate(config: RunConfig, split: ColdStartSplit, settings: Mapping[str, Any]) -> tuple[RecipeTrial, Trainer]:
+    """Train one candidate in memory and score it as the trainer selects (``train.select_on``: the
+    validation K-curve for the recipe's base), validation users only; the recipe and ``metarec tune``
+    both score their trials here, so their numbers are the same quantity."""
+    started = time.perf_counter()
+    trainer = Trainer(config, split=split)
+    result = trainer.fit()
+    best = next((h for h in trainer.history if h.get("epoch") == result.best_epoch), {})
+    curve = {k: float(v) for k, v in best.items() if k.startswith("val_") and k.endswith("_mae")}
+    trial = RecipeTrial(dict(settings), float(result.best_val_mae), result.best_epoch, result.epochs_run,
+                        time.perf_counter() - started, curve)
+    log.info("trial %s: validation score %.4f (best epoch %d)", trial.settings, trial.val_score, trial.best_epoch)
+    return trial, trainer
+
+
 def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed: Sequence[str] = (),
                   space: Sequence[tuple[str, str, tuple[Any, ...]]] = SEARCH_SPACE,
                   progress: Progress | None = None) -> RecipeResult:
@@ -168,14 +201,7 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
         settings = {f"{s}.{k}": setting_of(cfg, s, k) for s, k, _ in dims}
         if progress:
             progress("choosing the recipe on validation users", len(trials), total)
-        started = time.perf_counter()
-        trainer = Trainer(cfg, split=split)
-        result = trainer.fit()
-        best = next((h for h in trainer.history if h.get("epoch") == result.best_epoch), {})
-        curve = {k: float(v) for k, v in best.items() if k.startswith("val_") and k.endswith("_mae")}
-        trial = RecipeTrial(settings, float(result.best_val_mae), result.best_epoch, result.epochs_run,
-                            time.perf_counter() - started, curve)
-        log.info("recipe trial %s: validation score %.4f (best epoch %d)", settings, trial.val_score, trial.best_epoch)
+        trial, trainer = train_candidate(cfg, split, settings)
         trials.append(trial)
         return trial, trainer
 
@@ -198,7 +224,11 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
     if progress:
         progress("choosing the recipe on validation users", total, total)
     log.info("recipe chosen: %s (validation score %.4f)", best_trial.settings, best_trial.val_score)
-    return RecipeResult(config, trials, best_trainer, tuple(f"{s}.{k}" for s, k, _ in dims), scales)
+    result = RecipeResult(config, trials, best_trainer, tuple(f"{s}.{k}" for s, k, _ in dims), scales)
+    summary = result.to_dict()  # kept in the checkpoints' state, for the model card
+    best_trainer.state["recipe"] = {"chosen": summary["chosen"], "val_score": summary["val_score"],
+                                    "trials": len(trials), "searched": summary["searched"]}
+    return result
 
 
 def choose_history_scale(trainer: Trainer, split: ColdStartSplit,
@@ -258,6 +288,8 @@ def config_over_recipe(toml_values: Mapping[str, Mapping[str, Any]] | None) -> t
     merged = recipe_base_dict()
     for section, values in (toml_values or {}).items():
         base = merged.setdefault(section, {})
+        if section == "model" and values.get("kind", base.get("kind")) != base.get("kind"):
+            base.clear()  # another model kind: the base's neural-cf settings (fold_in, ...) do not apply
         # two ways to set the running average: the overlay's wins
         if section == "train" and ({"average_decay", "average_epochs"} & set(values)):
             base.pop("average_decay", None)
@@ -293,7 +325,10 @@ def layered_config(config: str | Path | None = None, preset_name: str | None = N
             cfg = RunConfig.preset(model or "feature-mlp", algorithm)
         return cfg, tuple(f"{s}.{k}" for s, k, _ in SEARCH_SPACE)
     values: dict = {}
-    for layer in ([preset_dict(preset_name)] if preset_name else []) + ([load_toml_values(config)] if config else []):
+    layers = [preset_dict(preset_name)] if preset_name else []
+    if preset_name == "recipe":
+        layers = []  # the recipe's base itself: naming it fixes nothing, the search still chooses
+    for layer in layers + ([load_toml_values(config)] if config else []):
         for section, entries in layer.items():
             values.setdefault(section, {}).update(entries)
     return config_over_recipe(values)

@@ -21,8 +21,11 @@ import torch
 from metarec._io import jsonable, write_text
 from metarec.data.dataset import RatingDataset
 from metarec.data.loaders.registry import load_data
-from metarec.meta.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from metarec.errors import MetarecError
+from metarec.meta import distributed
+from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
 from metarec.meta.learner import MetaLearner
+from metarec.meta.model_card import checkpoint_card, data_sizes, write_model_card
 from metarec.meta.run import RunConfig
 from metarec.models.config import build_model
 from metarec.tasks.features import encode_features
@@ -131,14 +134,22 @@ class Trainer:
         self.split = split
         self.dataset = split.dataset
         self.run_dir = None if run_dir is None else Path(run_dir)
-        self.progress = progress
-        self.device = torch.device(config.train.device)
+        # under torchrun: this rank's share of every meta-batch (metarec.meta.distributed); rank 0 alone
+        # writes and reports progress
+        self.dist = distributed.join(config.train.device)
+        self.writes = self.dist is None or self.dist.is_main
+        self.progress = progress if self.writes else None
+        self.device = torch.device(config.train.device) if self.dist is None else self.dist.device
         self.features = encode_features(split).to(self.device)
         model = build_model(config.model, self.features.user_encoder, self.features.item_encoder,
                             self.features.item_features, known_items=self.features.known_items,
                             rating_scale=self.dataset.rating_scale, seed=config.train.seed).to(self.device)
         self.learner = MetaLearner(model, config.meta, self.features.user_features)
-        self.state: dict = {"epoch": 0, "best_epoch": -1, "best_val_mae": float("inf"), "bad_epochs": 0}
+        if self.dist is not None:  # the same config and data on every rank, or a one-line error
+            self.dist.check_run(self.config.to_dict(), self.split, self.learner)
+        # "data": the sizes the model card reports, kept in every checkpoint so a saved model can tell them
+        self.state: dict = {"epoch": 0, "best_epoch": -1, "best_val_mae": float("inf"), "bad_epochs": 0,
+                            "data": data_sizes(split)}
         self.history: list[dict] = []
         self.best_params: dict[str, torch.Tensor] | None = None  # in memory, for runs without a folder
         self.best_unadapted_params: dict[str, torch.Tensor] | None = None  # with select_unadapted
@@ -160,7 +171,7 @@ class Trainer:
                           average=self.average)
 
     def _save(self, name: str) -> None:
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             save_checkpoint(self.checkpoint(), self.run_dir / name, with_optimizer=(name == "last"))
 
     def write_run(self, run_dir: str | Path) -> Path:
@@ -169,6 +180,8 @@ class Trainer:
         state to resume from). The automatic recipe trains its candidates in memory and keeps the chosen
         one this way, instead of training it a second time."""
         self.run_dir = Path(run_dir)
+        if not self.writes:
+            return self.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "config.toml", self.config.to_toml())
         write_text(self.run_dir / "metrics.jsonl", "".join(_json_line(r) for r in self.history))
@@ -176,7 +189,13 @@ class Trainer:
             with parameters_swapped_in(self.learner, self.best_params):
                 self._save("best")
         self._save("last")
+        self.write_card()
         return self.run_dir
+
+    def write_card(self) -> None:
+        """RUNDIR/MODEL_CARD.md (:mod:`metarec.meta.model_card`) for the run as it stands."""
+        if self.run_dir is not None and self.writes:
+            write_model_card(self.run_dir, checkpoint_card(self.checkpoint(), versions=package_versions()))
 
     def resume(self, directory: str | Path) -> None:
         """Continue from a ``last`` checkpoint: parameters, optimiser moments, epoch and best-so-far."""
@@ -191,9 +210,12 @@ class Trainer:
             if p in ckpt.learner.optimizer.state:
                 self.learner.optimizer.state[names[n]] = ckpt.learner.optimizer.state[p]
         self.state = dict(ckpt.state)
+        self.state.setdefault("data", data_sizes(self.split))
         self.average = ({n: v.clone() for n, v in ckpt.average.items()}
                         if self.average_decay and ckpt.average is not None else None)
-        if self.run_dir is not None and (self.run_dir / "metrics.jsonl").exists():
+        if self.dist is not None:  # every rank loaded the same checkpoint, before rank 0 writes a new one
+            self.dist.check_parameters(self.learner, f"resumed at epoch {self.state['epoch']}")
+        if self.run_dir is not None and self.writes and (self.run_dir / "metrics.jsonl").exists():
             # the records up to the checkpoint's epoch (a run killed after logging an epoch it never saved
             # logs that epoch again): the file is rewritten to them, so every epoch appears once
             lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
@@ -205,7 +227,7 @@ class Trainer:
     def fit(self, *, max_epochs: int | None = None) -> TrainResult:
         """Meta-train until ``train.epochs`` or early stopping; ``max_epochs`` stops early (for tests of resume)."""
         cfg = self.config.train
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.toml", self.config.to_toml())
         tasks: TaskSet = self.split.meta_train
@@ -229,11 +251,13 @@ class Trainer:
                 epoch_tasks = epoch_tasks.with_short_supports(np.random.default_rng([cfg.seed, epoch, 2]),
                                                               cfg.short_support_fraction, cfg.short_support_max)
             for i, batch in enumerate(epoch_tasks.batches(self.config.meta.meta_batch_size, shuffle=True, generator=rng)):
-                losses.append(self.learner.meta_step(batch.to(self.device), generator=gen))
+                losses.append(self._meta_step(self.learner, batch.to(self.device), gen))
                 self._update_average()
                 if self.progress:
                     self.progress("train", i + 1, n_batches)
-            raw_unadapted = self._unadapted_mae() if self.select_unadapted else None
+            if self.dist is not None:
+                self.dist.check_parameters(self.learner, f"epoch {epoch}")
+            raw_unadapted = self._on_main(self._unadapted_mae) if self.select_unadapted else None
             # validation, selection and "best" see the average; training goes on from the raw parameters
             with parameters_swapped_in(self.learner, self.average) as raw:
                 record = self._record(epoch, float(np.mean(losses)) if losses else float("nan"),
@@ -241,7 +265,8 @@ class Trainer:
                 self.state["epoch"] = epoch + 1
                 improved = record["val_mae"] < self.state["best_val_mae"] - 1e-6
                 if improved:
-                    self.state.update(best_epoch=epoch, best_val_mae=record["val_mae"], bad_epochs=0)
+                    self.state.update(best_epoch=epoch, best_val_mae=record["val_mae"], bad_epochs=0,
+                                      best_val={k: v for k, v in record.items() if k.startswith("val_")})
                     self.best_params = meta_parameters(self.learner)
                     self._save("best")
                 else:
@@ -256,6 +281,7 @@ class Trainer:
                 self._save("last")
         if self.run_dir is not None:
             self._save("last")
+            self.write_card()
         return TrainResult(self.state["best_epoch"], self.state["best_val_mae"], self.state["epoch"], self.history, self.run_dir)
 
     def _average_decay(self) -> float:
@@ -285,11 +311,21 @@ class Trainer:
             rng = np.random.default_rng([cfg.seed, 1_000_000 + epoch])
             torch.manual_seed(cfg.seed * 100003 + 1_000_000 + epoch)
             for batch in tasks.batches(self.config.meta.meta_batch_size, shuffle=True, generator=rng):
-                plain.meta_step(batch.to(self.device))
+                self._meta_step(plain, batch.to(self.device), None)
             if self.progress:
                 self.progress("pretrain", epoch + 1, cfg.pretrain_epochs)
         self.state["pretrained"] = True
         log.info("pretrained %d epochs as a global model", cfg.pretrain_epochs)
+
+    def _meta_step(self, learner: MetaLearner, batch, generator: torch.Generator | None) -> float:
+        """One outer update: the learner's own, or (distributed) from this rank's share of ``batch``."""
+        if self.dist is None:
+            return learner.meta_step(batch, generator=generator)
+        return self.dist.meta_step(learner, batch, generator)
+
+    def _on_main(self, compute: Callable[[], object]):
+        """``compute()`` here, or (distributed) on rank 0 with the result broadcast to every rank."""
+        return compute() if self.dist is None else self.dist.on_main(compute)
 
     def _unadapted_mae(self) -> float:
         return validation_mae(self.learner, self.split, self.config.train.eval_batch_size, adapted=False)["val_mae"]
@@ -297,13 +333,17 @@ class Trainer:
     def _record(self, epoch: int, train_loss: float, seconds: float, unadapted_mae: float | None = None) -> dict:
         """Validation metrics of the parameters now in the learner; ``unadapted_mae`` (select_unadapted)
         when it was measured on other parameters (the raw ones, while the average is in)."""
-        record = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3),
-                  **validation_mae(self.learner, self.split, self.config.train.eval_batch_size,
-                                   support_sizes=self.selection_support_sizes)}
-        if self.select_unadapted:
-            record["val_unadapted_mae"] = self._unadapted_mae() if unadapted_mae is None else unadapted_mae
+        def measure() -> dict:
+            record = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3),
+                      **validation_mae(self.learner, self.split, self.config.train.eval_batch_size,
+                                       support_sizes=self.selection_support_sizes)}
+            if self.select_unadapted:
+                record["val_unadapted_mae"] = self._unadapted_mae() if unadapted_mae is None else unadapted_mae
+            return record
+
+        record = self._on_main(measure)  # distributed: rank 0's, so every rank selects and stops alike
         self.history.append(record) if epoch >= 0 else None
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes:
             with open(self.run_dir / "metrics.jsonl", "a" if epoch >= 0 else "w", encoding="utf-8") as fh:
                 fh.write(_json_line(record))
         log.info("epoch %d: train loss %.4f, validation MAE %.4f", epoch, train_loss, record["val_mae"])
@@ -316,8 +356,6 @@ def load_best(run_dir: str | Path, device: str = "cpu") -> Checkpoint:
     for name in ("best", "last"):
         if (run_dir / name / "checkpoint.json").exists():
             return load_checkpoint(run_dir / name, device=device)
-    from metarec.errors import MetarecError
-
     raise MetarecError(f"{run_dir}: no checkpoint found (expected {run_dir}/best or {run_dir}/last)")
 
 
@@ -331,12 +369,16 @@ def without_support(tasks: TaskSet, learner: MetaLearner) -> TaskSet:
 
 def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None, *, user_history: bool = True,
                  history_max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT,
-                 history_as_prior: bool = HISTORY_AS_PRIOR) -> dict[str, dict[str, float]]:
+                 history_as_prior: bool = HISTORY_AS_PRIOR,
+                 progress: Progress | None = None) -> dict[str, dict[str, float]]:
     """MAE / RMSE per test scenario, adapted and not adapted. ``user_history``: a meta-train user's task
     adapts on their meta-train ratings too, by the benchmark's rule (``BenchmarkConfig.user_history``,
-    ``history_max_new_support`` and ``history_as_prior``)."""
+    ``history_max_new_support`` and ``history_as_prior``). ``progress(scenario, done, total)`` after each
+    scenario: scoring takes seconds, and a caller may show it."""
     out = {}
-    for name, tasks in split.test.items():
+    for i, (name, tasks) in enumerate(split.test.items()):
+        if progress:
+            progress(name, i, len(split.test))
         if user_history:
             tasks_seen = split.with_user_history(tasks, history_max_new_support, history_as_prior)
         else:
@@ -345,6 +387,8 @@ def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = No
         frozen = ckpt.learner.evaluate(without_support(tasks, ckpt.learner), steps=0)
         out[name] = {"mae": adapted["mae"], "rmse": adapted["rmse"], "mae_no_adapt": frozen["mae"],
                      "rmse_no_adapt": frozen["rmse"], "ratings": adapted["n"], "tasks": len(tasks)}
+    if progress:
+        progress("done", len(split.test), len(split.test))
     return out
 
 

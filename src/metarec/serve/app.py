@@ -10,8 +10,15 @@ cores, and OpenMP threads spinning on a busy machine slow small requests tenfold
 ``torch.set_num_threads`` is per thread except from the main thread, so it is set at start-up and
 again in every thread that runs the model.
 
+Also: ``/v1/recommend/batch`` (many users, one vectorised call), item vectors' similar items, new
+items added while serving (:meth:`ColdStartRecommender.add_item`), Prometheus ``/metrics``
+(:mod:`metarec.serve.metrics`), an API reference at ``/docs`` that loads nothing from another host
+(:mod:`metarec.serve.docs_page`) and the onboarding questionnaire as a web page at ``/onboarding``
+(:mod:`metarec.serve.onboarding_page`; ``/`` redirects there).
+
 No ``from __future__ import annotations`` here: FastAPI and pydantic must see the request models
-(built per app, with this model's rating scale and the configured limits) as real objects.
+(built per app, with this model's rating scale and the configured limits, :mod:`metarec.serve.schemas`)
+as real objects.
 """
 
 import contextlib
@@ -21,26 +28,24 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator
+from typing import Any, AsyncIterator
 
 import torch
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
-from fastapi.responses import JSONResponse as _StdJSONResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 from metarec.errors import DataError, MetarecError, UnknownIdError
 from metarec.serve.batching import MicroBatcher
 from metarec.serve.body_limit import BodyLimit
+from metarec.serve.docs_page import render_docs
+from metarec.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from metarec.serve.onboarding_page import render_onboarding
 from metarec.serve.recommender import ColdStartRecommender, RecommendQuery
-
-try:  # ~10x faster than json for the answers' metadata (a dependency; the fallback keeps old installs working)
-    import orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    orjson = None
+from metarec.serve.schemas import (BatchRecommendResponse, CatalogueItem, JSONResponse, OnboardingNextResponse,
+                                   OnboardingResponse, PredictResponse, RecommendResponse, SimilarItemsResponse,
+                                   request_models, unprocessable, validation_error)
 
 log = logging.getLogger(__name__)
 
@@ -48,82 +53,6 @@ API_KEY_HEADER = "X-API-Key"
 ENV_DIR = "METAREC_SERVE_DIR"
 ENV_API_KEY = "METAREC_API_KEY"
 ENV_OPTIONS = "METAREC_SERVE_OPTIONS"
-MAX_USER_ATTRIBUTES = 64
-
-
-def _id_to_str(value: Any) -> Any:
-    """Ids are strings; a JSON integer id is accepted as its decimal string (not floats or booleans)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-ItemId = Annotated[str, BeforeValidator(_id_to_str), StringConstraints(min_length=1, max_length=256)]
-UserValue = str | int | float | bool | list[str | int | float] | None
-
-
-class JSONResponse(_StdJSONResponse):
-    """Starlette's JSONResponse (compact, no NaN), rendered by orjson when it is installed."""
-
-    def render(self, content: Any) -> bytes:
-        if orjson is not None:
-            try:
-                return orjson.dumps(content)
-            except TypeError:  # a type orjson does not know: the standard encoder says what is wrong
-                pass
-        return super().render(content)
-
-
-class ScoredItem(BaseModel):
-    """An item with its predicted rating; recommendation answers add the item's metadata (title, ...)."""
-
-    model_config = ConfigDict(extra="allow")
-    item_id: str
-    score: float
-
-
-class CatalogueItem(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    item_id: str
-
-
-class RecommendResponse(BaseModel):
-    items: list[ScoredItem]
-    unknown_item_ids: list[str]
-    model_version: str
-
-
-class PredictResponse(BaseModel):
-    predictions: list[ScoredItem]
-    unknown_item_ids: list[str]
-    model_version: str
-
-
-class OnboardingResponse(BaseModel):
-    items: list[CatalogueItem]
-    model_version: str
-
-
-class OnboardingNextResponse(BaseModel):
-    items: list[CatalogueItem]
-    unknown_item_ids: list[str]
-    model_version: str
-
-
-def _unprocessable(loc: list[str | int], message: str, kind: str = "value_error") -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
-    return HTTPException(status_code=422, detail=[{"loc": loc, "msg": message, "type": kind}])
-
-
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with where and why, without echoing the input back.
-
-    FastAPI's default echoes each bad value, and a NaN rating (Python's JSON parser accepts the
-    literal) cannot be serialised back: that would turn a client error into a 500.
-    """
-    errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-              for e in exc.errors()]
-    return JSONResponse({"detail": errors}, status_code=422)
 
 
 def create_app(
@@ -134,72 +63,32 @@ def create_app(
     max_ratings: int = 500,
     max_k: int = 500,
     max_item_ids: int = 1_000,
+    max_batch_users: int = 100,
     torch_threads: int | None = 1,
     batching: bool = True,
     batch_size: int = 4,
     batch_wait_ms: float = 0.0,
+    item_writes: bool = True,
 ) -> FastAPI:
     """The service for an already loaded recommender (load once, serve many).
 
-    ``api_key``: when set, every ``/v1`` route needs header ``X-API-Key`` (``/healthz`` stays open).
+    ``api_key``: when set, every ``/v1`` route, ``/metrics``, ``/docs`` and ``/openapi.json`` need header
+    ``X-API-Key`` (``/healthz`` and the ``/onboarding`` page, static, stay open).
     ``torch_threads``: torch intra-op threads of each request thread (and of the start-up thread, restored
     at shutdown); None leaves torch's setting alone.
     ``batching``: micro-batch ``/v1/recommend`` (one inference thread, up to ``batch_size`` users per
     vectorised call, waiting up to ``batch_wait_ms`` for more once a request is queued; 0 takes only
     what is already queued, so a lone request never waits); False: one request per thread-pool call.
+    ``item_writes``: allow ``POST /v1/items`` (new items live in this process only: a multi-worker
+    service turns it off, or each worker would serve a different catalogue).
     """
     if not recommender.is_fitted:
         raise MetarecError("create_app needs a fitted or loaded ColdStartRecommender")
-    low, high = recommender.rating_scale
-    version = recommender.model_version
-    user_attributes = recommender.user_attributes
-
-    class RatingIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        item_id: ItemId
-        rating: float = Field(description=f"a finite number in [{low:g}, {high:g}] (checked by the recommender)")
-
-    def _no_duplicates(ratings: list[RatingIn]) -> list[RatingIn]:
-        seen: set[str] = set()
-        for r in ratings:
-            if r.item_id in seen:
-                raise ValueError(f"item_id {r.item_id!r} is rated more than once")
-            seen.add(r.item_id)
-        return ratings
-
-    user_doc = f"the new user's attributes; the model reads {sorted(user_attributes)}"
-
-    class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        ratings: list[RatingIn] = Field(min_length=1, max_length=max_ratings,
-                                        description="the new user's ratings (support set)")
-        user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
-        k: int = Field(10, le=max_k, description=f"how many items, at least 1 and at most {max_k}")
-        exclude_rated: bool = True
-
-        @field_validator("ratings")
-        @classmethod
-        def _unique_items(cls, value: list[RatingIn]) -> list[RatingIn]:
-            return _no_duplicates(value)
-
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        ratings: list[RatingIn] = Field(min_length=1, max_length=max_ratings)
-        user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
-        item_ids: list[ItemId] = Field(min_length=1, max_length=max_item_ids)
-
-        @field_validator("ratings")
-        @classmethod
-        def _unique_items(cls, value: list[RatingIn]) -> list[RatingIn]:
-            return _no_duplicates(value)
-
-    class OnboardingRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        n: int = Field(10, le=max_k, description=f"how many items to ask about next, at least 1 and at most {max_k}")
-        shown: list[ItemId] = Field(default_factory=list, max_length=max_item_ids,
-                                    description="the items already shown to the user")
-        rated: list[ItemId] = Field(default_factory=list, max_length=max_item_ids,
-                                    description="those of them the user rated (ratings themselves are not needed)")
+    models = request_models(recommender.rating_scale, recommender.user_attributes,
+                            [str(c) for c in recommender.items.columns], max_ratings=max_ratings, max_k=max_k,
+                            max_item_ids=max_item_ids, max_batch=max_batch_users)
+    RecommendRequest, BatchRequest, PredictRequest = models.recommend, models.batch, models.predict  # noqa: N806
+    OnboardingRequest, NewItemRequest = models.onboarding, models.new_item  # noqa: N806
 
     local = threading.local()
     batcher = MicroBatcher(recommender, batch_size=batch_size, max_wait=batch_wait_ms / 1000,
@@ -229,13 +118,16 @@ def create_app(
 
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
     expected = None if api_key is None else api_key.encode("utf-8")
-    open_docs = {} if expected is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="metarec", version=version, lifespan=lifespan, **open_docs,
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: off; /docs is metarec.serve.docs_page
+    app = FastAPI(title="metarec", version=recommender.model_version, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None,
                   description="Cold-start recommendations: a new user's few ratings in, a personalised top-k out.")
     app.state.recommender = recommender
     app.state.batcher = batcher
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    metrics = app.state.metrics = Metrics()
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything, 413s included
 
     async def require_key(given: str | None = Security(header)) -> None:  # async: no thread-pool hop per request
         if expected is None:
@@ -244,23 +136,39 @@ def create_app(
             raise HTTPException(status_code=401, detail=f"missing or invalid API key (header {API_KEY_HEADER})",
                                 headers={"WWW-Authenticate": "ApiKey"})
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Security(require_key)] if expected is not None else [])
-    if expected is not None:  # with a key, the schema and its page need it too
-        @app.get("/openapi.json", include_in_schema=False, dependencies=[Security(require_key)])
-        async def openapi() -> JSONResponse:
-            return JSONResponse(app.openapi())
+    keyed = [Security(require_key)] if expected is not None else []
+    v1 = APIRouter(prefix="/v1", dependencies=keyed)
 
-        @app.get("/docs", include_in_schema=False, dependencies=[Security(require_key)])
-        async def docs() -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url="/openapi.json", title="metarec")
+    @app.get("/openapi.json", include_in_schema=False, dependencies=keyed)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
-    def _adapt_errors(exc: MetarecError, source: str = "body") -> HTTPException:
+    @app.get("/docs", include_in_schema=False, dependencies=keyed)
+    async def docs() -> HTMLResponse:
+        """The API reference, self-contained: no script, nothing loaded from another host."""
+        return HTMLResponse(render_docs(app.openapi()))
+
+    page = render_onboarding(API_KEY_HEADER)
+
+    @app.get("/onboarding", include_in_schema=False)
+    async def onboarding_page() -> HTMLResponse:
+        """The questionnaire for people, self-contained; public: it is static and holds no data (its
+        script sends the key with every call; :mod:`metarec.serve.onboarding_page` says why)."""
+        return HTMLResponse(page.html, headers=page.headers)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("onboarding")  # relative: right behind a proxy that adds a path prefix
+
+    @app.get("/metrics", include_in_schema=False, dependencies=keyed)
+    async def prometheus() -> PlainTextResponse:
+        info = {"model_version": recommender.model_version, "dataset": recommender.dataset_name}
+        return PlainTextResponse(metrics.render(info), media_type=CONTENT_TYPE)
+
+    def _adapt_errors(exc: MetarecError, source: str | list[str | int] = "body") -> HTTPException:
         """The library's input errors (the recommender validates every request) as 422s that name the
         field: ``ratings.3.rating`` becomes ``["body", "ratings", 3, "rating"]``."""
-        if isinstance(exc, UnknownIdError):
-            return _unprocessable([source, "ratings"], str(exc), "unknown_item_id")
-        field = getattr(exc, "field", None) or "ratings"
-        return _unprocessable([source, *(int(p) if p.isdigit() else p for p in field.split("."))], str(exc))
+        return unprocessable(*_error_loc(exc, [source] if isinstance(source, str) else source))
 
     recommend_doc = "Adapt to the user's ratings; the ``k`` best items, with titles. Unknown rated ids are listed."
 
@@ -276,7 +184,7 @@ def create_app(
             except MetarecError as exc:
                 raise _adapt_errors(exc) from None
             return JSONResponse({"items": result.items, "unknown_item_ids": result.unknown_item_ids,
-                                 "model_version": version})
+                                 "model_version": recommender.model_version})
     else:
         @v1.post("/recommend", response_model=RecommendResponse, description=recommend_doc)
         def recommend(request: RecommendRequest) -> JSONResponse:
@@ -288,7 +196,22 @@ def create_app(
             except MetarecError as exc:
                 raise _adapt_errors(exc) from None
             return JSONResponse({"items": result.items, "unknown_item_ids": result.unknown_item_ids,
-                                 "model_version": version})
+                                 "model_version": recommender.model_version})
+
+    @v1.post("/recommend/batch", response_model=BatchRecommendResponse)
+    def recommend_batch(request: BatchRequest) -> JSONResponse:
+        """Many users at once (each a ``/v1/recommend`` body), adapted together in vectorised groups; the
+        answers in the order asked. Any invalid user makes the whole request a 422 naming ``users.<i>``."""
+        one_torch_thread()
+        queries = [RecommendQuery({r.item_id: r.rating for r in u.ratings}, u.user, u.k, u.exclude_rated)
+                   for u in request.users]
+        results = recommender.recommend_many(queries, batch_size=batch_size)
+        errors = [_error_loc(r, ["body", "users", i]) for i, r in enumerate(results) if isinstance(r, MetarecError)]
+        if errors:
+            raise HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": kind}
+                                                         for loc, msg, kind in errors])
+        return JSONResponse({"results": [{"items": r.items, "unknown_item_ids": r.unknown_item_ids} for r in results],
+                             "model_version": recommender.model_version})
 
     @v1.post("/predict", response_model=PredictResponse)
     def predict(request: PredictRequest) -> JSONResponse:
@@ -300,13 +223,13 @@ def create_app(
         except MetarecError as exc:
             raise _adapt_errors(exc) from None
         return JSONResponse({"predictions": result.items, "unknown_item_ids": result.unknown_item_ids,
-                             "model_version": version})
+                             "model_version": recommender.model_version})
 
     @v1.get("/onboarding", response_model=OnboardingResponse)
     def onboarding(n: int = Query(10, le=max_k, description="how many items to ask about")) -> JSONResponse:
         """The items to ask a new user to rate first."""
         try:
-            return JSONResponse({"items": recommender.onboarding_records(n), "model_version": version})
+            return JSONResponse({"items": recommender.onboarding_records(n), "model_version": recommender.model_version})
         except MetarecError as exc:
             raise _adapt_errors(exc, "query") from None
 
@@ -319,7 +242,7 @@ def create_app(
         except MetarecError as exc:
             raise _adapt_errors(exc) from None
         return JSONResponse({"items": result.items, "unknown_item_ids": result.unknown_item_ids,
-                             "model_version": version})
+                             "model_version": recommender.model_version})
 
     @v1.get("/items/{item_id}", response_model=CatalogueItem)
     def item(item_id: str) -> JSONResponse:
@@ -329,20 +252,60 @@ def create_app(
         except UnknownIdError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
 
+    @v1.get("/items/{item_id}/similar", response_model=SimilarItemsResponse)
+    def similar(item_id: str, k: int = Query(10, le=max_k, description="how many items")) -> JSONResponse:
+        """The ``k`` items closest to this one by cosine similarity of the model's item vectors (models
+        with item vectors: neural-cf; otherwise a 409). 404 for an id the model does not know."""
+        one_torch_thread()
+        try:
+            items = recommender.similar_items(item_id, k)
+        except UnknownIdError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        except DataError as exc:
+            raise _adapt_errors(exc, "query") from None
+        except MetarecError as exc:  # a model without item vectors: the request is fine, the model cannot
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        return JSONResponse({"item_id": item_id, "items": items, "model_version": recommender.model_version})
+
+    @v1.post("/items", response_model=CatalogueItem, status_code=201)
+    def add_item(request: NewItemRequest) -> JSONResponse:
+        """Add a new item from its attributes (and metadata such as its title): the model scores it from
+        them, as every item it never saw in training, and it is recommendable at once. In memory only."""
+        if not item_writes:
+            raise HTTPException(status_code=409, detail="new items are off in a multi-worker service "
+                                                        "(each worker would hold its own catalogue)")
+        one_torch_thread()
+        try:
+            record = recommender.add_item(request.item_id, request.attributes)
+        except MetarecError as exc:
+            raise _adapt_errors(exc) from None
+        log.info("added item %r; model_version %s", request.item_id, recommender.model_version)
+        return JSONResponse(record, status_code=201)
+
     @v1.get("/model")
     def model() -> dict[str, Any]:
         """Model configuration, dataset, catalogue size, model_version, package versions and limits."""
         return {**recommender.info(), "limits": {"max_body_bytes": max_body_bytes, "max_ratings": max_ratings,
-                                                 "max_k": max_k, "max_item_ids": max_item_ids}}
+                                                 "max_k": max_k, "max_item_ids": max_item_ids,
+                                                 "max_batch_users": max_batch_users}}
 
     app.include_router(v1)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         """Liveness and the served model_version; never needs the API key."""
-        return {"status": "ok", "model_version": version}
+        return {"status": "ok", "model_version": recommender.model_version}
 
     return app
+
+
+def _error_loc(exc: MetarecError, prefix: list[str | int]) -> tuple[list[str | int], str, str]:
+    """(loc, message, type) of a library input error under ``prefix``: an unknown-ids error is the
+    ratings'; a :class:`DataError` names its field (``ratings.3.rating``)."""
+    if isinstance(exc, UnknownIdError):
+        return [*prefix, "ratings"], str(exc), "unknown_item_id"
+    field = getattr(exc, "field", None) or "ratings"
+    return [*prefix, *(int(p) if p.isdigit() else p for p in field.split("."))], str(exc), "value_error"
 
 
 def create_app_from_dir(path: str | Path, **kwargs: Any) -> FastAPI:

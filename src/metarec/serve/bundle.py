@@ -9,9 +9,12 @@ what meta-training saw of it::
     item_stats.parquet   ratings per item seen by meta-training (popularity, the onboarding tie-break)
     onboarding_panel.parquet  who rated what among newcomer-like training users (the adaptive
                          onboarding questionnaire's panel; absent in older folders: onboarding by popularity)
+    MODEL_CARD.md        data, configuration, validation metrics, intended use and limits (for people)
 
 :func:`read_bundle` also reads a ``metarec train`` run folder or a checkpoint folder; the metadata,
-popularity and panel are then rebuilt from the run's dataset when it can still be loaded.
+popularity and panel are then rebuilt from the run's dataset when it can still be loaded. Every command
+finds a model folder's checkpoint through :func:`model_checkpoint_dir`, and the commands that score
+held-out users rebuild its split through :func:`read_run`, so any model folder works with all of them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pandas as pd
 from metarec._io import atomic_dir, jsonable, sha256_file, write_json
 from metarec.errors import MetarecError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
+from metarec.meta.model_card import checkpoint_card, write_model_card
 from metarec.meta.run import RunConfig
 from metarec.onboarding.catalogue import newcomer_like_ratings, training_counts
 from metarec.tasks import ColdStartSplit
@@ -92,6 +96,8 @@ def write_bundle(directory: str | Path, bundle: Bundle) -> Path:
                          ).to_parquet(tmp / PANEL, index=False)
         write_json(tmp / SPEC, {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": bundle.dataset_name,
                                 "model_version": version, "versions": dict(bundle.versions or {})})
+        write_model_card(tmp, checkpoint_card(checkpoint, dataset_name=bundle.dataset_name,
+                                              versions=bundle.versions, model_version=version))
     return directory
 
 
@@ -101,12 +107,7 @@ def read_bundle(directory: str | Path, device: str = "cpu") -> Bundle:
     spec_path = directory / SPEC
     if spec_path.exists():
         return _read_saved(directory, json.loads(spec_path.read_text(encoding="utf-8")), device)
-    if (directory / "checkpoint.json").exists():
-        ckpt_dir = directory
-    elif directory.is_dir():
-        ckpt_dir = best_checkpoint_dir(directory)
-    else:
-        raise MetarecError(f"{directory}: no such folder")
+    ckpt_dir = model_checkpoint_dir(directory)
     checkpoint = load_checkpoint(ckpt_dir, device=device)
     items, counts, panel = _run_catalogue(checkpoint)
     versions = json.loads((ckpt_dir / "checkpoint.json").read_text(encoding="utf-8")).get("versions")
@@ -133,6 +134,41 @@ def _read_saved(directory: Path, spec: dict, device: str) -> Bundle:
         panel = pd.DataFrame({"panel_user": frame["panel_user"].to_numpy(np.int64), "item_idx": item_idx})
     return Bundle(checkpoint, items, counts, panel, spec.get("dataset"),
                   file_version(directory / "checkpoint" / "model.safetensors"), spec.get("versions"))
+
+
+def model_checkpoint_dir(directory: str | Path) -> Path:
+    """The checkpoint a model folder serves, whichever kind it is: a saved recommender (its
+    ``checkpoint/``), a ``metarec train`` run folder (``best``, else ``last``) or a checkpoint folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MetarecError(f"{directory}: no such folder")
+    if (directory / SPEC).is_file():
+        return directory / "checkpoint"
+    if (directory / "checkpoint.json").is_file():
+        return directory
+    return best_checkpoint_dir(directory)
+
+
+def read_run(directory: str | Path, device: str = "cpu") -> tuple[ColdStartSplit, Checkpoint]:
+    """A model folder's checkpoint and the split it was trained on, rebuilt from the data its config
+    names (for the commands that score held-out users: evaluate, onboard). Any model folder
+    (:func:`model_checkpoint_dir`) will do; a run folder's ``config.toml`` wins over the checkpoint's copy."""
+    from metarec.data.loaders.registry import load_data
+    from metarec.tasks import make_split
+
+    directory = Path(directory)
+    checkpoint = load_checkpoint(model_checkpoint_dir(directory), device=device)
+    toml = directory / "config.toml"
+    config = RunConfig.from_toml(toml) if toml.is_file() else RunConfig.from_dict(checkpoint.run_config)
+    try:
+        dataset = load_data(config.data)
+    except (MetarecError, OSError) as exc:
+        raise MetarecError(f"{directory}: the data the model was trained on ({config.data.dataset!r}) cannot be "
+                           f"loaded again ({exc}); scoring held-out users needs it (recommend and serve do not)"
+                           ) from None
+    if dataset.item_vocab != checkpoint.item_vocab:
+        raise MetarecError(f"{directory}: dataset {dataset.name!r} no longer matches the model's catalogue")
+    return make_split(dataset, config.split), checkpoint
 
 
 def best_checkpoint_dir(run_dir: Path) -> Path:

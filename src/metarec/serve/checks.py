@@ -4,9 +4,11 @@ before anything is computed: each failure a :class:`DataError` naming the field 
 from __future__ import annotations
 
 import math
+from typing import Iterable, Mapping
 
 import numpy as np
 
+from metarec.data.encoding import ColumnEncoding
 from metarec.errors import DataError
 
 
@@ -47,3 +49,42 @@ def categorical_value(value: object, known: tuple[str, ...], what: str, field: s
         return value
     shown = ", ".join(repr(v) for v in known[:12]) + (", ..." if len(known) > 12 else "")
     raise DataError(f"{what} takes one of {shown} (text), got {value!r}", field=field)
+
+
+def attribute_record(attributes: object, columns: Mapping[str, ColumnEncoding], what: str,
+                     others: Iterable[str] = ()) -> dict[str, object] | None:
+    """A new user's or item's attributes (``what``: "user" or "item"), checked by name and shape: a silently
+    ignored typo would go unnoticed. ``columns``: those the model reads; ``others``: names also allowed
+    (an item's display metadata, such as its title), which must hold a scalar or a list of scalars."""
+    if attributes is None:
+        return None
+    prefix = "user" if what == "user" else "attributes"
+    if not isinstance(attributes, Mapping):
+        raise DataError(f"{what} attributes must be a mapping {{name: value}}", field=prefix)
+    allowed = set(columns) | set(others)
+    unknown = sorted(set(attributes) - allowed)
+    if unknown:
+        raise DataError(f"unknown {what} attribute(s) {unknown}; the model reads {sorted(columns)}"
+                        + (f", and the catalogue also has {sorted(set(others) - set(columns))}" if others else ""),
+                        field=prefix)
+    record: dict[str, object] = {}
+    for name, value in attributes.items():
+        field, label = f"{prefix}.{name}", f"{what} attribute {name!r}"
+        column = columns.get(name)
+        kind = None if column is None else column.kind
+        if kind == "multi":
+            value = None if value is None else [value] if isinstance(value, (str, int, float)) else list(value)
+        elif kind is None and isinstance(value, (list, tuple)):
+            if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+                raise DataError(f"{label} takes a list of texts or numbers", field=field)
+            value = list(value)
+        elif isinstance(value, (list, tuple, dict)):
+            raise DataError(f"{label} takes one value, got {type(value).__name__}", field=field)
+        elif kind == "numeric" and value is not None:
+            value = finite_number(value, label, field)
+        elif kind == "categorical" and value is not None:
+            value = categorical_value(value, column.values, label, field)
+        elif kind is None and isinstance(value, float) and not math.isfinite(value):
+            raise DataError(f"{label} must be finite, got {value!r}", field=field)
+        record[name] = value
+    return record

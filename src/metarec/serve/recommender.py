@@ -6,8 +6,10 @@ state: every call adapts a fresh copy of the parameters, on one of a pool of mod
 (:mod:`metarec.serve.replicas`), so threads may share one recommender. The saved folder's format is
 :mod:`metarec.serve.bundle`.
 
-It is the one place a request is validated: ``k`` / ``n``, id collections and user attributes here,
-the ratings themselves by :meth:`Personalizer.support`. The HTTP service and the CLI only parse.
+It is the one place a request is validated: ``k`` / ``n``, id collections and user and item attributes
+here (:mod:`metarec.serve.checks`), the ratings themselves by :meth:`Personalizer.support`. The HTTP
+service and the CLI only parse. New items (:meth:`add_item`) swap in a grown catalogue under a lock,
+in an order that keeps every concurrent reader consistent (item indices never change).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from metarec.meta.run import RunConfig
 from metarec.onboarding.catalogue import item_indices
 from metarec.onboarding.questionnaire import AdaptiveQuestionnaire
 from metarec.serve.bundle import Bundle, complete_bundle, metadata_records, read_bundle, write_bundle
-from metarec.serve.checks import categorical_value, check_count, check_ids, finite_number
+from metarec.serve.checks import attribute_record, check_count, check_ids
+from metarec.serve.item_methods import ItemMethods
 from metarec.serve.personalizer import Personalizer
 from metarec.serve.replicas import personalizer_pool
 from metarec.serve.training import as_dataset, train_bundle
@@ -55,7 +58,7 @@ class RecommendQuery:
     exclude_rated: bool = True
 
 
-class ColdStartRecommender:
+class ColdStartRecommender(ItemMethods):
     """Fit / save / load / recommend around one meta-trained checkpoint (see the module docstring)."""
 
     def __init__(
@@ -76,6 +79,9 @@ class ColdStartRecommender:
         more threads than that wait for a free replica.
         """
         self._checkpoint: Checkpoint | None = None
+        self._batch_lock = threading.Lock()  # recommend_many's, and held while a grown catalogue is swapped in
+        self._write_lock = threading.Lock()  # one add_item at a time
+        self._added: list[str] = []  # ids of items added while serving
         self._replicas = DEFAULT_REPLICAS if replicas is None else int(replicas)
         if self._replicas < 1:
             raise MetarecError(f"replicas must be >= 1, got {replicas}")
@@ -83,20 +89,26 @@ class ColdStartRecommender:
             self._bind(Bundle(checkpoint, items, train_counts, panel, dataset_name, model_version, versions))
 
     def _bind(self, bundle: Bundle) -> None:
-        """Precompute everything a request reads, so requests only read (safe across threads)."""
+        """Precompute everything a request reads, so requests only read (safe across threads). Swapped in
+        metadata first, then the checkpoint, then the replicas: a concurrent reader may see a catalogue
+        larger than its replica's, never smaller."""
         bundle = complete_bundle(bundle)
         checkpoint, panel = bundle.checkpoint, bundle.panel
-        self._bundle, self._items, self._model_version = bundle, bundle.items, bundle.model_version
-        self._meta = metadata_records(bundle.items)
+        meta = metadata_records(bundle.items)
         members = (None, None) if panel is None else (panel["panel_user"].to_numpy(), panel["item_idx"].to_numpy())
-        self._questionnaire = AdaptiveQuestionnaire.from_panel(*members, bundle.train_counts)
-        self._user_columns = {c.name: c.kind for c in checkpoint.features.user_encoder.columns}
-        self._user_values = {c.name: c.values for c in checkpoint.features.user_encoder.columns}
+        questionnaire = AdaptiveQuestionnaire.from_panel(*members, bundle.train_counts)
         # ``checkpoint`` itself stays untouched (for save() and info()): calls run on replicas
-        self._pool, self._batch_factory = personalizer_pool(checkpoint, self._replicas)
-        self._batch_personalizer: Personalizer | None = None  # recommend_many's, made on first use
-        self._batch_lock = threading.Lock()
-        self._checkpoint = checkpoint
+        pool, batch_factory = personalizer_pool(checkpoint, self._replicas)
+        with self._batch_lock:
+            self._meta, self._bundle, self._items, self._model_version = meta, bundle, bundle.items, bundle.model_version
+            self._user_encodings = {c.name: c for c in checkpoint.features.user_encoder.columns}
+            self._user_columns = {name: c.kind for name, c in self._user_encodings.items()}
+            self._item_encodings = {c.name: c for c in checkpoint.features.item_encoder.columns}
+            self._checkpoint = checkpoint
+            self._questionnaire = questionnaire
+            self._pool, self._batch_factory = pool, batch_factory
+            self._batch_personalizer: Personalizer | None = None  # recommend_many's, made on first use
+            self._similarity = None  # item vectors and their cosine index, made on first use
 
     @property
     def is_fitted(self) -> bool:
@@ -128,11 +140,13 @@ class ColdStartRecommender:
         the training run (metrics, checkpoints, the recipe's ``recipe.json``); without it the run lives in a
         temporary folder. Without ``config`` the automatic recipe (:mod:`metarec.meta.recipe`) chooses the
         dataset-dependent settings on validation users (``search``; default: on without ``config``, off
-        with one); ``preset`` starts from a preset shipped with the package instead of the recipe's base.
+        with one); ``preset`` (a name ``metarec presets`` lists) puts that preset shipped with the package over
+        the recipe's base, as ``metarec train --preset NAME`` does: the same model, and what it sets is not searched.
         Returns ``self``, fitted: ``ColdStartRecommender().fit(ratings_frame)``.
         """
         dataset = as_dataset(interactions, user_attributes, item_attributes, name, rating_scale)
         self._bind(train_bundle(dataset, config, run_dir, search=search, preset=preset))
+        self._added = []
         return self
 
     # ------------------------------------------------------------------ persistence
@@ -313,9 +327,9 @@ class ColdStartRecommender:
         check_ids(item_ids, "item_ids")
         record = self._user_record(user_attributes)
         asked = [str(i) for i in item_ids]
-        idx = self.checkpoint.item_vocab.indices(asked, strict=False)
-        known = idx >= 0
         with self._pool.borrow() as personalizer:
+            idx = personalizer.item_vocab.indices(asked, strict=False)  # the replica's own catalogue
+            known = idx >= 0
             user = personalizer.adapt(ratings, record)
             scores = user.predict_idx(idx[known]) if known.any() else np.zeros(0, dtype=np.float32)
         items = [{"item_id": i, "score": float(s)} for i, s in zip(np.asarray(asked, dtype=object)[known], scores)]
@@ -359,28 +373,8 @@ class ColdStartRecommender:
 
     # ------------------------------------------------------------------ helpers
     def _user_record(self, attributes: Mapping[str, object] | None) -> dict[str, object] | None:
-        """Check a new user's attributes by name and shape: a silently ignored typo would go unnoticed."""
-        if attributes is None:
-            return None
-        if not isinstance(attributes, Mapping):
-            raise DataError("user attributes must be a mapping {name: value}", field="user")
-        unknown = sorted(set(attributes) - set(self._user_columns))
-        if unknown:
-            raise DataError(f"unknown user attribute(s) {unknown}; the model reads {sorted(self._user_columns)}",
-                            field="user")
-        record: dict[str, object] = {}
-        for name, value in attributes.items():
-            kind = self._user_columns[name]
-            if kind == "multi":
-                value = None if value is None else [value] if isinstance(value, (str, int, float)) else list(value)
-            elif isinstance(value, (list, tuple, dict)):
-                raise DataError(f"user attribute {name!r} takes one value, got {type(value).__name__}", field=f"user.{name}")
-            elif kind == "numeric" and value is not None:
-                value = finite_number(value, f"user attribute {name!r}", f"user.{name}")
-            elif kind == "categorical" and value is not None:
-                value = categorical_value(value, self._user_values[name], f"user attribute {name!r}", f"user.{name}")
-            record[name] = value
-        return record
+        """A new user's attributes, checked by name and kind (:func:`metarec.serve.checks.attribute_record`)."""
+        return attribute_record(attributes, self._user_encodings, "user")
 
 
 # ---------------------------------------------------------------------- module helpers

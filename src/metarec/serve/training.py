@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from metarec.data.dataset import RatingDataset
-from metarec.errors import DataError
+from metarec.errors import ConfigError, DataError
 from metarec.meta.checkpoint import load_checkpoint
 from metarec.meta.run import RunConfig
 from metarec.serve.bundle import Bundle, best_checkpoint_dir, file_version, split_catalogue
@@ -32,19 +32,25 @@ def train_bundle(dataset: RatingDataset, config: RunConfig | None, run_dir: str 
     """Meta-train on ``dataset`` (see :meth:`ColdStartRecommender.fit`) and bundle the best checkpoint with
     the dataset's items, its training popularity and its onboarding panel."""
     from metarec._io import write_json
-    from metarec.meta.recipe import choose_recipe, preset as load_preset, recipe_base
+    from metarec.meta.recipe import choose_recipe, layered_config
     from metarec.meta.trainer import Trainer
     from metarec.tasks import make_split
 
     if search is None:
         search = config is None
-    config = config or (load_preset(preset) if preset else recipe_base())
+    fixed: tuple[str, ...] = ()
+    if config is not None and preset is not None:
+        raise ConfigError("give config or preset, not both (a preset is a configuration)")
+    if config is None:
+        # the same layering as `metarec train --preset NAME` (the recipe's base under the preset's values;
+        # the searched settings the preset sets stay as it says), so both give the same model
+        config, fixed = layered_config(None, preset)
     config = config.override("data", dataset=dataset.name)
     split = make_split(dataset, config.split)
     with tempfile.TemporaryDirectory(prefix="metarec-fit-") as tmp:
         directory = Path(run_dir) if run_dir is not None else Path(tmp)
         if search:
-            chosen = choose_recipe(split, config)
+            chosen = choose_recipe(split, config, fixed=fixed)
             chosen.trainer.write_run(directory)
             write_json(directory / "recipe.json", chosen.to_dict())
         else:

@@ -58,6 +58,13 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
 
 
 def _worker(host: str, port: int, access_log: bool, ready) -> None:  # pragma: no cover - runs in a child process
+    # Ctrl-C in a terminal interrupts every process of its group, and the parent stops the workers itself
+    # (SIGTERM). A worker must not die of a KeyboardInterrupt on the way: uvicorn shuts down on SIGINT and
+    # then raises it again with the handler it found, which, left at Python's default, prints a traceback
+    # from every worker. Ignored here (the parent started this process with SIGINT blocked, so one that
+    # arrived during start-up is discarded now instead of interrupting an import).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     import uvicorn
 
     class AnnouncingServer(uvicorn.Server):
@@ -91,7 +98,13 @@ def serve_reuse_port(host: str, port: int, workers: int, *, access_log: bool = T
     def start(i: int):
         ready = context.Event()
         process = context.Process(target=_worker, args=(host, port, access_log, ready), name=f"metarec-worker-{i}")
-        process.start()
+        # the child inherits the blocked SIGINT until _worker ignores it: a Ctrl-C while it starts is the
+        # parent's to handle (held back here for the few milliseconds of the spawn, then delivered)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return process, ready
 
     stopping = False

@@ -45,18 +45,7 @@ def load_ml100k(folder: str | Path) -> RatingDataset:
     users["age"] = to_number(users, "age", upath, integer=True)
     users["zip_prefix"] = users.pop("zip").str.strip().str[:1].replace("", pd.NA)
 
-    ipath = folder / "u.item"
-    names = ["item_id", "title", "release_date", "video_release_date", "url", *ML100K_GENRES]
-    items = read_delimited(ipath, "|", names, required=["item_id", "title"], encoding="latin-1")
-    flags = items[list(ML100K_GENRES)].to_numpy() == "1"
-    genres = [tuple(g for g, on in zip(ML100K_GENRES, row) if on) for row in flags]
-    released = pd.to_datetime(items["release_date"], format="%d-%b-%Y", errors="coerce")
-    items = pd.DataFrame({
-        "item_id": plain_ids(items, "item_id", ipath),
-        "title": items["title"],
-        "year": released.dt.year.astype("Float64"),
-        "genres": genres,
-    })
+    items = ml100k_items(folder)
     return RatingDataset.from_frames(
         "ml-100k", ratings, users, items,
         user_schema={"age": AttributeSpec("numeric", buckets=7), "gender": "categorical",
@@ -66,6 +55,22 @@ def load_ml100k(folder: str | Path) -> RatingDataset:
         # Items released in 1997 or later are "new" (21% of the catalogue); MeLU's 1998 leaves ML-100K 65.
         meta={"source": str(folder), "new_item_rule": {"release_year_from": 1997}},
     )
+
+
+def ml100k_items(folder: str | Path) -> pd.DataFrame:
+    """``u.item`` alone (item_id, title, year, genres): what showing titles needs, without the ratings."""
+    ipath = Path(folder) / "u.item"
+    names = ["item_id", "title", "release_date", "video_release_date", "url", *ML100K_GENRES]
+    items = read_delimited(ipath, "|", names, required=["item_id", "title"], encoding="latin-1")
+    flags = items[list(ML100K_GENRES)].to_numpy() == "1"
+    genres = [tuple(g for g, on in zip(ML100K_GENRES, row) if on) for row in flags]
+    released = pd.to_datetime(items["release_date"], format="%d-%b-%Y", errors="coerce")
+    return pd.DataFrame({
+        "item_id": plain_ids(items, "item_id", ipath),
+        "title": items["title"],
+        "year": released.dt.year.astype("Float64"),
+        "genres": genres,
+    })
 
 
 ML1M_NEW_ITEM_RULE = {"release_year_from": 1998}  # MeLU's protocol: films released 1998 or later are "new"
@@ -118,16 +123,7 @@ def load_ml1m(folder: str | Path, *, imdb_features: bool = False, imdb_folder: s
         "zip_prefix": users["zip"].str.strip().str[:1].replace("", pd.NA),
     })
 
-    mpath = folder / "movies.dat"
-    movies = read_delimited(mpath, "::", ["item_id", "title", "genres"], required=["item_id", "title"],
-                            encoding="latin-1")
-    titles = movies["title"].str.strip()
-    items = pd.DataFrame({
-        "item_id": plain_ids(movies, "item_id", mpath),
-        "title": titles,
-        "year": pd.to_numeric(titles.str.extract(_YEAR, expand=False), errors="coerce").astype("Float64"),
-        "genres": [_split(v, "|") for v in movies["genres"]],
-    })
+    items = ml1m_items(folder)
     item_schema: dict[str, AttributeSpec | str] = {
         "title": "text", "year": AttributeSpec("numeric", buckets=8), "genres": "multi"}
     meta: dict[str, object] = {"source": str(folder), "new_item_rule": dict(ML1M_NEW_ITEM_RULE)}
@@ -143,6 +139,20 @@ def load_ml1m(folder: str | Path, *, imdb_features: bool = False, imdb_folder: s
                      "zip_prefix": "categorical"},
         item_schema=item_schema, rating_scale=(1.0, 5.0), duplicates="error", source=path, meta=meta,
     )
+
+
+def ml1m_items(folder: str | Path) -> pd.DataFrame:
+    """``movies.dat`` alone (item_id, title, year, genres): what showing titles needs, without the ratings."""
+    mpath = Path(folder) / "movies.dat"
+    movies = read_delimited(mpath, "::", ["item_id", "title", "genres"], required=["item_id", "title"],
+                            encoding="latin-1")
+    titles = movies["title"].str.strip()
+    return pd.DataFrame({
+        "item_id": plain_ids(movies, "item_id", mpath),
+        "title": titles,
+        "year": pd.to_numeric(titles.str.extract(_YEAR, expand=False), errors="coerce").astype("Float64"),
+        "genres": [_split(v, "|") for v in movies["genres"]],
+    })
 
 
 def _split(value: object, sep: str) -> tuple[str, ...] | None:

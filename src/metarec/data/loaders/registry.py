@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError, DataNotFoundError
@@ -21,6 +21,8 @@ class DatasetEntry:
     loader: Callable[[Path], RatingDataset]
     # (sibling folder, marker) pairs that must sit next to ``folder`` under the same root
     extras: tuple[tuple[str, str], ...] = ()
+    # the items table alone (titles and attributes), for callers that only show titles: no ratings read
+    items: Callable[[Path], Any] | None = None
 
 
 def _ml100k(folder: Path) -> RatingDataset:
@@ -41,6 +43,18 @@ def _ml1m_imdb(folder: Path) -> RatingDataset:
     return load_ml1m(folder, imdb_features=True)  # finds ml-1m-melu-extra/ beside (or inside) ml-1m/
 
 
+def _ml100k_items(folder: Path) -> Any:
+    from metarec.data.loaders.movielens import ml100k_items
+
+    return ml100k_items(folder)
+
+
+def _ml1m_items(folder: Path) -> Any:
+    from metarec.data.loaders.movielens import ml1m_items
+
+    return ml1m_items(folder)
+
+
 def _lastfm(folder: Path) -> RatingDataset:
     from metarec.data.loaders.lastfm import load_lastfm
 
@@ -48,8 +62,8 @@ def _lastfm(folder: Path) -> RatingDataset:
 
 
 REGISTRY: dict[str, DatasetEntry] = {
-    "ml-100k": DatasetEntry("ml-100k", "ml-100k", "u.data", _ml100k),
-    "ml-1m": DatasetEntry("ml-1m", "ml-1m", "users.dat", _ml1m),
+    "ml-100k": DatasetEntry("ml-100k", "ml-100k", "u.data", _ml100k, items=_ml100k_items),
+    "ml-1m": DatasetEntry("ml-1m", "ml-1m", "users.dat", _ml1m, items=_ml1m_items),
     "ml-1m-imdb": DatasetEntry("ml-1m-imdb", "ml-1m", "users.dat", _ml1m_imdb,
                                extras=(("ml-1m-melu-extra", "movies_extrainfos.dat"),)),
     "lastfm": DatasetEntry("lastfm", "hetrec2011-lastfm-2k", "user_artists.dat", _lastfm),
@@ -115,6 +129,16 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
 
         return load_table(path)
     raise ConfigError(f"unknown dataset {key!r}; known: {', '.join(dataset_names())}, or a path")
+
+
+def load_items(config) -> Any:
+    """The items table (item_id, title, ...) of a run's ``[data]``, read without its ratings where the
+    dataset allows (ML-100K, ML-1M: one small file); None where only the whole dataset would give it, so
+    a caller that only shows titles can decide whether that is worth the wait."""
+    if config.is_table or config.dataset not in REGISTRY or REGISTRY[config.dataset].items is None:
+        return None
+    entry = REGISTRY[config.dataset]
+    return entry.items(resolve_folder(entry.name, config.data_dir))
 
 
 def load_data(config) -> RatingDataset:

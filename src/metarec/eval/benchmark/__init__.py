@@ -6,7 +6,8 @@ results. See :mod:`metarec.eval.benchmark.run` for the rules that make the numbe
 """
 
 from metarec.eval.benchmark.config import (BASELINES, CURVE_SCENARIOS, DEFAULT_METHODS, GRADIENT_STEP_META, META,
-                                           POOL_SCALES, RATING_METRICS, BenchmarkConfig)
+                                           FOLD_IN_LABEL, POOL_SCALES, RATING_METRICS, BenchmarkConfig,
+                                           method_label)
 from metarec.eval.benchmark.meta_method import MetaMethod
 from metarec.eval.benchmark.method import Method, selection_score
 from metarec.eval.benchmark.methods import BaselineMethod, gradient_step_config, make_method
@@ -17,9 +18,9 @@ from metarec.eval.benchmark.stats import (best_variants, compare_best, compare_c
                                           interval_separation, is_baseline, paired_difference, summarise)
 
 __all__ = [
-    "BASELINES", "CURVE_SCENARIOS", "DEFAULT_METHODS", "GRADIENT_STEP_META", "META", "POOL_SCALES", "RATING_METRICS",
+    "BASELINES", "CURVE_SCENARIOS", "DEFAULT_METHODS", "FOLD_IN_LABEL", "GRADIENT_STEP_META", "META", "POOL_SCALES", "RATING_METRICS",
     "BaselineMethod", "BenchmarkConfig", "BenchmarkResult", "MetaMethod", "Method", "best_variants",
     "chosen_pool_scales", "compare_best", "compare_curve", "confidence_interval", "gradient_step_config",
-    "interval_separation", "is_baseline", "make_method", "paired_difference", "plot_results", "recipes_chosen",
+    "interval_separation", "is_baseline", "make_method", "method_label", "paired_difference", "plot_results", "recipes_chosen",
     "results_markdown", "run_benchmark", "selection_score", "summarise", "write_results",
 ]

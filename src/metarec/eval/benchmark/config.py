@@ -20,7 +20,7 @@ CURVE_SCENARIOS = ("new_users", "new_users_new_items")
 RATING_METRICS = ("mae", "rmse")
 # multiples of a method's own item penalty tried on validation users for the pooled item fold-in
 POOL_SCALES = tuple(2.0**k for k in range(-8, 5))
-Progress = Callable[[str], None]
+Progress = Callable[[str, int, int], None]  # (what runs now, steps done, steps in all)
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,24 @@ class BenchmarkConfig:
     def selection_sizes(self) -> tuple[int, ...]:
         """The K (besides the whole support) a method's validation score averages over."""
         return self.run.train.selection_support_sizes if self.selection == "k-curve" else ()
+
+
+FOLD_IN_LABEL = "meta-learned fold-in (closed-form inner loop)"
+
+
+def closed_form(run: RunConfig) -> bool:
+    """A meta-learner that takes no gradient step per user: its inner loop is the ridge fold-in's solve."""
+    return run.meta.inner_steps == 0 and run.model.fold_in
+
+
+def method_label(method: str, run: RunConfig | None = None) -> str:
+    """What a method (variant) key is, for people. ``maml`` with a closed-form inner loop (0 gradient steps,
+    the ridge fold-in) is not MAML: it is named for what it is, with the key kept in brackets, since the key
+    is what configs, --methods and results.csv use."""
+    base, adapted = (method[:-len("-no-adapt")], False) if method.endswith("-no-adapt") else (method, True)
+    if base != "maml" or run is None or not closed_form(run):
+        return method
+    return f"{FOLD_IN_LABEL if adapted else 'meta-learned prior, no fold-in'} [{method}]"
 
 
 def _recipe_base() -> RunConfig:

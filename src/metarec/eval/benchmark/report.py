@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 
 from metarec._io import atomic_path, write_json, write_text
-from metarec.eval.benchmark.config import CURVE_SCENARIOS
+from metarec.eval.benchmark.config import CURVE_SCENARIOS, method_label
 from metarec.eval.benchmark.run import BenchmarkResult
+from metarec.eval.benchmark.stats import MIN_INTERVAL_SEEDS
+from metarec.errors import require_extra
 
 SCENARIO_TITLES = {"new_users": "new users", "new_users_new_items": "new users on new items (both new)",
                    "warm": "warm", "new_items": "new items"}
@@ -22,10 +24,11 @@ def _curve_markdown(result: BenchmarkResult) -> list[str]:
     cfg, summary = result.config, result.summary
     ks = [str(k) for k in cfg.support_sizes]
     meta = result.comparisons.get("best_meta_learner")
+    name = _namer(result)
     lines = ["## The K-curve: a newcomer with K ratings", "",
              f"Every test task cut to K support ratings ({cfg.support_draws} seeded draw(s) per task, averaged; "
              "tasks with fewer ratings left out), \"all\" = the task's whole support. Query MAE, mean ± 95% CI "
-             f"over seeds. Best meta-learner on validation users: **{meta}**.", ""]
+             f"over seeds (the range with fewer than {MIN_INTERVAL_SEEDS} seeds). Best meta-learner on validation users: **{name(meta)}**.", ""]
     for scenario in CURVE_SCENARIOS:
         methods = sorted({m for k in [*ks, "0"] for m in summary.get(k, {}).get(scenario, {})
                           if "mae" in summary[k][scenario][m]})
@@ -37,13 +40,13 @@ def _curve_markdown(result: BenchmarkResult) -> list[str]:
                        .get("mae", {}).get("mean", math.inf))
         for m in order:
             cells = [_fmt(summary.get(k, {}).get(scenario, {}).get(m, {}).get("mae")) for k in [*ks, "0"]]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name(m)} | " + " | ".join(cells) + " |")
         tasks = [_tasks(result, scenario, k) for k in [*ks, "all"]]
         lines += ["| (test tasks, all seeds) | " + " | ".join(tasks) + " |", ""]
         curve = result.comparisons.get("curve", {}).get(scenario, {})
         bases = sorted({b for cells in curve.values() for b in cells})
         if curve and bases:
-            lines += [f"{meta} minus each baseline, paired by task (bootstrap 95% CI over tasks, seeds pooled; "
+            lines += [f"{name(meta)} minus each baseline, paired by task (bootstrap 95% CI over tasks, seeds pooled; "
                       "below 0: the meta-learner is better):", "",
                       "| K | " + " | ".join(f"- {b} | 95% CI | per-seed CI" for b in bases) + " |",
                       "|---" * (1 + 3 * len(bases)) + "|"]
@@ -69,7 +72,7 @@ def _curve_markdown(result: BenchmarkResult) -> list[str]:
                        if m not in ranked and metric in summary[cat_ks[0]][scenario][m]]
             for m in ranked:
                 cells = [_fmt(summary.get(k, {}).get(scenario, {}).get(m, {}).get(metric)) for k in [*cat_ks, "0"]]
-                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                lines.append(f"| {name(m)} | " + " | ".join(cells) + " |")
             lines.append("")
     return lines
 
@@ -105,19 +108,31 @@ METRIC_ORDER = ("mae", "rmse", "ndcg@1", "ndcg@3", "ndcg@5", "precision@5", "map
 
 
 def _fmt(cell: Mapping | None) -> str:
+    """``mean ± half-width`` of the 95% interval; with fewer seeds than an interval needs, the mean and the
+    range over seeds (one seed: the value alone)."""
     if not cell or cell["mean"] != cell["mean"]:
         return "-"
     if cell["ci95"] != cell["ci95"]:
+        if cell.get("n", 1) > 1 and "low" in cell:
+            return f"{cell['mean']:.4f} (range {cell['low']:.4f} to {cell['high']:.4f})"
         return f"{cell['mean']:.4f}"
     return f"{cell['mean']:.4f} ± {cell['ci95']:.4f}"
 
 
+def _namer(result: BenchmarkResult) -> Callable[[str | None], str]:
+    """Method keys as people read them (:func:`method_label`: the closed-form ``maml`` is a fold-in)."""
+    return lambda method: "-" if method is None else method_label(method, result.config.run)
+
+
 def results_markdown(result: BenchmarkResult) -> str:
+    """results.md: the K-curve first, then every scenario, the paired comparisons and what was chosen."""
     cfg = result.config
+    name = _namer(result)
     varies = ("every seed: a split and an initialisation" if cfg.split_seed is None else
               f"one split (seed {cfg.split_seed}) for every seed: the seeds vary the training only")
     lines = [f"# Benchmark: {cfg.dataset}, {cfg.protocol} protocol, seeds {', '.join(map(str, cfg.seeds))}", "",
-             f"Mean ± 95% CI over seeds (t-interval; {varies}). Lower is better for MAE / RMSE and popularity "
+             f"Mean ± 95% CI over seeds (t-interval; {varies}; with fewer than {MIN_INTERVAL_SEEDS} seeds no "
+             "interval is computed and the range over seeds is shown instead). Lower is better for MAE / RMSE and popularity "
              "percentile; higher for the ranking metrics. Methods selected on validation users only.", ""]
     lines += _curve_markdown(result)
     recipes = recipes_chosen(result.histories)
@@ -125,7 +140,7 @@ def results_markdown(result: BenchmarkResult) -> str:
         lines += ["## The automatic recipe's choice per seed (validation users only)", ""]
         for method, per_seed in recipes.items():
             for seed, settings in per_seed.items():
-                lines.append(f"- {method}, seed {seed}: " + ", ".join(f"{k} = {v}" for k, v in settings.items()))
+                lines.append(f"- {name(method)}, seed {seed}: " + ", ".join(f"{k} = {v}" for k, v in settings.items()))
         lines.append("")
     lines += ["## Every scenario with the whole support", ""]
     full = result.summary.get("0", {})
@@ -138,13 +153,13 @@ def results_markdown(result: BenchmarkResult) -> str:
         lines += [f"### {scenario}", "", "| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
         order = sorted(methods, key=lambda m: methods[m].get("mae", {}).get("mean", math.inf))
         for method in order:
-            lines.append(f"| {method} | " + " | ".join(_fmt(methods[method].get(m)) for m in metrics) + " |")
+            lines.append(f"| {name(method)} | " + " | ".join(_fmt(methods[method].get(m)) for m in metrics) + " |")
         lines.append("")
     comp = result.comparisons
     plain = {s: c for s, c in comp.get("scenarios", {}).items() if "@" not in s}
     if plain:
         lines += ["## Best meta-learner vs best baseline (paired bootstrap over test users)", "",
-                  f"Chosen on the validation score: meta-learner **{comp['best_meta_learner']}**, baseline "
+                  f"Chosen on the validation score: meta-learner **{name(comp['best_meta_learner'])}**, baseline "
                   f"**{comp['best_baseline']}**.", "",
                   "| scenario | MAE difference (meta - baseline) | 95% CI | P(meta better) | tasks | per seed | 95% CI over seeds (paired) |",
                   "|---|---|---|---|---|---|---|"]
@@ -157,7 +172,7 @@ def results_markdown(result: BenchmarkResult) -> str:
         lines.append("")
     separation = comp.get("interval_separation") or {}
     if separation:
-        lines += [f"## {comp['best_meta_learner']}'s MAE interval against each baseline's (95% over seeds)", "",
+        lines += [f"## {name(comp['best_meta_learner'])}'s MAE interval against each baseline's (95% over seeds)", "",
                   "Separated: the meta-learner's upper end lies below the baseline's lower end. Over seeds that "
                   "draw different splits these intervals mostly measure the splits; the paired tests above are "
                   "the tests of a difference.", "",
@@ -176,7 +191,7 @@ def results_markdown(result: BenchmarkResult) -> str:
                   "new items.", "", "| method | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |",
                   "|---" * (len(cfg.seeds) + 1) + "|"]
         for method, per_seed in scales.items():
-            lines.append(f"| {method} | " + " | ".join(f"{per_seed.get(s, 1.0):g}" for s in cfg.seeds) + " |")
+            lines.append(f"| {name(method)} | " + " | ".join(f"{per_seed.get(s, 1.0):g}" for s in cfg.seeds) + " |")
         lines.append("")
     lines.append(f"Total time {result.seconds:.0f} s.")
     return "\n".join(lines) + "\n"
@@ -189,14 +204,18 @@ def chosen_pool_scales(histories: Mapping[str, Mapping[int, list[dict]]]) -> dic
 
 
 def plot_results(result: BenchmarkResult, out: Path) -> list[Path]:
-    """PNG plots: the K-curve (MAE and full-catalogue nDCG against K, with intervals); learning curves."""
-    import matplotlib
-
+    """Two titled PNGs: the K-curve (MAE and full-catalogue nDCG against K, each point with its 95% interval
+    over seeds, or the range over seeds where there are too few seeds) and the meta-learners' learning
+    curves (validation MAE per epoch, mean over seeds with the range shaded)."""
+    matplotlib = require_extra("matplotlib", "plot", "the benchmark's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
     summary, cfg = result.summary, result.config
+    name = _namer(result)
+    seeds = ", ".join(map(str, cfg.seeds))
+    spread = ("95% CI" if len(cfg.seeds) >= MIN_INTERVAL_SEEDS else "range")
     metrics = [("mae", "query MAE (lower is better)"),
                (f"catalogue_ndcg@{cfg.catalogue_k}", f"full-catalogue nDCG@{cfg.catalogue_k} (higher is better)")]
     scenarios = [s for s in CURVE_SCENARIOS if any(s in summary.get(str(k), {}) for k in cfg.support_sizes)]
@@ -211,42 +230,66 @@ def plot_results(result: BenchmarkResult, out: Path) -> list[Path]:
                 for method in methods:
                     pts = [(k, summary[str(k)][scenario][method][metric]) for k in cfg.support_sizes
                            if metric in summary.get(str(k), {}).get(scenario, {}).get(method, {})]
-                    if not pts:
-                        continue
-                    ks, cells = zip(*pts)
-                    err = [0.0 if c["ci95"] != c["ci95"] else c["ci95"] for c in cells]
-                    ax.errorbar(ks, [c["mean"] for c in cells], yerr=err, marker="o", capsize=3, label=method)
+                    if pts:
+                        ks, cells = zip(*pts)
+                        ax.errorbar(ks, [c["mean"] for c in cells], yerr=_error_bars(cells), marker="o", capsize=3,
+                                    label=name(method))
                 ax.set_xscale("log")
                 ax.set_xticks(list(cfg.support_sizes), labels=[str(k) for k in cfg.support_sizes])
                 ax.set_title(f"{cfg.dataset}: {SCENARIO_TITLES[scenario]}")
                 ax.set_xlabel("support ratings K of the newcomer")
                 ax.set_ylabel(label)
-                ax.legend(fontsize=7, loc="best")
-        fig.suptitle(f"K-curve, mean and 95% CI over seeds {', '.join(map(str, cfg.seeds))}", fontsize=10)
-        fig.tight_layout()
-        path = out / "k_curve.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        written.append(path)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7, loc="best")
+        fig.suptitle(f"K-curve: mean and {spread} over seeds {seeds}", fontsize=10)
+        written.append(_save(fig, out / "k_curve.png"))
     curves = {m: h for m, h in result.histories.items() if any("epoch" in r for v in h.values() for r in v)}
     if curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for method, by_seed in curves.items():
-            for seed, hist in by_seed.items():
-                pts = [(r["epoch"], r["val_mae"]) for r in hist if "epoch" in r]
-                if pts:
-                    ax.plot(*zip(*pts), label=f"{method} (seed {seed})", alpha=0.8)
+            per_epoch: dict[int, list[float]] = {}
+            for hist in by_seed.values():
+                for r in hist:
+                    if "epoch" in r and r.get("val_mae") is not None:
+                        per_epoch.setdefault(int(r["epoch"]), []).append(float(r["val_mae"]))
+            if not per_epoch:
+                continue
+            epochs = sorted(per_epoch)
+            values = [per_epoch[e] for e in epochs]
+            line, = ax.plot(epochs, [sum(v) / len(v) for v in values], label=name(method))
+            ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.2, color=line.get_color())
+        ax.set_title(f"{cfg.dataset}: validation MAE while meta-training (mean, range over seeds {seeds})", fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("validation MAE")
+        ax.set_ylabel("validation MAE (lower is better)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / "learning_curves.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "learning_curves.png"))
     return written
+
+
+def _error_bars(cells: Sequence[Mapping]) -> list[list[float]]:
+    """Below / above each mean: the 95% half-width, else the range over seeds, else nothing (one seed)."""
+    below, above = [], []
+    for c in cells:
+        if c["ci95"] == c["ci95"]:
+            below.append(c["ci95"])
+            above.append(c["ci95"])
+        elif c.get("n", 1) > 1 and "low" in c:
+            below.append(c["mean"] - c["low"])
+            above.append(c["high"] - c["mean"])
+        else:
+            below.append(0.0)
+            above.append(0.0)
+    return [below, above]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
 
 
 def write_results(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:

@@ -119,6 +119,7 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
     families: dict[str, str] = {}
     split: ColdStartSplit | None = None
     sizes = config.selection_sizes()
+    steps = 2 * len(config.seeds) * len(config.methods)
     for i_seed, seed in enumerate(config.seeds):
         if split is None or config.split_seed is None:  # a fixed split is drawn once
             split = make_split(dataset, config.split_config(seed))
@@ -128,9 +129,10 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
             method = make_method(name, config, seed)
             if isinstance(method, MetaMethod):
                 method.config = method.config.override("train", seed=seed)
+            step = 2 * (i_seed * len(config.methods) + i_method)  # each method: fitting, then scoring
             if progress:
                 progress(f"seed {seed} ({i_seed + 1}/{len(config.seeds)}): {name} "
-                         f"({i_method + 1}/{len(config.methods)}), fitting")
+                         f"({i_method + 1}/{len(config.methods)}), fitting", step, steps)
             t0 = time.perf_counter()
             method.fit(split)
             if config.item_fold_in:
@@ -139,7 +141,7 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
             histories.setdefault(name, {})[seed] = method.history
             if progress:
                 progress(f"seed {seed} ({i_seed + 1}/{len(config.seeds)}): {name} "
-                         f"({i_method + 1}/{len(config.methods)}), scoring (fitted in {fit_seconds:.0f} s)")
+                         f"({i_method + 1}/{len(config.methods)}), scoring (fitted in {fit_seconds:.0f} s)", step + 1, steps)
             for variant in method.variants():
                 families[variant] = method.family
                 rows.append(dict(seed=seed, scenario="_fit", method=variant, metric="seconds", value=fit_seconds, k=0))
@@ -156,6 +158,8 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
                     if per_task is not None:
                         errors.setdefault((scenario, variant), {})[seed] = per_task
                 _curve(method, variant, split, popularity, config, seed, rows, errors)
+    if progress:
+        progress("comparing the methods", steps, steps)
     frame = pd.DataFrame(rows)
     summary = summarise(frame)
     comparisons = compare_best(errors, val_score, families, config.bootstrap, seed=0)

@@ -9,13 +9,17 @@ import numpy as np
 import pandas as pd
 
 
+MIN_INTERVAL_SEEDS = 3  # below this a t-interval is no interval: with 2 seeds t(0.975, 1) = 12.7 times the spread
+
+
 def confidence_interval(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of a 95% t-interval (NaN half-width for a single value)."""
+    """Mean and the half-width of a 95% t-interval; NaN half-width for fewer than ``MIN_INTERVAL_SEEDS``
+    values, where the interval would be meaningless (``± 150.97`` from two seeds): report the range then."""
     x = np.asarray([v for v in values if v == v], dtype=np.float64)
     if not len(x):
         return float("nan"), float("nan")
-    if len(x) == 1:
-        return float(x[0]), float("nan")
+    if len(x) < MIN_INTERVAL_SEEDS:
+        return float(x.mean()), float("nan")
     from scipy import stats
 
     half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
@@ -23,12 +27,15 @@ def confidence_interval(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarise(frame: pd.DataFrame) -> dict:
-    """{k: {scenario: {method: {metric: {mean, ci95, n}}}}} over seeds."""
+    """{k: {scenario: {method: {metric: {mean, ci95, n, low, high}}}}} over seeds (low / high: the range,
+    what is shown where there are too few seeds for an interval)."""
     out: dict = {}
     for (k, scenario, method, metric), group in frame.groupby(["k", "scenario", "method", "metric"], sort=True):
-        mean, half = confidence_interval(group["value"].tolist())
+        values = group["value"].dropna()
+        mean, half = confidence_interval(values.tolist())
+        low, high = (float(values.min()), float(values.max())) if len(values) else (float("nan"), float("nan"))
         out.setdefault(str(int(k)), {}).setdefault(scenario, {}).setdefault(method, {})[metric] = {
-            "mean": mean, "ci95": half, "n": int(group["value"].notna().sum())}
+            "mean": mean, "ci95": half, "n": int(len(values)), "low": low, "high": high}
     return out
 
 

@@ -38,9 +38,11 @@ def applies(model: RatingModel, config: MetaConfig, adapted: list[str], hoist: b
 
 def meta_gradients(model: FeatureMLP, params: Params, adapted: list[str], user_features: FeatureTable,
                    batch: TaskBatch, config: MetaConfig,
-                   generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], float]:
+                   generator: torch.Generator | None,
+                   rows: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], float]:
     """grad L(phi) of every model parameter and L(phi): the head's forward and reverse pass by hand (no
-    graph), then one autograd backward through the embeddings only (user and distinct item vectors)."""
+    graph), then one autograd backward through the embeddings only (user and distinct item vectors).
+    ``rows``: of the mean over those tasks, the random draws still made for the whole batch."""
     idx = batch.user_idx  # FeatureTable.select's rows, by index_select (cheaper)
     user_vec = model.embed_users({k: v.index_select(0, idx) for k, v in user_features.single.items()},
                                  {k: v.index_select(0, idx) for k, v in user_features.multi.items()})
@@ -51,14 +53,19 @@ def meta_gradients(model: FeatureMLP, params: Params, adapted: list[str], user_f
     masks = step_masks(mask, 1, config.support_batch_size, generator)
     if masks is not None:
         mask = masks[:, 0]
+    s_rating, q_rating, q_mask = batch.support_rating, batch.query_rating, batch.query_mask
+    if rows is not None:  # a distributed rank's share (metarec.meta.distributed)
+        if len(rows) == 0:
+            return {n: torch.zeros_like(p) for n, p in params.items()}, 0.0
+        user_vec, inverse, mask, s_rating, q_rating, q_mask = (
+            t.index_select(0, rows.to(t.device)) for t in (user_vec, inverse, mask, s_rating, q_rating, q_mask))
     support_weight = mask * (2.0 * config.inner_lr / mask.sum(-1, keepdim=True).clamp(min=1.0))
-    q_mask = batch.query_mask
     query_weight = q_mask / (q_mask.sum(-1, keepdim=True).clamp(min=1.0) * q_mask.shape[0])
     head = {n: params[n].detach() for n in adapted}
     with torch.no_grad():
         loss, head_grads, d_user, d_item = one_step_meta_gradient(
-            model, head, user_vec.detach(), item_vec.detach(), inverse[:, :s], inverse[:, s:], batch.support_rating,
-            support_weight, batch.query_rating, query_weight, config.first_order)
+            model, head, user_vec.detach(), item_vec.detach(), inverse[:, :s], inverse[:, s:], s_rating,
+            support_weight, q_rating, query_weight, config.first_order)
     rest = [n for n in params if n not in head_grads]
     outputs = [(v, g) for v, g in ((user_vec, d_user), (item_vec, d_item)) if v.requires_grad]
     found = torch.autograd.grad([v for v, _ in outputs], [params[n] for n in rest], [g for _, g in outputs],

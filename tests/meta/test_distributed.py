@@ -1,0 +1,152 @@
+"""torch.distributed meta-training (torchrun, gloo on 127.0.0.1, 2 CPU ranks) gives one process's
+meta-parameters: through the CLI, after an interrupted run is resumed, and for every kernel with random
+draws per batch (tests/meta/distributed_worker.py); ranks that disagree on config or data fail with one
+clear line. Every launch has a timeout, and the process group a bounded one, so nothing can hang."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metarec.meta.run import RunConfig
+from metarec.meta.trainer import Trainer, meta_parameters
+from metarec.tasks import make_split
+
+HERE = Path(__file__).resolve().parent
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+LAUNCH_TIMEOUT_S = 120
+TOLERANCE = 1e-5  # of the largest entry: float rounding of a sum taken in another order
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TORCHRUN.exists() or not torch.distributed.is_available()
+                                or not torch.distributed.is_gloo_available(), reason="needs torchrun and gloo")]
+
+CLI_CONFIG = """
+[data]
+dataset = "synthetic"
+[model]
+kind = "feature-mlp"
+embedding_size = 8
+hidden = [16]
+item_id_embedding = true
+item_id_dropout = 0.3
+[meta]
+meta_batch_size = 7
+support_batch_size = 5
+l2 = 0.001
+[train]
+epochs = 1
+patience = 5
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2`` on 127.0.0.1 with ``args``; the whole process group is killed at the timeout."""
+    command = [str(TORCHRUN), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "METAREC_DIST_TIMEOUT_S": "60",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT_S} s:\n{output[-3000:]}")
+    assert process.returncode == 0, f"torchrun failed ({process.returncode}):\n{output[-3000:]}"
+    return subprocess.CompletedProcess(command, process.returncode, output)
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max |a - b| over every tensor, over the largest |entry|."""
+    assert a.keys() == b.keys()
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
+    return diff / max(float(a[k].double().abs().max()) for k in a if a[k].numel())
+
+
+def single_process_run(config: RunConfig, out: Path) -> Path:
+    """The same config trained by one process (this one) into the run folder ``out``."""
+    Trainer(config, run_dir=out).fit()
+    return out
+
+
+def saved(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run / name / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    """``torchrun -m metarec train`` for one epoch (2 ranks)."""
+    folder = tmp_path_factory.mktemp("distributed")
+    (folder / "run.toml").write_text(CLI_CONFIG)
+    result = torchrun("-m", "metarec", "train", "--config", str(folder / "run.toml"), "--no-search",
+                      "--out", str(folder / "run"))
+    assert result.stdout.count("best epoch 0") == 1, result.stdout[-2000:]  # rank 0 alone prints
+    return folder / "run"
+
+
+def test_two_ranks_equal_one_process(one_epoch_run, tmp_path):
+    run = one_epoch_run
+    assert {p.name for p in run.iterdir()} >= {"best", "config.toml", "last", "metrics.jsonl"}
+    reference = single_process_run(RunConfig.from_toml(run / "config.toml"), tmp_path / "one")
+    for name in ("last", "best"):
+        found = relative_difference(saved(reference, name), saved(run, name))
+        print(f"{name}: max abs difference / largest entry = {found:.2e}")
+        assert found <= TOLERANCE
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # the initialisation and epoch 0, once
+
+
+def test_a_resumed_distributed_run_equals_an_uninterrupted_one(one_epoch_run, tmp_path):
+    """Stopped after epoch 1 (its config said 1 epoch), given 3, resumed under torchrun: one process's 3 epochs."""
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    config = RunConfig.from_toml(run / "config.toml").override("train", epochs=3)
+    (run / "config.toml").write_text(config.to_toml())
+    torchrun("-m", "metarec", "train", "--out", str(run), "--resume")
+    reference = single_process_run(config, tmp_path / "one")
+    found = relative_difference(saved(reference), saved(run))
+    print(f"resumed: max abs difference / largest entry = {found:.2e}")
+    assert found <= TOLERANCE
+    epochs = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 4  # the initialisation and epochs 0-2, each once
+
+
+def _worker():
+    spec = importlib.util.spec_from_file_location("metarec_distributed_worker", HERE / "distributed_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_kernel_and_mismatched_ranks(tmp_path):
+    worker = _worker()
+    torchrun(str(HERE / "distributed_worker.py"), str(tmp_path))
+    split = make_split(worker.tiny_dataset(), worker.SPLIT)
+    for name, config in worker.cases().items():
+        trainer, params = worker.train(config, split)
+        assert trainer.dist is None
+        found = relative_difference(params, load_file(str(tmp_path / f"{name}.safetensors")))
+        print(f"{name}: max abs difference / largest entry = {found:.2e}")
+        assert found <= TOLERANCE, name
+    config_error = (tmp_path / "mismatch-config.txt").read_text()
+    assert config_error.startswith("ConfigError: distributed training: rank 1's config differs from rank 0's")
+    assert "train.seed = 1 (rank 0: 0)" in config_error and "\n" not in config_error
+    data_error = (tmp_path / "mismatch-data.txt").read_text()
+    assert data_error.startswith("ConfigError: distributed training: rank 1's data differs from rank 0's")
+    assert "sha256" in data_error and "\n" not in data_error
