@@ -130,3 +130,12 @@ def test_data_fetch_draws_a_download_bar_from_the_librarys_callback(tmp_path, mo
     monkeypatch.setattr("metarec.data.fetch.fetch_dataset", fake_fetch)
     result = run("data", "fetch", "ml-100k")
     assert result.exit_code == 0 and seen["called"], result.output
+
+
+def test_recommend_without_the_data_serves_ids_only(ml100k_run, tmp_path, monkeypatch):
+    """The run's dataset is not where it was: a top-k still comes, with ids and no titles."""
+    monkeypatch.setenv("METAREC_DATA_DIR", str(tmp_path))
+    result = run("recommend", str(ml100k_run[0]), "--rate", "50:5", "--rate", "181:4", "--k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)["items"]
+    assert len(items) == 3 and all(item["item_id"] and not item.get("title") for item in items)

@@ -65,7 +65,10 @@ def load_for_recommend(run: Path) -> Any:
     from metarec.data.loaders.registry import load_items
     from metarec.meta.run import RunConfig
 
-    items = load_items(RunConfig.from_toml(run / "config.toml").data)
+    try:
+        items = load_items(RunConfig.from_toml(run / "config.toml").data)
+    except (MetarecError, OSError, ValueError):  # the data moved or was never here: ids only, as before
+        items = None
     if items is None:
         return ColdStartRecommender.load(run, replicas=1)
     from metarec.meta.trainer import load_best

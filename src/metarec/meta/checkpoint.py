@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -144,6 +145,22 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
         raise MetarecError(f"{directory}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+class _NoRandomFill(TorchFunctionMode):
+    """In a meta-device build, in-place random fills return their tensor as it is: only shapes are wanted,
+    and filling a meta tensor at random imports torch's compiler (1.6 s, once per process: a one-shot
+    ``metarec recommend`` paid it on every call). A mode is per thread, so no other build is touched."""
+
+    FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.bernoulli_, torch.Tensor.random_,
+                       torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.trunc_normal_,
+                       torch.nn.init.kaiming_uniform_, torch.nn.init.kaiming_normal_,
+                       torch.nn.init.xavier_uniform_, torch.nn.init.xavier_normal_, torch.nn.init.orthogonal_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.FILLS:  # torch.nn.init passes its tensor by keyword
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 def _load(directory: Path, spec: Mapping[str, Any], device: str | torch.device) -> Checkpoint:
     _check_digests(directory, spec)
     model_config = ModelConfig(**typed_values("model", ModelConfig, spec["model_config"]))
@@ -166,7 +183,7 @@ def _load(directory: Path, spec: Mapping[str, Any], device: str | torch.device) 
                            known_items=features.known_items, rating_scale=rating_scale)
 
     model_path = directory / "model.safetensors"
-    with torch.device("meta"):  # the configuration's shapes, nothing allocated (embedding_size = 1e6)
+    with torch.device("meta"), _NoRandomFill():  # the configuration's shapes, nothing allocated (embedding_size = 1e6)
         expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
     _check_shapes(model_path, expected)
     model = build()

@@ -56,8 +56,16 @@ class MetaLearner:
         self.inner_lrs: dict[str, nn.Parameter] = {}
         if config.algorithm == "metasgd":
             self.inner_lrs = {n: nn.Parameter(torch.full_like(self._params[n], config.inner_lr)) for n in self.adapted}
-        self.optimizer = fused_adam.make_adam(self.meta_parameters(), config.outer_lr)
+        self._optimizer: torch.optim.Optimizer | None = None
         self.predict_task = partial(predict_task, model)  # f under params on one task (maml.Predict)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The outer Adam, made on first use: a model loaded only to predict or serve never builds one (the
+        constructor imports torch's compiler, 1.6 s once per process)."""
+        if self._optimizer is None:
+            self._optimizer = fused_adam.make_adam(self.meta_parameters(), self.config.outer_lr)
+        return self._optimizer
 
     @property
     def batched(self) -> bool:
