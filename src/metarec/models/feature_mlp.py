@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarec.models.base import Context, RatingModel
+from metarec.errors import ConfigError
 from metarec.models.embedding import mlp
 
 
@@ -20,6 +21,9 @@ class FeatureMLP(RatingModel):
 
     def __init__(self, *args, hidden: tuple[int, ...] = (64, 64), dropout: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.item_dim == 0:
+            raise ConfigError("feature-mlp has no item input: the items have no attributes; give it item id "
+                              "vectors (model.item_id_embedding = true, --item-ids) or use neural-cf (the recipe)")
         self.head = mlp([self.user_dim + self.item_dim, *hidden, 1], dropout)
 
     def score(self, user_vec: torch.Tensor, item_vec: torch.Tensor, context: Context | None = None,

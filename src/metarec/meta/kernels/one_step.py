@@ -46,6 +46,8 @@ def meta_gradients(model: FeatureMLP, params: Params, adapted: list[str], user_f
     idx = batch.user_idx  # FeatureTable.select's rows, by index_select (cheaper)
     user_vec = model.embed_users({k: v.index_select(0, idx) for k, v in user_features.single.items()},
                                  {k: v.index_select(0, idx) for k, v in user_features.multi.items()})
+    if user_vec.dim() != 2 or user_vec.shape[0] != len(batch):  # no user attributes: [B, 0]
+        user_vec = user_vec.new_zeros(len(batch), user_vec.shape[-1])
     s = batch.support_item.shape[1]
     items, inverse = torch.unique(torch.cat([batch.support_item, batch.query_item], dim=1), return_inverse=True)
     item_vec = model.embed_items(items)
