@@ -65,13 +65,22 @@ def batched_ridge(
         outer = (block[:, :, None] * block[:, None, :]).reshape(len(block), d * d)
         gram += np.asarray(counts_csc[:, start : start + step] @ outer)
     gram = gram.reshape(n_groups, d, d)
-    gram[:, np.arange(d), np.arange(d)] += penalty
     out = np.empty((n_groups, d))
     rows = max(1, _CHUNK_ENTRIES // (d * d))
     for start in range(0, n_groups, rows):
         sl = slice(start, start + rows)
-        out[sl] = np.linalg.solve(gram[sl], rhs[sl][..., None])[..., 0]
+        out[sl] = solve_ridge(gram[sl], rhs[sl], penalty)
     return out
+
+
+def solve_ridge(gram: np.ndarray, rhs: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """``(G_t + diag(penalty))^-1 b_t`` for stacked normal equations (``gram`` [T, d, d], ``rhs`` [T, d]):
+    the solve of :func:`batched_ridge`, on its own for callers that accumulate ``G`` and ``b`` themselves
+    (ratings of an item arriving in several calls). ``gram`` is left as it was."""
+    d = gram.shape[-1]
+    penalised = np.array(gram, dtype=np.float64)
+    penalised[..., np.arange(d), np.arange(d)] += np.broadcast_to(np.asarray(penalty, dtype=np.float64), (d,))
+    return np.linalg.solve(penalised, np.asarray(rhs, dtype=np.float64)[..., None])[..., 0]
 
 
 def pooled_item_ridge(

@@ -90,13 +90,11 @@ def fold_in_items(learner: MetaLearner, tasks: TaskSet, known_items: np.ndarray,
     local = np.searchsorted(rows, item)
     previous = model.item_offset
     try:
-        model.item_offset = None
-        with torch.no_grad():
-            base = learner.catalogue_vectors(torch.as_tensor(rows, device=_device(model))).double().cpu().numpy()
+        base = attribute_vectors(learner, rows)
         q, b = base[:, : model.factors], base[:, model.factors]
         for _ in range(rounds):
             w, c = task_user_weights(learner, tasks, steps)
-            residual = rating - np.einsum("nf,nf->n", q[local], w[task]) - b[local] - c[task]
+            residual = prior_residual(rating, q[local], b[local], w[task], c[task])
             _, delta = pooled_item_ridge(task, item, residual, np.c_[w, np.ones(len(tasks))], penalty)
             offsets[torch.as_tensor(rows, device=offsets.device)] = torch.as_tensor(delta, dtype=offsets.dtype,
                                                                                     device=offsets.device)
@@ -104,6 +102,39 @@ def fold_in_items(learner: MetaLearner, tasks: TaskSet, known_items: np.ndarray,
     finally:
         model.item_offset = previous
     return offsets
+
+
+def attribute_vectors(learner: MetaLearner, items: np.ndarray) -> np.ndarray:
+    """``[len(items), F + 1]`` (float64): the items' ``[q_v, b_v]`` with no folded-in offset - for an item
+    training never saw, what its attributes predict, the prior its fold-in is centred on."""
+    model = learner.model
+    previous, model.item_offset = model.item_offset, None
+    try:
+        with torch.no_grad():
+            return learner.catalogue_vectors(torch.as_tensor(items, device=_device(model))).double().cpu().numpy()
+    finally:
+        model.item_offset = previous
+
+
+def prior_residual(rating: np.ndarray, q: np.ndarray, b: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """What each rating says beyond the prior score ``q . w + b + c`` (rows aligned: one rating, its item's
+    ``q`` / ``b``, its rater's ``w`` / ``c``): the target of the item-side ridge regression on ``[w, 1]``."""
+    return rating - np.einsum("nf,nf->n", q, w) - b - c
+
+
+def rating_statistics(w: np.ndarray, c: np.ndarray, prior: np.ndarray, rating: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """One item's sufficient statistics from its raters' adapted ``(w [n, F], c [n])`` and their ``rating``
+    [n], around its ``prior`` ``[q_v, b_v]``: the Gram matrix ``Z^T Z`` and ``Z^T r`` of the design
+    ``Z = [w, 1]`` and residuals ``r`` (:func:`prior_residual`). Raters arriving in several calls add up;
+    :func:`metarec.linalg.solve_ridge` of the sums is the item's offset, as :func:`fold_in_items` solves it."""
+    w = np.asarray(w, dtype=np.float64)
+    factors = w.shape[1]
+    n = len(w)
+    residual = prior_residual(np.asarray(rating, dtype=np.float64), np.broadcast_to(prior[:factors], w.shape),
+                              np.full(n, prior[factors]), w, np.asarray(c, dtype=np.float64))
+    design = np.c_[w, np.ones(n)]
+    return design.T @ design, design.T @ residual
 
 
 @contextmanager

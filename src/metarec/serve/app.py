@@ -40,6 +40,7 @@ from metarec.errors import DataError, MetarecError, UnknownIdError
 from metarec.serve.batching import MicroBatcher
 from metarec.serve.body_limit import BodyLimit
 from metarec.serve.docs_page import render_docs
+from metarec.serve.item_ratings import Rater
 from metarec.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from metarec.serve.onboarding_page import render_onboarding
 from metarec.serve.recommender import ColdStartRecommender, RecommendQuery
@@ -79,7 +80,7 @@ def create_app(
     ``batching``: micro-batch ``/v1/recommend`` (one inference thread, up to ``batch_size`` users per
     vectorised call, waiting up to ``batch_wait_ms`` for more once a request is queued; 0 takes only
     what is already queued, so a lone request never waits); False: one request per thread-pool call.
-    ``item_writes``: allow ``POST /v1/items`` (new items live in this process only: a multi-worker
+    ``item_writes``: allow ``POST /v1/items`` and ``POST /v1/items/{id}/ratings`` (new items live in this process only: a multi-worker
     service turns it off, or each worker would serve a different catalogue).
     """
     if not recommender.is_fitted:
@@ -89,6 +90,7 @@ def create_app(
                             max_item_ids=max_item_ids, max_batch=max_batch_users)
     RecommendRequest, BatchRequest, PredictRequest = models.recommend, models.batch, models.predict  # noqa: N806
     OnboardingRequest, NewItemRequest = models.onboarding, models.new_item  # noqa: N806
+    ItemRatingsRequest = models.item_ratings  # noqa: N806
 
     local = threading.local()
     batcher = MicroBatcher(recommender, batch_size=batch_size, max_wait=batch_wait_ms / 1000,
@@ -281,6 +283,27 @@ def create_app(
             raise _adapt_errors(exc) from None
         log.info("added item %r; model_version %s", request.item_id, recommender.model_version)
         return JSONResponse(record, status_code=201)
+
+    @v1.post("/items/{item_id}/ratings", response_model=CatalogueItem)
+    def rate_item(item_id: str, request: ItemRatingsRequest) -> JSONResponse:
+        """Fold people's ratings of an item training never saw into its vector (models linear in the item
+        vector: neural-cf; otherwise a 409): each rater is adapted to their own ratings of other items, as a
+        new user is. Calls add up. 404 for an id the model does not know. In memory only."""
+        if not item_writes:
+            raise HTTPException(status_code=409, detail="item ratings are off in a multi-worker service "
+                                                        "(each worker would hold its own catalogue)")
+        one_torch_thread()
+        raters = [Rater({r.item_id: r.rating for r in x.ratings}, x.rating, x.user) for x in request.raters]
+        try:
+            record = recommender.add_item_ratings(item_id, raters, batch_size=batch_size)
+        except UnknownIdError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        except DataError as exc:
+            raise _adapt_errors(exc) from None
+        except MetarecError as exc:  # the model cannot (no item vector) or the item's vector is trained
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        log.info("folded %d ratings into item %r; model_version %s", len(raters), item_id, recommender.model_version)
+        return JSONResponse({**record, "model_version": recommender.model_version})
 
     @v1.get("/model")
     def model() -> dict[str, Any]:

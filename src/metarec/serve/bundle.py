@@ -10,6 +10,8 @@ what meta-training saw of it::
     onboarding_panel.parquet  who rated what among newcomer-like training users (the adaptive
                          onboarding questionnaire's panel; absent in older folders: onboarding by popularity)
     MODEL_CARD.md        data, configuration, validation metrics, intended use and limits (for people)
+    item_ratings.safetensors  ratings folded into new items while serving (:mod:`metarec.serve.item_ratings`;
+                         absent when there are none)
 
 :func:`read_bundle` also reads a ``metarec train`` run folder or a checkpoint folder; the metadata,
 popularity and panel are then rebuilt from the run's dataset when it can still be loaded. Every command
@@ -35,6 +37,7 @@ from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_version
 from metarec.meta.model_card import checkpoint_card, write_model_card
 from metarec.meta.run import RunConfig
 from metarec.onboarding.catalogue import newcomer_like_ratings, training_counts
+from metarec.serve.item_ratings import FILE as RATINGS, ItemRatings, read_ratings, with_offsets, write_ratings
 from metarec.tasks import ColdStartSplit
 
 log = logging.getLogger(__name__)
@@ -58,12 +61,14 @@ class Bundle:
     dataset_name: str | None = None
     model_version: str | None = None
     versions: Mapping[str, str] | None = None
+    ratings: ItemRatings | None = None  # ratings folded into items while serving (none: None)
 
 
 def complete_bundle(bundle: Bundle) -> Bundle:
     """``bundle`` with its items aligned to the vocabulary, its counts and panel checked, and defaults
-    filled in: without counts, the items meta-training saw count 1 (onboarding in catalogue order)."""
-    checkpoint = bundle.checkpoint
+    filled in: without counts, the items meta-training saw count 1 (onboarding in catalogue order). Its
+    checkpoint scores rated items with their folded-in offsets (:func:`with_offsets`)."""
+    checkpoint = with_offsets(bundle.checkpoint, bundle.ratings)
     n = len(checkpoint.item_vocab)
     counts = bundle.train_counts
     if counts is None:
@@ -74,7 +79,8 @@ def complete_bundle(bundle: Bundle) -> Bundle:
     return Bundle(checkpoint, _align_items(bundle.items, checkpoint.item_vocab.ids), counts,
                   _check_panel(bundle.panel, n),
                   bundle.dataset_name or str(checkpoint.run_config.get("data", {}).get("dataset", "unknown")),
-                  bundle.model_version or tensor_version(checkpoint), dict(bundle.versions or package_versions()))
+                  bundle.model_version or tensor_version(checkpoint), dict(bundle.versions or package_versions()),
+                  bundle.ratings)
 
 
 def write_bundle(directory: str | Path, bundle: Bundle) -> Path:
@@ -84,7 +90,9 @@ def write_bundle(directory: str | Path, bundle: Bundle) -> Path:
     ids = list(checkpoint.item_vocab.ids)
     with atomic_dir(directory) as tmp:
         save_checkpoint(checkpoint, tmp / "checkpoint", with_optimizer=False)
-        version = file_version(tmp / "checkpoint" / "model.safetensors")
+        if bundle.ratings is not None and bundle.ratings.stats:
+            write_ratings(tmp / RATINGS, bundle.ratings)
+        version = _saved_version(tmp)
         if bundle.model_version is not None and version != bundle.model_version:
             log.warning("model_version changed on save (%s -> %s)", bundle.model_version, version)
         _items_for_parquet(bundle.items).to_parquet(tmp / "items.parquet", index=True)
@@ -132,8 +140,20 @@ def _read_saved(directory: Path, spec: dict, device: str) -> Bundle:
         except (KeyError, UnknownIdError) as exc:
             raise MetarecError(f"{directory / PANEL}: {exc}") from None
         panel = pd.DataFrame({"panel_user": frame["panel_user"].to_numpy(np.int64), "item_idx": item_idx})
-    return Bundle(checkpoint, items, counts, panel, spec.get("dataset"),
-                  file_version(directory / "checkpoint" / "model.safetensors"), spec.get("versions"))
+    ratings = None
+    if (directory / RATINGS).exists():
+        width = int(getattr(checkpoint.learner.model, "factors", -2)) + 1  # a model with no item vectors: none fits
+        ratings = read_ratings(directory / RATINGS, vocab.ids, width)
+    return Bundle(checkpoint, items, counts, panel, spec.get("dataset"), _saved_version(directory),
+                  spec.get("versions"), ratings)
+
+
+def _saved_version(directory: Path) -> str:
+    """A saved folder's ``model_version``: its weights', and its folded-in ratings' when it has some."""
+    version = file_version(directory / "checkpoint" / "model.safetensors")
+    if (directory / RATINGS).exists():
+        version += "+r." + sha256_file(directory / RATINGS)[:8]
+    return version
 
 
 def model_checkpoint_dir(directory: str | Path) -> Path:

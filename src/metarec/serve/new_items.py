@@ -103,8 +103,9 @@ def grown_counts(counts: np.ndarray) -> np.ndarray:
     return np.append(np.asarray(counts, dtype=np.int64), 0)
 
 
-def items_version(base: str, added: list[str]) -> str:
-    """The served ``model_version`` once items are added: the weights' version and a digest of the added ids,
-    so a client's cached answers are told apart from the catalogue's before."""
-    digest = hashlib.sha256("\n".join(added).encode("utf-8")).hexdigest()[:8]
+def items_version(base: str, added: list[str], ratings: bytes = b"") -> str:
+    """The served ``model_version`` once items are added or rated: the weights' version and a digest of the
+    added ids (and of the folded-in ratings' digest), so a client's cached answers are told apart from the
+    catalogue's before."""
+    digest = hashlib.sha256("\n".join(added).encode("utf-8") + ratings).hexdigest()[:8]
     return f"{base}+{len(added)}.{digest}"

@@ -124,6 +124,7 @@ class RequestModels:
     predict: type[BaseModel]
     onboarding: type[BaseModel]
     new_item: type[BaseModel]
+    item_ratings: type[BaseModel]
 
 
 def request_models(rating_scale: tuple[float, float], user_attributes: dict[str, str], item_attributes: list[str],
@@ -190,4 +191,22 @@ def request_models(rating_scale: tuple[float, float], user_attributes: dict[str,
             default_factory=dict, max_length=MAX_USER_ATTRIBUTES,
             description=f"the item's metadata (title, ...); the model reads {sorted(item_attributes)}")
 
-    return RequestModels(RecommendRequest, BatchRecommendRequest, PredictRequest, OnboardingRequest, NewItemRequest)
+    class RaterIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ratings: list[RatingIn] = Field(min_length=1, max_length=max_ratings,
+                                        description="the rater's ratings of other items (adapts the model to them)")
+        user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
+        rating: float = Field(description=f"their rating of this item, a finite number in [{low:g}, {high:g}]")
+
+        @field_validator("ratings")
+        @classmethod
+        def _unique_items(cls, value: list[RatingIn]) -> list[RatingIn]:
+            return _no_duplicates(value)
+
+    class ItemRatingsRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        raters: list[RaterIn] = Field(min_length=1, max_length=max_batch,
+                                      description=f"up to {max_batch} people who rated the item")
+
+    return RequestModels(RecommendRequest, BatchRecommendRequest, PredictRequest, OnboardingRequest, NewItemRequest,
+                         ItemRatingsRequest)
