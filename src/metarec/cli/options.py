@@ -152,6 +152,10 @@ def titles(items: Any) -> dict[str, str]:
 
 
 # your own tables: the same options for train and benchmark
+DATASET_OPTION = typer.Option(None, "--dataset", help="Dataset name, or your interactions table (CSV / TSV / Parquet).")
+DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder holding the dataset.")
+PROTOCOL_OPTION = typer.Option(None, "--protocol", help="melu, time or splits.")
+SPLIT_DIR_OPTION = typer.Option(None, "--split-dir", help="With --protocol splits: a folder of published split files.")
 USERS_OPTION = typer.Option(None, "--users", help="A table of user attributes (with --dataset TABLE).")
 ITEMS_OPTION = typer.Option(None, "--items", help="A table of item attributes (with --dataset TABLE).")
 COLUMN_OPTION = typer.Option([], "--column", help="ROLE=NAME: the table's column for user, item, rating or timestamp, "

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, ITEMS_OPTION, RATING_SCALE_OPTION, USERS_OPTION,
+from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, DATA_DIR_OPTION, DATASET_OPTION, ITEMS_OPTION,
+                                 PROTOCOL_OPTION, RATING_SCALE_OPTION, SPLIT_DIR_OPTION, USERS_OPTION,
                                  console, data_overrides, errors, layered_run_config, progress_bars,
                                  split_of)
 from metarec.cli.presets import PRESET_OPTION
@@ -66,15 +67,15 @@ def train(
     preset: Optional[str] = PRESET_OPTION,
     search: bool = typer.Option(True, "--search/--no-search", help="Choose the dataset-dependent settings on "
                                 "validation users (outer lr, item ids, id dropout, query loss) [default: search]."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset name, or your interactions table (CSV / TSV / Parquet)."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
+    dataset: Optional[str] = DATASET_OPTION,
+    data_dir: Optional[str] = DATA_DIR_OPTION,
     users: Optional[str] = USERS_OPTION,
     items: Optional[str] = ITEMS_OPTION,
     column: List[str] = COLUMN_OPTION,
     attribute: List[str] = ATTRIBUTE_OPTION,
     rating_scale: Optional[str] = RATING_SCALE_OPTION,
-    protocol: Optional[str] = typer.Option(None, help="melu, time or splits."),
-    split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: a folder of published split files."),
+    protocol: Optional[str] = PROTOCOL_OPTION,
+    split_dir: Optional[str] = SPLIT_DIR_OPTION,
     model: Optional[str] = typer.Option(None, help="feature-mlp, neural-cf, attention or melu: a plain preset "
                                         "instead of the recipe (no search)."),
     algorithm: Optional[str] = typer.Option(None, help="maml, fomaml, reptile or metasgd (a plain preset, no search)."),

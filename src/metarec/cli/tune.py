@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, ITEMS_OPTION, RATING_SCALE_OPTION, USERS_OPTION,
+from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, DATA_DIR_OPTION, DATASET_OPTION, ITEMS_OPTION,
+                                 PROTOCOL_OPTION, RATING_SCALE_OPTION, SPLIT_DIR_OPTION, USERS_OPTION,
                                  console, data_overrides, errors, layered_run_config, progress_bars, split_of)
 from metarec.cli.presets import PRESET_OPTION
 
@@ -21,15 +22,15 @@ def tune(
     config: Optional[Path] = typer.Option(None, "--config", help="A run.toml over the recipe's base; the searched "
                                           "settings it sets are not searched."),
     preset: Optional[str] = PRESET_OPTION,
-    dataset: Optional[str] = typer.Option(None, help="Dataset name, or your interactions table (CSV / TSV / Parquet)."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder holding the dataset."),
+    dataset: Optional[str] = DATASET_OPTION,
+    data_dir: Optional[str] = DATA_DIR_OPTION,
     users: Optional[str] = USERS_OPTION,
     items: Optional[str] = ITEMS_OPTION,
     column: List[str] = COLUMN_OPTION,
     attribute: List[str] = ATTRIBUTE_OPTION,
     rating_scale: Optional[str] = RATING_SCALE_OPTION,
-    protocol: Optional[str] = typer.Option(None, help="melu, time or splits."),
-    split_dir: Optional[str] = typer.Option(None, help="With --protocol splits: a folder of published split files."),
+    protocol: Optional[str] = PROTOCOL_OPTION,
+    split_dir: Optional[str] = SPLIT_DIR_OPTION,
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs of each trial."),
     patience: Optional[int] = typer.Option(None, help="Epochs without validation improvement before a trial stops."),
     seed: Optional[int] = typer.Option(None, help="Seed of the split and of every trial's training."),
