@@ -38,15 +38,21 @@ def variants(base: RunConfig) -> dict[str, RunConfig]:
             "+ running average (the recipe's base)": base}
 
 
-def scores(predict, split) -> dict[tuple[str, int], float]:
+def validation_predictions(predict, split) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """{(scenario, K): (predictions, ratings)} on the validation tasks (K = 0: the whole support)."""
     out = {}
     for k in KS:
         tasks_of = split.validation if k == 0 else split.validation_with_support_size(k)
         for scenario in SCENARIOS:
             tasks = tasks_of.get(scenario)
             if tasks is not None and len(tasks):
-                out[scenario, k] = float(np.abs(predict(tasks) - tasks.query_rating).mean())
+                out[scenario, k] = (np.asarray(predict(tasks), dtype=np.float64), tasks.query_rating)
     return out
+
+
+def scores(predict, split) -> dict[tuple[str, int], float]:
+    """{(scenario, K): validation query MAE}."""
+    return {key: float(np.abs(p - y).mean()) for key, (p, y) in validation_predictions(predict, split).items()}
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 import torch
-from few_shot_ablation import KS, SCENARIOS
+from few_shot_ablation import KS, SCENARIOS, validation_predictions
 from torch import nn
 
 from metarec.baselines.mf import MatrixFactorization, MatrixFactorizationConfig
@@ -51,18 +51,6 @@ def start_at_mf(trainer: Trainer, mf: MatrixFactorization) -> None:
             last.bias.zero_()
         model.head["bias"].weight.fill_(mf.stats.global_mean - float(model.rating_center))
         model.head["log_reg"].weight.copy_((log_penalty / model.penalty_rate)[None])
-
-
-def validation_predictions(predict, split) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
-    """{(scenario, K): (predictions, ratings)} on the validation tasks (K = 0: the whole support)."""
-    out = {}
-    for k in KS:
-        tasks_of = split.validation if k == 0 else split.validation_with_support_size(k)
-        for scenario in SCENARIOS:
-            tasks = tasks_of.get(scenario)
-            if tasks is not None and len(tasks):
-                out[scenario, k] = (np.asarray(predict(tasks), dtype=np.float64), tasks.query_rating)
-    return out
 
 
 def main() -> None:

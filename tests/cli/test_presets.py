@@ -99,7 +99,7 @@ rec.save(out / "saved")
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_wheel_outside_the_checkout_fits_the_same_model_as_the_checkout_config(tmp_path):
-    """Build the wheel offline, unpack it, and from a folder outside the checkout ``fit(frame,
+    """Build the wheel offline, pip-install it into a folder outside the checkout, and from a folder outside the checkout ``fit(frame,
     preset="ml100k")`` (the recipe's search included); the weights are bitwise those of
     ``metarec train --config configs/ml100k.toml`` on the same table in the checkout."""
     project = tmp_path / "project"  # a clean copy: no build/ or egg-info left in the shared checkout
@@ -111,10 +111,12 @@ def test_a_wheel_outside_the_checkout_fits_the_same_model_as_the_checkout_config
                             "-q", "-w", str(tmp_path / "dist"), str(project)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("metarec-*.whl"))
-    site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         assert {f"metarec/presets/{n}.toml" for n in ("ml100k", "ml1m-imdb", "recipe")} <= set(archive.namelist())
-        archive.extractall(site)
+    site = tmp_path / "site"  # pip installs the wheel there (its dependencies are the test's own environment's)
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+                                "--target", str(site), str(wheel)], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr[-2000:]
 
     csv = tmp_path / "ratings.csv"
     random_ratings(np.random.default_rng(0), 300, 60, (5, 40)).to_csv(csv, index=False)

@@ -147,34 +147,30 @@ def request_models(rating_scale: tuple[float, float], user_attributes: dict[str,
 
     user_doc = f"the new user's attributes; the model reads {sorted(user_attributes)}"
 
-    class RecommendRequest(BaseModel):
+    class UserRatings(BaseModel):
+        """A user the model adapts to: their ratings (each item once) and attributes."""
+
         model_config = ConfigDict(extra="forbid")
         ratings: list[RatingIn] = Field(min_length=1, max_length=max_ratings,
-                                        description="the new user's ratings (support set)")
+                                        description="the user's ratings (the support set the model adapts to)")
         user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
-        k: int = Field(10, le=max_k, description=f"how many items, at least 1 and at most {max_k}")
-        exclude_rated: bool = True
 
         @field_validator("ratings")
         @classmethod
         def _unique_items(cls, value: list[RatingIn]) -> list[RatingIn]:
             return _no_duplicates(value)
+
+    class RecommendRequest(UserRatings):
+        k: int = Field(10, le=max_k, description=f"how many items, at least 1 and at most {max_k}")
+        exclude_rated: bool = True
 
     class BatchRecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         users: list[RecommendRequest] = Field(min_length=1, max_length=max_batch,
                                               description=f"up to {max_batch} users, each a /v1/recommend body")
 
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        ratings: list[RatingIn] = Field(min_length=1, max_length=max_ratings)
-        user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
+    class PredictRequest(UserRatings):
         item_ids: list[ItemId] = Field(min_length=1, max_length=max_item_ids)
-
-        @field_validator("ratings")
-        @classmethod
-        def _unique_items(cls, value: list[RatingIn]) -> list[RatingIn]:
-            return _no_duplicates(value)
 
     class OnboardingRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -191,17 +187,8 @@ def request_models(rating_scale: tuple[float, float], user_attributes: dict[str,
             default_factory=dict, max_length=MAX_USER_ATTRIBUTES,
             description=f"the item's metadata (title, ...); the model reads {sorted(item_attributes)}")
 
-    class RaterIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        ratings: list[RatingIn] = Field(min_length=1, max_length=max_ratings,
-                                        description="the rater's ratings of other items (adapts the model to them)")
-        user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
+    class RaterIn(UserRatings):  # ratings: the rater's ratings of other items
         rating: float = Field(description=f"their rating of this item, a finite number in [{low:g}, {high:g}]")
-
-        @field_validator("ratings")
-        @classmethod
-        def _unique_items(cls, value: list[RatingIn]) -> list[RatingIn]:
-            return _no_duplicates(value)
 
     class ItemRatingsRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
