@@ -24,6 +24,19 @@ def check_ids(value: object, name: str) -> None:
         raise DataError(f"{name} must be a collection of item ids, not one string", field=name)
 
 
+def rating_in_scale(value: object, scale: tuple[float, float], field: str, of: str = "") -> float:
+    """The one check of a rating's range: a finite number within the rating scale, else a :class:`DataError`
+    naming ``field``; ``of`` says whose rating it is in the message (" of item '50'")."""
+    low, high = scale
+    try:
+        r = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise DataError(f"rating {value!r}{of} is not a number", field=field) from None
+    if not np.isfinite(r) or r < low or r > high:
+        raise DataError(f"rating {value!r}{of} is not in [{low:g}, {high:g}]", field=field)
+    return r
+
+
 def finite_number(value: object, what: str, field: str) -> float:
     """A numeric attribute's value: a finite number, or a string that reads as one ("30"); not a bool,
     NaN or inf (None, meaning unknown, is the caller's to allow)."""

@@ -17,7 +17,7 @@ from metarec.data.vocab import Vocabulary
 from metarec.errors import DataError, MetarecError, UnknownIdError
 from metarec.meta.item_fold_in import attribute_vectors, supports_item_fold_in
 from metarec.serve.bundle import Bundle
-from metarec.serve.checks import attribute_record, check_count
+from metarec.serve.checks import attribute_record, check_count, rating_in_scale
 from metarec.serve.item_ratings import ItemRatings, Rater, fold_in_penalty
 from metarec.serve.item_vectors import CosineIndex, factor_vectors, vectors_frame
 from metarec.serve.new_items import grown_counts, items_version, with_new_item, with_new_metadata
@@ -148,12 +148,12 @@ class ItemMethods:
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every rater checked (fields ``raters.<i>...``), adapted in vectorised groups: ``(w [n, F], c [n],
         their ratings of the item [n])``, float64."""
-        low, high = self._bundle.checkpoint.rating_scale
+        scale = self._bundle.checkpoint.rating_scale
         with self._batch_lock:
             personalizer = self._personalizer_for_batch()
             prepared, given = [], []
             for i, rater in enumerate(raters):
-                given.append(_rating_in_scale(rater.rating, low, high, f"raters.{i}.rating"))
+                given.append(rating_in_scale(rater.rating, scale, f"raters.{i}.rating"))
                 if not rater.ratings:
                     raise DataError("a rater needs their ratings of other items", field=f"raters.{i}.ratings")
                 if item_id in {str(k) for k in rater.ratings}:
@@ -181,12 +181,3 @@ class ItemMethods:
             self._batch_personalizer = self._batch_factory()
         return self._batch_personalizer
 
-
-def _rating_in_scale(value: object, low: float, high: float, field: str) -> float:
-    try:
-        r = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise DataError(f"rating {value!r} is not a number", field=field) from None
-    if not np.isfinite(r) or r < low or r > high:
-        raise DataError(f"rating {value!r} is not in [{low:g}, {high:g}]", field=field)
-    return r

@@ -21,6 +21,7 @@ from metarec.data.encoding import UNKNOWN, FeatureTable
 from metarec.errors import DataError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.models.base import Params
+from metarec.serve.checks import rating_in_scale
 from metarec.tasks.taskset import TaskBatch
 
 log = logging.getLogger(__name__)
@@ -184,17 +185,10 @@ class Personalizer:
         rating that is not a finite number in the rating scale; :class:`UnknownIdError` when no rated
         item is known (unless ``allow_empty``).
         """
-        low, high = self.checkpoint.rating_scale
         known_idx, known_r, unknown = [], [], []
         for position, (item_id, value) in enumerate(ratings.items()):
-            try:
-                r = float(value)
-            except (TypeError, ValueError):
-                raise DataError(f"rating {value!r} of item {item_id!r} is not a number",
-                                field=f"ratings.{position}.rating") from None
-            if not np.isfinite(r) or r < low or r > high:
-                raise DataError(f"rating {value!r} of item {item_id!r} is not in [{low:g}, {high:g}]",
-                                field=f"ratings.{position}.rating")
+            r = rating_in_scale(value, self.checkpoint.rating_scale, f"ratings.{position}.rating",
+                                of=f" of item {item_id!r}")
             idx = self.item_vocab.get(item_id)
             if idx < 0:
                 unknown.append(str(item_id))
