@@ -34,7 +34,8 @@ def benchmark(
     column: List[str] = COLUMN_OPTION,
     attribute: List[str] = ATTRIBUTE_OPTION,
     rating_scale: Optional[str] = RATING_SCALE_OPTION,
-    support_draws: int = typer.Option(3, help="Seeded draws of the K support ratings per test task (averaged)."),
+    support_draws: Optional[int] = typer.Option(None, help="Seeded draws of the K support ratings per test task "
+                                                "(averaged); default 3, with --feedback implicit 1."),
     heavy_users: Optional[str] = typer.Option(None, help="drop (MeLU) or chunk: users above 100 ratings feed meta-training "
                                                "[default: the config's [split] heavy_users, else drop]."),
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
@@ -45,8 +46,30 @@ def benchmark(
                                       "items folded in from every test task's support ratings (<scenario>_pooled)."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
     quick: bool = typer.Option(False, "--quick", help="A small version (CI): 2 seeds, few methods, 2 epochs."),
+    feedback: str = typer.Option("explicit", help="explicit (rating prediction and ranking) or implicit (top-N "
+                                 "ranking of held-out positives against the whole catalogue; no plots)."),
+    positive_threshold: Optional[float] = typer.Option(None, help="With --feedback implicit: ratings >= this are the "
+                                                       "positives; default: every interaction is one."),
 ) -> None:
     """Every method x scenario x metric over seeds, mean +- 95% CI, paired bootstrap, plots."""
+    if feedback not in ("explicit", "implicit"):
+        raise typer.BadParameter(f"expected explicit or implicit, got {feedback!r}", param_hint="--feedback")
+    if feedback == "implicit":
+        unused = {"--protocol splits": protocol == "splits", "--split-dir": split_dir is not None,
+                  "--split-seed": split_seed is not None, "--config": config is not None, "--preset": preset is not None,
+                  "--item-fold-in": item_fold_in, "--epochs": epochs is not None}
+        given = [flag for flag, used in unused.items() if used]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)}: not used by the implicit benchmark (its splits are built from "
+                                     "the positives; its baselines are tuned on validation users)", param_hint="--feedback")
+        with errors():
+            data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
+            _implicit(out, data, positive_threshold, protocol, heavy_users, seeds, methods, support_sizes,
+                      support_draws, quick)
+        return
+    if positive_threshold is not None:
+        raise typer.BadParameter("only with --feedback implicit", param_hint="--positive-threshold")
+    support_draws = 3 if support_draws is None else support_draws
     with errors():
         from metarec.eval.benchmark import DEFAULT_METHODS, BenchmarkConfig, run_benchmark, write_results
         from metarec.errors import require_extra
@@ -84,3 +107,50 @@ def benchmark(
         paths = write_results(result, out)
         console.print(paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False)
         console.print(f"wrote {out} in {result.seconds:.0f} s")
+
+
+def _implicit(out: Path, data: dict, positive_threshold: Optional[float], protocol: str, heavy_users: Optional[str],
+              seeds: str, methods: Optional[str], support_sizes: str, support_draws: Optional[int], quick: bool) -> None:
+    """``--feedback implicit``: the positives of the dataset (all interactions, or those rated >=
+    ``--positive-threshold``), every implicit method on the K-curve (:mod:`metarec.eval.implicit`)."""
+    from dataclasses import replace
+
+    from metarec.data.implicit import to_implicit
+    from metarec.data.loaders.registry import load_data, load_dataset
+    from metarec.errors import ConfigError
+    from metarec.eval.implicit import DEFAULT_METHODS, ImplicitBenchmarkConfig, run_implicit_benchmark, save
+    from metarec.eval.implicit.methods import KNOWN_METHODS
+    from metarec.meta.run import DataConfig
+
+    table = DataConfig(**data)
+    options: dict = dict(methods=tuple(words(methods)) or DEFAULT_METHODS)
+    unknown = [m for m in options["methods"] if m not in KNOWN_METHODS]
+    if unknown:  # before the data is read
+        raise ConfigError(f"unknown implicit method(s) {unknown}; known: {', '.join(KNOWN_METHODS)}")
+    if support_draws is not None:
+        options["support_draws"] = support_draws
+    if quick:
+        cfg = ImplicitBenchmarkConfig.quick(**options)
+    else:
+        cfg = ImplicitBenchmarkConfig(seeds=ints(seeds, "seeds"), support_sizes=ints(support_sizes, "support-sizes"),
+                                      **options)
+    cfg = replace(cfg, split=replace(cfg.split, protocol=protocol, heavy_users=heavy_users or cfg.split.heavy_users))
+    started = time.perf_counter()
+    if table.is_table:
+        dataset = to_implicit(load_data(table), threshold=positive_threshold)
+    else:
+        dataset = load_dataset(table.dataset, data_dir=table.data_dir, feedback="implicit",
+                               positive_threshold=positive_threshold)
+    with progress_bars() as progress:
+        bar = progress.add_task("implicit benchmark", total=None)
+
+        def report(msg: str, done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total, description=f"implicit benchmark: {msg}")
+            if not err_console.is_terminal:
+                err_console.print(f"benchmark step {done}/{total}: {msg} (at {time.perf_counter() - started:.0f} s)",
+                                  highlight=False)
+
+        result = run_implicit_benchmark(dataset, cfg, progress=report)
+    paths = save(result, out)
+    console.print(paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"wrote {out} in {result.seconds:.0f} s")

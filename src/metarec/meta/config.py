@@ -11,7 +11,8 @@ from metarec.errors import ConfigError
 Algorithm = Literal["maml", "fomaml", "reptile", "metasgd"]
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd")
 ADAPT_SCOPES: tuple[str, ...] = ("all", "head", "embeddings")
-QUERY_LOSSES: tuple[str, ...] = ("squared", "absolute", "huber")
+QUERY_LOSSES: tuple[str, ...] = ("squared", "absolute", "huber", "bce", "bpr", "softmax")
+INNER_LOSSES: tuple[str, ...] = ("squared", "bce", "bpr", "softmax")
 KERNEL_CHOICES: tuple[str, ...] = ("auto", "vmap", "batched_head", "one_step")
 DEFAULT_INNER_LR = 0.05
 MAX_INNER_STEPS = 1000
@@ -25,7 +26,10 @@ class MetaConfig:
 
     ``query_loss`` is the outer loop's loss on the query set: ``squared`` (the seed's MSE),
     ``absolute`` (the error MAE measures) or ``huber`` (squared within 1 rating point, absolute
-    beyond). The inner loop always fits the support set by least squares.
+    beyond); for implicit feedback (a target > 0 is a positive, 0 a sampled negative) ``bce``, ``bpr`` or
+    ``softmax`` (sampled softmax), see :mod:`metarec.meta.losses`. ``inner_loss`` is the inner loop's loss
+    on the support set: least squares for ratings (and the iALS-style fit of implicit positives and
+    sampled negatives), or one of the implicit losses.
 
     ``maml`` differentiates through the inner loop (exact second order); ``fomaml`` drops the
     second-order terms; ``metasgd`` learns a per-parameter inner learning rate (second order);
@@ -47,7 +51,8 @@ class MetaConfig:
     support_batch_size: int | None = None
     grad_clip: float | None = 10.0
     meta_batch_size: int = 32
-    query_loss: Literal["squared", "absolute", "huber"] = "squared"
+    query_loss: Literal["squared", "absolute", "huber", "bce", "bpr", "softmax"] = "squared"
+    inner_loss: Literal["squared", "bce", "bpr", "softmax"] = "squared"
     kernel: Literal["auto", "vmap", "batched_head", "one_step"] = "auto"
 
     def __post_init__(self) -> None:
@@ -66,6 +71,8 @@ class MetaConfig:
             raise ConfigError("meta_batch_size must be >= 1")
         if self.query_loss not in QUERY_LOSSES:
             raise ConfigError(f"query_loss must be one of {QUERY_LOSSES}, got {self.query_loss!r}")
+        if self.inner_loss not in INNER_LOSSES:
+            raise ConfigError(f"inner_loss must be one of {INNER_LOSSES}, got {self.inner_loss!r}")
         if self.algorithm == "reptile" and self.query_loss != "squared":
             raise ConfigError("reptile has no query loss: query_loss must stay 'squared'")
         if self.kernel not in KERNEL_CHOICES:

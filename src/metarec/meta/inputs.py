@@ -58,14 +58,26 @@ def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatc
         user_vec = user_vec.new_zeros(len(batch), user_vec.shape[-1])
     task["user_vec"] = user_vec
     s = task["support_item"].shape[1]  # support and query items in one call, each distinct item once
-    items, inverse = torch.unique(torch.cat([task["support_item"], task["query_item"]], dim=1), return_inverse=True)
-    vec = call("items", items)
+    if needs_catalogue(model):  # the implicit fold-in sees every item: embed the catalogue once, index it
+        items = torch.arange(model.n_items, device=task["support_item"].device)
+        inverse = torch.cat([task["support_item"], task["query_item"]], dim=1)
+        vec = call("items", items)
+        stats = model.catalogue_stats(vec)
+        task["catalogue"] = stats.expand(len(batch), *stats.shape)
+    else:
+        items, inverse = torch.unique(torch.cat([task["support_item"], task["query_item"]], dim=1), return_inverse=True)
+        vec = call("items", items)
     task["support_vec"], task["query_vec"] = rows(vec, inverse[:, :s]), rows(vec, inverse[:, s:])
     if "support_prior" in task and model.uses_context:  # history rows, in new items' space
         task["support_prior_vec"] = rows(call("items", items, as_new=True), inverse[:, :s])
     if distinct_items:
         task["item_vec"], task["support_inv"], task["query_inv"] = vec, inverse[:, :s], inverse[:, s:]
     return task
+
+
+def needs_catalogue(model: RatingModel) -> bool:
+    """Whether the model folds a user in against the whole catalogue (NeuralCF's implicit fold-in)."""
+    return bool(model.implicit and model.uses_context and hasattr(model, "catalogue_stats"))
 
 
 def restrict(task: Task, index: torch.Tensor) -> Task:
@@ -106,8 +118,8 @@ def user_and_context(model: RatingModel, params: Params | None, task: Task):
     prior_vec = task.get("support_prior_vec")
     if prior_vec is None and "support_prior" in task and model.uses_context:  # not hoisted
         prior_vec = call("items", task["support_item"], vmap_safe=True, as_new=True)
-    context = (Context(support, task["support_rating"], task["support_mask"], task.get("support_prior"), prior_vec)
-               if model.uses_context else None)
+    context = (Context(support, task["support_rating"], task["support_mask"], task.get("support_prior"), prior_vec,
+                       task.get("catalogue")) if model.uses_context else None)
     return call, user, context
 
 

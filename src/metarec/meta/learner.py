@@ -125,7 +125,7 @@ class MetaLearner:
             return batched_head.meta_loss(self.model, self._params, self.adapted, task, c.inner_steps, self._alpha(),
                                           c.first_order, c.query_loss, c.l2)
         return maml.meta_loss(self.predict_task, self._params, self.adapted, task, c.inner_steps, self._alpha(),
-                              c.first_order, c.query_loss, c.l2)
+                              c.first_order, c.query_loss, c.l2, c.inner_loss)
 
     def meta_gradients(self, batch: TaskBatch, *, generator: torch.Generator | None = None,
                        rows: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], float]:
@@ -148,7 +148,8 @@ class MetaLearner:
             if self.batched:
                 return batched_head.reptile_gradients(self.model, params, self.adapted, task, c.inner_steps,
                                                       c.inner_lr, c.l2)
-            return maml.reptile_gradients(self.predict_task, params, self.adapted, task, c.inner_steps, c.inner_lr, c.l2)
+            return maml.reptile_gradients(self.predict_task, params, self.adapted, task, c.inner_steps, c.inner_lr, c.l2,
+                                          c.inner_loss)
         if self.kernel == "one_step":
             return one_step.meta_gradients(self.model, self._params, self.adapted, self.user_features, batch, c,
                                            generator, rows)
@@ -188,7 +189,8 @@ class MetaLearner:
         fast, _ = self.split_params(params)
         if steps == 0:  # nothing to adapt (a closed-form fold-in, if any, happens when scoring): views, no vmap
             return {n: p.unsqueeze(0).expand(len(batch), *p.shape) for n, p in fast.items()}, task
-        return maml.adapt(self.predict_task, params, self.adapted, task, steps, self._alpha(detach=True)), task
+        return maml.adapt(self.predict_task, params, self.adapted, task, steps, self._alpha(detach=True),
+                          self.config.inner_loss), task
 
     def predict_query(self, batch: TaskBatch, steps: int | None = None) -> torch.Tensor:
         """Query predictions [B, Q] after ``steps`` inner steps on each task's support set (0: none)."""
@@ -266,6 +268,8 @@ class MetaLearner:
         return {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
 
     def _clamp(self, pred: torch.Tensor) -> torch.Tensor:
+        if self.model.implicit:  # ranking scores: only their order matters, a clamp would make ties
+            return pred
         low, high = self.model.rating_scale
         return pred.clamp(low, high)
 

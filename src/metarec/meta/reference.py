@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call
 
 from metarec.meta.learner import MetaLearner
-from metarec.meta.losses import pointwise_loss
+from metarec.meta.losses import masked_loss
 from metarec.models.base import Context, Params
 from metarec.tasks.taskset import TaskBatch
 
@@ -59,12 +59,8 @@ def reference_meta_gradients(
         for k in range(config.inner_steps):
             full = {**params, **fast}
             pred = _predict(learner, full, t["user_idx"], s_item, s_item, s_rating, exclude_self=True)
-            err = (pred - s_rating) ** 2
-            if step_masks is not None:
-                m = step_masks[i, k][s_positions]
-                loss = (err * m).sum() / m.sum().clamp(min=1.0)
-            else:
-                loss = err.mean()
+            m = step_masks[i, k][s_positions] if step_masks is not None else torch.ones_like(s_rating)
+            loss = masked_loss(pred, s_rating, m, config.inner_loss)
             g = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order, allow_unused=True)
             fast = {n: fast[n] - lr(n) * (torch.zeros_like(fast[n]) if gi is None else gi) for n, gi in zip(fast, g)}
         full = {**params, **fast}
@@ -76,7 +72,7 @@ def reference_meta_gradients(
                 losses.append(float(((pred - s_rating) ** 2).mean()))
             continue
         pred = _predict(learner, full, t["user_idx"], t["query_item"], s_item, s_rating, exclude_self=False)
-        q_loss = pointwise_loss(pred - t["query_rating"], config.query_loss).mean()
+        q_loss = masked_loss(pred, t["query_rating"], torch.ones_like(pred), config.query_loss)
         query_total = query_total + q_loss / n_tasks
         losses.append(float(q_loss.detach()))
     named = learner.named_meta_parameters()

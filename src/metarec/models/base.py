@@ -41,6 +41,9 @@ class Context:
     # [S, d]: with ``prior``, the support items' vectors as if each were new (``embed_items(as_new=True)``:
     # attributes only), the space a new item is scored in; None = ``item_vec``.
     prior_item_vec: torch.Tensor | None = None
+    # implicit feedback: what the model needs of the whole catalogue's item vectors to fold a user in against
+    # every item (NeuralCF.catalogue_stats), computed once per batch; None = the model computes it itself
+    catalogue: torch.Tensor | None = None
 
 
 class RatingModel(nn.Module):
@@ -65,8 +68,11 @@ class RatingModel(nn.Module):
         item_id_size: int | None = None,
         known_items: torch.Tensor | None = None,
         rating_scale: tuple[float, float] = (1.0, 5.0),
+        implicit: bool = False,
     ) -> None:
         super().__init__()
+        # implicit feedback: the output is a ranking score (unbounded, centred at 0, never clamped), not a rating
+        self.implicit = bool(implicit)
         self.user_embedding = AttributeEmbedding(user_encoder, embedding_size) if user_encoder.columns else None
         self.item_embedding = AttributeEmbedding(item_encoder, embedding_size) if item_encoder.columns else None
         n_items = self.n_items = len(item_features)
@@ -94,7 +100,8 @@ class RatingModel(nn.Module):
             embedding_size if item_id_embedding and not self.item_id_in_output else 0
         )
         self.rating_scale = rating_scale
-        self.register_buffer("rating_center", torch.tensor(sum(rating_scale) / 2.0), persistent=True)
+        center = 0.0 if self.implicit else sum(rating_scale) / 2.0
+        self.register_buffer("rating_center", torch.tensor(center), persistent=True)
 
     # ------------------------------------------------------------------ stages
     def forward(self, stage: str, *args, **kwargs):  # noqa: D401 - dispatcher for functional_call

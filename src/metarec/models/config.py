@@ -43,6 +43,9 @@ class ModelConfig:
     # penalty_by_support_size: it also grows or shrinks with log(1 + support size), the slope learned
     penalty_rate: float = 1.0
     penalty_by_support_size: bool = False
+    # implicit feedback (plays, clicks): the model outputs ranking scores; a neural-cf fold-in is then the
+    # confidence-weighted ridge against the whole catalogue (the iALS fold-in) instead of the support's ridge
+    implicit: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -82,7 +85,7 @@ def build_model(
         common = dict(
             embedding_size=config.embedding_size, item_id_embedding=config.item_id_embedding,
             item_id_dropout=config.item_id_dropout,
-            known_items=known_items, rating_scale=rating_scale,
+            known_items=known_items, rating_scale=rating_scale, implicit=config.implicit,
         )
         args = (user_encoder, item_encoder, item_features)
         if config.kind in ("feature-mlp", "melu"):

@@ -14,6 +14,13 @@ A known user's history (their training ratings, ``Context.prior``) can instead s
 is first solved from the history alone, and the support is then folded in around that solution - what
 matrix factorisation does when it folds a trained user in around their trained factors. The history then
 informs a task without outvoting its own support ratings (a returning user rating new items).
+
+Implicit feedback (``implicit``, Hu, Koren & Volinsky 2008): a support row is a positive whose rating is its
+confidence; every other catalogue item is an unobserved zero. The fold-in then fits 1 to each positive with
+weight 1 + a c (a learned) and 0 to every other item with weight 1 - the iALS fold-in, solved exactly against
+the whole catalogue through its Gram matrix (``catalogue_stats``: O(F^2) per user, whatever the catalogue's
+size) - and its scores, scaled by a learned g, are added to the prior's. A history (``Context.prior``) is
+folded in as support.
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ class NeuralCF(RatingModel):
             head["log_reg"] = nn.Linear(factors + 1, 1, bias=False)
             if penalty_by_support_size:
                 head["log_reg_slope"] = nn.Linear(1, 1, bias=False)
+            if self.implicit:  # log of a, the extra weight of a positive per unit of confidence, and log g
+                head["log_confidence"] = nn.Linear(1, 1, bias=False)
+                head["log_fold_scale"] = nn.Linear(1, 1, bias=False)
         self.head = nn.ModuleDict(head)
         # [n_items, factors + 1] added to the item tower's output: the item-side fold-in of items released
         # after training (metarec.meta.item_fold_in); None = none. Evaluation state, never checkpointed.
@@ -77,6 +87,9 @@ class NeuralCF(RatingModel):
             nn.init.constant_(self.head["log_reg"].weight, 1.0 / self.penalty_rate)
             if penalty_by_support_size:
                 nn.init.zeros_(self.head["log_reg_slope"].weight)
+            if self.implicit:
+                nn.init.constant_(self.head["log_confidence"].weight, 2.3)  # a ~ 10, iALS's usual order
+                nn.init.constant_(self.head["log_fold_scale"].weight, 2.3)  # g ~ 10: the fold-in's scores in ~[0, 10]
 
     @property
     def item_id_residual(self) -> bool:
@@ -119,7 +132,7 @@ class NeuralCF(RatingModel):
         delta, inverse, support_z, support_fit = self._solve(p, b_u, context)
         z = self._design(item_vec)
         pred = prior + (z * delta.unsqueeze(-2)).sum(-1)
-        if exclude_self:
+        if exclude_self and not self.implicit:
             # Scoring the support items themselves: leave-one-out predictions of the ridge fit, in closed
             # form (r_i - yhat_{-i} = (r_i - yhat_i) / (1 - h_ii)), so an item cannot predict its own rating.
             leverage = ((support_z @ inverse) * support_z).sum(-1) * context.mask
@@ -156,6 +169,9 @@ class NeuralCF(RatingModel):
         z = self._design(context.item_vec)  # [..., S, F+1]
         prior_fit = self._prior(p, b_u, context.item_vec)
         residual = context.rating - prior_fit
+        if self.implicit:
+            delta = self._solve_implicit(z, context)
+            return delta, None, z, prior_fit + (z * delta.unsqueeze(-2)).sum(-1)
         if context.prior is None:
             delta, inverse = self._ridge(z, residual, context.mask, self.penalty(context.mask))
         else:
@@ -170,6 +186,36 @@ class NeuralCF(RatingModel):
             delta = centre + step
         fit = prior_fit + (z * delta.unsqueeze(-2)).sum(-1)
         return delta, inverse, z, fit
+
+    # ------------------------------------------------------------------ implicit fold-in
+    def catalogue_stats(self, item_vec: torch.Tensor) -> torch.Tensor:
+        """G = sum_v z_v z_v^T ([F+1, F+1]) of the catalogue's item vectors [N, F+1], z_v = [q_v, 1]: all the
+        implicit fold-in needs of the unobserved items."""
+        z = self._design(item_vec)
+        return z.t() @ z
+
+    def catalogue(self, context: Context) -> torch.Tensor:
+        """The context's catalogue statistics, or the whole catalogue's under the current parameters."""
+        if context.catalogue is not None:
+            return context.catalogue
+        items = torch.arange(self.n_items, device=self.rating_center.device)
+        return self.catalogue_stats(self.embed_items(items))
+
+    def _solve_implicit(self, z: torch.Tensor, context: Context) -> torch.Tensor:
+        """delta = g * argmin_d sum_v w_v (y_v - z_v . d)^2 + sum_j lambda_j d_j^2 over every catalogue item v: y = 1,
+        w = 1 + a c for a positive of confidence c (a support row rated > 0), y = 0, w = 1 otherwise; g a learned
+        scale. The targets are the fold-in's own, not residuals of the prior: the prior's scores live on the
+        ranking loss's scale (popularity, attributes), where "every unobserved item is 0" would make the fold-in
+        undo them. Through the catalogue's Gram matrix: O(S F^2 + F^3) per user."""
+        gram = self.catalogue(context)
+        positive = context.mask * (context.rating > 0).to(context.mask.dtype)
+        extra = torch.exp(self.head["log_confidence"].weight[0, 0]) * context.rating * positive  # w_v - 1
+        zw = z * extra.unsqueeze(-1)
+        lhs = gram + zw.transpose(-1, -2) @ z + torch.diag_embed(self.penalty(positive).clamp(min=RIDGE_FLOOR)
+                                                                 .expand(*z.shape[:-2], -1))
+        rhs = (z * ((1.0 + extra) * positive).unsqueeze(-1)).sum(-2)
+        scale = torch.exp(self.head["log_fold_scale"].weight[0, 0])
+        return scale * torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
 
     def penalty(self, mask: torch.Tensor) -> torch.Tensor:
         """The ridge penalty per coordinate of [delta p_u, delta b_u] ([F+1], or [..., F+1] when it depends

@@ -27,11 +27,13 @@ def playcounts_to_ratings(users: pd.Series, counts: pd.Series) -> pd.Series:
     return np.ceil(pct.to_numpy(dtype=np.float64) * 5.0 - 1e-9).clip(1, 5).astype(np.float64)
 
 
-def load_lastfm(folder: str | Path, *, top_tags: int = TOP_TAGS) -> RatingDataset:
+def load_lastfm(folder: str | Path, *, top_tags: int = TOP_TAGS, raw_counts: bool = False) -> RatingDataset:
     """Last.fm 2K: ``user_artists.dat`` -> ratings, ``artists.dat`` + tags -> item attributes.
 
     Files are tab-separated with one header line. Ratings come from play counts through
-    :func:`playcounts_to_ratings` (per-user percentile rank cut into quintiles -> 1..5). Items are
+    :func:`playcounts_to_ratings` (per-user percentile rank cut into quintiles -> 1..5), or, with
+    ``raw_counts``, are the play counts themselves on the scale ``(0, max count)``: the confidence of
+    implicit feedback (:func:`metarec.data.implicit.to_implicit`) needs the counts, not their ranks. Items are
     every artist in ``artists.dat`` with ``name`` (text) and ``tags`` (multi): the artist's
     ``top_tags`` most frequent tag values over all users' assignments in ``user_taggedartists.dat``
     (ties broken alphabetically; names from ``tags.dat``, latin-1), or missing when never tagged.
@@ -53,7 +55,7 @@ def load_lastfm(folder: str | Path, *, top_tags: int = TOP_TAGS) -> RatingDatase
     ratings = pd.DataFrame({
         "user_id": user_ids,
         "item_id": raw["item_id"].str.strip(),
-        "rating": playcounts_to_ratings(user_ids, weight),
+        "rating": weight.to_numpy(dtype=np.float64) if raw_counts else playcounts_to_ratings(user_ids, weight),
         # an explicit all-missing column gives the same dtype as a saved-and-reloaded dataset
         "timestamp": np.full(len(raw), np.nan),
     })
@@ -70,11 +72,14 @@ def load_lastfm(folder: str | Path, *, top_tags: int = TOP_TAGS) -> RatingDatase
     return RatingDataset.from_frames(
         "lastfm", ratings, None, items,
         item_schema={"name": "text", "tags": "multi"},
-        rating_scale=(1.0, 5.0), duplicates="error", source=path,
+        # the float32-stored maximum: a count past 2**24 rounds, and must stay inside its own scale
+        rating_scale=(0.0, float(np.float32(weight.max())) if len(weight) else 1.0) if raw_counts else (1.0, 5.0),
+        duplicates="error", source=path,
         meta={
             "source": str(folder),
             "new_item_rule": {"first_rating_fraction": 0.2},
-            "rating_rule": "per-user percentile rank of the play count, cut into quintiles -> 1..5",
+            "rating_rule": "raw play count" if raw_counts else
+                           "per-user percentile rank of the play count, cut into quintiles -> 1..5",
             "top_tags": top_tags,
         },
     )

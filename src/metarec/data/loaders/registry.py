@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError, DataNotFoundError
@@ -23,6 +23,8 @@ class DatasetEntry:
     extras: tuple[tuple[str, str], ...] = ()
     # the items table alone (titles and attributes), for callers that only show titles: no ratings read
     items: Callable[[Path], Any] | None = None
+    # the interactions with their raw counts as ratings (Last.fm plays): implicit feedback's confidence
+    counts: Callable[[Path], RatingDataset] | None = None
 
 
 def _ml100k(folder: Path) -> RatingDataset:
@@ -61,12 +63,18 @@ def _lastfm(folder: Path) -> RatingDataset:
     return load_lastfm(folder)
 
 
+def _lastfm_counts(folder: Path) -> RatingDataset:
+    from metarec.data.loaders.lastfm import load_lastfm
+
+    return load_lastfm(folder, raw_counts=True)
+
+
 REGISTRY: dict[str, DatasetEntry] = {
     "ml-100k": DatasetEntry("ml-100k", "ml-100k", "u.data", _ml100k, items=_ml100k_items),
     "ml-1m": DatasetEntry("ml-1m", "ml-1m", "users.dat", _ml1m, items=_ml1m_items),
     "ml-1m-imdb": DatasetEntry("ml-1m-imdb", "ml-1m", "users.dat", _ml1m_imdb,
                                extras=(("ml-1m-melu-extra", "movies_extrainfos.dat"),)),
-    "lastfm": DatasetEntry("lastfm", "hetrec2011-lastfm-2k", "user_artists.dat", _lastfm),
+    "lastfm": DatasetEntry("lastfm", "hetrec2011-lastfm-2k", "user_artists.dat", _lastfm, counts=_lastfm_counts),
 }
 
 
@@ -105,11 +113,32 @@ def resolve_folder(name: str, data_dir: str | Path | None = None) -> Path:
     )
 
 
-def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None) -> RatingDataset:
+def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None,
+                 feedback: Literal["explicit", "implicit"] = "explicit",
+                 positive_threshold: float | None = None) -> RatingDataset:
     """Load a registered name, a folder saved by :meth:`RatingDataset.save`, RecBole atomic files, or a table.
 
+    ``feedback="implicit"`` keeps the positives (every interaction, or those rated >= ``positive_threshold``)
+    with a confidence as rating (:func:`metarec.data.implicit.to_implicit`): 1 for each, except where the
+    dataset has raw counts (Last.fm plays), whose log gives it and on which the threshold then applies.
     Never downloads: a missing registered dataset raises :class:`DataNotFoundError` saying how to get it.
     """
+    if feedback not in ("explicit", "implicit"):
+        raise ConfigError(f"feedback must be 'explicit' or 'implicit', got {feedback!r}")
+    if feedback == "explicit":
+        if positive_threshold is not None:
+            raise ConfigError("positive_threshold applies to feedback='implicit' only")
+        return _load(name_or_path, data_dir)
+    from metarec.data.implicit import to_implicit
+
+    entry = REGISTRY.get(str(name_or_path))
+    if entry is not None and entry.counts is not None:
+        counted = entry.counts(resolve_folder(entry.name, data_dir))
+        return to_implicit(counted, threshold=positive_threshold, confidence="log")
+    return to_implicit(_load(name_or_path, data_dir), threshold=positive_threshold, confidence="binary")
+
+
+def _load(name_or_path: str | Path, data_dir: str | Path | None) -> RatingDataset:
     key = str(name_or_path)
     if key == "synthetic":  # generated, needs no files: the offline fallback of the demo
         from metarec.data.synthetic import make_synthetic

@@ -20,6 +20,8 @@ KERNELS: tuple[str, ...] = ("vmap", "batched_head", "one_step")
 def kernel_reasons(model: RatingModel, config: MetaConfig, adapted: list[str], hoist: bool) -> dict[str, str | None]:
     """{kernel: None where it applies, else why not}; ``vmap`` (maml.py itself) always applies."""
     head = batched_head.applies(model, adapted, hoist)
+    if head is None and (config.inner_loss != "squared" or config.query_loss not in ("squared", "absolute", "huber")):
+        head = "it is written for rating losses (squared inner loss), not implicit feedback's"
     return {"vmap": None, "batched_head": head, "one_step": one_step.applies(model, config, adapted, hoist)}
 
 

@@ -29,8 +29,8 @@ def applies(model: RatingModel, config: MetaConfig, adapted: list[str], hoist: b
         return reason
     if config.inner_steps != 1 or config.algorithm not in ("maml", "fomaml"):
         return "it is written for one inner step of maml / fomaml"
-    if config.query_loss != "squared":
-        return "it is written for the squared query loss"
+    if config.query_loss != "squared" or config.inner_loss != "squared":
+        return "it is written for the squared query and support losses"
     if len(model.linear_names()) < 2:
         return "the head has fewer than two linear layers"
     return None
