@@ -10,6 +10,7 @@ import typer
 from metarec.cli.options import (HISTORY_AS_PRIOR_OPTION, HISTORY_MAX_NEW_SUPPORT_OPTION, USER_HISTORY_OPTION, console,
                                  errors, history_limit, history_rule, load_run, print_json, progress_bars,
                                  scenario_table)
+from metarec.errors import MetarecError
 
 
 def evaluate(
@@ -28,6 +29,9 @@ def evaluate(
         with progress_bars() as progress:  # loading and scoring take seconds: say so
             bar = progress.add_task("loading the run and rebuilding its split", total=None)
             split, ckpt = load_run(run)
+            if ckpt.model_config.implicit:
+                raise MetarecError(f"{run} was trained on implicit feedback: it ranks, it predicts no ratings, so MAE "
+                                   "does not apply; its ranking is measured by metarec benchmark --feedback implicit")
 
             def report(scenario: str, done: int, total: int) -> None:
                 progress.update(bar, completed=done, total=total, description=f"scoring test users: {scenario}")

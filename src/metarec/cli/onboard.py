@@ -49,7 +49,8 @@ def onboard(
         if not experiment:
             ids = next_round(strategy, split, checkpoint.learner, n, words(shown), words(rated))
             names = titles(split.dataset.items)
-            _print_round(strategy, [{"item_id": i, "title": names.get(i, "")} for i in ids], as_json)
+            _print_round(strategy, [{"item_id": i, "title": names.get(i, "")} for i in ids], as_json,
+                         checkpoint.model_config.implicit)
             return
         runs = [(run, split, checkpoint.learner)]
         for other in pool_runs or []:
@@ -100,11 +101,12 @@ def onboard(
                       "without adaptation); random: mean ± sd over seeds; CIs: paired bootstrap over users.")
 
 
-def _print_round(strategy: str, items: list[dict], as_json: bool) -> None:
+def _print_round(strategy: str, items: list[dict], as_json: bool, implicit: bool = False) -> None:
     if as_json:
         print_json({"strategy": strategy, "items": items})
         return
-    table = Table(title=f"Ask a new user to rate ({strategy})")
+    ask = "which they know or like" if implicit else "to rate"  # an implicit model takes positives, not ratings
+    table = Table(title=f"Ask a new user {ask} ({strategy})")
     for col in ("#", "item_id", "title"):
         table.add_column(col)
     for i, item in enumerate(items, 1):

@@ -16,6 +16,8 @@ from metarec.errors import MetarecError
 def recommend(
     run: Path = typer.Argument(..., help="A run folder written by `metarec train`, or a saved recommender."),
     rate: List[str] = typer.Option([], "--rate", help="ITEM_ID:RATING, repeatable (one new user)."),
+    item: List[str] = typer.Option([], "--item", help="ITEM_ID the new user interacted with or liked, repeatable "
+                                   "(a model trained with --feedback implicit; no ratings)."),
     k: int = typer.Option(10, help="How many items (at least 1)."),
     user: List[str] = typer.Option([], "--user", help="ATTRIBUTE=VALUE of the new user, repeatable."),
     include_rated: bool = typer.Option(False, "--include-rated", help="Allow already rated items."),
@@ -28,15 +30,24 @@ def recommend(
     """Adapt to a new user's ratings and print the top-k; with --input and --out, every user of a file."""
     with errors():
         if input_path is not None or out is not None:
-            return recommend_batch(load_for_recommend, run, input_path, out, bool(rate or user))
-        if not rate:
-            raise typer.BadParameter("give the new user's ratings (--rate ITEM_ID:RATING), or --input and --out")
+            return recommend_batch(load_for_recommend, run, input_path, out, bool(rate or item or user))
+        if not rate and not item:
+            raise typer.BadParameter("give the new user's ratings (--rate ITEM_ID:RATING), their items (--item ITEM_ID, "
+                                     "an implicit-feedback model), or --input and --out")
+        if rate and item:
+            raise typer.BadParameter("--rate (ratings) and --item (an implicit model's positives) do not go together")
         if k < 1:  # before the model loads: a wrong flag should not cost seconds
             raise MetarecError(f"--k {k}: k must be a positive integer")
-        ratings = pairs(rate, "--rate", ":", last=True)
+        support = list(dict.fromkeys(i.strip() for i in item)) if item else pairs(rate, "--rate", ":", last=True)
         attributes = pairs(user, "--user")
         recommender = load_for_recommend(run)
-        result = recommender.recommend_records(ratings, attributes or None, k=k, exclude_rated=not include_rated)
+        if recommender.feedback == "implicit" and rate:
+            raise MetarecError(f"{run} was trained on implicit feedback: give the user's items with --item ITEM_ID, "
+                               "not ratings")
+        if recommender.feedback == "explicit" and item:
+            raise MetarecError(f"{run} predicts ratings: give the user's ratings with --rate ITEM_ID:RATING "
+                               "(--item is for implicit-feedback models)")
+        result = recommender.recommend_records(support, attributes or None, k=k, exclude_rated=not include_rated)
         if as_json:
             print_json({"items": result.items, "unknown_item_ids": result.unknown_item_ids})
             return

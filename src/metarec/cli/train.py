@@ -100,12 +100,36 @@ def train(
     log_to: List[str] = typer.Option([], "--log-to", help="Also send each epoch's metrics to tensorboard "
                                      "(RUNDIR/tensorboard) or mlflow (RUNDIR/mlruns, or $MLFLOW_TRACKING_URI); "
                                      "repeatable."),
+    feedback: str = typer.Option("explicit", help="explicit (ratings) or implicit (plays, clicks: the positives, "
+                                 "ranked against the whole catalogue; the implicit benchmark's meta-learner, selected "
+                                 "on validation nDCG@20)."),
+    positive_threshold: Optional[float] = typer.Option(None, help="With --feedback implicit: ratings >= this are the "
+                                                       "positives; default: every interaction is one."),
 ) -> None:
     """Meta-train a model; the best checkpoint on validation users goes to RUNDIR/best.
 
     By default the automatic recipe chooses the settings that differ between datasets on validation users
     (recorded in RUNDIR/recipe.json); --config / flags fix what they set."""
+    if feedback not in ("explicit", "implicit"):
+        raise typer.BadParameter(f"expected explicit or implicit, got {feedback!r}", param_hint="--feedback")
+    if feedback == "explicit" and positive_threshold is not None:
+        raise typer.BadParameter("only with --feedback implicit", param_hint="--positive-threshold")
     with errors():
+        if feedback == "implicit":
+            from metarec.cli.train_implicit import refused_flags, train_implicit
+
+            refused_flags({"--preset": preset is not None, "--no-search": not search, "--split-dir": split_dir is not None,
+                           "--model": model is not None, "--algorithm": algorithm is not None, "--resume": resume,
+                           "--device": device not in (None, "cpu")})
+            check_run_folder(out, False, overwrite, [])
+            overrides = {"model": dict(item_id_embedding=item_id_embedding, item_id_residual=item_id_residual),
+                         "meta": dict(adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
+                                      meta_batch_size=meta_batch_size, query_loss=query_loss),
+                         "implicit": dict(epochs=epochs, patience=patience)}
+            overrides = {k: {n: v for n, v in values.items() if v is not None} for k, values in overrides.items()}
+            data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
+            return train_implicit(out, data, positive_threshold, config, {k: v for k, v in overrides.items() if v},
+                                  protocol, seed, log_to)
         from metarec.meta.distributed import is_main_process
         from metarec.meta.loggers import make_logger
         from metarec.meta.run import RunConfig
@@ -139,6 +163,9 @@ def train(
             cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
                                meta_batch_size=meta_batch_size, query_loss=query_loss)
             cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)
+        if cfg.data.feedback == "implicit" or cfg.model.implicit:
+            raise MetarecError("the configuration is an implicit-feedback run's (data.feedback / model.implicit): "
+                               "train it with --feedback implicit")
         if device and device.startswith("cuda"):
             import torch
 

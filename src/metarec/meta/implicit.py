@@ -90,10 +90,12 @@ def epoch_tasks(tasks: TaskSet, n_items: int, config: ImplicitTrainConfig, epoch
 
 def train_implicit(learner: MetaLearner, tasks: TaskSet, n_items: int, config: ImplicitTrainConfig,
                    validate: Callable[[MetaLearner], float], *, candidates: np.ndarray | None = None,
-                   popularity: np.ndarray | None = None, progress: Progress | None = None) -> ImplicitTrainResult:
+                   popularity: np.ndarray | None = None, progress: Progress | None = None,
+                   on_epoch: Callable[[dict], None] | None = None) -> ImplicitTrainResult:
     """Meta-train ``learner`` on ``tasks`` (positives only); keep the epoch whose ``validate`` score (higher is
     better, e.g. validation users' nDCG@20) is best, and stop after ``patience`` epochs without a better one.
-    ``candidates``: the items negatives are drawn from (bool [n_items]; the training items)."""
+    ``candidates``: the items negatives are drawn from (bool [n_items]; the training items). ``on_epoch``
+    sees each epoch's record (epoch, train_loss, val_score, seconds) as it ends."""
     device = next(learner.model.parameters()).device
     batch_size = learner.config.meta_batch_size
     history: list[dict] = []
@@ -117,6 +119,8 @@ def train_implicit(learner: MetaLearner, tasks: TaskSet, n_items: int, config: I
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                   "val_score": score, "seconds": time.perf_counter() - start}
         history.append(record)
+        if on_epoch is not None:
+            on_epoch(dict(record, epochs=config.epochs))
         log.info("implicit epoch %d: loss %.4f, validation %.4f", epoch, record["train_loss"], score)
         if score > best[1] + 1e-6:
             best, bad = (epoch, score, {n: p.detach().clone() for n, p in learner.named_meta_parameters().items()}), 0

@@ -45,15 +45,22 @@ def render_model_card(run_config: Mapping[str, Any], state: Mapping[str, Any], *
     versions = dict(versions or {})
     when = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     sizes = dict(state.get("data") or {})
-    lines = ["# Model card: metarec cold-start rating predictor", "",
+    implicit = bool(model.get("implicit")) or "implicit" in run_config
+    title = "cold-start recommender (implicit feedback)" if implicit else "cold-start rating predictor"
+    lines = [f"# Model card: metarec {title}", "",
              f"- **Date written:** {when}",
              f"- **metarec version:** {versions.get('metarec', __version__)}"
              + "".join(f"; {k} {versions[k]}" for k in ("torch", "python") if k in versions)]
     if model_version:
         lines.append(f"- **model_version:** `{model_version}` (sha256 of the weights, first 16 hex digits)")
     lines += ["", "## Data", "", f"- **Dataset:** {name}"]
+    if implicit:
+        threshold = data.get("positive_threshold")
+        lines.append("- **Feedback:** implicit: the positives are "
+                     + ("every interaction" if threshold is None else f"the interactions rated >= {threshold:g}"))
     if sizes:
-        lines.append(f"- **Size:** {sizes.get('users')} users, {sizes.get('items')} items, {sizes.get('ratings')} ratings")
+        lines.append(f"- **Size:** {sizes.get('users')} users, {sizes.get('items')} items, {sizes.get('ratings')} "
+                     + ("positive interactions" if implicit else "ratings"))
         lines.append(f"- **Split** ({split.get('protocol', 'melu')}, seed {split.get('seed', 0)}): "
                      f"{sizes.get('train_users')} meta-train users ({sizes.get('meta_train_tasks')} tasks), "
                      f"{sizes.get('validation_users')} validation users, {sizes.get('test_users')} test users; "
@@ -73,14 +80,18 @@ def render_model_card(run_config: Mapping[str, Any], state: Mapping[str, Any], *
               tomli_w.dumps(_toml_ready(run_config)).rstrip(), "```", "", "</details>", "",
               "## Validation", ""]
     best = state.get("best_epoch", -1)
-    score = state.get("best_val_mae")
+    score = state.get("best_val_score" if implicit else "best_val_mae")
+    selection = (f"{state.get('selection', 'ndcg@20')} of validation users, higher is better" if implicit
+                 else train.get("select_on", "mae"))
     if best is not None and best >= 0 and score is not None:
         lines.append(f"- **Selected epoch:** {best} of {state.get('epoch')} run "
-                     f"(selection: {train.get('select_on', 'mae')}; score {float(score):.4f})")
+                     f"(selection: {selection}; score {float(score):.4f})")
         for key, value in sorted(dict(state.get("best_val") or {}).items()):
             lines.append(f"- `{key}`: {float(value):.4f}")
     else:
         lines.append("- no validation epoch recorded")
+    if implicit:
+        return "\n".join(lines + _IMPLICIT_USE)
     lines += ["", "Validation users are users held out of meta-training; test users were not used to choose",
               "anything. `*_mae`: mean absolute error of the predicted ratings on their query ratings (`*_rmse`:",
               "root mean squared error); `val_k{K}_mae`: after K support ratings; `val_mae`: the selection score.", "",
@@ -96,6 +107,22 @@ def render_model_card(run_config: Mapping[str, Any], state: Mapping[str, Any], *
               "  clicks or of what a user should be shown for reasons beyond their predicted rating.",
               "- Items are ranked by predicted rating alone: nothing is done for diversity, novelty or fairness.", ""]
     return "\n".join(lines)
+
+
+_IMPLICIT_USE = [
+    "", "Validation users are users held out of meta-training; test users were not used to choose anything.",
+    "`val_ndcg@20`: nDCG@20 of their held-out positives ranked against the whole catalogue, with their",
+    "whole support; `val_k{K}_ndcg@20`: after K support positives. The selection score is their mean.", "",
+    "## Intended use", "",
+    "Cold-start top-N recommendation from implicit feedback: a user new to this catalogue names a few items",
+    "they played, clicked or like (no ratings), the model folds them in against the whole catalogue and",
+    "ranks every item by a score. Scores only order items; they are not ratings or probabilities.", "",
+    "## Limits", "",
+    "- Only the items and attribute values seen in training are known; other ids are ignored.",
+    "- Its ranking quality was measured on one dataset's held-out users; on other populations, other",
+    "  catalogues or after the catalogue changes, measure again before relying on it.",
+    "- Items are ranked by score alone: nothing is done for diversity, novelty or fairness, and popular",
+    "  items are favoured where the data favour them.", ""]
 
 
 def checkpoint_card(checkpoint: Checkpoint, **details: Any) -> str:

@@ -7,12 +7,15 @@ import sys
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from metarec.errors import ConfigError
 from metarec.meta.config import MetaConfig
 from metarec.models.config import ModelConfig
 from metarec.tasks.config import SplitConfig
+
+if TYPE_CHECKING:  # imported when a config has an [implicit] section: it pulls in torch
+    from metarec.meta.implicit import ImplicitTrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,7 +94,8 @@ class DataConfig:
     (``categorical``, ``multi``, ``numeric``, ``text``; ``users.x`` / ``items.x`` for one table only) where
     the guess from its type is wrong - an integer-coded author id is a category, not a number;
     ``list_separator`` splits a ``multi`` column given as text; ``rating_scale`` is [low, high] (default:
-    the observed range)."""
+    the observed range). ``feedback = "implicit"``: the data are read as positives with a confidence
+    (:func:`metarec.data.implicit.to_implicit`; every interaction, or those rated >= ``positive_threshold``)."""
 
     dataset: str = "ml-100k"
     data_dir: str | None = None
@@ -101,9 +105,16 @@ class DataConfig:
     attributes: Mapping[str, str] = field(default_factory=dict)
     list_separator: str = "|"
     rating_scale: tuple[float, float] | None = None
+    feedback: Literal["explicit", "implicit"] = "explicit"
+    positive_threshold: float | None = None
 
     def __post_init__(self) -> None:
         from metarec.data.schema import KINDS
+
+        if self.feedback not in ("explicit", "implicit"):
+            raise ConfigError(f"[data] feedback must be 'explicit' or 'implicit', got {self.feedback!r}")
+        if self.positive_threshold is not None and self.feedback != "implicit":
+            raise ConfigError("[data] positive_threshold applies to feedback = 'implicit' only")
 
         bad_roles = set(self.columns) - {"user", "item", "rating", "timestamp"}
         if bad_roles:
@@ -125,32 +136,60 @@ class DataConfig:
             ".csv", ".tsv", ".txt", ".parquet", ".pq")
 
 
+# what [train] holds in an implicit run: its schedule is the [implicit] section
+IMPLICIT_TRAIN_KEYS = ("seed", "device", "threads")
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run depends on; its dict form is written to the run folder as ``config.toml``."""
+    """Everything a run depends on; its dict form is written to the run folder as ``config.toml``.
+
+    ``implicit``: the schedule of a run meta-trained on implicit feedback (``metarec train --feedback
+    implicit``, :func:`metarec.meta.implicit.train_implicit`), None for ratings. Such a run reads its data
+    with ``data.feedback = "implicit"`` and has ``model.implicit``; its ``[train]`` keeps only seed and device."""
 
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    implicit: "ImplicitTrainConfig | None" = None
 
     SECTIONS = ("data", "split", "model", "meta", "train")
 
+    def __post_init__(self) -> None:
+        if self.implicit is not None and not (self.model.implicit and self.data.feedback == "implicit"):
+            raise ConfigError("an [implicit] section needs model.implicit = true and data.feedback = 'implicit'")
+
+    @property
+    def is_implicit(self) -> bool:
+        """Whether the run was meta-trained on implicit feedback (positives ranked, no ratings predicted)."""
+        return self.implicit is not None
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The sections as plain values; an explicit run's as before implicit feedback existed (its
+        ``data.feedback`` left out), so its config.toml is unchanged."""
         out = {}
         for name in self.SECTIONS:
-            section = asdict(getattr(self, name))
-            out[name] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in section.items()
-                         if v is not None and not (isinstance(v, dict) and not v)}
+            out[name] = _plain(asdict(getattr(self, name)))
+        if self.data.feedback == "explicit":
+            out["data"].pop("feedback", None)
+        if self.implicit is not None:
+            out["train"] = {k: v for k, v in out["train"].items() if k in IMPLICIT_TRAIN_KEYS}
+            out["implicit"] = _plain(asdict(self.implicit))
         return out
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Mapping[str, Any]]) -> "RunConfig":
-        unknown = set(obj) - set(cls.SECTIONS)
+        unknown = set(obj) - {*cls.SECTIONS, "implicit"}
         if unknown:
-            raise ConfigError(f"unknown config section(s): {sorted(unknown)}; expected {list(cls.SECTIONS)}")
-        kinds = {"data": DataConfig, "split": SplitConfig, "model": ModelConfig, "meta": MetaConfig, "train": TrainConfig}
+            raise ConfigError(f"unknown config section(s): {sorted(unknown)}; expected {[*cls.SECTIONS, 'implicit']}")
+        kinds: dict[str, type] = {"data": DataConfig, "split": SplitConfig, "model": ModelConfig, "meta": MetaConfig,
+                                  "train": TrainConfig}
+        if "implicit" in obj:
+            from metarec.meta.implicit import ImplicitTrainConfig
+
+            kinds["implicit"] = ImplicitTrainConfig
         parts = {}
         for name, kind in kinds.items():
             values = dict(obj.get(name, {}))
@@ -162,6 +201,10 @@ class RunConfig:
                 parts[name] = kind(**typed_values(name, kind, values))
             except TypeError as exc:
                 raise ConfigError(f"[{name}]: {exc}") from None
+        if "implicit" in parts and set(obj.get("train", {})) - set(IMPLICIT_TRAIN_KEYS):
+            extra = sorted(set(obj["train"]) - set(IMPLICIT_TRAIN_KEYS))
+            raise ConfigError(f"[train] {extra}: an implicit run's schedule is its [implicit] section; "
+                              f"[train] keeps only {list(IMPLICIT_TRAIN_KEYS)}")
         return cls(**parts)
 
     @classmethod
@@ -199,6 +242,12 @@ class RunConfig:
         if meta.algorithm == "reptile":
             meta = replace(meta, adapt="all", inner_steps=3)
         return cls(model=ModelConfig(kind=model), meta=meta)
+
+
+def _plain(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A section's values for TOML: tuples as lists, unset (None) values and empty mappings left out."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in section.items()
+            if v is not None and not (isinstance(v, dict) and not v)}
 
 
 def typed_values(section: str, kind: type, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -85,9 +85,11 @@ def create_app(
     """
     if not recommender.is_fitted:
         raise MetarecError("create_app needs a fitted or loaded ColdStartRecommender")
+    implicit = recommender.feedback == "implicit"  # a user is then items (positives), not ratings
+    support_field = "items" if implicit else "ratings"
     models = request_models(recommender.rating_scale, recommender.user_attributes,
                             [str(c) for c in recommender.items.columns], max_ratings=max_ratings, max_k=max_k,
-                            max_item_ids=max_item_ids, max_batch=max_batch_users)
+                            max_item_ids=max_item_ids, max_batch=max_batch_users, implicit=implicit)
     RecommendRequest, BatchRequest, PredictRequest = models.recommend, models.batch, models.predict  # noqa: N806
     OnboardingRequest, NewItemRequest = models.onboarding, models.new_item  # noqa: N806
     ItemRatingsRequest = models.item_ratings  # noqa: N806
@@ -150,7 +152,7 @@ def create_app(
         """The API reference, self-contained: no script, nothing loaded from another host."""
         return HTMLResponse(render_docs(app.openapi()))
 
-    page = render_onboarding(API_KEY_HEADER)
+    page = render_onboarding(API_KEY_HEADER, implicit)
 
     @app.get("/onboarding", include_in_schema=False)
     async def onboarding_page() -> HTMLResponse:
@@ -170,16 +172,17 @@ def create_app(
     def _adapt_errors(exc: MetarecError, source: str | list[str | int] = "body") -> HTTPException:
         """The library's input errors (the recommender validates every request) as 422s that name the
         field: ``ratings.3.rating`` becomes ``["body", "ratings", 3, "rating"]``."""
-        return unprocessable(*_error_loc(exc, [source] if isinstance(source, str) else source))
+        return unprocessable(*_error_loc(exc, [source] if isinstance(source, str) else source, support_field))
 
-    recommend_doc = "Adapt to the user's ratings; the ``k`` best items, with titles. Unknown rated ids are listed."
+    recommend_doc = ("Adapt to the user's items (their positives: this model learned from implicit feedback); the "
+                     "``k`` best items by score, with titles. Unknown ids are listed." if implicit else
+                     "Adapt to the user's ratings; the ``k`` best items, with titles. Unknown rated ids are listed.")
 
     if batcher is not None:
         @v1.post("/recommend", response_model=RecommendResponse, description=recommend_doc)
         async def recommend(request: RecommendRequest) -> JSONResponse:
             # async: validated on the event loop, answered by the batcher's thread (no thread-pool hop)
-            query = RecommendQuery({r.item_id: r.rating for r in request.ratings}, request.user,
-                                   request.k, request.exclude_rated)
+            query = RecommendQuery(request.support(), request.user, request.k, request.exclude_rated)
             batcher.start()  # a no-op once running (the lifespan starts it; an app used without one too)
             try:
                 result = await batcher.recommend(query)
@@ -191,9 +194,8 @@ def create_app(
         @v1.post("/recommend", response_model=RecommendResponse, description=recommend_doc)
         def recommend(request: RecommendRequest) -> JSONResponse:
             one_torch_thread()
-            ratings = {r.item_id: r.rating for r in request.ratings}
             try:
-                result = recommender.recommend_records(ratings, request.user, k=request.k,
+                result = recommender.recommend_records(request.support(), request.user, k=request.k,
                                                        exclude_rated=request.exclude_rated)
             except MetarecError as exc:
                 raise _adapt_errors(exc) from None
@@ -205,10 +207,9 @@ def create_app(
         """Many users at once (each a ``/v1/recommend`` body), adapted together in vectorised groups; the
         answers in the order asked. Any invalid user makes the whole request a 422 naming ``users.<i>``."""
         one_torch_thread()
-        queries = [RecommendQuery({r.item_id: r.rating for r in u.ratings}, u.user, u.k, u.exclude_rated)
-                   for u in request.users]
+        queries = [RecommendQuery(u.support(), u.user, u.k, u.exclude_rated) for u in request.users]
         results = recommender.recommend_many(queries, batch_size=batch_size)
-        errors = [_error_loc(r, ["body", "users", i]) for i, r in enumerate(results) if isinstance(r, MetarecError)]
+        errors = [_error_loc(r, ["body", "users", i], support_field) for i, r in enumerate(results) if isinstance(r, MetarecError)]
         if errors:
             raise HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": kind}
                                                          for loc, msg, kind in errors])
@@ -219,9 +220,8 @@ def create_app(
     def predict(request: PredictRequest) -> JSONResponse:
         """Predicted ratings of ``item_ids`` after adapting to the user's ratings (unknown ids listed)."""
         one_torch_thread()
-        ratings = {r.item_id: r.rating for r in request.ratings}
         try:
-            result = recommender.predict_records(ratings, request.item_ids, request.user)
+            result = recommender.predict_records(request.support(), request.item_ids, request.user)
         except MetarecError as exc:
             raise _adapt_errors(exc) from None
         return JSONResponse({"predictions": result.items, "unknown_item_ids": result.unknown_item_ids,
@@ -322,12 +322,13 @@ def create_app(
     return app
 
 
-def _error_loc(exc: MetarecError, prefix: list[str | int]) -> tuple[list[str | int], str, str]:
+def _error_loc(exc: MetarecError, prefix: list[str | int], support: str = "ratings") -> tuple[list[str | int], str, str]:
     """(loc, message, type) of a library input error under ``prefix``: an unknown-ids error is the
-    ratings'; a :class:`DataError` names its field (``ratings.3.rating``)."""
+    ``support`` field's (ratings, or an implicit model's items); a :class:`DataError` names its field
+    (``ratings.3.rating``)."""
     if isinstance(exc, UnknownIdError):
-        return [*prefix, "ratings"], str(exc), "unknown_item_id"
-    field = getattr(exc, "field", None) or "ratings"
+        return [*prefix, support], str(exc), "unknown_item_id"
+    field = getattr(exc, "field", None) or support
     return [*prefix, *(int(p) if p.isdigit() else p for p in field.split("."))], str(exc), "value_error"
 
 

@@ -1,7 +1,7 @@
 """Batch recommendation from a JSON-lines file, and tables written whole by their suffix.
 
-Each line is one new user, the body of ``POST /v1/recommend`` (``ratings``, optional ``user``, ``k``,
-``exclude_rated``) plus an optional ``user_id`` naming the row in the output (else the line number).
+Each line is one new user, the body of ``POST /v1/recommend`` (``ratings``, or for an implicit-feedback
+model ``items`` and optional ``confidence``; optional ``user``, ``k``, ``exclude_rated``) plus an optional ``user_id`` naming the row in the output (else the line number).
 This module only parses the lines' structure; the values are checked by the recommender, and any
 error names the line and the field. Users are answered by the vectorised
 :meth:`~metarec.serve.recommender.ColdStartRecommender.recommend_many`, a chunk at a time.
@@ -17,34 +17,63 @@ import pandas as pd
 
 from metarec._io import atomic_path
 from metarec.errors import DataError, MetarecError
+from metarec.serve.checks import WRONG_FEEDBACK
 from metarec.serve.recommender import ColdStartRecommender, RecommendQuery
 
 SUFFIXES = (".parquet", ".csv", ".jsonl")
 CHUNK = 256
 KEYS = {"ratings", "user", "k", "exclude_rated", "user_id"}
+IMPLICIT_KEYS = {"items", "confidence", "user", "k", "exclude_rated", "user_id"}
 
 
-def read_queries(path: str | Path) -> Iterator[tuple[int, str, RecommendQuery]]:
+def read_queries(path: str | Path, implicit: bool = False) -> Iterator[tuple[int, str, RecommendQuery]]:
     """(line number, user_id, query) of each non-blank line; :class:`DataError` naming the line and field
-    for a line that is not such a body."""
+    for a line that is not such a body (``implicit``: the body for an implicit-feedback model)."""
     path = Path(path)
     with path.open(encoding="utf-8") as lines:
         for number, text in enumerate(lines, 1):
             if text.strip():
-                user_id, query = _query(text, path, number)
+                user_id, query = _query(text, path, number, implicit)
                 yield number, user_id, query
 
 
-def _query(text: str, path: Path, line: int) -> tuple[str, RecommendQuery]:
+def _positives(body: dict, path: Path, line: int) -> dict[str, object]:
+    """An implicit line's ``items`` (and ``confidence``, one per item; default 1) as ``{item_id: confidence}``."""
+    items, confidence = body.get("items"), body.get("confidence")
+    if not isinstance(items, list) or not items:
+        raise DataError("items must be a non-empty list of item ids", path=path, line=line, field="items")
+    if confidence is not None and (not isinstance(confidence, list) or len(confidence) != len(items)):
+        raise DataError("confidence must be a list of one number per item", path=path, line=line, field="confidence")
+    out: dict[str, object] = {}
+    for i, item_id in enumerate(items):
+        if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or str(item_id) == "":
+            raise DataError(f"an item id must be a text or an integer, got {item_id!r}", path=path, line=line,
+                            field=f"items.{i}")
+        if str(item_id) in out:
+            raise DataError(f"item {str(item_id)!r} is given more than once", path=path, line=line, field=f"items.{i}")
+        out[str(item_id)] = 1.0 if confidence is None else confidence[i]
+    return out
+
+
+def _query(text: str, path: Path, line: int, implicit: bool = False) -> tuple[str, RecommendQuery]:
     try:
         body = json.loads(text)
     except ValueError as exc:
         raise DataError(f"not valid JSON ({exc})", path=path, line=line) from None
     if not isinstance(body, dict):
         raise DataError("expected a JSON object, the body of POST /v1/recommend", path=path, line=line)
-    extra = sorted(set(body) - KEYS)
+    wrong = "ratings" if implicit else "items"
+    if wrong in body:
+        raise DataError(WRONG_FEEDBACK[wrong], path=path, line=line, field=wrong)
+    keys = IMPLICIT_KEYS if implicit else KEYS
+    extra = sorted(set(body) - keys)
     if extra:
-        raise DataError(f"unknown key(s) {extra}; expected {sorted(KEYS)}", path=path, line=line, field=extra[0])
+        raise DataError(f"unknown key(s) {extra}; expected {sorted(keys)}", path=path, line=line, field=extra[0])
+    return _rest(body, path, line, _positives(body, path, line) if implicit else _ratings(body, path, line))
+
+
+def _ratings(body: dict, path: Path, line: int) -> dict[str, object]:
+    """An explicit line's ``ratings`` as ``{item_id: rating}`` (each item once)."""
     ratings = body.get("ratings")
     if not isinstance(ratings, list) or not ratings:
         raise DataError("ratings must be a non-empty list of {item_id, rating}", path=path, line=line, field="ratings")
@@ -60,6 +89,11 @@ def _query(text: str, path: Path, line: int) -> tuple[str, RecommendQuery]:
             raise DataError(f"item_id {str(item_id)!r} is rated more than once", path=path, line=line,
                             field=f"ratings.{i}.item_id")
         pairs[str(item_id)] = entry["rating"]
+    return pairs
+
+
+def _rest(body: dict, path: Path, line: int, pairs: dict[str, object]) -> tuple[str, RecommendQuery]:
+    """The line's user id and query: its support ``pairs`` with ``user``, ``k`` and ``exclude_rated``."""
     exclude = body.get("exclude_rated", True)
     if not isinstance(exclude, bool):
         raise DataError(f"exclude_rated must be true or false, got {exclude!r}", path=path, line=line,
@@ -75,6 +109,8 @@ def recommend_file(recommender: ColdStartRecommender, path: str | Path, *, batch
     The first bad line stops it (:class:`DataError` naming the line and the field), nothing is returned."""
     rows: list[tuple[str, int, str, float]] = []
     chunk: list[tuple[int, str, RecommendQuery]] = []
+    implicit = recommender.feedback == "implicit"
+    support = "items" if implicit else "ratings"  # the field an unknown-ids error is about
 
     def answer() -> None:
         results = recommender.recommend_many([q for _, _, q in chunk], batch_size=batch_size)
@@ -82,12 +118,12 @@ def recommend_file(recommender: ColdStartRecommender, path: str | Path, *, batch
             if isinstance(result, MetarecError):
                 field = getattr(result, "field", None)
                 message = str(result).removeprefix(f"field '{field}': ") if field else str(result)
-                raise DataError(message, path=path, line=line, field=field or "ratings")
+                raise DataError(message, path=path, line=line, field=field or support)
             rows.extend((user_id, rank, item["item_id"], float(item["score"]))
                         for rank, item in enumerate(result.items, 1))
         chunk.clear()
 
-    for entry in read_queries(path):
+    for entry in read_queries(path, implicit):
         chunk.append(entry)
         if len(chunk) >= CHUNK:
             answer()

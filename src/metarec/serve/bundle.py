@@ -3,7 +3,8 @@
 Serving needs neither the dataset nor the split, so the folder carries the catalogue's metadata and
 what meta-training saw of it::
 
-    recommender.json     format, dataset name, model_version, package versions
+    recommender.json     format, dataset name, feedback (explicit ratings or implicit), model_version,
+                         package versions
     checkpoint/          a metarec checkpoint (safetensors + JSON, no optimiser moments)
     items.parquet        the items table (index ``item_id``), in vocabulary order
     item_stats.parquet   ratings per item seen by meta-training (popularity, the onboarding tie-break)
@@ -103,6 +104,7 @@ def write_bundle(directory: str | Path, bundle: Bundle) -> Path:
                           "item_id": np.asarray(ids, dtype=object)[bundle.panel["item_idx"].to_numpy()].astype(str)}
                          ).to_parquet(tmp / PANEL, index=False)
         write_json(tmp / SPEC, {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": bundle.dataset_name,
+                                "feedback": "implicit" if checkpoint.model_config.implicit else "explicit",
                                 "model_version": version, "versions": dict(bundle.versions or {})})
         write_model_card(tmp, checkpoint_card(checkpoint, dataset_name=bundle.dataset_name,
                                               versions=bundle.versions, model_version=version))

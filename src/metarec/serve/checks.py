@@ -11,6 +11,15 @@ import numpy as np
 from metarec.data.encoding import ColumnEncoding
 from metarec.errors import DataError
 
+# a new user's support: {item_id: rating} (or confidence), or an implicit model's item ids
+Support = Mapping[object, float] | Iterable[object]
+WRONG_FEEDBACK = {  # a request field of the other kind of feedback than the model's: why it is refused
+    "items": "this model was trained on ratings: send ratings, a list of {item_id, rating}; items (ids without "
+             "ratings) are for implicit-feedback models",
+    "ratings": "this model was trained on implicit feedback (plays, clicks): send items, the ids of the items the "
+               "user interacted with or liked (optionally confidence, one number per item), not ratings",
+}
+
 
 def check_count(value: object, name: str) -> None:
     """``k`` / ``n`` of a request: a positive integer (a bool is not one)."""
@@ -35,6 +44,40 @@ def rating_in_scale(value: object, scale: tuple[float, float], field: str, of: s
     if not np.isfinite(r) or r < low or r > high:
         raise DataError(f"rating {value!r}{of} is not in [{low:g}, {high:g}]", field=field)
     return r
+
+
+def support_pairs(ratings: object, implicit: bool) -> list[tuple[object, object]]:
+    """A new user's support as (item id, value) pairs, in the form the model takes: a mapping
+    ``{item_id: rating}`` for a rating model; for an implicit-feedback model (plays, clicks) the ids of the
+    items they interacted with (each a positive of confidence 1) or ``{item_id: confidence}``."""
+    if isinstance(ratings, Mapping):
+        return list(ratings.items())
+    if not implicit:
+        raise DataError("this model was trained on ratings: give {item_id: rating}; a list of item ids without "
+                        "ratings is what an implicit-feedback model takes", field="ratings")
+    if isinstance(ratings, (str, bytes)) or not isinstance(ratings, Iterable):
+        raise DataError("items must be a collection of item ids (or {item_id: confidence}), not one string",
+                        field="items")
+    pairs, seen = [], set()
+    for position, item_id in enumerate(ratings):
+        if str(item_id) in seen:
+            raise DataError(f"item {item_id!r} is given more than once", field=f"items.{position}")
+        seen.add(str(item_id))
+        pairs.append((item_id, 1.0))
+    return pairs
+
+
+def confidence_in_scale(value: object, high: float, field: str, of: str = "") -> float:
+    """An implicit positive's confidence: a finite number in (0, ``high``], the confidences the model was
+    trained on (1 for every positive of a dataset without counts), else a :class:`DataError` naming ``field``."""
+    try:
+        c = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise DataError(f"confidence {value!r}{of} is not a number", field=field) from None
+    if not np.isfinite(c) or c <= 0 or c > high:
+        raise DataError(f"confidence {value!r}{of} is not in (0, {high:g}] (the confidences this model was trained on)",
+                        field=field)
+    return c
 
 
 def finite_number(value: object, what: str, field: str) -> float:

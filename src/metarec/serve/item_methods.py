@@ -121,6 +121,8 @@ class ItemMethods:
         :meth:`save`; ``model_version`` changes. Returns the item as :meth:`item` does, with
         ``n_ratings_folded_in``."""
         checkpoint: Checkpoint = self._require_fitted()
+        if checkpoint.model_config.implicit:  # the item fold-in fits ratings; an implicit model has none
+            raise MetarecError("this model was trained on implicit feedback: ratings cannot be folded into an item")
         if not supports_item_fold_in(checkpoint.learner):
             raise MetarecError(f"this {checkpoint.model_config.kind} model is not linear in an item vector: "
                                "ratings cannot be folded into an item (train the neural-cf preset)")

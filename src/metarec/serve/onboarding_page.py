@@ -7,7 +7,8 @@ service only. The script asks ``GET v1/onboarding`` for the first items, ``POST 
 next round (adapted to what the person knew) and ``POST v1/recommend`` for the top 10. Paths are
 relative, so the page also works behind a proxy that mounts the service under a prefix.
 
-The page is static: the same bytes for every model, no titles, schema or model version in it. That is why
+The page is static: the same bytes for every model of one kind of feedback (stars for a rating model, "know
+/ like" for an implicit one), no titles, schema or model version in it. That is why
 it is public while ``/docs`` (this model's schema) is behind the key, and it has to be: a browser cannot
 add a header to a plain navigation, so a keyed page could never be opened to type the key into. Every
 call its script makes sends the key (header ``X-API-Key``) and is checked like any other client's.
@@ -60,7 +61,7 @@ footer{color:#888;font-size:.8rem;margin-top:2rem}
 
 SCRIPT = """
 "use strict";
-const ROUND = __ROUND__, TOP_K = __TOP_K__, KEY_HEADER = __KEY_HEADER__;
+const ROUND = __ROUND__, TOP_K = __TOP_K__, KEY_HEADER = __KEY_HEADER__, IMPLICIT = __IMPLICIT__;
 const $ = (id) => document.getElementById(id);
 const state = {scale: [1, 5], shown: [], items: {}, known: new Set(), ratings: new Map(), round: 0};
 
@@ -130,7 +131,10 @@ function itemRow(item) {
   const controls = el("div", "controls"), label = el("label"), box = el("input", "known");
   box.type = "checkbox";
   box.addEventListener("change", () => setKnown(li, id, box.checked));
-  label.append(box, " seen it");
+  label.append(box, IMPLICIT ? " know / like it" : " seen it");
+  controls.append(label);
+  li.append(text, controls);
+  if (IMPLICIT) return li;  // a marked item is a positive: no rating to give
   const stars = el("span", "stars");
   for (let i = 1; i <= 5; i++) {
     const b = el("button", "star", "\\u2605");
@@ -139,8 +143,7 @@ function itemRow(item) {
     b.addEventListener("click", () => { setKnown(li, id, true); setRating(li, id, starValue(i)); summarise(); });
     stars.append(b);
   }
-  controls.append(label, stars);
-  li.append(text, controls);
+  controls.append(stars);
   return li;
 }
 
@@ -149,7 +152,7 @@ function showRound(items) {
   const list = $("items");
   list.replaceChildren(...items.map(itemRow));
   items.forEach((item) => { state.shown.push(item.item_id); state.items[item.item_id] = item; });
-  $("round").textContent = "Round " + state.round + ": do you know these?";
+  $("round").textContent = "Round " + state.round + (IMPLICIT ? ": do you know or like these?" : ": do you know these?");
   $("ask").hidden = false;
   summarise();
   if (!items.length) say("No more items to ask about: show your recommendations.", "info");
@@ -157,9 +160,9 @@ function showRound(items) {
 
 function summarise() {
   const rated = state.ratings.size, known = state.known.size;
-  $("summary").textContent = state.round ? "So far: " + state.shown.length + " shown, " + known +
-    " seen, " + rated + " rated." : "";
-  $("recommend").disabled = rated === 0;
+  $("summary").textContent = !state.round ? "" : IMPLICIT ? "So far: " + state.shown.length + " shown, " + known +
+    " known or liked." : "So far: " + state.shown.length + " shown, " + known + " seen, " + rated + " rated.";
+  $("recommend").disabled = (IMPLICIT ? known : rated) === 0;
 }
 
 async function busy(button, work) {
@@ -183,9 +186,10 @@ async function nextRound() {
 }
 
 async function recommend() {
-  const ratings = [...state.ratings].map(([item_id, rating]) => ({item_id, rating}));
-  if (!ratings.length) throw new Error("Rate at least one item first.");
-  const answer = await api("POST", "v1/recommend", {ratings, k: TOP_K, exclude_rated: true});
+  const ratings = [...state.ratings].map(([item_id, rating]) => ({item_id, rating})), items = [...state.known];
+  if (!(IMPLICIT ? items : ratings).length) throw new Error(IMPLICIT ? "Mark at least one item first." :
+                                                            "Rate at least one item first.");
+  const answer = await api("POST", "v1/recommend", __RECOMMEND_BODY__);
   const recs = $("recs");
   recs.replaceChildren(...answer.items.map((item) => {
     const li = el("li"), row = el("div", "row"), text = el("div");
@@ -208,15 +212,15 @@ busy($("start"), start);
 """
 
 BODY = """<main>
-<h1>What have you seen?</h1>
-<p class="lead">Mark the items you know and rate them; each round adapts to your answers. Then ask for
+<h1>__HEADING__</h1>
+<p class="lead">__LEAD__ each round adapts to your answers. Then ask for
 your recommendations.</p>
 <form id="keyform" class="bar"><label for="key">API key</label><input id="key" type="password"
  autocomplete="off" placeholder="only if the service needs one"><button id="start" type="submit">Start</button></form>
 <div id="message" role="alert"></div>
 <noscript><p>This page needs JavaScript; the API reference is at <a href="docs">docs</a>.</p></noscript>
 <section id="results" hidden>
-<h2>Your top __TOP_K__ <span class="meta">(predicted rating)</span></h2>
+<h2>Your top __TOP_K__ <span class="meta">(__SCORE__)</span></h2>
 <ol id="recs"></ol>
 </section>
 <section id="ask" hidden>
@@ -228,6 +232,12 @@ your recommendations.</p>
 </section>
 <footer>metarec · <a href="docs">API reference</a> · <span id="version"></span></footer>
 </main>"""
+
+
+EXPLICIT_WORDS = {"__HEADING__": "What have you seen?", "__LEAD__": "Mark the items you know and rate them;",
+                  "__SCORE__": "predicted rating"}
+IMPLICIT_WORDS = {"__HEADING__": "Which of these do you know or like?",
+                  "__LEAD__": "Mark the items you know or like (no rating needed);", "__SCORE__": "score"}
 
 
 def _csp_hash(text: str) -> str:
@@ -242,11 +252,18 @@ class Page:
     headers: dict[str, str]
 
 
-def render_onboarding(api_key_header: str = "X-API-Key") -> Page:
-    """The questionnaire page, sending the key in ``api_key_header``; built once per app."""
+def render_onboarding(api_key_header: str = "X-API-Key", implicit: bool = False) -> Page:
+    """The questionnaire page, sending the key in ``api_key_header``; built once per app. ``implicit``: the
+    model learned from implicit feedback, so the page asks which items the person knows or likes (each a
+    positive, no stars) and sends them as ``items``; the page then differs by that one choice, still no data."""
+    body_literal = "{items, k: TOP_K, exclude_rated: true}" if implicit else "{ratings, k: TOP_K, exclude_rated: true}"
     script = (SCRIPT.replace("__ROUND__", str(ROUND_SIZE)).replace("__TOP_K__", str(TOP_K))
-              .replace("__KEY_HEADER__", json.dumps(api_key_header)))
+              .replace("__KEY_HEADER__", json.dumps(api_key_header)).replace("__IMPLICIT__", json.dumps(implicit))
+              .replace("__RECOMMEND_BODY__", body_literal))
+    words = (IMPLICIT_WORDS if implicit else EXPLICIT_WORDS).items()
     body = BODY.replace("__TOP_K__", str(TOP_K))
+    for placeholder, text in words:
+        body = body.replace(placeholder, text)
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'>"
             f"<title>{html.escape('metarec · onboarding')}</title><link rel='icon' href='data:,'>"

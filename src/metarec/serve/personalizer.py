@@ -21,7 +21,7 @@ from metarec.data.encoding import UNKNOWN, FeatureTable
 from metarec.errors import DataError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.models.base import Params
-from metarec.serve.checks import rating_in_scale
+from metarec.serve.checks import confidence_in_scale, rating_in_scale, support_pairs
 from metarec.tasks.taskset import TaskBatch
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ class Personalizer:
         self.user_vocab = checkpoint.user_vocab
         self.features = checkpoint.features
         self.device = next(self.learner.model.parameters()).device
+        # implicit feedback: a support row is a positive (its rating a confidence), scores rank, not rate
+        self.implicit = bool(checkpoint.model_config.implicit)
         self.learner.model.eval()
         self.all_idx = np.arange(len(self.item_vocab))
         self.all_items = torch.arange(len(self.item_vocab), device=self.device)
@@ -178,17 +180,23 @@ class Personalizer:
         ids = self.item_vocab.ids
         return [(ids[int(pool[i])], float(scores[i])) for i in top]
 
-    def support(self, ratings: Mapping[object, float], *, allow_empty: bool = False) -> tuple[list[int], list[float], list[str]]:
+    def support(self, ratings: Mapping[object, float] | Sequence[object], *, allow_empty: bool = False
+                ) -> tuple[list[int], list[float], list[str]]:
         """A new user's ratings checked and mapped to catalogue indices: (indices, ratings, unknown ids).
 
         The one check of a rating's range: :class:`DataError` (field ``ratings.<position>.rating``) for a
         rating that is not a finite number in the rating scale; :class:`UnknownIdError` when no rated
-        item is known (unless ``allow_empty``).
+        item is known (unless ``allow_empty``). An implicit-feedback model takes item ids (positives of
+        confidence 1) or ``{item_id: confidence}`` (:func:`~metarec.serve.checks.support_pairs`).
         """
         known_idx, known_r, unknown = [], [], []
-        for position, (item_id, value) in enumerate(ratings.items()):
-            r = rating_in_scale(value, self.checkpoint.rating_scale, f"ratings.{position}.rating",
-                                of=f" of item {item_id!r}")
+        for position, (item_id, value) in enumerate(support_pairs(ratings, self.implicit)):
+            if self.implicit:
+                r = confidence_in_scale(value, self.checkpoint.rating_scale[1], f"confidence.{position}",
+                                        of=f" of item {item_id!r}")
+            else:
+                r = rating_in_scale(value, self.checkpoint.rating_scale, f"ratings.{position}.rating",
+                                    of=f" of item {item_id!r}")
             idx = self.item_vocab.get(item_id)
             if idx < 0:
                 unknown.append(str(item_id))
@@ -197,8 +205,10 @@ class Personalizer:
                 known_r.append(r)
         if not known_idx and not allow_empty:
             if unknown:
-                raise UnknownIdError(f"none of the rated items is known: {unknown[:5]}")
-            raise DataError("the support set is empty: rate at least one item", field="ratings")
+                raise UnknownIdError(f"none of the {'given' if self.implicit else 'rated'} items is known: {unknown[:5]}")
+            raise DataError("the support set is empty: " + ("give at least one item" if self.implicit else
+                                                            "rate at least one item"),
+                            field="items" if self.implicit else "ratings")
         if unknown:
             log.info("ignoring %d unknown item ids: %s", len(unknown), unknown[:5])
         return known_idx, known_r, unknown

@@ -31,7 +31,7 @@ from metarec.meta.run import RunConfig
 from metarec.onboarding.catalogue import item_indices
 from metarec.onboarding.questionnaire import AdaptiveQuestionnaire
 from metarec.serve.bundle import Bundle, complete_bundle, metadata_records, read_bundle, write_bundle
-from metarec.serve.checks import attribute_record, check_count, check_ids
+from metarec.serve.checks import Support, attribute_record, check_count, check_ids
 from metarec.serve.item_methods import ItemMethods
 from metarec.serve.personalizer import Personalizer
 from metarec.serve.replicas import personalizer_pool
@@ -52,7 +52,7 @@ class Recommendations:
 class RecommendQuery:
     """One new user's :meth:`ColdStartRecommender.recommend_records` arguments, for :meth:`recommend_many`."""
 
-    ratings: Mapping[object, float]
+    ratings: Support
     user_attributes: Mapping[str, object] | None = None
     k: int = 10
     exclude_rated: bool = True
@@ -194,6 +194,12 @@ class ColdStartRecommender(ItemMethods):
         return float(low), float(high)
 
     @property
+    def feedback(self) -> str:
+        """``implicit``: the model ranks items from a user's positives (ids, :meth:`recommend` takes a list of
+        them) and its scores are ranking scores; ``explicit``: it predicts ratings from ratings."""
+        return "implicit" if self.checkpoint.model_config.implicit else "explicit"
+
+    @property
     def user_attributes(self) -> dict[str, str]:
         """The user attributes the model reads, name -> kind (categorical, numeric or multi)."""
         self._require_fitted()
@@ -212,6 +218,7 @@ class ColdStartRecommender(ItemMethods):
         return {
             "model_version": self._model_version,
             "dataset": self._bundle.dataset_name,
+            "feedback": self.feedback,
             "n_items": self.n_items,
             "n_training_users": len(ckpt.user_vocab),
             "rating_scale": list(self.rating_scale),
@@ -219,19 +226,21 @@ class ColdStartRecommender(ItemMethods):
             "item_metadata": list(self._items.columns),
             "model": jsonable(asdict(ckpt.model_config)),
             "meta": jsonable(asdict(ckpt.learner.config)),
-            "training": {k: jsonable(state[k]) for k in ("epoch", "best_epoch", "best_val_mae") if k in state},
+            "training": {k: jsonable(state[k]) for k in ("epoch", "best_epoch", "best_val_mae", "best_val_score", "selection")
+                         if k in state},
             "versions": {"metarec": dict(self._bundle.versions).get("metarec")},  # not every library's: no fingerprint
         }
 
     # ------------------------------------------------------------------ using the model
     def recommend(
         self,
-        ratings: Mapping[object, float],
+        ratings: Support,
         user_attributes: Mapping[str, object] | None = None,
         k: int = 10,
         exclude_rated: bool = True,
     ) -> pd.DataFrame:
         """Top-``k`` items for a new user, best first: ``item_id``, ``score`` and the item's metadata.
+        ``ratings``: ``{item_id: rating}``; for an implicit-feedback model the ids of the items they liked.
 
         Unknown rated ids are ignored and listed in ``result.attrs["unknown_item_ids"]``; it raises
         :class:`UnknownIdError` only when none of the rated items is known.
@@ -245,7 +254,7 @@ class ColdStartRecommender(ItemMethods):
 
     def recommend_records(
         self,
-        ratings: Mapping[object, float],
+        ratings: Support,
         user_attributes: Mapping[str, object] | None = None,
         *,
         k: int = 10,
@@ -302,7 +311,7 @@ class ColdStartRecommender(ItemMethods):
 
     def predict(
         self,
-        ratings: Mapping[object, float],
+        ratings: Support,
         item_ids: Sequence[object],
         user_attributes: Mapping[str, object] | None = None,
     ) -> pd.DataFrame:
@@ -318,7 +327,7 @@ class ColdStartRecommender(ItemMethods):
 
     def predict_records(
         self,
-        ratings: Mapping[object, float],
+        ratings: Support,
         item_ids: Sequence[object],
         user_attributes: Mapping[str, object] | None = None,
     ) -> Recommendations:

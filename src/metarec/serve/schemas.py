@@ -14,7 +14,10 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse as _StdJSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from metarec.serve.checks import WRONG_FEEDBACK
 
 try:  # ~10x faster than json for the answers' metadata (a dependency; the fallback keeps old installs working)
     import orjson
@@ -48,7 +51,8 @@ class JSONResponse(_StdJSONResponse):
 
 
 class ScoredItem(BaseModel):
-    """An item with its predicted rating; recommendation answers add the item's metadata (title, ...)."""
+    """An item with its score (a predicted rating, or an implicit-feedback model's ranking score: only the order
+    means something); recommendation answers add the item's metadata (title, ...)."""
 
     model_config = ConfigDict(extra="allow")
     item_id: str
@@ -127,9 +131,18 @@ class RequestModels:
     item_ratings: type[BaseModel]
 
 
+def _refused(value: Any, info: ValidationInfo) -> Any:
+    """A field of the other kind of feedback: a 422 at that field saying what to send instead."""
+    if value is not None:
+        raise ValueError(WRONG_FEEDBACK[str(info.field_name)])
+    return value
+
+
 def request_models(rating_scale: tuple[float, float], user_attributes: dict[str, str], item_attributes: list[str],
-                   *, max_ratings: int, max_k: int, max_item_ids: int, max_batch: int) -> RequestModels:
-    """The request bodies, with this model's rating scale, attributes and the configured limits in their schema."""
+                   *, max_ratings: int, max_k: int, max_item_ids: int, max_batch: int,
+                   implicit: bool = False) -> RequestModels:
+    """The request bodies, with this model's rating scale, attributes and the configured limits in their schema.
+    ``implicit``: a user is the ids of the items they liked (``items``), not ratings."""
     low, high = rating_scale
 
     class RatingIn(BaseModel):
@@ -151,16 +164,68 @@ def request_models(rating_scale: tuple[float, float], user_attributes: dict[str,
         """A user the model adapts to: their ratings (each item once) and attributes."""
 
         model_config = ConfigDict(extra="forbid")
+        items: SkipJsonSchema[Any] = Field(None, exclude=True)  # implicit feedback's: refused, saying why
         ratings: list[RatingIn] = Field(min_length=1, max_length=max_ratings,
                                         description="the user's ratings (the support set the model adapts to)")
         user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
+
+        @field_validator("items")
+        @classmethod
+        def _refuse_items(cls, value: Any, info: ValidationInfo) -> Any:
+            return _refused(value, info)
 
         @field_validator("ratings")
         @classmethod
         def _unique_items(cls, value: list[RatingIn]) -> list[RatingIn]:
             return _no_duplicates(value)
 
-    class RecommendRequest(UserRatings):
+        def support(self) -> dict[str, float]:
+            """What the recommender adapts to: ``{item_id: rating}``."""
+            return {r.item_id: r.rating for r in self.ratings}
+
+    class UserItems(BaseModel):
+        """A user of an implicit-feedback model: the items they interacted with or liked, and attributes."""
+
+        model_config = ConfigDict(extra="forbid")
+        ratings: SkipJsonSchema[Any] = Field(None, exclude=True)  # explicit feedback's: refused, saying why
+        items: list[ItemId] = Field(min_length=1, max_length=max_ratings,
+                                    description="ids of the items the user interacted with or liked, each once "
+                                                "(the positives the model adapts to)")
+        confidence: list[float] | None = Field(
+            None, max_length=max_ratings, description=f"optional: one confidence per item, in (0, {high:g}] "
+                                                      "(plays, ...; default 1 each)")
+        user: dict[str, UserValue] | None = Field(None, max_length=MAX_USER_ATTRIBUTES, description=user_doc)
+
+        @field_validator("ratings")
+        @classmethod
+        def _refuse_ratings(cls, value: Any, info: ValidationInfo) -> Any:
+            return _refused(value, info)
+
+        @field_validator("items")
+        @classmethod
+        def _unique_items(cls, value: list[str]) -> list[str]:
+            seen: set[str] = set()
+            for item_id in value:
+                if item_id in seen:
+                    raise ValueError(f"item_id {item_id!r} is given more than once")
+                seen.add(item_id)
+            return value
+
+        @field_validator("confidence")
+        @classmethod
+        def _one_per_item(cls, value: list[float] | None, info: ValidationInfo) -> list[float] | None:
+            items = info.data.get("items")
+            if value is not None and items is not None and len(value) != len(items):
+                raise ValueError(f"confidence has {len(value)} values for {len(items)} items (one per item)")
+            return value
+
+        def support(self) -> dict[str, float]:
+            """What the recommender adapts to: ``{item_id: confidence}``."""
+            return dict(zip(self.items, self.confidence or [1.0] * len(self.items)))
+
+    User = UserItems if implicit else UserRatings
+
+    class RecommendRequest(User):  # type: ignore[valid-type, misc]
         k: int = Field(10, le=max_k, description=f"how many items, at least 1 and at most {max_k}")
         exclude_rated: bool = True
 
@@ -169,7 +234,7 @@ def request_models(rating_scale: tuple[float, float], user_attributes: dict[str,
         users: list[RecommendRequest] = Field(min_length=1, max_length=max_batch,
                                               description=f"up to {max_batch} users, each a /v1/recommend body")
 
-    class PredictRequest(UserRatings):
+    class PredictRequest(User):  # type: ignore[valid-type, misc]
         item_ids: list[ItemId] = Field(min_length=1, max_length=max_item_ids)
 
     class OnboardingRequest(BaseModel):

@@ -172,9 +172,22 @@ def load_items(config) -> Any:
 
 def load_data(config) -> RatingDataset:
     """The dataset a run's ``[data]`` section (:class:`metarec.meta.run.DataConfig`) names: a table with
-    its column mapping, attribute tables and attribute kinds, or anything :func:`load_dataset` reads."""
+    its column mapping, attribute tables and attribute kinds, or anything :func:`load_dataset` reads; with
+    ``feedback = "implicit"`` its positives (:func:`metarec.data.implicit.to_implicit`), as the run trained on."""
+    feedback = getattr(config, "feedback", "explicit")
+    threshold = getattr(config, "positive_threshold", None)
     if not config.is_table:
-        return load_dataset(config.dataset, data_dir=config.data_dir)
+        return load_dataset(config.dataset, data_dir=config.data_dir, feedback=feedback, positive_threshold=threshold)
+    table = _load_table(config)
+    if feedback == "implicit":
+        from metarec.data.implicit import to_implicit
+
+        return to_implicit(table, threshold=threshold)
+    return table
+
+
+def _load_table(config) -> RatingDataset:
+    """A ``[data]`` table with its column mapping, attribute tables and kinds."""
     from metarec.data.loaders.tabular import ColumnMapping, load_table
 
     path = Path(config.dataset)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from metarec.eval.implicit.method import validation_score
 from metarec.meta.config import MetaConfig
-from metarec.meta.implicit import ImplicitTrainConfig, catalogue_scores, train_implicit
+from metarec.meta.implicit import ImplicitTrainConfig, Progress, catalogue_scores, train_implicit
 from metarec.meta.learner import MetaLearner
 from metarec.models import ModelConfig, build_model
-from metarec.tasks.features import encode_features
+from metarec.tasks.features import FeatureSpace, encode_features
 from metarec.tasks.split import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -47,11 +47,15 @@ class ImplicitMetaMethod:
         self.meta_config = replace(RECIPE_META, **over.get("meta", {}))
         self.train_config = replace(RECIPE_TRAIN, **over.get("implicit", {}))
         self.learner: MetaLearner | None = None
+        self.features: FeatureSpace | None = None
         self.history: list[dict] = []
         self.chosen: dict = {}
 
-    def fit(self, split: ColdStartSplit, seed: int) -> None:
-        features = encode_features(split)
+    def fit(self, split: ColdStartSplit, seed: int, progress: Progress | None = None,
+            on_epoch: Callable[[dict], None] | None = None) -> None:
+        """Meta-train on ``split.meta_train``, the epoch chosen on validation users. ``progress`` sees the
+        batches and epochs, ``on_epoch`` each epoch's record (with its validation score)."""
+        features = self.features = encode_features(split)
         model = build_model(self.model_config, features.user_encoder, features.item_encoder, features.item_features,
                             known_items=features.known_items, rating_scale=split.dataset.rating_scale, seed=seed)
         self.learner = MetaLearner(model, self.meta_config, features.user_features)
@@ -64,7 +68,7 @@ class ImplicitMetaMethod:
             return validation_score(self.score, split, selection)[0]
 
         result = train_implicit(self.learner, split.meta_train, model.n_items, train, validate, candidates=known,
-                                popularity=popularity)
+                                popularity=popularity, progress=progress, on_epoch=on_epoch)
         self.history = result.history
         self.chosen = {"best_epoch": result.best_epoch, "validation": result.best_score,
                        "model": _plain(asdict(self.model_config)), "meta": _plain(asdict(self.meta_config)),
