@@ -47,10 +47,10 @@ def test_a_set_without_negatives_costs_nothing(kind):
     assert float(masked_loss(SCORES, TARGET, torch.tensor([[1.0, 0, 0, 1.0, 0]]), kind)[0]) == 0.0
 
 
-def implicit_learner(tiny_split, kind: str = "neural-cf", fold_in: bool = True, **meta):
+def implicit_learner(tiny_split, kind: str = "neural-cf", fold_in: bool = True, support_map: bool = False, **meta):
     split, feats = tiny_split
     model = build_model(ModelConfig(kind=kind, embedding_size=8, hidden=(16, 16), factors=8, fold_in=fold_in,
-                                    item_id_embedding=True, implicit=True),
+                                    item_id_embedding=True, implicit=True, support_map=support_map),
                         feats.user_encoder, feats.item_encoder, feats.item_features, known_items=feats.known_items,
                         rating_scale=(0.0, 1.0), seed=3).to(torch.float64)
     rate = {"inner_lr": 0.1} if meta.get("inner_steps", 1) else {}
@@ -96,13 +96,16 @@ def test_implicit_fold_in_is_the_weighted_ridge_over_the_whole_catalogue(tiny_sp
 
 
 @pytest.mark.parametrize("query_loss", ["bce", "bpr", "softmax"])
-@pytest.mark.parametrize("kind,fold_in,steps,inner_loss", [
-    ("neural-cf", True, 0, "squared"), ("neural-cf", True, 1, "bce"), ("neural-cf", False, 3, "bce"),
-    ("feature-mlp", False, 1, "squared"), ("feature-mlp", False, 3, "bpr"), ("attention", False, 1, "softmax"),
+@pytest.mark.parametrize("kind,fold_in,steps,inner_loss,support_map", [
+    ("neural-cf", True, 0, "squared", False), ("neural-cf", True, 1, "bce", False), ("neural-cf", True, 0, "squared", True),
+    ("neural-cf", False, 3, "bce", False), ("feature-mlp", False, 1, "squared", False),
+    ("feature-mlp", False, 3, "bpr", False), ("attention", False, 1, "softmax", False),
 ])
-def test_implicit_meta_gradient_equals_per_task_loop(tiny_split, query_loss, kind, fold_in, steps, inner_loss):
-    learner, batch = implicit_learner(tiny_split, kind, fold_in, inner_steps=steps, query_loss=query_loss,
+def test_implicit_meta_gradient_equals_per_task_loop(tiny_split, query_loss, kind, fold_in, steps, inner_loss, support_map):
+    learner, batch = implicit_learner(tiny_split, kind, fold_in, support_map, inner_steps=steps, query_loss=query_loss,
                                       inner_loss=inner_loss)
+    if support_map:  # away from its zero start, so its own gradient and what it passes on are both checked
+        torch.nn.init.normal_(learner.model.head["support_map"].weight, std=0.1)
     assert learner.kernel == "vmap"
     fast, fast_loss = learner.meta_gradients(batch)
     slow, slow_loss = reference_meta_gradients(learner, batch)

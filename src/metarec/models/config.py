@@ -46,6 +46,8 @@ class ModelConfig:
     # implicit feedback (plays, clicks): the model outputs ranking scores; a neural-cf fold-in is then the
     # confidence-weighted ridge against the whole catalogue (the iALS fold-in) instead of the support's ridge
     implicit: bool = False
+    # implicit neural-cf fold-in: also add M sum_s z_s / sqrt(n) over the support positives (M learned, from 0)
+    support_map: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -93,6 +95,7 @@ def build_model(
         if config.kind == "neural-cf":
             return NeuralCF(*args, factors=config.factors, hidden=config.hidden[:1], dropout=config.dropout,
                             fold_in=config.fold_in, item_id_residual=config.item_id_residual,
+                            support_map=config.support_map,
                             history_penalty_scale=config.history_penalty_scale, penalty_rate=config.penalty_rate,
                             penalty_by_support_size=config.penalty_by_support_size, **common)
         return AttentionRec(*args, attention_size=config.attention_size, hidden=config.hidden, dropout=config.dropout, **common)

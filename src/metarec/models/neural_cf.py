@@ -45,7 +45,8 @@ class NeuralCF(RatingModel):
 
     def __init__(self, *args, factors: int = 32, hidden: tuple[int, ...] = (64,), dropout: float = 0.0,
                  fold_in: bool = False, item_id_residual: bool = False, history_penalty_scale: float = 1.5,
-                 penalty_rate: float = 1.0, penalty_by_support_size: bool = False, **kwargs) -> None:
+                 penalty_rate: float = 1.0, penalty_by_support_size: bool = False, support_map: bool = False,
+                 **kwargs) -> None:
         # item_id_residual: a warm item's id vector is added to the tower's [q_v, b_v] instead of entering
         # the tower, so the tower's output is what the attributes alone predict - all a new item has - and
         # the id vector is the item's own deviation from it, as in matrix factorisation with side features.
@@ -78,6 +79,8 @@ class NeuralCF(RatingModel):
             if self.implicit:  # log of a, the extra weight of a positive per unit of confidence, and log g
                 head["log_confidence"] = nn.Linear(1, 1, bias=False)
                 head["log_fold_scale"] = nn.Linear(1, 1, bias=False)
+                if support_map:  # FISM-style: M sum_s z_s / sqrt(n) joins the fold-in (M from 0: none at first)
+                    head["support_map"] = nn.Linear(factors + 1, factors + 1, bias=False)
         self.head = nn.ModuleDict(head)
         # [n_items, factors + 1] added to the item tower's output: the item-side fold-in of items released
         # after training (metarec.meta.item_fold_in); None = none. Evaluation state, never checkpointed.
@@ -90,6 +93,8 @@ class NeuralCF(RatingModel):
             if self.implicit:
                 nn.init.constant_(self.head["log_confidence"].weight, 2.3)  # a ~ 10, iALS's usual order
                 nn.init.constant_(self.head["log_fold_scale"].weight, 2.3)  # g ~ 10: the fold-in's scores in ~[0, 10]
+                if support_map:
+                    nn.init.zeros_(self.head["support_map"].weight)
 
     @property
     def item_id_residual(self) -> bool:
@@ -215,7 +220,11 @@ class NeuralCF(RatingModel):
                                                                  .expand(*z.shape[:-2], -1))
         rhs = (z * ((1.0 + extra) * positive).unsqueeze(-1)).sum(-2)
         scale = torch.exp(self.head["log_fold_scale"].weight[0, 0])
-        return scale * torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
+        delta = scale * torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
+        if "support_map" in self.head:  # an asymmetric item-item term the ridge cannot express (FISM, Kabbur 2013)
+            pooled = (z * positive.unsqueeze(-1)).sum(-2) / positive.sum(-1, keepdim=True).clamp(min=1.0).sqrt()
+            delta = delta + self.head["support_map"](pooled)
+        return delta
 
     def penalty(self, mask: torch.Tensor) -> torch.Tensor:
         """The ridge penalty per coordinate of [delta p_u, delta b_u] ([F+1], or [..., F+1] when it depends

@@ -27,10 +27,10 @@ from metarec.tasks.taskset import TaskSet
 log = logging.getLogger(__name__)
 
 RECIPE_MODEL = ModelConfig(kind="neural-cf", embedding_size=32, hidden=(128,), factors=64, fold_in=True,
-                           item_id_embedding=True, item_id_residual=True, implicit=True)
+                           item_id_embedding=True, item_id_residual=True, implicit=True, support_map=True)
 RECIPE_META = MetaConfig(algorithm="maml", adapt="head", inner_steps=0, query_loss="softmax", outer_lr=2e-3,
                          meta_batch_size=64, grad_clip=10.0)
-RECIPE_TRAIN = ImplicitTrainConfig(epochs=40, patience=4, query_negatives=8.0, short_support_fraction=0.5,
+RECIPE_TRAIN = ImplicitTrainConfig(epochs=30, patience=4, query_negatives=8.0, short_support_fraction=0.9,
                                    short_support_max=20)
 
 
