@@ -95,13 +95,14 @@ def test_implicit_fold_in_is_the_weighted_ridge_over_the_whole_catalogue(tiny_sp
     assert float(scores[s_item[pos]].mean()) > float(scores.mean())  # the positives are pulled up
 
 
-@pytest.mark.parametrize("query_loss", ["bce", "bpr", "softmax"])
-@pytest.mark.parametrize("kind,fold_in,steps,inner_loss,support_map", [
-    ("neural-cf", True, 0, "squared", False), ("neural-cf", True, 1, "bce", False), ("neural-cf", True, 0, "squared", True),
-    ("neural-cf", False, 3, "bce", False), ("feature-mlp", False, 1, "squared", False),
-    ("feature-mlp", False, 3, "bpr", False), ("attention", False, 1, "softmax", False),
+@pytest.mark.parametrize("kind,fold_in,steps,inner_loss,support_map,query_loss", [
+    # the recipe's model under every outer loss, then each engine path under one loss each
+    ("neural-cf", True, 0, "squared", True, "bce"), ("neural-cf", True, 0, "squared", True, "bpr"),
+    ("neural-cf", True, 0, "squared", True, "softmax"), ("neural-cf", True, 1, "bce", False, "softmax"),
+    ("neural-cf", False, 3, "bce", False, "bpr"), ("feature-mlp", False, 1, "squared", False, "bce"),
+    ("feature-mlp", False, 3, "bpr", False, "softmax"), ("attention", False, 1, "softmax", False, "bpr"),
 ])
-def test_implicit_meta_gradient_equals_per_task_loop(tiny_split, query_loss, kind, fold_in, steps, inner_loss, support_map):
+def test_implicit_meta_gradient_equals_per_task_loop(tiny_split, kind, fold_in, steps, inner_loss, support_map, query_loss):
     learner, batch = implicit_learner(tiny_split, kind, fold_in, support_map, inner_steps=steps, query_loss=query_loss,
                                       inner_loss=inner_loss)
     if support_map:  # away from its zero start, so its own gradient and what it passes on are both checked
