@@ -11,6 +11,19 @@ The checkpoint is a freshly initialised MeLU model (``--train-epochs N`` meta-tr
 first; serving cost does not depend on the weights' values).
 
     METAREC_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/bench_adapt.py [--threads 1]
+
+A large catalogue (``--items N``, needs metarec[ann]): a neural-cf model on the same split, its catalogue
+replaced by N synthetic item vectors of the model's width (each column Gaussian with the mean and
+spread of that column of the model's own item vectors); one new user at a time is adapted (K = the
+first ``--steps``), then scored and ranked against the N items by the exact top-k (one product, the
+selection) and by the approximate one (faiss HNSW, :mod:`metarec.serve.topk`), both on the same
+adapted user, alternately: p50 / p99 of adapt + score + top-k per mode, recall@10 of the approximate
+lists against exact over ``--recall-users`` random new users (their support excluded, as served),
+the index's build time and memory. The issue's 1M-item run (~2 GB of memory, a minute or more to
+build the index on 16 cores):
+
+    METAREC_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/bench_adapt.py --items 1000000 [--hnsw-m 32]
+        [--ef-construction 200] [--ef-search 128] [--build-threads N] [--users 500] [--recall-users 300]
 """
 
 from __future__ import annotations
@@ -65,9 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=500, help="users timed one at a time (default 500)")
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256], help="users adapted together")
     parser.add_argument("--train-epochs", type=int, default=0)
+    parser.add_argument("--items", type=int, default=0, help="a synthetic catalogue of this many items: exact "
+                        "against approximate top-k (a neural-cf model; see the docstring)")
+    parser.add_argument("--recall-users", type=int, default=300)
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--ef-search", type=int, default=128)
+    parser.add_argument("--build-threads", type=int, default=None, help="index build threads (default: every CPU)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.items:
+        return large_catalogue(args)
     from metarec.serve.personalizer import Personalizer
 
     split = melu_split()
@@ -128,6 +150,85 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {steps} | {size} | {statistics.median(rates):.0f} ({min(rates):.0f}-{max(rates):.0f}) | "
                   f"{statistics.median(per_batch):.1f} |", flush=True)
     print(f"\nthreads={torch.get_num_threads()}")
+    return 0
+
+
+def neural_cf_checkpoint(split, train_epochs: int = 0, seed: int = 0):
+    from metarec.meta.run import RunConfig
+    from metarec.meta.trainer import Trainer
+
+    config = RunConfig.preset("neural-cf").override("data", dataset="ml-1m-imdb").override("train", epochs=train_epochs, seed=seed)
+    trainer = Trainer(config, split=split)
+    if train_epochs:
+        trainer.fit()
+    return trainer.checkpoint()
+
+
+def rss_mb() -> float:
+    """This process's resident memory (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def large_catalogue(args) -> int:
+    """``--items N``: exact against approximate top-k over N synthetic item vectors (see the docstring)."""
+    from metarec.serve.personalizer import Personalizer
+    from metarec.serve.topk import (ApproximateTopK, ExactTopK, HNSWConfig, LinearCatalogue, LinearUsers,
+                                    approximate_recall)
+
+    split = melu_split()
+    personalizer = Personalizer(neural_cf_checkpoint(split, args.train_epochs))
+    model, steps, users = personalizer.learner.model, args.steps[0], new_users(split)
+    real = personalizer.catalogue_vec
+    gen = torch.Generator().manual_seed(0)
+    vectors = real.mean(0) + torch.randn(args.items, real.shape[1], generator=gen) * real.std(0)
+    catalogue = LinearCatalogue(vectors, None if model.implicit else tuple(map(float, model.rating_scale)))
+    config = HNSWConfig(m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
+                        build_threads=args.build_threads)
+    before = rss_mb()
+    approx, exact = ApproximateTopK(catalogue, config), ExactTopK()
+    grown = rss_mb() - before
+    print(f"# bench_adapt --items: ml-1m-imdb new users, neural-cf ({'freshly initialised' if not args.train_epochs else f'{args.train_epochs}-epoch'}), "
+          f"{args.items:,} synthetic items of width {real.shape[1]}, K = {steps}")
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, {platform.machine()}; "
+          f"faiss {approx.faiss.__version__}, build threads {args.build_threads or os.cpu_count()}")
+
+    rankers = {"exact": exact, "approximate": approx}
+    rng = np.random.default_rng(0)
+    chosen = [users[i % len(users)] for i in range(args.users)]
+    times = {name: [] for name in rankers}
+    top_times = {name: [] for name in rankers}
+    for rep, (ratings, attrs) in enumerate([*chosen[:20], *chosen]):  # the first 20: warm-up
+        t0 = time.perf_counter()
+        user = personalizer.adapt(ratings, attrs, steps=steps)
+        w, c = user.weights()
+        adapt = time.perf_counter() - t0
+        for name in (rankers if rep % 2 else reversed(list(rankers))):  # alternate which runs first
+            t1 = time.perf_counter()
+            (idx, _), = rankers[name].search(LinearUsers(catalogue, w, c), [10], [user.rated_idx])
+            dt = time.perf_counter() - t1
+            assert len(idx) == 10
+            if rep >= 20:
+                times[name].append((adapt + dt) * 1e3)
+                top_times[name].append(dt * 1e3)
+    sample = rng.choice(len(users), min(args.recall_users, len(users)), replace=False)
+    adapted = [personalizer.adapt(*users[i], steps=steps) for i in sample]
+    recall_users = [LinearUsers(catalogue, *a.weights()) for a in adapted]
+    recall = approximate_recall(exact, approx, recall_users, 10, [a.rated_idx for a in adapted])
+
+    print(f"\n| top-k | items | users | p50 ms | p99 ms | mean ms | score + top-k p50 ms | recall@10 ({len(sample)} users) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in rankers:
+        label = name if name == "exact" else f"approximate (HNSW M={config.m}, efC={config.ef_construction}, efS={config.ef_search})"
+        print(f"| {label} | {args.items:,} | {len(times[name])} | {percentile(times[name], 50):.2f} | "
+              f"{percentile(times[name], 99):.2f} | {statistics.mean(times[name]):.2f} | "
+              f"{percentile(top_times[name], 50):.2f} | {1.0 if name == 'exact' else recall:.3f} |")
+    print(f"\nindex build {approx.build_seconds:.1f} s; index {approx.memory_bytes / 2**20:.0f} MB "
+          f"(item matrix {vectors.numel() * 4 / 2**20:.0f} MB); resident memory +{grown:.0f} MB while building; "
+          f"recall@10 estimate at build (item-like users) {approx.recall_estimate:.3f}")
     return 0
 
 

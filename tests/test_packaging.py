@@ -43,9 +43,9 @@ def requirements(*groups: str) -> list[Requirement]:
 
 
 def test_every_extra_users_expect_exists_and_dev_installs_what_the_tests_use():
-    assert {"serve", "plot", "tensorboard", "mlflow", "tune", "docs", "dev"} <= set(EXTRAS)
+    assert {"serve", "plot", "tensorboard", "mlflow", "tune", "docs", "ann", "dev"} <= set(EXTRAS)
     self_ref = [Requirement(r) for r in EXTRAS["dev"] if Requirement(r).name == "metarec"]
-    assert self_ref and {"serve", "plot", "tune"} <= self_ref[0].extras
+    assert self_ref and {"serve", "plot", "tune", "ann"} <= self_ref[0].extras
     assert {r.name for r in requirements("serve")} >= {"fastapi", "uvicorn", "h11"}
     assert "matplotlib" not in {r.name for r in requirements()}  # core stays without plotting
 
@@ -59,7 +59,7 @@ def test_every_dependency_has_an_upper_bound_and_every_pin_fits_its_range():
              if r.name in pinned and pinned[r.name] not in r.specifier]
     assert not wrong, "\n".join(wrong)
     # what make install (and make docs) install is pinned; torch is pinned by the Makefile instead
-    tested = {r.name for r in requirements("serve", "plot", "tune", "dev", "docs", "tensorboard")} - {"torch"}
+    tested = {r.name for r in requirements("serve", "plot", "tune", "ann", "dev", "docs", "tensorboard")} - {"torch"}
     tested -= {r.name for r in requirements() if r.marker is not None and not r.marker.evaluate()}
     missing = sorted(n for n in tested if re.sub(r"[-_.]+", "-", n).lower() not in pinned)
     assert not missing, f"not in constraints.txt: {missing}"

@@ -190,3 +190,21 @@ def data_overrides(dataset: Optional[str], data_dir: Optional[str], users: Optio
     values = dict(dataset=dataset, data_dir=data_dir, users=users, items=items, rating_scale=scale,
                   columns=pairs(columns, "--column") or None, attributes=pairs(attributes, "--attribute") or None)
     return {k: v for k, v in values.items() if v is not None}
+
+
+# the catalogue top-k: the same options for serve and recommend
+TOP_K_OPTION = typer.Option("exact", "--top-k", help="exact (score every item) or approximate (a faiss HNSW index, "
+                                                     "neural-cf models; needs metarec[ann]).")
+HNSW_OPTION = typer.Option([], "--hnsw", help="KEY=VALUE of the approximate index: m, ef_construction, ef_search, seed, "
+                                              "build_threads, max_stale, metric (ip or l2); repeatable.")
+
+
+def top_k_settings(top_k: str, hnsw: List[str]) -> tuple[str, Any]:
+    """``(mode, HNSWConfig or None)`` checked before the model loads: a wrong mode or setting, or a missing
+    faiss, fails in one line without the seconds a load takes."""
+    from metarec.serve.topk import HNSWConfig, check_top_k
+
+    check_top_k(top_k)
+    if hnsw and top_k != "approximate":
+        raise MetarecError("--hnsw sets the approximate index: give it with --top-k approximate")
+    return top_k, HNSWConfig.from_mapping(pairs(hnsw, "--hnsw")) if hnsw else None

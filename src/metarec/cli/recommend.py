@@ -8,7 +8,8 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from metarec.cli.options import console, err_console, errors, pairs, print_json
+from metarec.cli.options import (HNSW_OPTION, TOP_K_OPTION, console, err_console, errors, pairs, print_json,
+                                 top_k_settings)
 from metarec.cli.recommend_batch import recommend_batch
 from metarec.errors import MetarecError
 
@@ -26,11 +27,18 @@ def recommend(
                                               "body of POST /v1/recommend (plus an optional user_id)."),
     out: Optional[Path] = typer.Option(None, "--out", help="With --input: the table to write, one row per (user_id, "
                                        "rank, item_id, score): .parquet, .csv or .jsonl."),
+    top_k: str = TOP_K_OPTION,
+    hnsw: List[str] = HNSW_OPTION,
 ) -> None:
     """Adapt to a new user's ratings and print the top-k; with --input and --out, every user of a file."""
     with errors():
+        mode, hnsw_config = top_k_settings(top_k, hnsw)  # before the model loads, as the checks below
+
+        def load(folder: Path) -> Any:
+            return load_for_recommend(folder, mode, hnsw_config)
+
         if input_path is not None or out is not None:
-            return recommend_batch(load_for_recommend, run, input_path, out, bool(rate or item or user))
+            return recommend_batch(load, run, input_path, out, bool(rate or item or user))
         if not rate and not item:
             raise typer.BadParameter("give the new user's ratings (--rate ITEM_ID:RATING), their items (--item ITEM_ID, "
                                      "an implicit-feedback model), or --input and --out")
@@ -40,7 +48,7 @@ def recommend(
             raise MetarecError(f"--k {k}: k must be a positive integer")
         support = list(dict.fromkeys(i.strip() for i in item)) if item else pairs(rate, "--rate", ":", last=True)
         attributes = pairs(user, "--user")
-        recommender = load_for_recommend(run)
+        recommender = load(run)
         if recommender.feedback == "implicit" and rate:
             raise MetarecError(f"{run} was trained on implicit feedback: give the user's items with --item ITEM_ID, "
                                "not ratings")
@@ -62,17 +70,18 @@ def recommend(
         console.print(table)
 
 
-def load_for_recommend(run: Path) -> Any:
+def load_for_recommend(run: Path, top_k: str = "exact", hnsw: Any = None) -> Any:
     """The recommender of a run folder with only what a top-k needs: the checkpoint and the item titles.
 
     Loading the run's whole dataset (and rebuilding its split, for onboarding's popularity and panel)
     only to show titles took most of the command's time; where the items file can be read alone
-    (ML-100K, ML-1M) it is. A saved recommender, a checkpoint folder or other data load as before."""
+    (ML-100K, ML-1M) it is. A saved recommender, a checkpoint folder or other data load as before.
+    ``top_k`` / ``hnsw``: the catalogue top-k (:mod:`metarec.serve.topk`)."""
     from metarec.serve import ColdStartRecommender
 
     saved = (run / "recommender.json").exists() or (run / "checkpoint.json").exists()
     if saved or not (run / "config.toml").is_file():
-        return ColdStartRecommender.load(run, replicas=1)
+        return ColdStartRecommender.load(run, replicas=1, top_k=top_k, hnsw=hnsw)
     from metarec.data.loaders.registry import load_items
     from metarec.meta.run import RunConfig
 
@@ -81,7 +90,7 @@ def load_for_recommend(run: Path) -> Any:
     except (MetarecError, OSError, ValueError):  # the data moved or was never here: ids only, as before
         items = None
     if items is None:
-        return ColdStartRecommender.load(run, replicas=1)
+        return ColdStartRecommender.load(run, replicas=1, top_k=top_k, hnsw=hnsw)
     from metarec.meta.trainer import load_best
 
-    return ColdStartRecommender(load_best(run), items=items, replicas=1)
+    return ColdStartRecommender(load_best(run), items=items, replicas=1, top_k=top_k, hnsw=hnsw)

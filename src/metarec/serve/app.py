@@ -47,6 +47,7 @@ from metarec.serve.recommender import ColdStartRecommender, RecommendQuery
 from metarec.serve.schemas import (BatchRecommendResponse, CatalogueItem, JSONResponse, OnboardingNextResponse,
                                    OnboardingResponse, PredictResponse, RecommendResponse, SimilarItemsResponse,
                                    request_models, unprocessable, validation_error)
+from metarec.serve.topk import HNSWConfig
 
 log = logging.getLogger(__name__)
 
@@ -332,9 +333,11 @@ def _error_loc(exc: MetarecError, prefix: list[str | int], support: str = "ratin
     return [*prefix, *(int(p) if p.isdigit() else p for p in field.split("."))], str(exc), "value_error"
 
 
-def create_app_from_dir(path: str | Path, **kwargs: Any) -> FastAPI:
-    """Load a saved recommender (or a ``metarec train`` run folder) once, then build the app."""
-    return create_app(ColdStartRecommender.load(path), **kwargs)
+def create_app_from_dir(path: str | Path, *, top_k: str = "exact", hnsw: HNSWConfig | None = None, **kwargs: Any
+                        ) -> FastAPI:
+    """Load a saved recommender (or a ``metarec train`` run folder) once, with its catalogue top-k, then
+    build the app."""
+    return create_app(ColdStartRecommender.load(path, top_k=top_k, hnsw=hnsw), **kwargs)
 
 
 def app_from_env() -> FastAPI:
@@ -346,7 +349,9 @@ def app_from_env() -> FastAPI:
     options = json.loads(os.environ.get(ENV_OPTIONS) or "{}")
     if not isinstance(options, dict):
         raise MetarecError(f"{ENV_OPTIONS} must be a JSON object of create_app keyword arguments")
-    return create_app_from_dir(path, api_key=os.environ.get(ENV_API_KEY) or None, **options)
+    hnsw = options.pop("hnsw", None)  # the load's options, beside create_app's
+    return create_app_from_dir(path, api_key=os.environ.get(ENV_API_KEY) or None, top_k=options.pop("top_k", "exact"),
+                               hnsw=None if hnsw is None else HNSWConfig.from_mapping(hnsw), **options)
 
 
 def _warm_up(recommender: ColdStartRecommender, batching: bool = False) -> None:

@@ -22,6 +22,7 @@ from metarec.errors import DataError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.models.base import Params
 from metarec.serve.checks import confidence_in_scale, rating_in_scale, support_pairs
+from metarec.serve.topk import ApproximateTopK, ExactTopK, Ranked
 from metarec.tasks.taskset import TaskBatch
 
 log = logging.getLogger(__name__)
@@ -45,26 +46,35 @@ class AdaptedUser:
     def predict_idx(self, idx: np.ndarray) -> np.ndarray:
         p = self.personalizer
         idx = np.asarray(idx)
-        vec = proj = None
         if len(idx) == len(p.item_vocab) and p.catalogue_vec is not None and np.array_equal(idx, p.all_idx):
-            items, vec, proj = p.all_items, p.catalogue_vec, p.catalogue_proj  # the whole catalogue: no gathers
-        else:
-            items = torch.as_tensor(idx, dtype=torch.long, device=p.device)
-            if p.catalogue_vec is not None:
-                vec = p.catalogue_vec.index_select(0, items)
-                proj = None if p.catalogue_proj is None else p.catalogue_proj.index_select(0, items)
+            return self.catalogue_score_tensor()[0].cpu().numpy()  # the whole catalogue: no gathers
+        vec = proj = None
+        items = torch.as_tensor(idx, dtype=torch.long, device=p.device)
+        if p.catalogue_vec is not None:
+            vec = p.catalogue_vec.index_select(0, items)
+            proj = None if p.catalogue_proj is None else p.catalogue_proj.index_select(0, items)
         pred = p.learner.predict_items(self.params, self.task, items, vec, proj, p.catalogue_gram)
         return pred[0].cpu().numpy()
 
+    def catalogue_score_tensor(self) -> torch.Tensor:
+        """Scores [1, N] of every catalogue item (for :mod:`metarec.serve.topk`)."""
+        p = self.personalizer
+        return p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec, p.catalogue_proj,
+                                       p.catalogue_gram)
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w [1, F], c [1])`` of a model linear in the item vector (for the approximate top-k)."""
+        return self.personalizer.learner.user_weights(self.params, self.task)
+
     def recommend(self, k: int = 10, exclude_rated: bool = True, candidates: Sequence[object] | None = None) -> list[tuple[str, float]]:
-        """The ``k`` best-scored items (of the catalogue, or of ``candidates``), best first."""
+        """The ``k`` best-scored items (of the catalogue, by the personalizer's top-k, or of ``candidates``),
+        best first."""
         p = self.personalizer
         if candidates is None:
-            pool = p.all_idx
-            scores = self.predict_idx(pool)
-        else:
-            pool = p.item_vocab.indices(list(candidates))
-            scores = self.predict_idx(pool)
+            excluded = self.rated_idx if exclude_rated else None
+            return p.ranked_ids(p.ranker.search(self, [int(k)], [excluded])[0])
+        pool = p.item_vocab.indices(list(candidates))
+        scores = self.predict_idx(pool)
         if exclude_rated and len(self.rated_idx):
             keep = ~np.isin(pool, self.rated_idx)
             pool, scores = pool[keep], scores[keep]
@@ -86,10 +96,15 @@ class AdaptedUsers:
 
     def catalogue_scores(self) -> np.ndarray:
         """Predicted ratings [B, N] of every catalogue item, one row per user."""
+        return self.catalogue_score_tensor().cpu().numpy()
+
+    def catalogue_score_tensor(self) -> torch.Tensor:
         p = self.personalizer
-        pred = p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec, p.catalogue_proj,
+        return p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec, p.catalogue_proj,
                                        p.catalogue_gram)
-        return pred.cpu().numpy()
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.personalizer.learner.user_weights(self.params, self.task)
 
     def recommend(self, k: int | Sequence[int] = 10, exclude_rated: bool | Sequence[bool] = True) -> list[list[tuple[str, float]]]:
         """Per user, :meth:`AdaptedUser.recommend` of the whole catalogue (``k`` and ``exclude_rated``
@@ -98,22 +113,15 @@ class AdaptedUsers:
         ks = [k] * n if isinstance(k, (int, np.integer)) else list(k)
         excludes = [exclude_rated] * n if isinstance(exclude_rated, (bool, np.bool_)) else list(exclude_rated)
         p = self.personalizer
-        scores = self.catalogue_scores()
-        out = []
-        for row, rated, k_, exclude in zip(scores, self.rated_idx, ks, excludes):
-            pool = p.all_idx
-            if exclude and len(rated):
-                keep = np.ones(len(pool), dtype=bool)
-                keep[rated] = False
-                pool, row = pool[keep], row[keep]
-            out.append(p.top_k(pool, row, k_))
-        return out
+        excluded = [rated if exclude else None for rated, exclude in zip(self.rated_idx, excludes)]
+        return [p.ranked_ids(top) for top in p.ranker.search(self, [int(k_) for k_ in ks], excluded)]
 
 
 class Personalizer:
     """A loaded checkpoint bound to its vocabularies and encoders."""
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(self, checkpoint: Checkpoint, ranker: "ExactTopK | ApproximateTopK | None" = None) -> None:
+        """``ranker``: the catalogue top-k (:mod:`metarec.serve.topk`; default exact), shared by replicas."""
         self.checkpoint = checkpoint
         self.learner = checkpoint.learner
         self.item_vocab = checkpoint.item_vocab
@@ -131,6 +139,7 @@ class Personalizer:
         self.catalogue_proj = self.learner.catalogue_projection(self.catalogue_vec)
         self.catalogue_gram = self.learner.catalogue_gram(self.catalogue_vec)  # [N, N] (N <= 6000), else None
         self._user_lookups = self._user_encoding_lookups()
+        self.ranker = ranker or ExactTopK()
 
     def _encode_user(self, attributes: Mapping[str, object] | None) -> FeatureTable:
         """The encoded attribute table of one new user: ``transform_record``'s result, computed without
@@ -179,6 +188,11 @@ class Personalizer:
         top = top[np.lexsort((pool[top], -scores[top]))]
         ids = self.item_vocab.ids
         return [(ids[int(pool[i])], float(scores[i])) for i in top]
+
+    def ranked_ids(self, ranked: Ranked) -> list[tuple[str, float]]:
+        """A top-k's (indices, scores) as (item id, score) pairs."""
+        ids = self.item_vocab.ids
+        return [(ids[int(i)], float(s)) for i, s in zip(*ranked)]
 
     def support(self, ratings: Mapping[object, float] | Sequence[object], *, allow_empty: bool = False
                 ) -> tuple[list[int], list[float], list[str]]:

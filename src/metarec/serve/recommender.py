@@ -35,6 +35,7 @@ from metarec.serve.checks import Support, attribute_record, check_count, check_i
 from metarec.serve.item_methods import ItemMethods
 from metarec.serve.personalizer import Personalizer
 from metarec.serve.replicas import personalizer_pool
+from metarec.serve.topk import HNSWConfig, check_top_k
 from metarec.serve.training import as_dataset, train_bundle
 
 DEFAULT_REPLICAS = max(1, min(8, os.cpu_count() or 1))
@@ -72,17 +73,20 @@ class ColdStartRecommender(ItemMethods):
         model_version: str | None = None,
         versions: Mapping[str, str] | None = None,
         replicas: int | None = None,
+        top_k: str = "exact", hnsw: HNSWConfig | None = None,
     ) -> None:
         """Wrap a loaded checkpoint, or make an unfitted recommender to call :meth:`fit` on.
 
         ``replicas``: how many calls may adapt at the same time (default: the CPU count, at most 8);
-        more threads than that wait for a free replica.
+        more threads than that wait for a free replica. ``top_k``: ``exact`` or ``approximate`` (a faiss
+        HNSW index with parameters ``hnsw``, built here once per catalogue; :mod:`metarec.serve.topk`).
         """
         self._checkpoint: Checkpoint | None = None
         self._batch_lock = threading.Lock()  # recommend_many's, and held while a grown catalogue is swapped in
         self._write_lock = threading.Lock()  # one add_item at a time
         self._added: list[str] = []  # ids of items added while serving
         self._replicas = DEFAULT_REPLICAS if replicas is None else int(replicas)
+        self._top_k, self._hnsw, self._ranker = check_top_k(top_k), hnsw, None  # the mode first: no faiss fails fast
         if self._replicas < 1:
             raise MetarecError(f"replicas must be >= 1, got {replicas}")
         if checkpoint is not None:
@@ -98,7 +102,7 @@ class ColdStartRecommender(ItemMethods):
         members = (None, None) if panel is None else (panel["panel_user"].to_numpy(), panel["item_idx"].to_numpy())
         questionnaire = AdaptiveQuestionnaire.from_panel(*members, bundle.train_counts)
         # ``checkpoint`` itself stays untouched (for save() and info()): calls run on replicas
-        pool, batch_factory = personalizer_pool(checkpoint, self._replicas)
+        pool, batch_factory, ranker = personalizer_pool(checkpoint, self._replicas, self._top_k, self._hnsw, self._ranker)
         with self._batch_lock:
             self._meta, self._bundle, self._items, self._model_version = meta, bundle, bundle.items, bundle.model_version
             self._user_encodings = {c.name: c for c in checkpoint.features.user_encoder.columns}
@@ -106,7 +110,7 @@ class ColdStartRecommender(ItemMethods):
             self._item_encodings = {c.name: c for c in checkpoint.features.item_encoder.columns}
             self._checkpoint = checkpoint
             self._questionnaire = questionnaire
-            self._pool, self._batch_factory = pool, batch_factory
+            self._pool, self._batch_factory, self._ranker = pool, batch_factory, ranker
             self._batch_personalizer: Personalizer | None = None  # recommend_many's, made on first use
             self._similarity = None  # item vectors and their cosine index, made on first use
 
@@ -157,13 +161,14 @@ class ColdStartRecommender(ItemMethods):
         return write_bundle(directory, self._bundle)
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu", *, replicas: int | None = None) -> "ColdStartRecommender":
+    def load(cls, directory: str | Path, device: str = "cpu", *, replicas: int | None = None, top_k: str = "exact",
+             hnsw: HNSWConfig | None = None) -> "ColdStartRecommender":
         """Load a folder written by :meth:`save`, a run folder of ``metarec train``, or a checkpoint folder.
 
         For a run or checkpoint folder the item metadata and training popularity come from the run's
         dataset when it can be loaded (else ids only, and onboarding falls back to catalogue order).
         """
-        recommender = cls(replicas=replicas)
+        recommender = cls(replicas=replicas, top_k=top_k, hnsw=hnsw)
         recommender._bind(read_bundle(directory, device))
         return recommender
 
@@ -229,6 +234,7 @@ class ColdStartRecommender(ItemMethods):
             "training": {k: jsonable(state[k]) for k in ("epoch", "best_epoch", "best_val_mae", "best_val_score", "selection")
                          if k in state},
             "versions": {"metarec": dict(self._bundle.versions).get("metarec")},  # not every library's: no fingerprint
+            "top_k": self._ranker.describe(),
         }
 
     # ------------------------------------------------------------------ using the model
@@ -246,7 +252,6 @@ class ColdStartRecommender(ItemMethods):
         :class:`UnknownIdError` only when none of the rated items is known.
         """
         result = self.recommend_records(ratings, user_attributes, k=k, exclude_rated=exclude_rated)
-
         frame = _records_frame(result.items, ["item_id", "score", *self._items.columns])
         frame.attrs["unknown_item_ids"] = result.unknown_item_ids
         frame.attrs["model_version"] = self._model_version

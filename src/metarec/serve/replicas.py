@@ -18,6 +18,7 @@ from typing import Callable, Generic, Iterator, TypeVar
 
 from metarec.meta.checkpoint import Checkpoint
 from metarec.serve.personalizer import Personalizer
+from metarec.serve.topk import ApproximateTopK, ExactTopK, HNSWConfig, make_top_k
 
 T = TypeVar("T")
 
@@ -66,15 +67,22 @@ class ReplicaPool(Generic[T]):
             self._free.put(item)
 
 
-def personalizer_pool(checkpoint: Checkpoint, size: int) -> tuple[ReplicaPool[Personalizer], Callable[[], Personalizer]]:
-    """A pool of up to ``size`` personalizers for single calls, and a factory of one more (a batch's; each
-    holds the catalogue's Gram matrix, up to ~60 MB, so it is made on first use).
+def personalizer_pool(checkpoint: Checkpoint, size: int, top_k: str = "exact", hnsw: HNSWConfig | None = None,
+                      previous: ExactTopK | ApproximateTopK | None = None
+                      ) -> tuple[ReplicaPool[Personalizer], Callable[[], Personalizer], ExactTopK | ApproximateTopK]:
+    """A pool of up to ``size`` personalizers for single calls, a factory of one more (a batch's; each
+    holds the catalogue's Gram matrix, up to ~60 MB, so it is made on first use) and their top-k.
 
     All are replicas of a private template no call uses: copying (or saving) a module while another
-    thread is inside functional_call on it would see that thread's swapped-in tensors."""
+    thread is inside functional_call on it would see that thread's swapped-in tensors. They share one
+    catalogue top-k (:mod:`metarec.serve.topk`: an approximate one's index is built here, once per
+    catalogue, or kept from ``previous`` when few items changed)."""
     template = replica(checkpoint)
+    first = Personalizer(replica(template))
+    ranker = make_top_k(top_k, first.learner, first.catalogue_vec, hnsw, previous)
+    first.ranker = ranker
 
     def make() -> Personalizer:
-        return Personalizer(replica(template))
+        return Personalizer(replica(template), ranker)
 
-    return ReplicaPool(make(), make, size), make
+    return ReplicaPool(first, make, size), make, ranker
