@@ -4,16 +4,13 @@ items are marked "know / like" (no stars), and the top 10 comes from them. Skipp
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from chromium_pipe import Browser, find_chromium
 from implicit_tables import write_play_tables
-from test_onboarding_browser import HOST, _free_port, _get
+from test_onboarding_browser import HOST, serving
 
 from metarec.eval.implicit.train_run import train_implicit_run, write_implicit_run
 from metarec.meta.run import DataConfig
@@ -35,30 +32,8 @@ def implicit_server(tmp_path: Path):
         run = write_implicit_run(train_implicit_run(data, overrides={"implicit": {"epochs": 1}}), tmp_path / "run")
     finally:
         torch.set_num_threads(previous)
-    port = _free_port()
-    with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "metarec.cli", "serve", str(run), "--host", HOST, "--port",
-                                 str(port), "--no-access-log"], env=dict(os.environ), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if _get(port, "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start within 120 s"
-            time.sleep(0.2)
+    with serving(run, tmp_path, dict(os.environ)) as port:
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.mark.timeout(300)

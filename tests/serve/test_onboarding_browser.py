@@ -11,6 +11,7 @@ instead of the tests' 2-epoch model (the README's pictures)::
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from chromium_pipe import Browser, find_chromium
@@ -47,14 +49,13 @@ def _get(port: int, path: str) -> tuple[int, dict]:
         conn.close()
 
 
-@pytest.fixture()
-def server(saved_dir: Path, tmp_path: Path):
-    """``metarec serve`` in its own process on a free loopback port, with an API key; killed afterwards."""
+@contextlib.contextmanager
+def serving(run: str | Path, tmp_path: Path, env: dict[str, str]) -> Iterator[int]:
+    """``metarec serve RUN`` in its own process on a free loopback port until the block ends (its output in
+    ``tmp_path / "server.log"``); the port, once /healthz answers."""
     port = _free_port()
-    env = {**os.environ, "METAREC_API_KEY": KEY}
     with open(tmp_path / "server.log", "wb") as log:
-        run = os.environ.get("METAREC_SCREENSHOT_RUN") or str(saved_dir)
-        proc = subprocess.Popen([sys.executable, "-m", "metarec.cli", "serve", run, "--host", HOST,
+        proc = subprocess.Popen([sys.executable, "-m", "metarec.cli", "serve", str(run), "--host", HOST,
                                  "--port", str(port), "--no-access-log"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -76,6 +77,14 @@ def server(saved_dir: Path, tmp_path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def server(saved_dir: Path, tmp_path: Path):
+    """``metarec serve`` in its own process on a free loopback port, with an API key; killed afterwards."""
+    run = os.environ.get("METAREC_SCREENSHOT_RUN") or str(saved_dir)
+    with serving(run, tmp_path, {**os.environ, "METAREC_API_KEY": KEY}) as port:
+        yield port
 
 
 @pytest.fixture()
