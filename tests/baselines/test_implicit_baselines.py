@@ -8,15 +8,18 @@ import pytest
 from metarec.baselines.implicit import (
     EASE,
     IALS,
+    ContentKNN,
     IMPLICIT_BASELINES,
     ImplicitBaseline,
     ItemKNN,
     MostPopular,
     default_grid,
+    item_attribute_matrix,
 )
 from metarec.errors import ConfigError, DataError
 
-FAST = {"ials": {"factors": 4, "iterations": 4}}
+FAST = {"ials": {"factors": 4, "iterations": 4},
+        "content": {"attributes": (np.random.default_rng(3).random((12, 5)) < 0.4).astype(float)}}
 
 
 def csr(rows: list[list[int]], conf: list[list[float]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,6 +176,71 @@ def test_ials_is_deterministic_given_the_seed():
     c = IALS(factors=3, iterations=2, seed=1).fit(*data, 12)
     np.testing.assert_array_equal(a.item_factors, b.item_factors)
     assert not np.allclose(a.item_factors, c.item_factors)
+
+
+# -- content (attribute cosine) ---------------------------------------------------------------------------
+
+# items 0..3 by 3 attributes: 0 = [1,0,0], 1 = [1,1,0], 2 = [0,1,0], 3 = [0,0,1]; cos(0,1) = cos(1,2) = 1/sqrt2
+ATTR = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]], float)
+R = 1 / np.sqrt(2)
+
+
+def test_content_knn_known_answer_and_new_items():
+    # training: item 0 by 3 users, item 1 by 1; items 2 and 3 never seen (new items, count 0).
+    user, item, conf = triples([[0, 1], [0], [0]])
+    model = ContentKNN(attributes=ATTR).fit(user, item, conf, 4)
+    scores = model.score(*csr([[0, 1], [2], [1]]))
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores[0], [(1 + R) / 2, (R + 1) / 2, R / 2, 0], rtol=1e-6)  # mean of cosines
+    np.testing.assert_allclose(scores[1], [0, R, 1, 0], rtol=1e-6)
+    assert scores[2, 2] > scores[2, 3]  # new item 2 shares item 1's attribute, new item 3 shares none
+    # sparse attributes and with_items give the same scores
+    import scipy.sparse as sp
+    other = ContentKNN().with_items(sp.csr_matrix(ATTR)).fit(user, item, conf, 4)
+    np.testing.assert_allclose(other.score(*csr([[0, 1], [2], [1]])), scores)
+
+
+def test_content_knn_popularity_prior_and_empty_support():
+    user, item, conf = triples([[0, 1], [0], [0]])
+    plain = ContentKNN(attributes=ATTR).fit(user, item, conf, 4)
+    mixed = ContentKNN(attributes=ATTR, beta=0.3).fit(user, item, conf, 4)
+    prior = np.array([1.0, np.log(2) / np.log(4), 0.0, 0.0])  # log1p(count) / max log1p(count)
+    np.testing.assert_allclose(mixed.prior, prior, rtol=1e-6)
+    support = csr([[2], [0, 3], []])
+    diff = mixed.score(*support) - plain.score(*support)
+    np.testing.assert_allclose(diff[:2], np.tile(0.3 * prior, (2, 1)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(mixed.score(*support)[2], [3, 1, 0, 0])  # no support: the popularity row
+
+
+def test_content_knn_refuses_missing_or_misshapen_attributes():
+    user, item, conf = triples([[0, 1], [2]])
+    with pytest.raises(ConfigError, match="attribute"):
+        ContentKNN().fit(user, item, conf, 4)
+    with pytest.raises(DataError, match="3 rows for 4 items") as err:
+        ContentKNN(attributes=ATTR[:3]).fit(user, item, conf, 4)
+    assert err.value.field == "attributes"
+    for bad in (np.ones(4), np.array([[1.0, np.nan]] * 4), np.zeros((4, 0)), np.array([["a"]] * 4)):
+        with pytest.raises(DataError):
+            ContentKNN(attributes=bad)
+    with pytest.raises(ConfigError):
+        ContentKNN(beta=-1.0)
+
+
+def test_item_attribute_matrix_blocks():
+    import pandas as pd
+
+    from metarec.data.schema import AttributeSpec
+
+    items = pd.DataFrame({"genres": [["a", "b"], ["a"], []], "kind": ["x", None, "y"],
+                          "year": [1990.0, 2000.0, np.nan], "title": ["t1", "t2", "t3"]}, index=["i0", "i1", "i2"])
+    schema = {"genres": AttributeSpec("multi"), "kind": AttributeSpec("categorical"),
+              "year": AttributeSpec("numeric", bins=(1995.0,)), "title": AttributeSpec("text")}
+    m = item_attribute_matrix(items, schema).toarray()
+    assert m.shape == (3, 2 + 2 + 2)  # genres a, b; kind x, y; year below / above 1995; title left out
+    np.testing.assert_allclose((m ** 2).sum(axis=1), [3, 2, 1])  # one unit per attribute present
+    np.testing.assert_allclose(m[1], [1, 0, 0, 0, 0, 1])
+    assert m[0, 1] > m[0, 0] > 0  # IDF: the rarer genre b weighs more than a
+    np.testing.assert_allclose(m[0, :2] @ m[0, :2], 1.0)
 
 
 # -- every baseline ---------------------------------------------------------------------------------------

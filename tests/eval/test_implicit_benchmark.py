@@ -313,6 +313,19 @@ def test_popularity_baseline_through_the_adapter(clusters):
     assert result.comparisons["best_baseline"] in {"popularity", "random"}
 
 
+def test_content_baseline_through_the_adapter(clusters):
+    # the item attribute is the user's cluster block, so content ranks the user's block first, new items too
+    cfg = ImplicitBenchmarkConfig(seeds=(0,), support_sizes=(1,), methods=("content", "random"), compare=(),
+                                  bootstrap=50, split=SPLIT)
+    result = run_implicit_benchmark(clusters, cfg, factories={"random": Random})
+    choice = result.choices["content"][0]
+    assert len(choice["history"]) == 4 and math.isfinite(choice["validation"])
+    rows = result.rows
+    recall = rows[rows["metric"] == "recall@10"].groupby(["method", "scenario"])["value"].mean()
+    for scenario in cfg.scenarios:  # random: about 0.17 and 0.5 (new items are few); content: about 1
+        assert recall["content", scenario] > 0.9 > recall["random", scenario] + 0.3
+
+
 def test_explicit_data_and_unknown_methods_are_refused(clusters):
     explicit = RatingDataset.from_frames("x", pd.DataFrame({"user_id": ["a", "a"], "item_id": ["b", "c"], "rating": [4.0, 2.0]}))
     with pytest.raises(ConfigError, match="feedback='implicit'"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from metarec.baselines.implicit.common import ImplicitBaseline
+from metarec.baselines.implicit.content import ContentKNN, ContentKNNConfig, item_attribute_matrix
 from metarec.baselines.implicit.ials import IALS, IALSConfig
 from metarec.baselines.implicit.neighbours import (
     EASE,
@@ -25,7 +26,8 @@ from metarec.errors import ConfigError
 
 __all__ = [
     "ImplicitBaseline", "MostPopular", "MostPopularConfig", "ItemKNN", "ItemKNNConfig", "EASE", "EASEConfig",
-    "ease_weights", "IALS", "IALSConfig", "IMPLICIT_BASELINES", "default_grid",
+    "ease_weights", "IALS", "IALSConfig", "ContentKNN", "ContentKNNConfig", "item_attribute_matrix",
+    "IMPLICIT_BASELINES", "default_grid",
 ]
 
 IMPLICIT_BASELINES: dict[str, Callable[..., ImplicitBaseline]] = {
@@ -33,6 +35,7 @@ IMPLICIT_BASELINES: dict[str, Callable[..., ImplicitBaseline]] = {
     "item-knn": ItemKNN,
     "ease": EASE,
     "ials": IALS,
+    "content": ContentKNN,  # needs the item attributes too: ContentKNN.with_items(item_attribute_matrix(...))
 }
 
 # Small grids (<= 8 settings) for tuning on validation users; the values span what the papers report as
@@ -42,6 +45,7 @@ _GRIDS: dict[str, list[dict[str, Any]]] = {
     "item-knn": [{"neighbours": k, "shrink": s} for k in (20, 100, 500) for s in (0.0, 10.0)],
     "ease": [{"l2": l2} for l2 in (200.0, 500.0, 2000.0, 5000.0)],  # ML-1M's optimum is at 2000-5000
     "ials": [{"factors": f, "reg": r, "alpha": a} for f in (64, 128) for r in (0.1, 1.0) for a in (1.0, 10.0)],
+    "content": [{"beta": b} for b in (0.0, 0.3, 1.0, 3.0)],  # beta: popularity prior; ML-1M picks 3
 }
 
 

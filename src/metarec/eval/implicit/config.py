@@ -10,7 +10,7 @@ from metarec.eval.implicit.method import Selection
 from metarec.eval.implicit.metrics import KS
 from metarec.tasks import SCENARIOS, SplitConfig
 
-IMPLICIT_BASELINE_NAMES = ("popularity", "item-knn", "ease", "ials")
+IMPLICIT_BASELINE_NAMES = ("popularity", "item-knn", "ease", "ials", "content")
 DEFAULT_METHODS = (*IMPLICIT_BASELINE_NAMES, "meta")
 DEFAULT_SCENARIOS = ("new_users", "new_users_new_items")
 Progress = Callable[[str, int, int], None]  # (what runs now, steps done, steps in all)

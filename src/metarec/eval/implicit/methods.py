@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from metarec.baselines.implicit import IMPLICIT_BASELINES, ImplicitBaseline, default_grid
+from metarec.baselines.implicit import IMPLICIT_BASELINES, ImplicitBaseline, default_grid, item_attribute_matrix
 from metarec.errors import ConfigError
 from metarec.eval.implicit.config import IMPLICIT_BASELINE_NAMES, ImplicitBenchmarkConfig
 from metarec.eval.implicit.method import ImplicitMethod, Selection, validation_score
@@ -66,9 +66,16 @@ class BaselineMethod:
         selection = self.selection if isinstance(self.selection, Selection) else self.selection(seed)
         best = -math.inf
         self.history, self.model = [], None
+        attributes = None
         for params in self.grid:
             started = time.perf_counter()
-            model = self._build(params, seed).fit(user, item, confidence, split.dataset.n_items)
+            model = self._build(params, seed)
+            if hasattr(model, "with_items"):  # content-based: knows items by their attributes (every item's)
+                if attributes is None:
+                    dataset = split.dataset
+                    attributes = item_attribute_matrix(dataset.items, dataset.item_schema)
+                model.with_items(attributes)
+            model = model.fit(user, item, confidence, split.dataset.n_items)
             seconds = time.perf_counter() - started
             score, points = validation_score(lambda tasks, m=model: _score(m, tasks), split, selection)
             self.history.append({"params": params, "validation": score, "points": points, "fit_seconds": seconds})
