@@ -122,3 +122,24 @@ def test_implicit_scores_are_not_clamped(tiny_split):
         learner.model.head["bias"].weight.fill_(5.0)  # every score far above the (0, 1) "scale"
     pred = learner.predict_query(batch)
     assert float(pred.max()) > 1.0 and len(torch.unique(pred)) > 1
+
+
+def test_served_catalogue_statistics_are_reused_until_a_parameter_changes(tiny_split):
+    """Serving computes the catalogue's Gram matrix once per parameter version, not once per request."""
+    learner, batch = implicit_learner(tiny_split, inner_steps=0)
+    model = learner.model.eval()
+    calls = []
+    original = model.catalogue_stats
+    model.catalogue_stats = lambda vec: calls.append(1) or original(vec)
+    first = learner.predict_query(batch)
+    second = learner.predict_query(batch)
+    assert len(calls) == 1 and torch.equal(first, second)
+    with torch.no_grad():  # an optimiser step or a loaded checkpoint: in place, so the version moves
+        model.head["bias"].weight.add_(0.5)
+    moved = learner.predict_query(batch)
+    assert len(calls) == 2 and not torch.equal(moved, first)
+    model._catalogue_cache = None  # the recomputed statistics are the fresh ones
+    assert torch.equal(learner.predict_query(batch), moved)
+    with torch.enable_grad():  # training never reads the cache
+        learner.task_inputs(batch, dict(learner._params))
+    assert len(calls) == 4

@@ -61,8 +61,7 @@ def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatc
     if needs_catalogue(model):  # the implicit fold-in sees every item: embed the catalogue once, index it
         items = torch.arange(model.n_items, device=task["support_item"].device)
         inverse = torch.cat([task["support_item"], task["query_item"]], dim=1)
-        vec = call("items", items)
-        stats = model.catalogue_stats(vec)
+        vec, stats = catalogue_under(model, call, items, cacheable=params is None and not torch.is_grad_enabled())
         task["catalogue"] = stats.expand(len(batch), *stats.shape)
     else:
         items, inverse = torch.unique(torch.cat([task["support_item"], task["query_item"]], dim=1), return_inverse=True)
@@ -73,6 +72,25 @@ def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatc
     if distinct_items:
         task["item_vec"], task["support_inv"], task["query_inv"] = vec, inverse[:, :s], inverse[:, s:]
     return task
+
+
+def catalogue_under(model: RatingModel, call, items: torch.Tensor, *,
+                    cacheable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole catalogue's item vectors and Gram statistics. Served requests (the module's own parameters,
+    no gradient) reuse them until a parameter or buffer changes (an optimiser step, a loaded checkpoint, an
+    added item): they depend on nothing else, and recomputing them costs O(N F^2) per request."""
+    key = None
+    if cacheable:
+        tensors = [*model.parameters(), *model.buffers()]
+        key = (model.n_items, items.device, tuple((t.data_ptr(), t._version) for t in tensors))
+        cached = getattr(model, "_catalogue_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+    vec = call("items", items)
+    stats = model.catalogue_stats(vec)
+    if key is not None:
+        model._catalogue_cache = (key, vec, stats)
+    return vec, stats
 
 
 def needs_catalogue(model: RatingModel) -> bool:

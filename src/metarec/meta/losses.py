@@ -57,7 +57,8 @@ def implicit_loss(score: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     if kind == "softmax":
         floor = torch.finfo(score.dtype).min
         neg_lse = torch.logsumexp(score.masked_fill(negative <= 0, floor), dim=-1, keepdim=True)
-        per_positive = torch.logaddexp(score, neg_lse) - score  # -log softmax of each positive vs the negatives
-        has_negative = (negative.sum(-1, keepdim=True) > 0).to(score.dtype)
-        return (per_positive * positive * has_negative).sum(-1) / positive.sum(-1).clamp(min=1.0)
+        # -log softmax of each positive vs the negatives; with no negative, neg_lse sits at the dtype's floor and
+        # logaddexp(s, floor) - s is exactly 0 (and so is its gradient): such a set costs nothing
+        per_positive = torch.logaddexp(score, neg_lse) - score
+        return (per_positive * positive).sum(-1) / positive.sum(-1).clamp(min=1.0)
     raise ValueError(f"unknown implicit loss {kind!r}")
