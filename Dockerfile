@@ -17,10 +17,11 @@ WORKDIR /app
 # torch first, pinned, from the CPU index: the default index would pull the multi-GB CUDA build.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
-# the package and the web stack ([serve]), at the versions the tests ran with; no data, runs or tests
+# the package, the web stack ([serve]) and the approximate top-k index ([ann], for --top-k approximate),
+# at the versions the tests ran with; no data, runs or tests
 COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY src ./src
-RUN pip install -c constraints.txt ".[serve]" && rm -rf build src/*.egg-info
+RUN pip install -c constraints.txt ".[serve,ann]" && rm -rf build src/*.egg-info
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin metarec
 USER metarec
