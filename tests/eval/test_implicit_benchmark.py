@@ -358,3 +358,54 @@ def test_cli_implicit_benchmark(tmp_path):
     assert bad.exit_code != 0 and "--item-fold-in" in bad.output
     bad = CliRunner().invoke(app, ["benchmark", "--dataset", str(path), "--positive-threshold", "4", "--out", str(out)])
     assert bad.exit_code != 0 and "implicit" in bad.output
+
+
+# ---------------------------------------------------------------------- the meta-learner's new-item order
+def test_reordering_new_items_keeps_every_known_items_rank():
+    from metarec.eval.implicit.meta_method import reorder_new_items
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((5, 12)).astype(np.float32)
+    similarity = rng.random((5, 12))
+    new = np.zeros(12, bool)
+    new[[1, 4, 5, 9]] = True
+    assert np.array_equal(reorder_new_items(scores, similarity, new, 0.0), scores)
+    mixed = reorder_new_items(scores, similarity, new, 1e6)
+    assert np.array_equal(mixed[:, ~new], scores[:, ~new])
+    assert np.array_equal(np.sort(mixed[:, new], axis=1), np.sort(scores[:, new], axis=1))  # the same places
+    for row in range(5):  # at a huge weight, the new items' order is the similarity's
+        assert np.array_equal(np.argsort(mixed[row, new]), np.argsort(similarity[row, new]))
+
+
+def test_meta_learner_orders_new_items_by_content_chosen_on_validation(clusters, monkeypatch):
+    from metarec.eval.implicit import meta_method
+    from metarec.eval.implicit.method import validation_score
+
+    cfg = ImplicitBenchmarkConfig(seeds=(0,), support_sizes=(1,), methods=("meta",), compare=(), split=SPLIT)
+    split = make_split(clusters, SPLIT)
+    method = meta_method.ImplicitMetaMethod(cfg, {"implicit": {"epochs": 1}})
+    method.fit(split, 0)
+    weights = method.chosen["content_weight_validation"]
+    assert set(weights) == {str(w) for w in meta_method.CONTENT_WEIGHTS}
+    assert method.chosen["content_weight"] == method.content_weight and weights[str(method.content_weight)] == max(weights.values())
+    both_new = replace(cfg.selection(0), scenario="new_users_new_items")
+    assert validation_score(method.score, split, both_new)[0] == weights[str(method.content_weight)]
+    # a meta-learner that orders new items at random: content orders them by the user's block, so it must be chosen
+    noise = np.random.default_rng(0)
+    monkeypatch.setattr(meta_method, "catalogue_scores",
+                        lambda learner, tasks: noise.standard_normal((len(tasks), clusters.n_items)).astype(np.float32))
+    method._choose_content_weight(split, cfg.selection(0))
+    weights = method.chosen["content_weight_validation"]
+    assert method.content_weight > 0 and weights[str(method.content_weight)] > weights["0.0"] + 0.2
+    tasks = split.test["new_users"]
+    seeded = lambda: np.random.default_rng(1).standard_normal((len(tasks), clusters.n_items)).astype(np.float32)
+    monkeypatch.setattr(meta_method, "catalogue_scores", lambda learner, tasks: seeded())
+    chosen = method.score(tasks)
+    method.content_weight = 0.0
+    alone = method.score(tasks)
+    known = ~split.new_item_mask  # known items keep their scores; new items keep their places, reordered
+    assert np.array_equal(chosen[:, known], alone[:, known]) and not np.array_equal(chosen, alone)
+    catalogue = implicit_metrics.scenario_catalogue(split, "new_users")
+    new_users_query_items = tasks.query_item[tasks.query_rating > 0]
+    assert not split.new_item_mask[new_users_query_items].any()
+    assert rank_tasks(chosen, tasks, catalogue).means() == rank_tasks(alone, tasks, catalogue).means()
