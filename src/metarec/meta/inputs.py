@@ -32,11 +32,14 @@ def caller(model: RatingModel, params: Params | None):
 
 def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatch, params: Params | None, *,
                 hoist: bool, distinct_items: bool = False, whole_task: bool = False,
-                users: FeatureTable | None = None) -> Task:
+                users: FeatureTable | None = None,
+                catalogue: tuple[torch.Tensor, torch.Tensor] | None = None) -> Task:
     """The tensors the per-task functions need, batched on dim 0. ``hoist``: user and item vectors
     computed here under ``params`` (``None``: the module's own, differentiably); ``distinct_items``: also the distinct items' vectors and each row's
     index into them (the batched head's per-item work). ``whole_task``: the query joins the support
-    (Reptile). ``users``: the tasks' encoded user attributes given directly (a served new user)."""
+    (Reptile). ``users``: the tasks' encoded user attributes given directly (a served new user).
+    ``catalogue``: the whole catalogue's (item vectors, Gram statistics) under the module's own parameters,
+    for a model that folds users in against it; used only when ``params`` is None."""
     task: Task = {
         "support_item": batch.support_item, "support_rating": batch.support_rating, "support_mask": batch.support_mask,
         "query_item": batch.query_item, "query_rating": batch.query_rating, "query_mask": batch.query_mask,
@@ -61,7 +64,11 @@ def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatc
     if needs_catalogue(model):  # the implicit fold-in sees every item: embed the catalogue once, index it
         items = torch.arange(model.n_items, device=task["support_item"].device)
         inverse = torch.cat([task["support_item"], task["query_item"]], dim=1)
-        vec, stats = catalogue_under(model, call, items, cacheable=params is None and not torch.is_grad_enabled())
+        if catalogue is not None and params is None:  # a served model's, computed once (MetaLearner.freeze_catalogue)
+            vec, stats = catalogue
+        else:
+            vec = call("items", items)
+            stats = model.catalogue_stats(vec)
         task["catalogue"] = stats.expand(len(batch), *stats.shape)
     else:
         items, inverse = torch.unique(torch.cat([task["support_item"], task["query_item"]], dim=1), return_inverse=True)
@@ -72,25 +79,6 @@ def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatc
     if distinct_items:
         task["item_vec"], task["support_inv"], task["query_inv"] = vec, inverse[:, :s], inverse[:, s:]
     return task
-
-
-def catalogue_under(model: RatingModel, call, items: torch.Tensor, *,
-                    cacheable: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole catalogue's item vectors and Gram statistics. Served requests (the module's own parameters,
-    no gradient) reuse them until a parameter or buffer changes (an optimiser step, a loaded checkpoint, an
-    added item): they depend on nothing else, and recomputing them costs O(N F^2) per request."""
-    key = None
-    if cacheable:
-        tensors = [*model.parameters(), *model.buffers()]
-        key = (model.n_items, items.device, tuple((t.data_ptr(), t._version) for t in tensors))
-        cached = getattr(model, "_catalogue_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-    vec = call("items", items)
-    stats = model.catalogue_stats(vec)
-    if key is not None:
-        model._catalogue_cache = (key, vec, stats)
-    return vec, stats
 
 
 def needs_catalogue(model: RatingModel) -> bool:

@@ -20,8 +20,8 @@ from torch.func import functional_call, vmap
 from metarec.data.encoding import FeatureTable
 from metarec.meta import maml, predict
 from metarec.meta.config import MetaConfig
-from metarec.meta.inputs import (Task, predict_task, predict_task_items, restrict, step_masks, task_inputs,
-                                 task_user_weights)
+from metarec.meta.inputs import (Task, needs_catalogue, predict_task, predict_task_items, restrict, step_masks,
+                                 task_inputs, task_user_weights)
 from metarec.meta.kernels import batched_head, choose_kernel, fused_adam, one_step
 from metarec.models.base import Params, RatingModel
 from metarec.tasks.taskset import TaskBatch
@@ -47,6 +47,7 @@ class MetaLearner:
         self.model = model
         self.config = config
         self.user_features = user_features
+        self.frozen_catalogue: tuple[torch.Tensor, torch.Tensor] | None = None  # serving only: freeze_catalogue
         self.adapted = adapted_names(model, config.adapt)
         if not self.adapted:
             raise ValueError(f"no parameters in adapt scope {config.adapt!r}")
@@ -96,7 +97,21 @@ class MetaLearner:
         """One meta-batch's tensors for the per-task functions (:func:`metarec.meta.inputs.task_inputs`);
         ``params`` None: the module's own parameters."""
         return task_inputs(self.model, self.user_features, batch, params, hoist=self.hoist,
-                           distinct_items=self.batched, whole_task=whole_task, users=users)
+                           distinct_items=self.batched, whole_task=whole_task, users=users,
+                           catalogue=self.frozen_catalogue)
+
+    def freeze_catalogue(self, item_vec: torch.Tensor | None) -> None:
+        """Serving: the parameters no longer change, so the whole catalogue's Gram statistics that an implicit
+        fold-in solves against (O(N F^2)) are computed once here, not once per request. ``item_vec``: the
+        catalogue's vectors under the meta-parameters (:meth:`catalogue_vectors`); None: forget them (the
+        parameters are about to change). An optimiser step does not mark a parameter changed in any way
+        that could be checked per call (the fused Adam kernel leaves the version counter alone), so this is
+        explicit."""
+        if item_vec is None or not needs_catalogue(self.model):
+            self.frozen_catalogue = None
+            return
+        with torch.no_grad():
+            self.frozen_catalogue = (item_vec, self.model.catalogue_stats(item_vec))
 
     def step_masks(self, support_mask: torch.Tensor, steps: int, generator: torch.Generator | None) -> torch.Tensor | None:
         """Per inner step, a random support mini-batch of ``support_batch_size`` real ratings per task."""

@@ -138,6 +138,7 @@ class Personalizer:
         self.catalogue_vec = self.learner.catalogue_vectors(self.all_items)
         self.catalogue_proj = self.learner.catalogue_projection(self.catalogue_vec)
         self.catalogue_gram = self.learner.catalogue_gram(self.catalogue_vec)  # [N, N] (N <= 6000), else None
+        self.learner.freeze_catalogue(self.catalogue_vec)  # an implicit fold-in's catalogue statistics, once
         self._user_lookups = self._user_encoding_lookups()
         self.ranker = ranker or ExactTopK()
 
