@@ -28,7 +28,7 @@ import torch
 
 from metarec.baselines.implicit.content import ContentKNN, item_attribute_matrix
 from metarec.errors import DataError
-from metarec.eval.implicit.method import Selection, validation_score
+from metarec.eval.implicit.method import Selection, support_positives, validation_score
 from metarec.meta.config import MetaConfig
 from metarec.meta.implicit import ImplicitTrainConfig, Progress, catalogue_scores, train_implicit
 from metarec.meta.learner import MetaLearner
@@ -132,8 +132,6 @@ class ImplicitMetaMethod:
             scores = catalogue_scores(self.learner, tasks)
         if self.content is None or self.content_weight == 0.0 or self.new_items is None:
             return scores
-        from metarec.eval.implicit.methods import support_positives
-
         similarity = self.content.score(*support_positives(tasks))
         return reorder_new_items(np.asarray(scores), similarity, self.new_items, self.content_weight)
 

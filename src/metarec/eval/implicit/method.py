@@ -106,3 +106,11 @@ def validation_score(score: Scorer, split: ColdStartSplit, selection: Selection)
         points[name] = rank_tasks(score(tasks), tasks, catalogue, selection.ks).means()[selection.metric]
     values = [v for v in points.values() if v == v]
     return (float(np.mean(values)) if values else math.nan), points
+
+
+def support_positives(tasks: TaskSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tasks' support positives as CSR (ptr, item, confidence): sampled negatives (rating 0) left out."""
+    keep = tasks.support_rating > 0
+    counts = np.bincount(tasks.support_task[keep], minlength=len(tasks))
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return ptr, tasks.support_item[keep].astype(np.int64), tasks.support_rating[keep].astype(np.float64)

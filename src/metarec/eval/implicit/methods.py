@@ -14,7 +14,7 @@ import numpy as np
 from metarec.baselines.implicit import IMPLICIT_BASELINES, ImplicitBaseline, default_grid, item_attribute_matrix
 from metarec.errors import ConfigError
 from metarec.eval.implicit.config import IMPLICIT_BASELINE_NAMES, ImplicitBenchmarkConfig
-from metarec.eval.implicit.method import ImplicitMethod, Selection, validation_score
+from metarec.eval.implicit.method import ImplicitMethod, Selection, support_positives, validation_score
 from metarec.tasks.split import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -31,14 +31,6 @@ def training_interactions(split: ColdStartSplit) -> tuple[np.ndarray, np.ndarray
     keep = rows["rating"] > 0
     return (rows["user_idx"][keep].astype(np.int64), rows["item_idx"][keep].astype(np.int64),
             rows["rating"][keep].astype(np.float64))
-
-
-def support_positives(tasks: TaskSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The tasks' support positives as CSR (ptr, item, confidence): sampled negatives (rating 0) left out."""
-    keep = tasks.support_rating > 0
-    counts = np.bincount(tasks.support_task[keep], minlength=len(tasks))
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return ptr, tasks.support_item[keep].astype(np.int64), tasks.support_rating[keep].astype(np.float64)
 
 
 class BaselineMethod:
