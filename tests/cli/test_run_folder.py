@@ -57,6 +57,21 @@ def test_resume_keeps_the_settings_of_the_run(trained):
     assert result.exit_code == 1 and "no run to resume" in result.output
 
 
+def test_resume_finds_a_checkpoint_a_kill_left_as_its_backup(tmp_path):
+    """Killed between the two renames of a save (last -> .last.bak, new -> last): --resume restores the
+    backup instead of answering that there is no run to resume."""
+    from metarec._io import backup_path
+    from metarec.cli.train import check_run_folder
+
+    out = tmp_path / "run"
+    (out / "last").mkdir(parents=True)
+    (out / "last" / "checkpoint.json").write_text("{}")
+    (out / "config.toml").write_text("")
+    (out / "last").rename(backup_path(out / "last"))
+    check_run_folder(out, True, False, [])
+    assert (out / "last" / "checkpoint.json").is_file() and not backup_path(out / "last").exists()
+
+
 def test_metrics_are_strict_json_with_every_epoch_once_after_a_kill(tmp_path):
     """A run killed after logging epoch 2 but before saving it: the resumed run logs epoch 2 once."""
     from metarec.meta.run import RunConfig

@@ -1,6 +1,7 @@
 """One rank of tests/meta/test_distributed.py's torchrun launch (not a test module): trains each of
 :func:`cases` for one epoch on the tiny dataset, rank 0 saving the meta-parameters as OUT/<case>.safetensors,
-then makes the ranks disagree on config and on data and writes the errors to OUT/mismatch-<what>.txt.
+then makes the ranks disagree on config and on data and writes the errors to OUT/mismatch-<what>.txt,
+and, after the process group's teardown, each rank's thread names to OUT/threads-<rank>.txt.
 
     torchrun --nproc-per-node 2 ... tests/meta/distributed_worker.py OUT
 """
@@ -77,6 +78,27 @@ def main(out: Path) -> None:
             message = f"{type(exc).__name__}: {exc}"
         if rank == 0:
             (out / f"mismatch-{what}.txt").write_text(message)
+    # the teardown at exit, done now: the process group must be gone with its threads, not left for the
+    # interpreter's shutdown to destroy (where it aborted now and then: exit -6, "terminate called
+    # without an active exception")
+    from metarec.meta import distributed
+
+    distributed._leave()
+    (out / f"threads-{rank}.txt").write_text("\n".join(thread_names()))
+
+
+def thread_names() -> list[str]:
+    """This process's native threads' names (Linux; none elsewhere)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return names
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """torch.distributed meta-training (torchrun, gloo on 127.0.0.1, 2 CPU ranks) gives one process's
-meta-parameters: through the CLI, after an interrupted run is resumed, and for every kernel with random
-draws per batch (tests/meta/distributed_worker.py); ranks that disagree on config or data fail with one
-clear line. Every launch has a timeout, and the process group a bounded one, so nothing can hang."""
+meta-parameters: through the CLI, after an interrupted run is resumed, after the whole job is killed
+(SIGKILL) mid-run and resumed, and for every kernel with random draws per batch
+(tests/meta/distributed_worker.py); ranks that disagree on config or data fail with one clear line. Every
+launch has a timeout, and the process group a bounded one, so nothing can hang."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,22 +58,71 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node 2`` on 127.0.0.1 with ``args``; the whole process group is killed at the timeout."""
+def launch(*args: str, output=subprocess.PIPE) -> subprocess.Popen:
+    """``torchrun --nproc-per-node 2`` on 127.0.0.1 with ``args``, started (stdout and stderr to ``output``)."""
     command = [str(TORCHRUN), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "METAREC_DIST_TIMEOUT_S": "60",
            "PYTHONPATH": os.pathsep.join([str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                               start_new_session=True)
+    return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, text=True,
+                            start_new_session=True)
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """:func:`launch`, waited for; the whole job is killed at the timeout."""
+    process = launch(*args)
     try:
         output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_job(process)
         output, _ = process.communicate()
         pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT_S} s:\n{output[-3000:]}")
     assert process.returncode == 0, f"torchrun failed ({process.returncode}):\n{output[-3000:]}"
-    return subprocess.CompletedProcess(command, process.returncode, output)
+    return subprocess.CompletedProcess(process.args, process.returncode, output)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc; Linux)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # a process that ended meanwhile
+            continue
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_job(process: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its ranks, as a crash or a scheduler would: torchrun starts each rank in a
+    session of its own, so killing torchrun's process group alone would leave the ranks running."""
+    ranks = descendants(process.pid)
+    for group in (process.pid, *ranks):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:  # not a group leader, or gone already
+            try:
+                os.kill(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    process.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in ranks), "the killed ranks are still running"
 
 
 def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -127,6 +179,77 @@ def test_a_resumed_distributed_run_equals_an_uninterrupted_one(one_epoch_run, tm
     assert len(epochs) == 4  # the initialisation and epochs 0-2, each once
 
 
+KILL_EPOCHS = 5
+KILL_CONFIG = """
+[data]
+dataset = "synthetic"
+[model]
+kind = "feature-mlp"
+embedding_size = 8
+hidden = [16]
+item_id_embedding = true
+item_id_dropout = 0.3
+[meta]
+meta_batch_size = 24
+support_batch_size = 5
+l2 = 0.001
+[train]
+epochs = %d
+patience = 50
+average_decay = 0.9
+""" % KILL_EPOCHS
+
+
+def checkpointed_epochs(run: Path) -> int:
+    """How many epochs the run's ``last`` checkpoint holds (0 before the first)."""
+    try:
+        return int(json.loads((run / "last" / "checkpoint.json").read_text())["state"]["epoch"])
+    except (OSError, ValueError, KeyError):  # not there yet, or between the two renames of a save
+        return 0
+
+
+def logged_epochs(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's ranks in /proc (Linux)")
+def test_a_killed_distributed_run_resumes_to_an_uninterrupted_one(tmp_path):
+    """``torchrun -m metarec train`` (2 ranks) SIGKILLed whole - torchrun and both ranks - in the middle of
+    an epoch after at least one epoch's checkpoint, then ``--resume``d under torchrun: one uninterrupted
+    process's meta-parameters (and running average), every epoch logged once, nothing temporary left."""
+    (tmp_path / "run.toml").write_text(KILL_CONFIG)
+    run = tmp_path / "run"
+    with open(tmp_path / "killed.log", "w") as log:
+        process = launch("-m", "metarec", "train", "--config", str(tmp_path / "run.toml"), "--no-search",
+                         "--out", str(run), output=log)
+        try:
+            deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+            while checkpointed_epochs(run) < 1:
+                if process.poll() is not None:
+                    pytest.fail("torchrun ended before the kill:\n" + (tmp_path / "killed.log").read_text()[-3000:])
+                assert time.monotonic() < deadline, f"no checkpoint in {LAUNCH_TIMEOUT_S} s"
+                time.sleep(0.02)
+            # into the next epoch's meta-batches: about half an epoch (epoch 0's time) after its checkpoint
+            first = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
+            time.sleep(min(first["seconds"] / 2, 2.0))
+        finally:
+            kill_job(process)
+    assert process.returncode == -signal.SIGKILL
+    killed_at, logged = checkpointed_epochs(run), [e for e in logged_epochs(run) if e >= 0]
+    assert killed_at >= 1 and len(logged) < KILL_EPOCHS, "the kill came after the run had finished"
+    print(f"killed with {killed_at} of {KILL_EPOCHS} epochs checkpointed, {len(logged)} logged")
+
+    torchrun("-m", "metarec", "train", "--out", str(run), "--resume")
+    config = RunConfig.from_toml(run / "config.toml")
+    reference = single_process_run(config, tmp_path / "one")
+    for name, file in (("last", "model.safetensors"), ("last", "average.safetensors"), ("best", "model.safetensors")):
+        found = relative_difference(load_file(str(reference / name / file)), load_file(str(run / name / file)))
+        print(f"killed and resumed, {name}/{file}: max abs difference / largest entry = {found:.2e}")
+        assert found <= TOLERANCE, (name, file)
+    assert logged_epochs(run) == list(range(-1, KILL_EPOCHS))  # the initialisation and every epoch, once
+    assert not [p.name for p in run.rglob("*") if p.name.endswith((".tmp", ".bak"))]
+
+
 def _worker():
     spec = importlib.util.spec_from_file_location("metarec_distributed_worker", HERE / "distributed_worker.py")
     module = importlib.util.module_from_spec(spec)
@@ -150,3 +273,6 @@ def test_every_kernel_and_mismatched_ranks(tmp_path):
     data_error = (tmp_path / "mismatch-data.txt").read_text()
     assert data_error.startswith("ConfigError: distributed training: rank 1's data differs from rank 0's")
     assert "sha256" in data_error and "\n" not in data_error
+    for rank in (0, 1):  # destroyed with its threads before exit (a group left to exit aborted now and then)
+        threads = (tmp_path / f"threads-{rank}.txt").read_text().split()
+        assert not [name for name in threads if "gloo" in name], f"rank {rank}: {threads}"

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from metarec._io import recover_dir
 from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, DATA_DIR_OPTION, DATASET_OPTION, ITEMS_OPTION,
                                  PROTOCOL_OPTION, RATING_SCALE_OPTION, SPLIT_DIR_OPTION, USERS_OPTION,
                                  console, data_overrides, errors, layered_run_config, progress_bars,
@@ -22,6 +23,9 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool, settings_given: l
     if resume:
         if overwrite:
             raise MetarecError("--resume continues the run in --out; --overwrite replaces it: give one")
+        # a save killed between its two renames left last/ as its backup: put it back before looking (here,
+        # once, before any rank of a distributed run reads the checkpoint)
+        recover_dir(out / "last")
         if not (out / "config.toml").is_file() or not (out / "last").is_dir():
             raise MetarecError(f"{out}: no run to resume (config.toml and last/ are missing)")
         if settings_given:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -149,6 +150,12 @@ def join(device: str) -> Group | None:
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(where)
+        # torch's compiler, imported while a process group exists, keeps references to it for good: the
+        # group then outlives destroy_process_group and its gloo threads are torn down at interpreter exit,
+        # which now and then aborts the process ("terminate called without an active exception", exit -6)
+        # after training succeeded. The outer Adam imports it anyway (MetaLearner.optimizer): import it first.
+        importlib.import_module("torch._dynamo")
+
         timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
         atexit.register(_leave)
@@ -162,6 +169,8 @@ def join(device: str) -> Group | None:
 
 
 def _leave() -> None:
+    """Destroy the process group (registered at exit), so that its threads are joined while the
+    interpreter is whole."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
