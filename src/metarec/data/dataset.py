@@ -26,10 +26,11 @@ FORMAT_VERSION = 1
 class RatingDataset:
     """Explicit ratings plus attributes; what every loader returns and every split consumes.
 
-    ``ratings`` has columns ``user_id``, ``item_id`` (strings), ``rating`` (float32), ``timestamp``
-    (nullable Int64, unix seconds; missing stays missing), ``user_idx``, ``item_idx`` (int64, into the
-    vocabularies). ``users`` / ``items`` are indexed by id, one row per vocabulary entry, in vocabulary
-    order. Build it with :meth:`from_frames`, which validates and normalises.
+    ``ratings`` has columns ``user_id``, ``item_id`` (strings; Categoricals over the vocabularies when
+    built by :meth:`from_columns`), ``rating`` (float32), ``timestamp`` (nullable Int64, unix seconds;
+    missing stays missing), ``user_idx``, ``item_idx`` (int64, into the vocabularies). ``users`` /
+    ``items`` are indexed by id, one row per vocabulary entry, in vocabulary order. Build it with
+    :meth:`from_frames`, which validates and normalises (or :meth:`from_columns`, at scale).
     """
 
     name: str
@@ -130,6 +131,83 @@ class RatingDataset:
             rating_scale=(float(low), float(high)), meta=dict(meta or {}),
         )
 
+    @classmethod
+    def from_columns(
+        cls,
+        name: str,
+        user_idx: np.ndarray,
+        item_idx: np.ndarray,
+        rating: np.ndarray,
+        users: pd.DataFrame,
+        items: pd.DataFrame,
+        *,
+        timestamp: np.ndarray | None = None,
+        timestamp_missing: np.ndarray | None = None,
+        user_schema: Mapping[str, AttributeSpec | str] | None = None,
+        item_schema: Mapping[str, AttributeSpec | str] | None = None,
+        rating_scale: tuple[float, float] | None = None,
+        source: str | Path | None = None,
+        meta: Mapping[str, object] | None = None,
+    ) -> "RatingDataset":
+        """Build from ratings already mapped to rows of ``users`` / ``items`` (indexed by id, or with a
+        ``user_id`` / ``item_id`` column; one row per vocabulary entry, in vocabulary order).
+
+        Why: :meth:`from_frames` keeps a Python string per id per rating, gigabytes at tens of millions
+        of ratings. Here ``user_id`` / ``item_id`` are pandas Categoricals over the vocabularies (the same
+        ids, 4 bytes a row) and every check is vectorised: indices in range, finite ratings on the scale,
+        no duplicate (user, item) pair (``duplicates="error"``, as :meth:`load`). ``timestamp``: integer
+        unix seconds, ``timestamp_missing`` a bool per row (None: none missing; no ``timestamp``: all).
+        """
+        where = str(source) if source is not None else name
+        users = _attribute_table(users, "user_id", pd.Series([], dtype=object), where)
+        items = _attribute_table(items, "item_id", pd.Series([], dtype=object), where)
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        item_idx = np.asarray(item_idx, dtype=np.int64)
+        n = len(user_idx)
+        if len(item_idx) != n or len(rating) != n or (timestamp is not None and len(timestamp) != n):
+            raise DataError("user_idx, item_idx, rating and timestamp must have one entry per rating", path=where)
+        for column, idx, size in (("user_idx", user_idx, len(users)), ("item_idx", item_idx, len(items))):
+            bad = (idx < 0) | (idx >= size)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise DataError(f"{column} {idx[row]} is not a row of the {size}-row table", path=where,
+                                line=row + 1, field=column)
+        stored = np.asarray(rating, dtype=np.float32)
+        bad = ~np.isfinite(stored)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(f"rating {rating[row]!r} is not a finite float32 ({int(bad.sum())} such rows)",
+                            path=where, line=row + 1, field="rating")
+        if rating_scale is None:
+            rating_scale = (float(stored.min()), float(stored.max())) if n else (1.0, 5.0)
+            if n and rating_scale[0] == rating_scale[1]:
+                raise DataError(f"every rating is {rating_scale[0]:g}: nothing to learn a scale from "
+                                "(set rating_scale)", path=where, field="rating")
+        low, high = rating_scale
+        out = (stored < low) | (stored > high)
+        if out.any():
+            row = int(np.flatnonzero(out)[0])
+            raise DataError(f"rating {stored[row]:g} is outside the scale [{low}, {high}]", path=where,
+                            line=row + 1, field="rating")
+        _check_no_duplicate_pairs(user_idx, item_idx, len(items), users.index, items.index, where)
+        if timestamp is None:
+            values, missing = np.zeros(n, np.int64), np.ones(n, bool)
+        else:
+            values = np.asarray(timestamp, dtype=np.int64)
+            missing = np.zeros(n, bool) if timestamp_missing is None else np.asarray(timestamp_missing, dtype=bool)
+        frame = pd.DataFrame({
+            "user_id": pd.Categorical.from_codes(user_idx, dtype=pd.CategoricalDtype(users.index)),
+            "item_id": pd.Categorical.from_codes(item_idx, dtype=pd.CategoricalDtype(items.index)),
+            "rating": stored,
+            "timestamp": pd.arrays.IntegerArray(values, missing),
+            "user_idx": user_idx,
+            "item_idx": item_idx,
+        }, copy=False)
+        return cls(
+            name=name, ratings=frame, users=users, items=items, user_schema=infer_schema(users, user_schema),
+            item_schema=infer_schema(items, item_schema), rating_scale=(float(low), float(high)), meta=dict(meta or {}),
+        )
+
     # ------------------------------------------------------------------ views
     @property
     def n_users(self) -> int:
@@ -196,23 +274,31 @@ class RatingDataset:
     @classmethod
     def load(cls, directory: str | Path) -> "RatingDataset":
         directory = recover_dir(directory)
-        spec_path = directory / "dataset.json"
-        if not spec_path.exists():
-            raise DataError("not a saved metarec dataset (dataset.json is missing)", path=directory)
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
-        users = pd.read_parquet(directory / "users.parquet")
-        items = pd.read_parquet(directory / "items.parquet")
+        spec, users, items, uschema, ischema = read_saved_tables(directory)
         ratings = pd.read_parquet(directory / "ratings.parquet")
-        uschema = {k: AttributeSpec.from_json(v) for k, v in spec["user_schema"].items()}
-        ischema = {k: AttributeSpec.from_json(v) for k, v in spec["item_schema"].items()}
-        for frame, schema in ((users, uschema), (items, ischema)):
-            for column, attr in schema.items():
-                if attr.kind == "multi":
-                    frame[column] = frame[column].map(lambda v: None if v is None else tuple(v))
         return cls.from_frames(
             spec["name"], ratings, users, items, user_schema=uschema, item_schema=ischema,
             rating_scale=tuple(spec["rating_scale"]), duplicates="error", source=directory, meta=spec.get("meta", {}),
         )
+
+
+def read_saved_tables(directory: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame,
+                                                 dict[str, AttributeSpec], dict[str, AttributeSpec]]:
+    """``dataset.json``, the users and items tables and their schemas of a saved folder (multi-valued
+    columns as tuples): what :meth:`RatingDataset.load` and the chunked reader share."""
+    spec_path = directory / "dataset.json"
+    if not spec_path.exists():
+        raise DataError("not a saved metarec dataset (dataset.json is missing)", path=directory)
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    users = pd.read_parquet(directory / "users.parquet")
+    items = pd.read_parquet(directory / "items.parquet")
+    uschema = {k: AttributeSpec.from_json(v) for k, v in spec["user_schema"].items()}
+    ischema = {k: AttributeSpec.from_json(v) for k, v in spec["item_schema"].items()}
+    for frame, schema in ((users, uschema), (items, ischema)):
+        for column, attr in schema.items():
+            if attr.kind == "multi":
+                frame[column] = frame[column].map(lambda v: None if v is None else tuple(v))
+    return spec, users, items, uschema, ischema
 
 
 def _resolve_duplicates(frame: pd.DataFrame, policy: DuplicatePolicy, where: str) -> pd.DataFrame:
@@ -239,6 +325,19 @@ def _resolve_duplicates(frame: pd.DataFrame, policy: DuplicatePolicy, where: str
         log.warning("%s: %d duplicate (user, item) ratings dropped, latest kept", where, n_extra)
         return kept.drop(columns="_row")
     raise DataError(f"unknown duplicate policy {policy!r}; use last, mean or error")
+
+
+def _check_no_duplicate_pairs(user_idx: np.ndarray, item_idx: np.ndarray, n_items: int, user_ids: pd.Index,
+                              item_ids: pd.Index, where: str) -> None:
+    """Raise on the first row whose (user, item) pair occurs twice; one sort of an int64 key, no strings."""
+    key = user_idx * max(n_items, 1) + item_idx
+    ordered = np.sort(key)
+    same = ordered[1:] == ordered[:-1]
+    if not same.any():
+        return
+    row = int(np.flatnonzero(np.isin(key, ordered[1:][same]))[0])
+    raise DataError(f"duplicate (user_id, item_id) pair ({user_ids[user_idx[row]]}, {item_ids[item_idx[row]]})",
+                    path=where, line=row + 1)
 
 
 def _attribute_table(table: pd.DataFrame | None, id_column: str, seen: pd.Series, where: str) -> pd.DataFrame:

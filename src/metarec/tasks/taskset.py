@@ -108,24 +108,17 @@ class TaskSet:
         task: np.ndarray | None = None,
     ) -> "TaskSet":
         """Build from flat rows already sorted by task (order within a task is kept). A task is a user
-        unless ``task`` keys say otherwise (one heavy user may give several tasks)."""
+        unless ``task`` keys say otherwise (one heavy user may give several tasks). Vectorised: each
+        task's rows must be contiguous, as sorting by task makes them."""
         key = user if task is None else task
-        _, starts = np.unique(key, return_index=True)
-        starts = np.sort(starts)
-        users = user[starts]
-        bounds = np.append(starts, len(user))
-        s_parts, q_parts = [], []
-        s_counts, q_counts = np.zeros(len(users), np.int64), np.zeros(len(users), np.int64)
-        for t in range(len(users)):
-            seg = slice(bounds[t], bounds[t + 1])
-            q = is_query[seg]
-            s_parts.append(np.flatnonzero(~q) + bounds[t])
-            q_parts.append(np.flatnonzero(q) + bounds[t])
-            s_counts[t], q_counts[t] = len(s_parts[-1]), len(q_parts[-1])
-        s_idx = np.concatenate(s_parts) if s_parts else np.zeros(0, np.int64)
-        q_idx = np.concatenate(q_parts) if q_parts else np.zeros(0, np.int64)
+        n = len(key)
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if n else np.zeros(0, np.int64)
+        is_query = np.asarray(is_query, dtype=bool)
+        q_counts = np.add.reduceat(is_query.astype(np.int64), starts) if n else np.zeros(0, np.int64)
+        s_counts = np.diff(np.append(starts, n)) - q_counts
+        s_idx, q_idx = np.flatnonzero(~is_query), np.flatnonzero(is_query)  # rows stay in task order
         return cls(
-            name, users.astype(np.int64),
+            name, user[starts].astype(np.int64),
             np.concatenate([[0], np.cumsum(s_counts)]).astype(np.int64), item[s_idx].astype(np.int64),
             rating[s_idx].astype(np.float32),
             np.concatenate([[0], np.cumsum(q_counts)]).astype(np.int64), item[q_idx].astype(np.int64),
@@ -180,8 +173,8 @@ class TaskSet:
     def subset(self, keep: np.ndarray, name: str | None = None) -> "TaskSet":
         """Tasks at positions ``keep`` (bool mask or indices)."""
         keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
-        s_sel = np.concatenate([np.arange(self.support_ptr[t], self.support_ptr[t + 1]) for t in keep]) if len(keep) else np.zeros(0, np.int64)
-        q_sel = np.concatenate([np.arange(self.query_ptr[t], self.query_ptr[t + 1]) for t in keep]) if len(keep) else np.zeros(0, np.int64)
+        s_sel = _ranges(self.support_ptr[keep], self.support_sizes[keep])
+        q_sel = _ranges(self.query_ptr[keep], self.query_sizes[keep])
         return TaskSet(
             name or self.name, self.user_idx[keep],
             np.concatenate([[0], np.cumsum(self.support_sizes[keep])]).astype(np.int64),
@@ -349,6 +342,12 @@ class TaskSet:
             groups = [groups[i] for i in generator.permutation(len(groups))]
         for g in groups:
             yield packed.select(torch.as_tensor(g, dtype=torch.long))
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``starts[0]..starts[0]+sizes[0]-1``, then the next range, ...: the flat rows of chosen tasks."""
+    offsets = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes)
+    return (offsets + np.arange(int(sizes.sum()))).astype(np.int64)
 
 
 def _pad(ptr: np.ndarray, item: np.ndarray, rating: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -2,12 +2,14 @@
 
 Every scale is set *empirically* (centred, then rescaled), so the variance shares the config states
 hold exactly in each draw, not only in expectation (the model is in :mod:`metarec.data.synthetic.truth`).
+The draws come in pieces (users, items, activity, then the ratings of a range of users) so that
+:mod:`metarec.data.synthetic.stream` draws the same users and items and streams the ratings to Parquet.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -25,10 +27,71 @@ def make_synthetic(config: SyntheticConfig | None = None) -> SyntheticData:
     """Draw users, items, tastes and ratings from ``config``; deterministic in ``config.seed``."""
     cfg = config or SyntheticConfig()
     rng = np.random.default_rng(cfg.seed)
-    d, n_users, n_items = cfg.n_factors, cfg.n_users, cfg.n_items
-    share = cfg.user_attr_share
+    people = draw_users(rng, cfg)
+    catalogue = draw_items(rng, cfg)
+    activity = draw_activity(rng, cfg, catalogue)
+    partial = SyntheticTruth(**truth_fields(cfg, people, catalogue, activity), rated_user=np.zeros(0, np.int64),
+                             rated_item=np.zeros(0, np.int64), rated_time=np.zeros(0, np.int64), rated_value=np.zeros(0))
+    row_user, row_item, times, value = draw_ratings(rng, cfg, partial, activity, catalogue, 0, cfg.n_users)
+    truth = replace(partial, rated_user=row_user, rated_item=row_item, rated_time=times, rated_value=value)
 
-    # --- users: attributes, taste = attribute part + idiosyncratic part, same split for the bias
+    # --- frames
+    user_ids = np.array([f"u{i}" for i in range(cfg.n_users)], dtype=object)
+    item_ids = np.array([f"i{i}" for i in range(cfg.n_items)], dtype=object)
+    users = pd.DataFrame(
+        {name: pd.array([f"{name}_{c}" for c in codes], dtype=object) for name, codes in people.codes.items()},
+        index=pd.Index(user_ids, name="user_id"),
+    )
+    ratings = pd.DataFrame({
+        "user_id": user_ids[row_user], "item_id": item_ids[row_item],
+        "rating": value, "timestamp": times,
+    })
+    low, high = cfg.rating_scale
+    dataset = RatingDataset.from_frames(
+        "synthetic", ratings, users, item_frame(catalogue, item_ids),
+        user_schema={name: "categorical" for name in people.codes}, item_schema=ITEM_SCHEMA,
+        rating_scale=(float(low), float(high)), duplicates="error", meta=dataset_meta(cfg, catalogue),
+    )
+    return SyntheticData(dataset=dataset, truth=truth)
+
+
+@dataclass(frozen=True, eq=False)
+class Users:
+    """Every user's attributes (codes per attribute) and taste parts, before any rating is drawn."""
+
+    codes: dict[str, np.ndarray]
+    attr_part: np.ndarray
+    idio_part: np.ndarray
+    bias_attr: np.ndarray
+    bias_idio: np.ndarray
+    drift: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Items:
+    """Every item's attributes and truth; item indices are in release order."""
+
+    category: np.ndarray
+    tags: list[tuple[str, ...]]
+    release: np.ndarray
+    year: np.ndarray
+    factors: np.ndarray
+    bias: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Activity:
+    """Who rates how much, and when: per-user rating counts and activity windows, item popularity."""
+
+    pop_weight: np.ndarray
+    n_per_user: np.ndarray
+    window: np.ndarray
+    begin: np.ndarray
+
+
+def draw_users(rng: np.random.Generator, cfg: SyntheticConfig) -> Users:
+    """Attributes, taste = attribute part + idiosyncratic part, the same split for the bias."""
+    d, n_users, share = cfg.n_factors, cfg.n_users, cfg.user_attr_share
     user_codes: dict[str, np.ndarray] = {}
     a_raw = np.zeros((n_users, d))
     ab_raw = np.zeros(n_users)
@@ -45,8 +108,12 @@ def make_synthetic(config: SyntheticConfig | None = None) -> SyntheticData:
     bias_attr = _scale_to(_center(ab_raw), share * cfg.user_bias_std ** 2)
     bias_idio = _scale_to(_center(cb_raw), (1.0 - share) * cfg.user_bias_std ** 2)
     drift = _scale_to(_center(rng.standard_normal((n_users, d))), cfg.drift ** 2)
+    return Users(user_codes, attr_part, idio_part, bias_attr, bias_idio, drift)
 
-    # --- items: category, tags, release time; factors mostly from attributes
+
+def draw_items(rng: np.random.Generator, cfg: SyntheticConfig) -> Items:
+    """Category, tags, release time; factors mostly from attributes."""
+    d, n_items = cfg.n_factors, cfg.n_items
     category = rng.choice(cfg.n_categories, size=n_items, p=rng.dirichlet(np.full(cfg.n_categories, 3.0)))
     tag_weight = np.arange(1, cfg.n_tags + 1, dtype=np.float64) ** -0.8
     tag_weight = tag_weight[rng.permutation(cfg.n_tags)]
@@ -75,72 +142,77 @@ def make_synthetic(config: SyntheticConfig | None = None) -> SyntheticData:
     item_bias = (_scale_to(_center(rng.standard_normal(cfg.n_categories)[category]),
                            _ITEM_BIAS_CONTENT_SHARE * cfg.item_bias_std ** 2)
                  + _scale_to(_center(rng.standard_normal(n_items)), (1 - _ITEM_BIAS_CONTENT_SHARE) * cfg.item_bias_std ** 2))
+    return Items(category, tags, release, year, item_factors, item_bias)
 
-    # --- who rates what, when: activity window per user, items by popularity among those released
-    pop_rank = rng.permutation(n_items) + 1
+
+def draw_activity(rng: np.random.Generator, cfg: SyntheticConfig, items: Items) -> Activity:
+    """Item popularity, each user's number of ratings and activity window."""
+    pop_rank = rng.permutation(cfg.n_items) + 1
     pop_weight = pop_rank.astype(np.float64) ** -cfg.popularity_exponent
     t_start, t_end = _year_start(cfg.rating_years[0]), _year_start(cfg.rating_years[1])
     n_min, n_max = cfg.ratings_per_user
     counts = np.arange(n_min, n_max + 1)
-    n_per_user = rng.choice(counts, size=n_users, p=_normalise(counts.astype(np.float64) ** -cfg.ratings_per_user_exponent))
-    window = np.minimum(rng.uniform(0.05, 1.0, size=n_users) * cfg.activity_years * SECONDS_PER_YEAR, t_end - t_start)
-    begin = t_start + rng.random(n_users) * (t_end - t_start - window)
-    row_user = np.repeat(np.arange(n_users), n_per_user)
-    times = begin[row_user] + rng.random(len(row_user)) * window[row_user]
-    times = _increasing_per_user(row_user, times)  # rows stay grouped by user, now in time order
-    recent = rng.random(len(times)) < cfg.recency_share
-    first = np.where(recent, np.searchsorted(release, times - cfg.recency_years * SECONDS_PER_YEAR, side="left"), 0)
-    row_item = _sample_items(rng, row_user, times, first, release, pop_weight, n_items)
-    keep = row_item >= 0
-    row_user, times, row_item = row_user[keep], times[keep], row_item[keep]
+    n_per_user = rng.choice(counts, size=cfg.n_users, p=_normalise(counts.astype(np.float64) ** -cfg.ratings_per_user_exponent))
+    window = np.minimum(rng.uniform(0.05, 1.0, size=cfg.n_users) * cfg.activity_years * SECONDS_PER_YEAR, t_end - t_start)
+    begin = t_start + rng.random(cfg.n_users) * (t_end - t_start - window)
+    return Activity(pop_weight, n_per_user, window, begin)
 
-    truth_kwargs = dict(
+
+def truth_fields(cfg: SyntheticConfig, people: Users, items: Items, activity: Activity) -> dict:
+    """Every :class:`SyntheticTruth` field but the ``rated_*`` ones."""
+    share = cfg.user_attr_share
+    return dict(
         config=cfg, global_mean=float(cfg.global_mean),
-        user_factors=attr_part + idio_part, user_attribute_part=attr_part, user_idiosyncratic_part=idio_part,
-        user_bias=bias_attr + bias_idio, user_bias_attribute_part=bias_attr, user_bias_idiosyncratic_part=bias_idio,
-        user_drift=drift, item_factors=item_factors, item_bias=item_bias, item_release_time=release,
-        noise_std=float(cfg.noise_std), user_reference_time=np.floor(begin + window / 2).astype(np.int64),
+        user_factors=people.attr_part + people.idio_part, user_attribute_part=people.attr_part,
+        user_idiosyncratic_part=people.idio_part, user_bias=people.bias_attr + people.bias_idio,
+        user_bias_attribute_part=people.bias_attr, user_bias_idiosyncratic_part=people.bias_idio,
+        user_drift=people.drift, item_factors=items.factors, item_bias=items.bias, item_release_time=items.release,
+        noise_std=float(cfg.noise_std),
+        user_reference_time=np.floor(activity.begin + activity.window / 2).astype(np.int64),
         idiosyncratic_var=1.0 - share, bias_idiosyncratic_var=(1.0 - share) * cfg.user_bias_std ** 2,
     )
-    partial = SyntheticTruth(**truth_kwargs, rated_user=row_user, rated_item=row_item, rated_time=times,
-                             rated_value=np.zeros(0))
-    score = partial.expected_rating(row_user, row_item, times)
+
+
+def draw_ratings(rng: np.random.Generator, cfg: SyntheticConfig, truth: SyntheticTruth, activity: Activity,
+                 items: Items, first_user: int, end_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(user, item, time, rating)`` rows of users ``first_user..end_user-1``: grouped by user, in time order.
+
+    Why a user range: the streaming writer draws its users block by block, each block from its own
+    stream; :func:`make_synthetic` draws all of them at once."""
+    local = np.repeat(np.arange(end_user - first_user), activity.n_per_user[first_user:end_user])
+    begin, window = activity.begin[first_user:end_user], activity.window[first_user:end_user]
+    times = begin[local] + rng.random(len(local)) * window[local]
+    times = _increasing_per_user(local, times)  # rows stay grouped by user, now in time order
+    recent = rng.random(len(times)) < cfg.recency_share
+    first = np.where(recent, np.searchsorted(items.release, times - cfg.recency_years * SECONDS_PER_YEAR, side="left"), 0)
+    row_item = _sample_items(rng, local, times, first, items.release, activity.pop_weight, cfg.n_items)
+    keep = row_item >= 0
+    row_user, times, row_item = local[keep] + first_user, times[keep], row_item[keep]
+    score = truth.expected_rating(row_user, row_item, times)
     low, high = cfg.rating_scale
     value = np.clip(np.rint(score + cfg.noise_std * rng.standard_normal(len(score))), low, high)
-    truth = replace(partial, rated_value=value)
+    return row_user, row_item, times, value
 
-    # --- frames
-    user_ids = np.array([f"u{i}" for i in range(n_users)], dtype=object)
-    item_ids = np.array([f"i{i}" for i in range(n_items)], dtype=object)
-    users = pd.DataFrame(
-        {name: pd.array([f"{name}_{c}" for c in codes], dtype=object) for name, codes in user_codes.items()},
-        index=pd.Index(user_ids, name="user_id"),
-    )
-    items = pd.DataFrame(
+
+ITEM_SCHEMA = {"title": "text", "category": "categorical", "tags": "multi", "year": AttributeSpec("numeric", buckets=8)}
+
+
+def item_frame(items: Items, item_ids: np.ndarray) -> pd.DataFrame:
+    """The items table: title, category, tags and release year, indexed by ``item_id``."""
+    return pd.DataFrame(
         {
-            "title": [f"Synthetic item {i} ({y})" for i, y in enumerate(year)],
-            "category": [f"c{c}" for c in category],
-            "tags": tags,
-            "year": year.astype(np.int64),
+            "title": [f"Synthetic item {i} ({y})" for i, y in enumerate(items.year)],
+            "category": [f"c{c}" for c in items.category],
+            "tags": items.tags,
+            "year": items.year.astype(np.int64),
         },
         index=pd.Index(item_ids, name="item_id"),
     )
-    ratings = pd.DataFrame({
-        "user_id": user_ids[row_user], "item_id": item_ids[row_item],
-        "rating": value, "timestamp": times,
-    })
-    meta = {
-        "new_item_rule": {"release_year_from": _new_item_year(year, 0.2)},
-        "synthetic": cfg.to_dict(),
-    }
-    dataset = RatingDataset.from_frames(
-        "synthetic", ratings, users, items,
-        user_schema={name: "categorical" for name in user_codes},
-        item_schema={"title": "text", "category": "categorical", "tags": "multi",
-                     "year": AttributeSpec("numeric", buckets=8)},
-        rating_scale=(float(low), float(high)), duplicates="error", meta=meta,
-    )
-    return SyntheticData(dataset=dataset, truth=truth)
+
+
+def dataset_meta(cfg: SyntheticConfig, items: Items) -> dict:
+    """``dataset.meta``: the new-item rule (the newest fifth of release years) and the config."""
+    return {"new_item_rule": {"release_year_from": _new_item_year(items.year, 0.2)}, "synthetic": cfg.to_dict()}
 
 
 def _sample_items(rng: np.random.Generator, row_user: np.ndarray, times: np.ndarray, first: np.ndarray,
@@ -166,11 +238,16 @@ def _sample_items(rng: np.random.Generator, row_user: np.ndarray, times: np.ndar
         lo, hi = first[todo], n_out[todo]
         x = cum[lo] + rng.random(len(todo)) * (cum[hi] - cum[lo])
         items[todo] = np.clip(np.searchsorted(cum, x, side="right") - 1, lo, hi - 1)
-        todo = _duplicate_rows(row_user, items, n_items)
-    for row in todo:  # exact fallback, rare
-        taken = set(items[(row_user == row_user[row]) & (np.arange(len(items)) != row)].tolist())
-        free = [i for i in range(n_out[row]) if i not in taken]
-        items[row] = rng.choice(free) if free else -1
+        rows = _rows_of_users(row_user, row_user[todo])  # only these users' rows changed
+        todo = rows[_duplicate_rows(row_user[rows], items[rows], n_items)]
+    lo_row = np.searchsorted(row_user, row_user[todo], side="left")  # rows are grouped by user
+    hi_row = np.searchsorted(row_user, row_user[todo], side="right")
+    for row, lo, hi in zip(todo.tolist(), lo_row.tolist(), hi_row.tolist()):  # exact fallback, rare
+        taken = np.delete(items[lo:hi], row - lo)  # the user's other rows
+        free = np.ones(n_out[row], bool)
+        free[taken[(taken >= 0) & (taken < n_out[row])]] = False
+        free = np.flatnonzero(free)
+        items[row] = rng.choice(free) if len(free) else -1
     return items
 
 
@@ -182,6 +259,14 @@ def _duplicate_rows(row_user: np.ndarray, items: np.ndarray, n_items: int) -> np
     dup = np.ones(len(key), dtype=bool)
     dup[first] = False
     return np.flatnonzero(dup & valid)
+
+
+def _rows_of_users(row_user: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """Every row of ``users``, in row order (``row_user`` is grouped by user, in increasing order)."""
+    users = np.unique(users)
+    lo = np.searchsorted(row_user, users, side="left")
+    size = np.searchsorted(row_user, users, side="right") - lo
+    return np.repeat(lo, size) + np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
 
 
 def _increasing_per_user(row_user: np.ndarray, times: np.ndarray) -> np.ndarray:
