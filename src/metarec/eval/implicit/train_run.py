@@ -4,7 +4,10 @@ read like any other (``metarec train --feedback implicit``).
 
 Why the benchmark's method and split, not a second recipe: the model served is then the one the
 benchmark measured, selected on the same validation score (nDCG@20 of validation users, higher is
-better), so its reported numbers describe what is deployed.
+better), so its reported numbers describe what is deployed. One exception: the benchmark's method re-orders
+a user's *new* items (items training never saw) by their attribute similarity to the user's items
+(:mod:`metarec.eval.implicit.meta_method`); the served model ranks new items by its own scores. Known
+items, and so every new-users number, are the same either way.
 """
 
 from __future__ import annotations
