@@ -362,7 +362,7 @@ def test_cli_implicit_benchmark(tmp_path):
 
 # ---------------------------------------------------------------------- the meta-learner's new-item order
 def test_reordering_new_items_keeps_every_known_items_rank():
-    from metarec.eval.implicit.meta_method import reorder_new_items
+    from metarec.models.new_item_order import reorder_new_items
 
     rng = np.random.default_rng(0)
     scores = rng.standard_normal((5, 12)).astype(np.float32)
@@ -401,11 +401,33 @@ def test_meta_learner_orders_new_items_by_content_chosen_on_validation(clusters,
     seeded = lambda: np.random.default_rng(1).standard_normal((len(tasks), clusters.n_items)).astype(np.float32)
     monkeypatch.setattr(meta_method, "catalogue_scores", lambda learner, tasks: seeded())
     chosen = method.score(tasks)
-    method.content_weight = 0.0
+    order, method.new_item_order = method.new_item_order, None
     alone = method.score(tasks)
-    known = ~split.new_item_mask  # known items keep their scores; new items keep their places, reordered
+    known = ~order.new_items  # known items keep their scores; new items keep their places, reordered
+    assert np.array_equal(order.new_items, ~method.features.known_items.numpy())
     assert np.array_equal(chosen[:, known], alone[:, known]) and not np.array_equal(chosen, alone)
     catalogue = implicit_metrics.scenario_catalogue(split, "new_users")
     new_users_query_items = tasks.query_item[tasks.query_rating > 0]
-    assert not split.new_item_mask[new_users_query_items].any()
+    assert not order.new_items[new_users_query_items].any()
     assert rank_tasks(chosen, tasks, catalogue).means() == rank_tasks(alone, tasks, catalogue).means()
+
+
+def test_encoded_attribute_vectors_match_the_content_baselines():
+    """The served order's attribute vectors (from the model's encoded features) are the content baseline's
+    (from the items table) where every value was seen in training: one-hot blocks, IDF-weighted multi-hot."""
+    from metarec.baselines.implicit.content import item_attribute_matrix
+    from metarec.data.encoding import FeatureEncoder
+    from metarec.data.schema import AttributeSpec
+    from metarec.models.new_item_order import NewItemOrder, attribute_matrix
+
+    items = pd.DataFrame({"genre": ["a", "b", "a", None], "tags": [["x", "y"], ["y"], [], ["x", "z"]]})
+    schema = {"genre": AttributeSpec("categorical"), "tags": AttributeSpec("multi")}
+    encoder = FeatureEncoder.fit(items, schema)
+    encoded = attribute_matrix(encoder.transform(items), encoder).toarray()
+    raw = item_attribute_matrix(items, schema).toarray()
+    raw /= np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+    assert np.allclose(encoded @ encoded.T, raw @ raw.T)  # the same cosines between every pair of items
+    order = NewItemOrder.from_features(encoder.transform(items), encoder, np.array([1, 1, 0, 0], bool), 1.0)
+    similarity = order.similarity(np.array([0, 1, 3]), np.array([0, 1, 2]))  # user 0: item 0; user 1: items 1, 2
+    assert np.allclose(similarity[0], (encoded @ encoded[0]))
+    assert np.allclose(similarity[1], (encoded @ encoded[1] + encoded @ encoded[2]) / 2)

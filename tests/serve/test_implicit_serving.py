@@ -164,3 +164,38 @@ def test_new_items_join_but_ratings_are_not_folded_into_them(implicit_dir):
         body = {"raters": [{"ratings": [{"item_id": "i1", "rating": 1}], "rating": 1}]}
         r = c.post("/v1/items/new-1/ratings", json=body)
         assert r.status_code == 409 and "implicit feedback" in r.json()["detail"]
+
+
+def test_served_new_items_take_the_order_chosen_in_training(implicit_dir):
+    """The checkpoint keeps the new-item order's weight chosen on validation users; serving re-orders a user's
+    new items exactly as the benchmark's method does, and leaves every known item's score alone."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from metarec.meta.checkpoint import load_checkpoint
+    from metarec.serve.personalizer import Personalizer
+
+    checkpoint = load_checkpoint(implicit_dir / "best")
+    assert "content_weight" in checkpoint.state["new_item_order"]
+    state = dict(checkpoint.state)
+    plain = Personalizer(replace(checkpoint, state={**state, "new_item_order": {"content_weight": 0.0}}))
+    assert plain.new_item_order is None
+    served = Personalizer(replace(load_checkpoint(implicit_dir / "best"),
+                                  state={**state, "new_item_order": {"content_weight": 1e6}}))
+    order = served.new_item_order
+    assert order is not None and order.new_items.any() and not order.new_items.all()
+    user, alone = served.adapt(SUPPORT), plain.adapt(SUPPORT)
+    scores = user.catalogue_score_tensor()[0].numpy()
+    model = alone.catalogue_score_tensor()[0].numpy()
+    expected = order.apply(model[None], np.array([0, len(user.rated_idx)]), user.rated_idx)[0]
+    assert np.array_equal(scores, expected)
+    assert np.array_equal(scores[~order.new_items], model[~order.new_items])
+    assert np.array_equal(np.sort(scores[order.new_items]), np.sort(model[order.new_items]))
+    similarity = order.similarity(np.array([0, len(user.rated_idx)]), user.rated_idx)[0][order.new_items]
+    assert np.array_equal(np.argsort(scores[order.new_items], kind="stable"),
+                          np.lexsort((model[order.new_items], similarity)))  # by similarity, ties by the model
+    top = [item for item, _ in user.recommend(10)]
+    assert top == [served.item_vocab.ids[i] for i in np.argsort(-np.where(np.isin(np.arange(len(scores)),
+                                                                                      user.rated_idx), -np.inf, scores),
+                                                                      kind="stable")[:10]]

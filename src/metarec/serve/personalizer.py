@@ -21,6 +21,7 @@ from metarec.data.encoding import UNKNOWN, FeatureTable
 from metarec.errors import DataError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.models.base import Params
+from metarec.models.new_item_order import NewItemOrder
 from metarec.serve.checks import confidence_in_scale, rating_in_scale, support_pairs
 from metarec.serve.topk import ApproximateTopK, ExactTopK, Ranked
 from metarec.tasks.taskset import TaskBatch
@@ -57,10 +58,10 @@ class AdaptedUser:
         return pred[0].cpu().numpy()
 
     def catalogue_score_tensor(self) -> torch.Tensor:
-        """Scores [1, N] of every catalogue item (for :mod:`metarec.serve.topk`)."""
+        """Scores [1, N] of every catalogue item (for :mod:`metarec.serve.topk`), new items in their order."""
         p = self.personalizer
-        return p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec, p.catalogue_proj,
-                                       p.catalogue_gram)
+        return p.ordered(p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec,
+                                                 p.catalogue_proj, p.catalogue_gram), [self.rated_idx])
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(w [1, F], c [1])`` of a model linear in the item vector (for the approximate top-k)."""
@@ -100,8 +101,8 @@ class AdaptedUsers:
 
     def catalogue_score_tensor(self) -> torch.Tensor:
         p = self.personalizer
-        return p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec, p.catalogue_proj,
-                                       p.catalogue_gram)
+        return p.ordered(p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec,
+                                                 p.catalogue_proj, p.catalogue_gram), self.rated_idx)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.personalizer.learner.user_weights(self.params, self.task)
@@ -139,8 +140,30 @@ class Personalizer:
         self.catalogue_proj = self.learner.catalogue_projection(self.catalogue_vec)
         self.catalogue_gram = self.learner.catalogue_gram(self.catalogue_vec)  # [N, N] (N <= 6000), else None
         self.learner.freeze_catalogue(self.catalogue_vec)  # an implicit fold-in's catalogue statistics, once
+        self.new_item_order = self._new_item_order()
         self._user_lookups = self._user_encoding_lookups()
         self.ranker = ranker or ExactTopK()
+
+    def _new_item_order(self) -> NewItemOrder | None:
+        """The implicit meta-learner's order of new items by attribute similarity
+        (:mod:`metarec.models.new_item_order`), with the weight chosen on validation users when it was
+        trained (checkpoint state ``new_item_order``); None when that weight is 0 or absent. It applies to
+        whole-catalogue rankings (exact top-k); an approximate top-k and scores of chosen items do not use it."""
+        weight = float(dict(self.checkpoint.state or {}).get("new_item_order", {}).get("content_weight", 0.0))
+        if not self.implicit or weight <= 0:
+            return None
+        f = self.features
+        order = NewItemOrder.from_features(f.item_features, f.item_encoder, f.known_items.cpu().numpy(), weight)
+        return order if order.attributes.shape[1] and order.new_items.any() else None
+
+    def ordered(self, scores: torch.Tensor, rated: Sequence[np.ndarray]) -> torch.Tensor:
+        """Whole-catalogue scores [B, N] with each user's new items in their order (unchanged without one)."""
+        if self.new_item_order is None:
+            return scores
+        ptr = np.concatenate([[0], np.cumsum([len(r) for r in rated])]).astype(np.int64)
+        items = np.concatenate([np.asarray(r, dtype=np.int64) for r in rated]) if len(rated) else np.zeros(0, np.int64)
+        out = self.new_item_order.apply(scores.detach().cpu().numpy(), ptr, items)
+        return torch.as_tensor(out, dtype=scores.dtype, device=scores.device)
 
     def _encode_user(self, attributes: Mapping[str, object] | None) -> FeatureTable:
         """The encoded attribute table of one new user: ``transform_record``'s result, computed without

@@ -4,10 +4,8 @@ read like any other (``metarec train --feedback implicit``).
 
 Why the benchmark's method and split, not a second recipe: the model served is then the one the
 benchmark measured, selected on the same validation score (nDCG@20 of validation users, higher is
-better), so its reported numbers describe what is deployed. One exception: the benchmark's method re-orders
-a user's *new* items (items training never saw) by their attribute similarity to the user's items
-(:mod:`metarec.eval.implicit.meta_method`); the served model ranks new items by its own scores. Known
-items, and so every new-users number, are the same either way.
+better), so its reported numbers describe what is deployed - the new items' order by attribute similarity
+included (its weight is kept in the checkpoint's state, ``new_item_order``, and applied by serving).
 """
 
 from __future__ import annotations
@@ -108,7 +106,8 @@ def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None 
     best_epoch = int(method.chosen.get("best_epoch", -1))
     state = {"epoch": len(history), "best_epoch": best_epoch, "best_val_score": score, "selection": metric,
              "best_val": {f"val_{metric}" if p == "all" else f"val_{p}_{metric}": v for p, v in points.items()},
-             "data": data_sizes(split), "feedback": "implicit"}
+             "data": data_sizes(split), "feedback": "implicit",
+             "new_item_order": {"content_weight": float(method.content_weight)}}
     assert method.learner is not None  # fitted above
     assert method.features is not None
     checkpoint = Checkpoint(method.learner, method.features, dataset.user_vocab, dataset.item_vocab,
