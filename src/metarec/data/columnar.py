@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from metarec._io import recover_dir
-from metarec.data.dataset import RatingDataset, read_saved_tables
+from metarec.data.dataset import RatingDataset, indexed_by_id, read_saved_tables
 from metarec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def load_columnar(directory: str | Path, *, batch_rows: int = DEFAULT_BATCH_ROWS
         raise DataError(f"batch_rows must be >= 1, got {batch_rows}")
     directory = recover_dir(directory)
     spec, users, items, user_schema, item_schema = read_saved_tables(directory)
-    users = _indexed(users, "user_id")
-    items = _indexed(items, "item_id")
+    users = indexed_by_id(users, "user_id")
+    items = indexed_by_id(items, "item_id")
     path = directory / "ratings.parquet"
     parquet = pq.ParquetFile(path)
     names = set(parquet.schema_arrow.names)
@@ -107,18 +107,6 @@ class _IdCodes:
         codes[late] = final[codes[late] - len(self.known)]
         log.info("%d %s values rated but missing from the attribute table: appended", len(new), self.field)
         return table
-
-
-def _indexed(table: pd.DataFrame, id_column: str) -> pd.DataFrame:
-    """The attribute table indexed by string id (what ``from_frames`` makes of it)."""
-    if id_column in table.columns:
-        table = table.set_index(id_column)
-    table.index = table.index.astype(str)
-    table.index.name = id_column
-    if table.index.has_duplicates:
-        dup = table.index[table.index.duplicated()][0]
-        raise DataError(f"{id_column} {dup!r} appears twice in the attribute table", field=id_column)
-    return table
 
 
 def _numbers(column: pa.Array, field: str, where: str) -> np.ndarray:

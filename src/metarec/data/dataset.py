@@ -340,19 +340,23 @@ def _check_no_duplicate_pairs(user_idx: np.ndarray, item_idx: np.ndarray, n_item
                     path=where, line=row + 1)
 
 
+def indexed_by_id(table: pd.DataFrame, id_column: str, where: str | None = None) -> pd.DataFrame:
+    """A copy of an attribute table indexed by string id (``id_column``: a column or the index already);
+    :class:`DataError` naming the id when one appears twice."""
+    table = table.copy()
+    if id_column in table.columns:
+        table = table.set_index(id_column)
+    table.index = table.index.astype(str)
+    table.index.name = id_column
+    if table.index.has_duplicates:
+        dup = table.index[table.index.duplicated()][0]
+        raise DataError(f"{id_column} {dup!r} appears twice in the attribute table", path=where, field=id_column)
+    return table
+
+
 def _attribute_table(table: pd.DataFrame | None, id_column: str, seen: pd.Series, where: str) -> pd.DataFrame:
     """Index by string id, one row per id (rated ones included), attribute columns only."""
-    if table is None:
-        table = pd.DataFrame(index=pd.Index([], name=id_column))
-    else:
-        table = table.copy()
-        if id_column in table.columns:
-            table = table.set_index(id_column)
-        table.index = table.index.astype(str)
-        table.index.name = id_column
-        if table.index.has_duplicates:
-            dup = table.index[table.index.duplicated()][0]
-            raise DataError(f"{id_column} {dup!r} appears twice in the attribute table", path=where, field=id_column)
+    table = pd.DataFrame(index=pd.Index([], name=id_column)) if table is None else indexed_by_id(table, id_column, where)
     missing = pd.Index(pd.unique(seen)).difference(table.index)
     if len(missing):
         table = pd.concat([table, pd.DataFrame(index=pd.Index(missing, name=id_column))])
