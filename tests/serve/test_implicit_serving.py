@@ -199,3 +199,17 @@ def test_served_new_items_take_the_order_chosen_in_training(implicit_dir):
     assert top == [served.item_vocab.ids[i] for i in np.argsort(-np.where(np.isin(np.arange(len(scores)),
                                                                                       user.rated_idx), -np.inf, scores),
                                                                       kind="stable")[:10]]
+
+
+def test_replicas_share_one_new_item_order(implicit_dir):
+    from dataclasses import replace
+
+    from metarec.meta.checkpoint import load_checkpoint
+    from metarec.serve.replicas import personalizer_pool
+
+    checkpoint = load_checkpoint(implicit_dir / "best")
+    checkpoint = replace(checkpoint, state={**checkpoint.state, "new_item_order": {"content_weight": 1.0}})
+    pool, make, _ = personalizer_pool(checkpoint, 2)
+    with pool.borrow() as first, pool.borrow() as second:
+        assert first is not second and first.new_item_order is not None
+        assert second.new_item_order is first.new_item_order and make().new_item_order is first.new_item_order

@@ -121,8 +121,11 @@ class AdaptedUsers:
 class Personalizer:
     """A loaded checkpoint bound to its vocabularies and encoders."""
 
-    def __init__(self, checkpoint: Checkpoint, ranker: "ExactTopK | ApproximateTopK | None" = None) -> None:
-        """``ranker``: the catalogue top-k (:mod:`metarec.serve.topk`; default exact), shared by replicas."""
+    def __init__(self, checkpoint: Checkpoint, ranker: "ExactTopK | ApproximateTopK | None" = None,
+                 like: "Personalizer | None" = None) -> None:
+        """``ranker``: the catalogue top-k (:mod:`metarec.serve.topk`; default exact), shared by replicas.
+        ``like``: a personalizer of the same checkpoint whose read-only catalogue structures (the new items'
+        attribute vectors) this one shares instead of building its own."""
         self.checkpoint = checkpoint
         self.learner = checkpoint.learner
         self.item_vocab = checkpoint.item_vocab
@@ -140,7 +143,7 @@ class Personalizer:
         self.catalogue_proj = self.learner.catalogue_projection(self.catalogue_vec)
         self.catalogue_gram = self.learner.catalogue_gram(self.catalogue_vec)  # [N, N] (N <= 6000), else None
         self.learner.freeze_catalogue(self.catalogue_vec)  # an implicit fold-in's catalogue statistics, once
-        self.new_item_order = self._new_item_order()
+        self.new_item_order = like.new_item_order if like is not None else self._new_item_order()
         self._user_lookups = self._user_encoding_lookups()
         self.ranker = ranker or ExactTopK()
 

@@ -83,6 +83,6 @@ def personalizer_pool(checkpoint: Checkpoint, size: int, top_k: str = "exact", h
     first.ranker = ranker
 
     def make() -> Personalizer:
-        return Personalizer(replica(template), ranker)
+        return Personalizer(replica(template), ranker, like=first)
 
     return ReplicaPool(first, make, size), make, ranker
