@@ -418,7 +418,7 @@ def test_encoded_attribute_vectors_match_the_content_baselines():
     from metarec.baselines.implicit.content import item_attribute_matrix
     from metarec.data.encoding import FeatureEncoder
     from metarec.data.schema import AttributeSpec
-    from metarec.models.new_item_order import NewItemOrder, attribute_matrix
+    from metarec.models.new_item_order import NewItemOrder, attribute_matrix, reorder_new_items
 
     items = pd.DataFrame({"genre": ["a", "b", "a", None], "tags": [["x", "y"], ["y"], [], ["x", "z"]]})
     schema = {"genre": AttributeSpec("categorical"), "tags": AttributeSpec("multi")}
@@ -431,3 +431,7 @@ def test_encoded_attribute_vectors_match_the_content_baselines():
     similarity = order.similarity(np.array([0, 1, 3]), np.array([0, 1, 2]))  # user 0: item 0; user 1: items 1, 2
     assert np.allclose(similarity[0], (encoded @ encoded[0]))
     assert np.allclose(similarity[1], (encoded @ encoded[1] + encoded @ encoded[2]) / 2)
+    scores = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)  # serving's path: new items only
+    ptr, support = np.array([0, 1, 3]), np.array([0, 1, 2])
+    assert np.array_equal(order.apply(scores, ptr, support),
+                          reorder_new_items(scores, order.similarity(ptr, support), order.new_items, 1.0))

@@ -18,6 +18,7 @@ codes left out; each block, then each row, L2-normalised.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,27 +50,48 @@ class NewItemOrder:
         return np.asarray((profile @ self.attributes.T).toarray(), dtype=np.float64)
 
     def apply(self, scores: np.ndarray, support_ptr: np.ndarray, support_item: np.ndarray) -> np.ndarray:
-        """``scores`` [B, N] with each row's new items re-ordered (module docstring)."""
-        return reorder_new_items(scores, self.similarity(support_ptr, support_item), self.new_items, self.weight)
+        """``scores`` [B, N] with each row's new items re-ordered (module docstring). Only the new items'
+        similarities are computed (a served request: one sparse product against them)."""
+        n_users, n_items = len(support_ptr) - 1, self.attributes.shape[0]
+        sizes = np.diff(support_ptr)
+        weight = np.repeat(1.0 / np.maximum(sizes, 1), sizes)
+        support = sp.csr_matrix((weight, (np.repeat(np.arange(n_users), sizes), support_item)),
+                                shape=(n_users, n_items))
+        profile = support @ self.attributes
+        similarity = np.asarray((profile @ self._new_attributes_t).toarray(), dtype=np.float64)
+        return _reorder(scores, similarity, self._new_columns, self.weight)
+
+    @cached_property
+    def _new_columns(self) -> np.ndarray:
+        return np.flatnonzero(self.new_items)
+
+    @cached_property
+    def _new_attributes_t(self) -> sp.csc_matrix:
+        return sp.csc_matrix(self.attributes[self._new_columns].T)
 
 
 def reorder_new_items(scores: np.ndarray, similarity: np.ndarray, new_items: np.ndarray, weight: float) -> np.ndarray:
     """``scores`` [B, N] with each row's new items (``new_items`` [N] bool) re-ordered by
     ``z(scores) + weight * z(similarity)`` (z: standardised over the row's new items) and handed the row's
     own new-item scores in that order: the multiset of new-item scores, hence every known item's rank, is kept."""
-    out = np.array(scores, dtype=np.float32, copy=True)
     columns = np.flatnonzero(new_items)
+    return _reorder(scores, np.asarray(similarity)[:, columns], columns, weight)
+
+
+def _reorder(scores: np.ndarray, sim: np.ndarray, columns: np.ndarray, weight: float) -> np.ndarray:
+    """:func:`reorder_new_items` with the new items' similarities ``sim`` [B, len(columns)] given."""
+    out = np.array(scores, dtype=np.float32, copy=True)
     if not len(columns) or weight == 0:
         return out
     own = out[:, columns].astype(np.float64)
-    sim = np.asarray(similarity, dtype=np.float64)[:, columns]
+    sim = np.asarray(sim, dtype=np.float64)
 
     def z(x: np.ndarray) -> np.ndarray:
         spread = x.std(axis=1, keepdims=True)
         return (x - x.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
 
     mixed = z(own) + weight * z(sim)
-    order = np.argsort(mixed, axis=1, kind="stable")  # ascending: the lowest mix takes the lowest score
+    order = np.argsort(mixed, axis=1, kind="stable")  # ascending: the lowest mix takes the lowest score; ties by index
     placed = np.empty_like(own)
     np.put_along_axis(placed, order, np.sort(own, axis=1), axis=1)
     out[:, columns] = placed.astype(np.float32)
