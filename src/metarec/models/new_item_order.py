@@ -41,23 +41,21 @@ class NewItemOrder:
 
     def similarity(self, support_ptr: np.ndarray, support_item: np.ndarray) -> np.ndarray:
         """[B, N]: each item's mean cosine to the user's support items (CSR ``ptr`` / ``item``); 0 without any."""
-        n_users, n_items = len(support_ptr) - 1, self.attributes.shape[0]
-        sizes = np.diff(support_ptr)
-        rows = np.repeat(np.arange(n_users), sizes)
-        weight = np.repeat(1.0 / np.maximum(sizes, 1), sizes)
-        support = sp.csr_matrix((weight, (rows, support_item)), shape=(n_users, n_items))
-        profile = support @ self.attributes  # [B, d]: the mean support attribute vector
-        return np.asarray((profile @ self.attributes.T).toarray(), dtype=np.float64)
+        return np.asarray((self._profile(support_ptr, support_item) @ self.attributes.T).toarray(), dtype=np.float64)
 
-    def apply(self, scores: np.ndarray, support_ptr: np.ndarray, support_item: np.ndarray) -> np.ndarray:
-        """``scores`` [B, N] with each row's new items re-ordered (module docstring). Only the new items'
-        similarities are computed (a served request: one sparse product against them)."""
+    def _profile(self, support_ptr: np.ndarray, support_item: np.ndarray) -> sp.csr_matrix:
+        """[B, d]: each user's mean support attribute vector."""
         n_users, n_items = len(support_ptr) - 1, self.attributes.shape[0]
         sizes = np.diff(support_ptr)
         weight = np.repeat(1.0 / np.maximum(sizes, 1), sizes)
         support = sp.csr_matrix((weight, (np.repeat(np.arange(n_users), sizes), support_item)),
                                 shape=(n_users, n_items))
-        profile = support @ self.attributes
+        return support @ self.attributes
+
+    def apply(self, scores: np.ndarray, support_ptr: np.ndarray, support_item: np.ndarray) -> np.ndarray:
+        """``scores`` [B, N] with each row's new items re-ordered (module docstring). Only the new items'
+        similarities are computed (a served request: one sparse product against them)."""
+        profile = self._profile(support_ptr, support_item)
         similarity = np.asarray((profile @ self._new_attributes_t).toarray(), dtype=np.float64)
         return _reorder(scores, similarity, self._new_columns, self.weight)
 
