@@ -59,9 +59,7 @@ class AdaptedUser:
 
     def catalogue_score_tensor(self) -> torch.Tensor:
         """Scores [1, N] of every catalogue item (for :mod:`metarec.serve.topk`), new items in their order."""
-        p = self.personalizer
-        return p.ordered(p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec,
-                                                 p.catalogue_proj, p.catalogue_gram), [self.rated_idx])
+        return self.personalizer.catalogue_score_tensor(self.params, self.task, [self.rated_idx])
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(w [1, F], c [1])`` of a model linear in the item vector (for the approximate top-k)."""
@@ -100,9 +98,7 @@ class AdaptedUsers:
         return self.catalogue_score_tensor().cpu().numpy()
 
     def catalogue_score_tensor(self) -> torch.Tensor:
-        p = self.personalizer
-        return p.ordered(p.learner.predict_items(self.params, self.task, p.all_items, p.catalogue_vec,
-                                                 p.catalogue_proj, p.catalogue_gram), self.rated_idx)
+        return self.personalizer.catalogue_score_tensor(self.params, self.task, self.rated_idx)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.personalizer.learner.user_weights(self.params, self.task)
@@ -159,8 +155,11 @@ class Personalizer:
         order = NewItemOrder.from_features(f.item_features, f.item_encoder, f.known_items.cpu().numpy(), weight)
         return order if order.attributes.shape[1] and order.new_items.any() else None
 
-    def ordered(self, scores: torch.Tensor, rated: Sequence[np.ndarray]) -> torch.Tensor:
-        """Whole-catalogue scores [B, N] with each user's new items in their order (unchanged without one)."""
+    def catalogue_score_tensor(self, params: Params, task: dict, rated: Sequence[np.ndarray]) -> torch.Tensor:
+        """Scores [B, N] of every catalogue item for adapted users (``rated``: each one's support items), each
+        user's new items in their order (:meth:`_new_item_order`)."""
+        scores = self.learner.predict_items(params, task, self.all_items, self.catalogue_vec, self.catalogue_proj,
+                                            self.catalogue_gram)
         if self.new_item_order is None:
             return scores
         ptr = np.concatenate([[0], np.cumsum([len(r) for r in rated])]).astype(np.int64)
