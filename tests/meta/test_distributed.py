@@ -180,24 +180,8 @@ def test_a_resumed_distributed_run_equals_an_uninterrupted_one(one_epoch_run, tm
 
 
 KILL_EPOCHS = 5
-KILL_CONFIG = """
-[data]
-dataset = "synthetic"
-[model]
-kind = "feature-mlp"
-embedding_size = 8
-hidden = [16]
-item_id_embedding = true
-item_id_dropout = 0.3
-[meta]
-meta_batch_size = 24
-support_batch_size = 5
-l2 = 0.001
-[train]
-epochs = %d
-patience = 50
-average_decay = 0.9
-""" % KILL_EPOCHS
+KILL_CONFIG = (CLI_CONFIG.replace("meta_batch_size = 7", "meta_batch_size = 24")
+               .replace("epochs = 1\npatience = 5", f"epochs = {KILL_EPOCHS}\npatience = 50\naverage_decay = 0.9"))
 
 
 def checkpointed_epochs(run: Path) -> int:
