@@ -42,11 +42,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_meta import MELU_USER_COLUMNS, melu_split  # noqa: E402
 
 
-def melu_checkpoint(split, train_epochs: int = 0, seed: int = 0):
+def preset_checkpoint(preset: str, split, train_epochs: int = 0, seed: int = 0):
+    """A checkpoint of ``preset`` on ml-1m-imdb's ``split``: freshly initialised, or after ``train_epochs``."""
     from metarec.meta.run import RunConfig
     from metarec.meta.trainer import Trainer
 
-    config = RunConfig.preset("melu").override("data", dataset="ml-1m-imdb").override("train", epochs=train_epochs, seed=seed)
+    config = RunConfig.preset(preset).override("data", dataset="ml-1m-imdb").override("train", epochs=train_epochs, seed=seed)
     trainer = Trainer(config, split=split)
     if train_epochs:
         trainer.fit()
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from metarec.serve.personalizer import Personalizer
 
     split = melu_split()
-    ckpt = melu_checkpoint(split, args.train_epochs)
+    ckpt = preset_checkpoint("melu", split, args.train_epochs)
     personalizer = Personalizer(ckpt)
     learner = personalizer.learner
     users = new_users(split)
@@ -153,15 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def neural_cf_checkpoint(split, train_epochs: int = 0, seed: int = 0):
-    from metarec.meta.run import RunConfig
-    from metarec.meta.trainer import Trainer
-
-    config = RunConfig.preset("neural-cf").override("data", dataset="ml-1m-imdb").override("train", epochs=train_epochs, seed=seed)
-    trainer = Trainer(config, split=split)
-    if train_epochs:
-        trainer.fit()
-    return trainer.checkpoint()
 
 
 def rss_mb() -> float:
@@ -180,9 +172,11 @@ def large_catalogue(args) -> int:
                                     approximate_recall)
 
     split = melu_split()
-    personalizer = Personalizer(neural_cf_checkpoint(split, args.train_epochs))
+    personalizer = Personalizer(preset_checkpoint("neural-cf", split, args.train_epochs))
     model, steps, users = personalizer.learner.model, args.steps[0], new_users(split)
     real = personalizer.catalogue_vec
+    if args.items < len(real):  # the new users' support items index the synthetic catalogue too
+        raise SystemExit(f"--items must be at least the real catalogue's {len(real):,} items, got {args.items:,}")
     gen = torch.Generator().manual_seed(0)
     vectors = real.mean(0) + torch.randn(args.items, real.shape[1], generator=gen) * real.std(0)
     catalogue = LinearCatalogue(vectors, None if model.implicit else tuple(map(float, model.rating_scale)))
