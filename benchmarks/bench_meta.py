@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--melu-code", metavar="PATH", default=None,
                         help="a checkout of github.com/hoyeoplee/MeLU: also time their MeLU.global_update on the same "
                              "meta-batches (second order only; default: $METAREC_MELU_CODE)")
+    parser.add_argument("--compile", action="store_true",
+                        help="the engine with meta.compile_kernel (torch.compile of the one-step kernel; off by "
+                             "default in the library): the compilation runs in the warm-up, outside the timing")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: elapsed time (default); cpu: the process's CPU time, for a loaded shared machine")
     args = parser.parse_args(argv)
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     split = melu_split()
+    from metarec.meta.kernels import one_step as one_step_kernel
     from metarec.tasks.features import encode_features
 
     feats = encode_features(split)
@@ -324,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# meta-train tasks {len(tasks)}, support {tasks.support_sizes.min()}-{tasks.support_sizes.max()} "
           f"(median {np.median(tasks.support_sizes):.0f}, mean {tasks.support_sizes.mean():.1f}), query "
           f"{int(np.median(tasks.query_sizes))}; meta-batch {args.batch_size}")
+    if args.compile:
+        print("# engine: meta.compile_kernel = true (torch.compile of the one-step kernel; compiled in the warm-up; "
+              "FLOPs counted on the same maths run eagerly)")
     print(f"# timed ({args.clock} clock): the same {len(batches)} meta-batches ({n_tasks} tasks) for engine, loop"
           f"{' and MeLU official' if melu_batches else ''}, alternately; mean support {real:.1f}, mean padded width {width:.1f}")
     if melu_batches:
@@ -346,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         for algorithm in args.algorithms:
             base = melu_learner(split, feats, algorithm=algorithm, inner_steps=steps)
             eng, loop = copy.deepcopy(base), copy.deepcopy(base)
+            if args.compile:
+                eng.config = dataclasses.replace(eng.config, compile_kernel=True)
             melu = MeluOfficial(melu_path, feats, steps) if melu_batches and algorithm == "maml" else None
-            time_batches(engine_step, eng, batches[:3])  # warm-up
+            time_batches(engine_step, eng, batches if args.compile else batches[:3])  # warm-up (and compilation)
+            if args.compile and "failed" in one_step_kernel._COMPILED:
+                print(f"# torch.compile failed, the engine runs eagerly: {one_step_kernel._COMPILED['failed'].splitlines()[0][:200]}")
             if not args.no_loop:
                 time_batches(loop_step, loop, batches[:1])
             if melu is not None:

@@ -72,3 +72,25 @@ def test_one_step_kernel_refused_where_it_does_not_apply(tiny_split, algorithm, 
     assert learner.kernel == "batched_head"
     with pytest.raises(ConfigError, match="one_step.*does not apply"):
         _as_kernel(learner, "one_step")
+
+
+@pytest.mark.slow  # compiles the kernel (~45 s the first time on a machine, a few seconds once cached)
+def test_compiled_kernel_equals_eager(tiny_split):
+    """meta.compile_kernel: the same meta-gradients through torch.compile (float32, maml), two batches of
+    different support widths through one compilation. Without a working compiler the library falls back to
+    eager; the test then skips, saying why, instead of comparing eager with itself."""
+    from metarec.meta.kernels import one_step
+
+    learner, batch = make_learner(tiny_split, "feature-mlp", dtype=torch.float32, algorithm="maml", inner_steps=1)
+    compiled = MetaLearner(learner.model, MetaConfig(**{**vars(learner.config), "compile_kernel": True}),
+                           learner.user_features)
+    assert compiled.kernel == "one_step"
+    for rows in (torch.arange(6), torch.arange(3)):
+        part = batch.select(rows)
+        a, loss_a = compiled.meta_gradients(part)
+        b, loss_b = learner.meta_gradients(part)
+        assert relative_difference(a, b) <= 1e-5
+        assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    if "failed" in one_step._COMPILED:  # the eager fallback ran: nothing compiled was compared
+        pytest.skip(f"torch.compile does not work here: {one_step._COMPILED['failed'].splitlines()[0][:200]}")
+    assert "kernel" in one_step._COMPILED

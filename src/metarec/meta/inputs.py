@@ -33,13 +33,17 @@ def caller(model: RatingModel, params: Params | None):
 def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatch, params: Params | None, *,
                 hoist: bool, distinct_items: bool = False, whole_task: bool = False,
                 users: FeatureTable | None = None,
-                catalogue: tuple[torch.Tensor, torch.Tensor] | None = None) -> Task:
+                catalogue: tuple[torch.Tensor, torch.Tensor] | None = None,
+                item_table: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> Task:
     """The tensors the per-task functions need, batched on dim 0. ``hoist``: user and item vectors
     computed here under ``params`` (``None``: the module's own, differentiably); ``distinct_items``: also the distinct items' vectors and each row's
     index into them (the batched head's per-item work). ``whole_task``: the query joins the support
     (Reptile). ``users``: the tasks' encoded user attributes given directly (a served new user).
     ``catalogue``: the whole catalogue's (item vectors, Gram statistics) under the module's own parameters,
-    for a model that folds users in against it; used only when ``params`` is None."""
+    for a model that folds users in against it; used only when ``params`` is None. ``item_table``: every
+    catalogue item's vector under the module's own parameters (rows = item indices) and, for the batched
+    head, the first layer's item half of each (``support_proj``; or None): a served model's, computed once,
+    so a request looks its support items up instead of embedding them; used only when ``params`` is None."""
     task: Task = {
         "support_item": batch.support_item, "support_rating": batch.support_rating, "support_mask": batch.support_mask,
         "query_item": batch.query_item, "query_rating": batch.query_rating, "query_mask": batch.query_mask,
@@ -70,6 +74,11 @@ def task_inputs(model: RatingModel, user_features: FeatureTable, batch: TaskBatc
             vec = call("items", items)
             stats = model.catalogue_stats(vec)
         task["catalogue"] = stats.expand(len(batch), *stats.shape)
+    elif item_table is not None and params is None and "support_prior" not in task:  # a served catalogue's rows
+        vec, proj = item_table
+        inverse = torch.cat([task["support_item"], task["query_item"]], dim=1)
+        if proj is not None:
+            task["support_proj"] = rows(proj, task["support_item"])
     else:
         items, inverse = torch.unique(torch.cat([task["support_item"], task["query_item"]], dim=1), return_inverse=True)
         vec = call("items", items)

@@ -93,12 +93,13 @@ class MetaLearner:
 
     # ------------------------------------------------------------------ task inputs
     def task_inputs(self, batch: TaskBatch, params: Params | None = None, *, whole_task: bool = False,
-                    users: FeatureTable | None = None) -> Task:
+                    users: FeatureTable | None = None,
+                    item_table: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> Task:
         """One meta-batch's tensors for the per-task functions (:func:`metarec.meta.inputs.task_inputs`);
         ``params`` None: the module's own parameters."""
         return task_inputs(self.model, self.user_features, batch, params, hoist=self.hoist,
                            distinct_items=self.batched, whole_task=whole_task, users=users,
-                           catalogue=self.frozen_catalogue)
+                           catalogue=self.frozen_catalogue, item_table=item_table)
 
     def freeze_catalogue(self, item_vec: torch.Tensor | None) -> None:
         """Serving: the parameters no longer change, so the whole catalogue's Gram statistics that an implicit
@@ -190,12 +191,17 @@ class MetaLearner:
             fused_adam.plain_step(self.optimizer, params, found, self.config.grad_clip)
 
     # ------------------------------------------------------------------ using the meta-learned model
-    def adapt(self, batch: TaskBatch, steps: int | None = None, users: FeatureTable | None = None) -> tuple[Params, Task]:
-        """Personalised parameters of every task in ``batch`` (adapted entries carry a leading task dim)."""
+    def adapt(self, batch: TaskBatch, steps: int | None = None, users: FeatureTable | None = None,
+              item_table: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> tuple[Params, Task]:
+        """Personalised parameters of every task in ``batch`` (adapted entries carry a leading task dim).
+        ``item_table``: (:meth:`catalogue_vectors` of every catalogue item, :meth:`catalogue_projection` of
+        them) under the current parameters, when the caller keeps them (a served model): the batch's items
+        are looked up in them instead of embedded."""
         steps = self.config.test_steps if steps is None else steps
-        params = {n: p.detach() for n, p in self._params.items()}
+        # the batched head reads only the adapted entries (a served request: no detach of the embedding tables)
+        params = {n: self._params[n].detach() for n in (self.adapted if self.batched else self._params)}
         with torch.no_grad():  # the module's own parameters (no functional_call), nothing recorded
-            task = self.task_inputs(batch, users=users)
+            task = self.task_inputs(batch, users=users, item_table=item_table)
         if self.batched:
             state, adapted = batched_head.adapt(self.model, params, self.adapted, task, steps, self._alpha(detach=True))
             # predict_query / predict_items reuse the adapted head in its compact (low-rank) form

@@ -77,14 +77,15 @@ class PackedAttributes:
         flat_rows = rows.reshape(-1)
         n, c = flat_rows.shape[0], self.n_slots
         index, slot = self.index.index_select(0, flat_rows), self.slot.index_select(0, flat_rows)
-        valid = index >= 0
-        owner = (torch.arange(n, device=rows.device).unsqueeze(-1) * c + slot)[valid]
+        # the real entries' positions, found once for both selections (boolean indexing would search twice)
+        real = (index >= 0).view(-1).nonzero().squeeze(1)
+        owner = (torch.arange(n, device=rows.device).unsqueeze(-1) * c + slot).view(-1).index_select(0, real)
         table = torch.cat([embedding.table(col).weight for col in [*embedding.single_columns, *embedding.multi_columns]])
         inv_count = self._inv_cast.get(table.dtype)
         if inv_count is None:  # 1 / count rounded once to the tables' dtype
             inv_count = self._inv_cast[table.dtype] = self.inv_count.to(table.dtype)
         inv = inv_count.index_select(0, flat_rows).reshape(-1)
-        out = _PackedBags.apply(table, index[valid], owner, inv)
+        out = _PackedBags.apply(table, index.view(-1).index_select(0, real), owner, inv)
         return out.reshape(*rows.shape, c * embedding.dim)
 
 

@@ -139,6 +139,8 @@ class Personalizer:
         self.catalogue_proj = self.learner.catalogue_projection(self.catalogue_vec)
         self.catalogue_gram = self.learner.catalogue_gram(self.catalogue_vec)  # [N, N] (N <= 6000), else None
         self.learner.freeze_catalogue(self.catalogue_vec)  # an implicit fold-in's catalogue statistics, once
+        # a request's support items are looked up here, not embedded again (the same vectors)
+        self._item_table = None if self.catalogue_vec is None else (self.catalogue_vec, self.catalogue_proj)
         self.new_item_order = like.new_item_order if like is not None else self._new_item_order()
         self._user_lookups = self._user_encoding_lookups()
         self.ranker = ranker or ExactTopK()
@@ -267,14 +269,16 @@ class Personalizer:
     ) -> AdaptedUser:
         """Personalised parameters from ``{item_id: rating}`` (a few gradient steps on them)."""
         known_idx, known_r, unknown = self.support(ratings, allow_empty=allow_empty)
-        items = torch.as_tensor([known_idx], dtype=torch.long, device=self.device).reshape(1, -1)
-        rating = torch.as_tensor([known_r], dtype=torch.float32, device=self.device).reshape(1, -1)
+        rated = np.asarray(known_idx, dtype=np.int64)
+        items = torch.from_numpy(rated.copy()).to(self.device).view(1, len(rated))
+        rating = torch.from_numpy(np.asarray(known_r, dtype=np.float32)).to(self.device).view(1, len(rated))
         mask = torch.ones_like(rating)
         batch = TaskBatch(torch.zeros(1, dtype=torch.long, device=self.device), items, rating, mask,
                           items[:, :0], rating[:, :0], mask[:, :0])
         users = self._encode_user(user_attributes)
-        params, task = self.learner.adapt(batch, steps=steps if known_idx else 0, users=users)
-        return AdaptedUser(self, params, task, np.asarray(known_idx, dtype=np.int64), unknown)
+        params, task = self.learner.adapt(batch, steps=steps if known_idx else 0, users=users,
+                                          item_table=self._item_table)
+        return AdaptedUser(self, params, task, rated, unknown)
 
     def adapt_many(
         self,
@@ -321,6 +325,6 @@ class Personalizer:
         mask_t = torch.from_numpy(mask).to(self.device)
         batch = TaskBatch(torch.arange(n, device=self.device), item_t, rating_t, mask_t,
                           item_t[:, :0], rating_t[:, :0], mask_t[:, :0])
-        params, task = self.learner.adapt(batch, steps=steps, users=encoded)
+        params, task = self.learner.adapt(batch, steps=steps, users=encoded, item_table=self._item_table)
         return AdaptedUsers(self, params, task, [np.asarray(u[0], dtype=np.int64) for u in users],
                             [list(u[2]) for u in users])

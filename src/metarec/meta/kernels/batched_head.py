@@ -21,12 +21,11 @@ Kernel entry points: :func:`applies`, :func:`meta_loss`, :func:`reptile_gradient
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from metarec.meta.inputs import Task, rows
-from metarec.meta.kernels.lowrank import LowRankLinear, input_gradient, linear
+from metarec.meta.kernels.lowrank import HeadState, LowRankLinear, input_gradient, linear
+from metarec.meta.kernels.served import adapt_one_step, one_user_applies, score_one_user
 from metarec.meta.losses import masked_mse, pointwise_loss
 from metarec.meta.maml import l2_penalty, reptile_update
 from metarec.models.base import Params, RatingModel
@@ -44,19 +43,6 @@ def applies(model: RatingModel, adapted: list[str], hoist: bool) -> str | None:
     if not model.head_is_plain():
         return "the head has dropout (the batched head is exact only for Linear / ReLU layers)"
     return None
-
-
-@dataclass
-class HeadState:
-    """Every task's adapted head: ``layers`` (the first one's weight is the item half, its bias is
-    c = W_u u + b per task) or, with per-parameter learning rates, ``explicit`` split-layout weights."""
-
-    layers: list[LowRankLinear] | None = None
-    w_user: torch.Tensor | None = None  # the first weight's user half before adaptation
-    bias0: torch.Tensor | None = None  # the first bias before adaptation
-    shift: torch.Tensor | None = None  # [B, h]: total step of the first bias (W_u moved by shift u^T)
-    user_vec: torch.Tensor | None = None
-    explicit: Params | None = None
 
 
 def split_head(model: FeatureMLP, params: Params) -> Params:
@@ -311,9 +297,16 @@ def reptile_gradients(model: FeatureMLP, params: Params, adapted: list[str], tas
 
 def adapt(model: FeatureMLP, params: Params, adapted: list[str], task: Task, steps: int,
           alpha: float | Params) -> tuple[HeadState, Params]:
-    """Every task's adapted head, compact (for :func:`predict`) and as explicit per-task parameters."""
+    """Every task's adapted head, compact (for :func:`predict`) and as explicit per-task parameters.
+    ``task["support_proj"]``: the support rows' first-layer item half, when the caller has it (serving)."""
     with torch.no_grad():
-        state = adapted_heads(model, {n: params[n] for n in adapted}, task, steps, alpha, True)
+        head = {n: params[n] for n in adapted}
+        proj = task.get("support_proj")
+        if steps == 1 and isinstance(alpha, (int, float)) and "step_masks" not in task:
+            state = adapt_one_step(model, head, task["user_vec"], task["support_vec"], task["support_rating"],
+                                   task["support_mask"], float(alpha), proj)
+        else:
+            state = adapted_heads(model, head, task, steps, alpha, True, support_proj=proj)
         return state, head_params(model, state, len(task["user_vec"]))
 
 
@@ -340,6 +333,9 @@ def predict_catalogue(model: FeatureMLP, state: HeadState | None, adapted: Param
     lookup = state is not None and catalogue_gram is not None and item_vec.dim() == 2
     whole = lookup and n_items == catalogue_gram.shape[0] and bool(
         (items == torch.arange(n_items, device=items.device)).all())
+    if whole and n_tasks == 1 and item_proj is not None and one_user_applies(state):
+        with torch.no_grad():
+            return score_one_user(model, state, item_proj, catalogue_gram.index_select(0, support.reshape(-1)))
     with torch.no_grad():
         for lo in range(0, n_items, chunk):
             vec = item_vec[..., lo:lo + chunk, :]

@@ -1,11 +1,14 @@
 """The batched head's linear algebra: every task's adapted layer as a shared weight plus low-rank factors,
-and the small product helpers the hand-written passes share (per-task weights as a leading dimension)."""
+every task's adapted head as such layers (:class:`HeadState`), and the small product helpers the
+hand-written passes share (per-task weights as a leading dimension)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from metarec.models.base import Params
 
 
 @dataclass
@@ -24,6 +27,7 @@ class LowRankLinear:
     a: torch.Tensor | None = None
     x: torch.Tensor | None = None
     fixed_input: bool = False  # every step's input is the same tensor (the first layer's support items)
+    _dense: torch.Tensor | None = field(default=None, repr=False, compare=False)  # dense(), when kept
 
     def apply(self, inp: torch.Tensor, proj: torch.Tensor | None = None, gram: torch.Tensor | None = None) -> torch.Tensor:
         """inp [B, N, in] (or [N, in] shared) -> [B, N, out]. ``proj``: inp @ weight^T and ``gram``:
@@ -77,7 +81,16 @@ class LowRankLinear:
         return LowRankLinear(self.weight, bias, a, x, self.fixed_input)
 
     def dense(self) -> torch.Tensor:
-        return self.weight if self.a is None else self.weight - torch.bmm(self.a.transpose(1, 2), self.x)
+        """The per-task weight with the factors folded in; kept when computed without a graph (serving asks
+        for it twice: the explicit parameters and the catalogue's scores)."""
+        if self.a is None:
+            return self.weight
+        if self._dense is not None:
+            return self._dense
+        w = self.weight - torch.bmm(self.a.transpose(1, 2), self.x)
+        if not torch.is_grad_enabled():
+            self._dense = w
+        return w
 
 
 
@@ -156,3 +169,16 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if x.dim() == 3:
         return (x.reshape(-1, x.shape[-1]) @ w.t()).view(*x.shape[:-1], w.shape[0])
     return x @ w.t()
+
+
+@dataclass
+class HeadState:
+    """Every task's adapted head: ``layers`` (the first one's weight is the item half, its bias is
+    c = W_u u + b per task) or, with per-parameter learning rates, ``explicit`` split-layout weights."""
+
+    layers: list[LowRankLinear] | None = None
+    w_user: torch.Tensor | None = None  # the first weight's user half before adaptation
+    bias0: torch.Tensor | None = None  # the first bias before adaptation
+    shift: torch.Tensor | None = None  # [B, h]: total step of the first bias (W_u moved by shift u^T)
+    user_vec: torch.Tensor | None = None
+    explicit: Params | None = None

@@ -10,6 +10,8 @@ Adaptation and prediction are the batched head's (:mod:`metarec.meta.kernels.bat
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from metarec.data.encoding import FeatureTable
@@ -20,6 +22,8 @@ from metarec.meta.kernels.lowrank import add_back, add_linear, affine, back_line
 from metarec.models.base import Params, RatingModel
 from metarec.models.feature_mlp import FeatureMLP
 from metarec.tasks.taskset import TaskBatch
+
+log = logging.getLogger(__name__)
 
 
 def applies(model: RatingModel, config: MetaConfig, adapted: list[str], hoist: bool) -> str | None:
@@ -64,10 +68,11 @@ def meta_gradients(model: FeatureMLP, params: Params, adapted: list[str], user_f
     support_weight = mask * (2.0 * config.inner_lr / mask.sum(-1, keepdim=True).clamp(min=1.0))
     query_weight = q_mask / (q_mask.sum(-1, keepdim=True).clamp(min=1.0) * q_mask.shape[0])
     head = {n: params[n].detach() for n in adapted}
-    with torch.no_grad():
-        loss, head_grads, d_user, d_item = one_step_meta_gradient(
-            model, head, user_vec.detach(), item_vec.detach(), inverse[:, :s], inverse[:, s:], s_rating,
+    args = (model, head, user_vec.detach(), item_vec.detach(), inverse[:, :s], inverse[:, s:], s_rating,
             support_weight, q_rating, query_weight, config.first_order)
+    with torch.no_grad():
+        loss, head_grads, d_user, d_item = (compiled_meta_gradient(*args) if config.compile_kernel
+                                            else one_step_meta_gradient(*args))
     rest = [n for n in params if n not in head_grads]
     outputs = [(v, g) for v, g in ((user_vec, d_user), (item_vec, d_item)) if v.requires_grad]
     found = torch.autograd.grad([v for v, _ in outputs], [params[n] for n in rest], [g for _, g in outputs],
@@ -81,6 +86,30 @@ def meta_gradients(model: FeatureMLP, params: Params, adapted: list[str], user_f
             loss += float(config.l2 * sum((p ** 2).sum() for p in params.values()))
             grads = {n: g + 2 * config.l2 * params[n] for n, g in grads.items()}
     return grads, loss
+
+
+_COMPILED: dict[str, object] = {}  # "kernel": torch.compile's wrapper, once per process; "failed": why not
+
+
+def compiled_meta_gradient(*args: object) -> tuple[torch.Tensor, Params, torch.Tensor, torch.Tensor]:
+    """:func:`one_step_meta_gradient` through ``torch.compile`` (``MetaConfig.compile_kernel``): its ~100
+    small products and element-wise ops on [B, S, h] tensors run as fewer, fused kernels. Shapes are
+    dynamic (support widths and distinct items vary per batch), so a run compiles a handful of graphs
+    once. If compiling fails (no C++ compiler, an unsupported torch), the eager function runs from then
+    on, with one warning."""
+    if "failed" not in _COMPILED:
+        from torch._dynamo.exc import BackendCompilerFailed  # torch's compiler, imported only when asked for
+
+        kernel = _COMPILED.get("kernel")
+        if kernel is None:
+            kernel = _COMPILED["kernel"] = torch.compile(one_step_meta_gradient, dynamic=True)
+        try:
+            return kernel(*args)  # type: ignore[operator]
+        except BackendCompilerFailed as exc:  # the compiler, not the maths (those errors propagate)
+            _COMPILED["failed"] = f"{type(exc).__name__}: {exc}"
+            log.warning("meta.compile_kernel: torch.compile of the one-step kernel failed, running it eagerly (%s)",
+                        _COMPILED["failed"].splitlines()[0][:300])
+    return one_step_meta_gradient(*args)
 
 
 # the meta-gradient of one inner step, written out (no autograd) ------------
