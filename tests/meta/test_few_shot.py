@@ -195,9 +195,9 @@ def _setting(config, section, key):
     return setting_of(config, section, key)
 
 
-def test_history_scale_is_chosen_on_heavy_users_new_items(tiny_split_new_items, monkeypatch):
+def test_history_scale_is_chosen_on_heavy_or_validation_users_new_items(tiny_split_new_items, monkeypatch):
     """The multiple with the lowest MAE on the heavy users' unused new-item tasks is kept, in the model
-    and the config; without such tasks nothing is chosen."""
+    and the config; without such tasks, on the validation users' new-item ratings."""
     from metarec.meta import recipe
     from metarec.tasks.split import ColdStartSplit
 
@@ -205,10 +205,21 @@ def test_history_scale_is_chosen_on_heavy_users_new_items(tiny_split_new_items, 
     trainer = Trainer(small(recipe_base(), epochs=1), split=split)
     trainer.fit()
     assert split.heavy_new_item_tasks() is None  # no user above max_ratings in the tiny data
-    assert recipe.choose_history_scale(trainer, split) == {}
-    # pretend the validation users' new-item tasks are heavy users' (they are known users on new items)
+    # so the validation users' new-item ratings stand in, their old-item validation ratings as the history
+    source, stand_in = split.history_choice_tasks()
+    assert source == "validation_users" and stand_in.support_prior is not None and stand_in.support_prior.any()
+    scores = recipe.choose_history_scale(trainer, split)
+    assert set(scores) == set(HISTORY_SCALES)
+    assert trainer.learner.model.history_penalty_scale == min(scores, key=scores.get)
+    # each score is that multiple's MAE on those tasks
+    learner = trainer.restore_best()
+    learner.model.history_penalty_scale = HISTORY_SCALES[-1]
+    expected = float(np.abs(learner.predict_tasks(stand_in) - stand_in.query_rating).mean())
+    assert scores[HISTORY_SCALES[-1]] == pytest.approx(expected)
+    # heavy users' tasks come first where there are any (here: pretend the validation users' are)
     tasks = split.validation["new_users_new_items"]
     monkeypatch.setattr(ColdStartSplit, "heavy_new_item_tasks", lambda self, seed=0: tasks)
+    assert split.history_choice_tasks()[0] == "heavy_users"
     scores = recipe.choose_history_scale(trainer, split)
     assert set(scores) == set(HISTORY_SCALES)
     assert trainer.learner.model.history_penalty_scale == min(scores, key=scores.get)

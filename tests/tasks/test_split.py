@@ -282,3 +282,31 @@ def test_heavy_users_new_item_tasks_are_known_users_on_unused_new_item_ratings(m
         used = ts.rows()
         assert not pairs & set(zip(used["user_idx"].tolist(), used["item_idx"].tolist()))  # data no scenario uses
     assert make_split(ml100k, SplitConfig(seed=0)).heavy_new_item_tasks() is None  # "drop": heavy users unknown
+
+
+def test_without_heavy_users_the_validation_users_new_items_choose_the_history_multiple(ml100k):
+    """Published splits and datasets without users above max_ratings: the validation users' ratings of new
+    items make the tasks, their old-item validation ratings the history (flagged as the prior) - validation
+    data only, every task with enough new-item ratings."""
+    split = make_split(ml100k, SplitConfig(seed=0))  # heavy users dropped: none to choose on
+    assert split.heavy_new_item_tasks() is None
+    source, tasks = split.history_choice_tasks()
+    assert source == "validation_users" and len(tasks) >= 5
+    assert set(tasks.user_idx.tolist()) <= set(split.val_users.tolist())
+    assert (tasks.query_sizes == split.config.query_size).all()
+    prior = tasks.support_prior.astype(bool)
+    support_task = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
+    assert split.new_item_mask[tasks.query_item].all() and split.new_item_mask[tasks.support_item[~prior]].all()
+    old = split.validation["new_users"].rows()
+    history = set(zip(old["user_idx"].tolist(), old["item_idx"].tolist()))
+    rows = set(zip(tasks.user_idx[support_task[prior]].tolist(), tasks.support_item[prior].tolist()))
+    assert rows and rows <= history  # the history is the users' old-item validation ratings
+    # every validation user with enough new-item ratings has a task
+    r = ml100k.ratings
+    val = np.isin(r["user_idx"].to_numpy(), split.validation["new_users"].user_idx)
+    counts = np.bincount(r["user_idx"].to_numpy()[val & split.new_item_mask[r["item_idx"].to_numpy()]],
+                         minlength=ml100k.n_users)
+    enough = np.flatnonzero(counts >= split.config.query_size + split.config.min_support)
+    assert sorted(tasks.user_idx.tolist()) == enough.tolist()
+    test_users = set(split.test_users.tolist()) | set(split.meta_train.user_idx.tolist())
+    assert not test_users & set(tasks.user_idx.tolist())

@@ -136,7 +136,8 @@ class RecipeTrial:
 @dataclass
 class RecipeResult:
     """The chosen configuration, every trial in the order run, and the chosen trial's trained trainer;
-    ``history_scales``: each candidate history penalty multiple's MAE on the heavy users' new-item tasks."""
+    ``history_scales``: each candidate history penalty multiple's MAE on the new-item tasks it is chosen on
+    (heavy users', else validation users': :meth:`ColdStartSplit.history_choice_tasks`)."""
 
     config: RunConfig
     trials: list[RecipeTrial]
@@ -233,18 +234,18 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
 
 def choose_history_scale(trainer: Trainer, split: ColdStartSplit,
                          candidates: Sequence[float] = HISTORY_SCALES) -> dict[float, float]:
-    """{scale: MAE} of the trained model on known users' new-item tasks that no scenario uses (the heavy
-    users', :meth:`ColdStartSplit.heavy_new_item_tasks`), each adapted with the user's meta-train history
-    as the prior (the benchmark's rule) under that multiple of the learned penalty; the model keeps the
-    best. Empty (nothing chosen) for a model without the fold-in, or a split without such tasks."""
-    from metarec.tasks.history import add_user_history
-
+    """{scale: MAE} of the trained model on known users' new-item tasks that no test task uses
+    (:meth:`ColdStartSplit.history_choice_tasks`: the heavy users', or where there are none - published
+    splits - the validation users' new-item ratings with their old-item ratings as the history), each
+    adapted with the history as the prior (the benchmark's rule) under that multiple of the learned
+    penalty; the model keeps the best. Empty (nothing chosen) for a model without the fold-in, or a split
+    without such tasks."""
     learner = trainer.restore_best()
     model = learner.model
-    heavy = split.heavy_new_item_tasks()
-    if not getattr(model, "fold_in", False) or heavy is None or not len(heavy):
+    found = split.history_choice_tasks() if getattr(model, "fold_in", False) else None
+    if found is None:
         return {}
-    tasks = add_user_history(heavy, split.meta_train, split.known_items(), None, True)
+    source, tasks = found
     out: dict[float, float] = {}
     for scale in candidates:
         model.history_penalty_scale = float(scale)
@@ -260,7 +261,7 @@ def choose_history_scale(trainer: Trainer, split: ColdStartSplit,
         return {}
     best = min(finite, key=finite.get)
     model.history_penalty_scale = best
-    log.info("history penalty scale %g (heavy users' new items MAE %s)", best, out)
+    log.info("history penalty scale %g (%s' new items MAE %s)", best, source.replace("_", " "), out)
     return out
 
 

@@ -5,7 +5,9 @@ test tasks: joined to the support set where the support is of the same kind (old
 prior the support refines where the support holds ratings of items training never saw (a support of
 another kind that the history would outnumber). The defaults were chosen on validation tasks only,
 among them ``heavy_user_new_item_tasks``: known users with long histories rating new items (the
-comparison is in docs/experiments/few-shot.md, "A known user's history").
+comparison is in docs/experiments/few-shot.md, "A known user's history"). Where there are none (published
+splits, a dataset without users above ``max_ratings``), ``validation_user_new_item_tasks`` stands in:
+validation users' new-item ratings, their old-item validation ratings playing the history.
 """
 
 from __future__ import annotations
@@ -55,6 +57,38 @@ def add_user_history(tasks: TaskSet, history: TaskSet, known_items: np.ndarray, 
     return tasks.with_history(history, only=tasks_given_history(tasks, known_items, max_new_support), as_prior=prior)
 
 
+def validation_user_new_item_tasks(dataset: RatingDataset, history: TaskSet, new_item_mask: np.ndarray,
+                                   config: SplitConfig, seed: int = 0) -> TaskSet | None:
+    """The new-item scenario made of validation users, for a split without heavy users' unused new-item
+    ratings (published splits; a dataset where nobody rates more than ``max_ratings``): each user of
+    ``history`` (the validation users' old-item tasks) with enough ratings of new items in the dataset
+    gives a task of those ratings (a random ``query_size`` as the query, the rest as the support), and
+    ``history`` stands in for the meta-train ratings a known user brings. Validation users' data only:
+    no meta-train or test user, and no rating of ``history`` itself (those are of old items). Add the
+    history with ``TaskSet.with_history(history)``. None when no user has enough."""
+    r = dataset.ratings
+    user, item = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
+    has_history = np.zeros(dataset.n_users, bool)
+    has_history[history.user_idx] = True
+    rows = np.flatnonzero(has_history[user] & new_item_mask[item])
+    return _new_item_tasks("validation_new_items", user, item, r["rating"].to_numpy(np.float32), rows, config, seed)
+
+
+def _new_item_tasks(name: str, user: np.ndarray, item: np.ndarray, rating: np.ndarray, rows: np.ndarray,
+                    config: SplitConfig, seed: int) -> TaskSet | None:
+    """One task per user of ``rows`` with at least query_size + min_support of them: a seeded random
+    ``query_size`` as the query, the rest as the support."""
+    if not len(rows):
+        return None
+    rng = np.random.default_rng(seed)
+    rows = rows[np.lexsort((rng.random(len(rows)), user[rows]))]
+    _, inverse, sizes = np.unique(user[rows], return_inverse=True, return_counts=True)
+    rows = rows[sizes[inverse] >= config.query_size + config.min_support]
+    if not len(rows):
+        return None
+    return TaskSet.from_rows(name, user[rows], item[rows], rating[rows], rank_within(user[rows]) < config.query_size)
+
+
 def heavy_user_new_item_tasks(dataset: RatingDataset, meta_train: TaskSet, new_item_mask: np.ndarray,
                               config: SplitConfig, seed: int = 0) -> TaskSet | None:
     """Known users with long histories rating new items, made of data no scenario uses: a user with
@@ -72,13 +106,4 @@ def heavy_user_new_item_tasks(dataset: RatingDataset, meta_train: TaskSet, new_i
     heavy[meta_train.user_idx] = True  # known to training (a user whose chunks were all too small is not)
     heavy &= counts > config.max_ratings
     rows = np.flatnonzero(heavy[user] & new_item_mask[item])
-    if not len(rows):
-        return None
-    rng = np.random.default_rng(seed)
-    rows = rows[np.lexsort((rng.random(len(rows)), user[rows]))]
-    _, inverse, sizes = np.unique(user[rows], return_inverse=True, return_counts=True)
-    rows = rows[sizes[inverse] >= config.query_size + config.min_support]
-    if not len(rows):
-        return None
-    return TaskSet.from_rows("heavy_new_items", user[rows], item[rows], r["rating"].to_numpy(np.float32)[rows],
-                             rank_within(user[rows]) < config.query_size)
+    return _new_item_tasks("heavy_new_items", user, item, r["rating"].to_numpy(np.float32), rows, config, seed)

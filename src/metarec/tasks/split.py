@@ -16,7 +16,8 @@ import pandas as pd
 
 from metarec.data.dataset import RatingDataset
 from metarec.tasks.config import SplitConfig
-from metarec.tasks.history import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, add_user_history, heavy_user_new_item_tasks
+from metarec.tasks.history import (HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, add_user_history, heavy_user_new_item_tasks,
+                                   validation_user_new_item_tasks)
 from metarec.tasks.taskset import TaskSet, rank_within
 
 
@@ -68,6 +69,23 @@ class ColdStartSplit:
     def heavy_new_item_tasks(self, seed: int = 0) -> TaskSet | None:
         """Validation tasks of known heavy users on new items (:func:`heavy_user_new_item_tasks`)."""
         return heavy_user_new_item_tasks(self.dataset, self.meta_train, self.new_item_mask, self.config, seed)
+
+    def history_choice_tasks(self, seed: int = 0) -> tuple[str, TaskSet] | None:
+        """Known users on new items, each with the history a deployed model would hold, made of data no
+        test task uses - what the history's penalty multiple is chosen on: (``"heavy_users"``, the heavy
+        users' tasks with their meta-train history) where there are any, else (``"validation_users"``, the
+        validation users' new-item ratings with their old-item validation tasks as the history,
+        :func:`~metarec.tasks.history.validation_user_new_item_tasks`); None when neither exists."""
+        heavy = self.heavy_new_item_tasks(seed)
+        if heavy is not None and len(heavy):
+            return "heavy_users", add_user_history(heavy, self.meta_train, self.known_items(), None, True)
+        old_items = self.validation.get("new_users")
+        if old_items is None or not len(old_items):
+            return None
+        tasks = validation_user_new_item_tasks(self.dataset, old_items, self.new_item_mask, self.config, seed)
+        if tasks is None:
+            return None
+        return "validation_users", add_user_history(tasks, old_items, self.known_items(), None, True)
 
     def validation_with_support_size(self, k: int) -> dict[str, TaskSet]:
         """The validation tasks cut to ``k`` support ratings (draw 0), cached: model selection on the
