@@ -199,7 +199,7 @@ def run_demo(out: str | Path, *, epochs: int = 30, seed: int = 0, support_sizes:
     counts = np.bincount(split.train_ratings()["item_idx"].to_numpy(), minlength=dataset.n_items)
     recommender = ColdStartRecommender(ckpt, items=dataset.items, train_counts=counts, dataset_name=dataset.name, replicas=1)
     user, top = _sample_user(dataset, split, recommender, titles, popularity)
-    recipe = {"chosen": best_trial.settings, "trials": len(chosen.trials), "val_score": best_trial.val_score,
+    recipe = {"chosen": chosen.to_dict()["chosen"], "trials": len(chosen.trials), "val_score": best_trial.val_score,
               "best_epoch": ckpt.state.get("best_epoch")}
     result = DemoResult(dataset.name, synthetic, description, int(ckpt.state.get("best_epoch", -1)), best_trial.val_score,
                         table, k_curve, recipe, plot, user, top, out, time.perf_counter() - started, labels=labels)
