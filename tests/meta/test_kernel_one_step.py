@@ -94,3 +94,45 @@ def test_compiled_kernel_equals_eager(tiny_split):
     if "failed" in one_step._COMPILED:  # the eager fallback ran: nothing compiled was compared
         pytest.skip(f"torch.compile does not work here: {one_step._COMPILED['failed'].splitlines()[0][:200]}")
     assert "kernel" in one_step._COMPILED
+
+
+def _attributes_only(tiny_split, algorithm: str) -> tuple[MetaLearner, object]:
+    """A FeatureMLP without item id vectors: every parameter outside the head is an attribute table, so the
+    one-step kernel writes the embeddings' backward out too (no autograd at all)."""
+    from metarec.meta.kernels import one_step
+    from metarec.models import ModelConfig, build_model
+
+    learner, batch = make_learner(tiny_split, "feature-mlp", algorithm=algorithm, inner_steps=1, inner_lr=0.7)
+    split, feats = tiny_split
+    model = build_model(ModelConfig(kind="feature-mlp", embedding_size=8, hidden=(16, 16)), feats.user_encoder,
+                        feats.item_encoder, feats.item_features, known_items=feats.known_items,
+                        rating_scale=(1.0, 5.0), seed=3).double()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+    learner = MetaLearner(model, learner.config, feats.user_features)
+    assert learner.kernel == "one_step"
+    assert one_step.hand_embeddings(model, learner._params, learner.adapted) is not None
+    return learner, batch
+
+
+@pytest.mark.parametrize("other", ["vmap", "batched_head"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+def test_hand_written_embedding_backward_equals_autograd(tiny_split, algorithm, other):
+    learner, batch = _attributes_only(tiny_split, algorithm)
+    manual, manual_loss, auto, auto_loss = _both(learner, batch, other=other)
+    assert relative_difference(manual, auto) <= 1e-10
+    assert manual_loss == pytest.approx(auto_loss, rel=1e-12)
+    tables = [n for n in manual if n not in learner.adapted]
+    assert tables and all(float(manual[n].abs().max()) > 0 for n in tables)
+
+
+def test_hand_written_embedding_backward_on_a_share_of_the_tasks(tiny_split):
+    """A distributed rank's share (``rows``): the other tasks' users and items get no gradient."""
+    learner, batch = _attributes_only(tiny_split, "maml")
+    rows = torch.tensor([1, 4])
+    manual, manual_loss = learner.meta_gradients(batch, rows=rows)
+    auto, auto_loss = _as_kernel(learner, "batched_head").meta_gradients(batch, rows=rows)
+    assert relative_difference(manual, auto) <= 1e-10
+    assert manual_loss == pytest.approx(auto_loss, rel=1e-12)

@@ -133,6 +133,17 @@ class RatingModel(nn.Module):
             self.__dict__["_packed_cache"] = cached
         return cached[1]
 
+    def packed_users(self, users: FeatureTable) -> PackedAttributes:
+        """``users``' attributes packed for one-gather embedding (cached for the last table seen; rebuilt if a
+        tensor of it changes): the one-step kernel's user lookups."""
+        tensors = [*users.single.values(), *users.multi.values()]
+        key = (id(users), tuple((t.data_ptr(), t._version, t.device, tuple(t.shape)) for t in tensors))
+        cached = self.__dict__.get("_packed_users_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, PackedAttributes(self.user_embedding, users.single, users.multi))
+            self.__dict__["_packed_users_cache"] = cached
+        return cached[1]
+
     def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False, as_new: bool = False) -> torch.Tensor:
         """Item vectors; ``as_new``: as if every item were new to training (no id vector), the vector a
         new item gets from its attributes."""

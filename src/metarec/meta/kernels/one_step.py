@@ -20,6 +20,7 @@ from metarec.meta.inputs import step_masks
 from metarec.meta.kernels import batched_head
 from metarec.meta.kernels.lowrank import add_back, add_linear, affine, back_linear, flat, linear, relu_back_, take
 from metarec.models.base import Params, RatingModel
+from metarec.models.embedding import PackedAttributes, packed_table, packed_tables
 from metarec.models.feature_mlp import FeatureMLP
 from metarec.tasks.taskset import TaskBatch
 
@@ -45,40 +46,62 @@ def meta_gradients(model: FeatureMLP, params: Params, adapted: list[str], user_f
                    generator: torch.Generator | None,
                    rows: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], float]:
     """grad L(phi) of every model parameter and L(phi): the head's forward and reverse pass by hand (no
-    graph), then one autograd backward through the embeddings only (user and distinct item vectors).
+    graph), then the embeddings' gradients: by hand too where every other parameter is an attribute table
+    (:func:`hand_embeddings`), else one autograd backward through the user and distinct item vectors.
     ``rows``: of the mean over those tasks, the random draws still made for the whole batch."""
-    idx = batch.user_idx  # FeatureTable.select's rows, by index_select (cheaper)
-    user_vec = model.embed_users({k: v.index_select(0, idx) for k, v in user_features.single.items()},
-                                 {k: v.index_select(0, idx) for k, v in user_features.multi.items()})
-    if user_vec.dim() != 2 or user_vec.shape[0] != len(batch):  # no user attributes: [B, 0]
-        user_vec = user_vec.new_zeros(len(batch), user_vec.shape[-1])
-    s = batch.support_item.shape[1]
-    items, inverse = torch.unique(torch.cat([batch.support_item, batch.query_item], dim=1), return_inverse=True)
-    item_vec = model.embed_items(items)
+    idx = batch.user_idx
+    tables = hand_embeddings(model, params, adapted)
+    # each distinct item of the batch embedded once
+    items, inverse = torch.unique(torch.cat([batch.support_item.reshape(-1), batch.query_item.reshape(-1)]),
+                                  return_inverse=True)
+    n_support = batch.support_item.numel()
+    support_inv = inverse[:n_support].view(batch.support_item.shape)
+    query_inv = inverse[n_support:].view(batch.query_item.shape)
+    if tables is not None:  # no graph: the tables' gradients are written below
+        with torch.no_grad():
+            user_table, item_table = packed_table(model.user_embedding), packed_table(model.item_embedding)
+            user_at = model.packed_users(user_features).lookup(idx, user_table.dtype)
+            item_at = model._packed_items().lookup(items, item_table.dtype)
+            user_vec = PackedAttributes.embed_rows(user_table, user_at)
+            item_vec = PackedAttributes.embed_rows(item_table, item_at)
+    else:
+        user_vec = model.embed_users({k: v.index_select(0, idx) for k, v in user_features.single.items()},
+                                     {k: v.index_select(0, idx) for k, v in user_features.multi.items()})
+        if user_vec.dim() != 2 or user_vec.shape[0] != len(batch):  # no user attributes: [B, 0]
+            user_vec = user_vec.new_zeros(len(batch), user_vec.shape[-1])
+        item_vec = model.embed_items(items)
     mask = batch.support_mask
     masks = step_masks(mask, 1, config.support_batch_size, generator)
     if masks is not None:
         mask = masks[:, 0]
     s_rating, q_rating, q_mask = batch.support_rating, batch.query_rating, batch.query_mask
+    task_user_vec = user_vec
     if rows is not None:  # a distributed rank's share (metarec.meta.distributed)
         if len(rows) == 0:
             return {n: torch.zeros_like(p) for n, p in params.items()}, 0.0
-        user_vec, inverse, mask, s_rating, q_rating, q_mask = (
-            t.index_select(0, rows.to(t.device)) for t in (user_vec, inverse, mask, s_rating, q_rating, q_mask))
+        rows = rows.to(user_vec.device)
+        task_user_vec, support_inv, query_inv, mask, s_rating, q_rating, q_mask = (
+            t.index_select(0, rows) for t in (user_vec, support_inv, query_inv, mask, s_rating, q_rating, q_mask))
     support_weight = mask * (2.0 * config.inner_lr / mask.sum(-1, keepdim=True).clamp(min=1.0))
     query_weight = q_mask / (q_mask.sum(-1, keepdim=True).clamp(min=1.0) * q_mask.shape[0])
     head = {n: params[n].detach() for n in adapted}
-    args = (model, head, user_vec.detach(), item_vec.detach(), inverse[:, :s], inverse[:, s:], s_rating,
+    args = (model, head, task_user_vec.detach(), item_vec.detach(), support_inv, query_inv, s_rating,
             support_weight, q_rating, query_weight, config.first_order)
     with torch.no_grad():
         loss, head_grads, d_user, d_item = (compiled_meta_gradient(*args) if config.compile_kernel
                                             else one_step_meta_gradient(*args))
-    rest = [n for n in params if n not in head_grads]
-    outputs = [(v, g) for v, g in ((user_vec, d_user), (item_vec, d_item)) if v.requires_grad]
-    found = torch.autograd.grad([v for v, _ in outputs], [params[n] for n in rest], [g for _, g in outputs],
-                                allow_unused=True) if outputs and rest else [None] * len(rest)
-    grads = dict(head_grads)
-    grads.update({n: (torch.zeros_like(params[n]) if g is None else g) for n, g in zip(rest, found)})
+        if tables is not None:
+            if rows is not None:  # the other tasks' users get no adjoint
+                d_user = d_user.new_zeros(user_vec.shape).index_add_(0, rows, d_user)
+            grads = dict(head_grads)
+            grads.update(_table_gradients(tables, ((user_table, user_at, d_user), (item_table, item_at, d_item))))
+    if tables is None:
+        rest = [n for n in params if n not in head_grads]
+        outputs = [(v, g) for v, g in ((task_user_vec, d_user), (item_vec, d_item)) if v.requires_grad]
+        found = torch.autograd.grad([v for v, _ in outputs], [params[n] for n in rest], [g for _, g in outputs],
+                                    allow_unused=True) if outputs and rest else [None] * len(rest)
+        grads = dict(head_grads)
+        grads.update({n: (torch.zeros_like(params[n]) if g is None else g) for n, g in zip(rest, found)})
     grads = {n: grads[n] for n in params}  # model order
     loss = float(loss)
     if config.l2:
@@ -86,6 +109,32 @@ def meta_gradients(model: FeatureMLP, params: Params, adapted: list[str], user_f
             loss += float(config.l2 * sum((p ** 2).sum() for p in params.values()))
             grads = {n: g + 2 * config.l2 * params[n] for n, g in grads.items()}
     return grads, loss
+
+
+def hand_embeddings(model: FeatureMLP, params: Params, adapted: list[str]) -> list[list[tuple[str, int]]] | None:
+    """(parameter name, rows) of the user and of the item attribute tables (in :func:`packed_table`'s
+    order) where the embeddings' backward can be written out: every parameter outside the head is one of
+    those tables, given as the module's own (so the packed lookup reads the same values). None otherwise
+    (an id embedding, an item tower, functional parameters): the autograd backward then."""
+    if model.user_embedding is None or model.item_embedding is None:
+        return None
+    names = {id(p): n for n, p in params.items()}
+    out = [[(names.get(id(t.weight)), t.weight.shape[0]) for t in packed_tables(e)]
+           for e in (model.user_embedding, model.item_embedding)]
+    found = {n for side in out for n, _ in side}
+    if None in found or found | set(adapted) != set(params) or found & set(adapted):
+        return None
+    return out
+
+
+def _table_gradients(tables: list[list[tuple[str, int]]], sides) -> dict[str, torch.Tensor]:
+    """Each attribute table's gradient from the user / item vectors' adjoints (PackedAttributes'
+    backward, no graph): one buffer per side, each table's gradient a contiguous block of its rows."""
+    grads = {}
+    for side, (table, at, adjoint) in zip(tables, sides):
+        buffer = PackedAttributes.table_gradient(adjoint, at, torch.zeros_like(table))
+        grads.update(zip([n for n, _ in side], buffer.split([rows for _, rows in side])))
+    return grads
 
 
 _COMPILED: dict[str, object] = {}  # "kernel": torch.compile's wrapper, once per process; "failed": why not
