@@ -22,9 +22,9 @@ TABLE_METHODS = ("maml", "maml-gd", "mf", "bias", "content", "global-neural", "g
 
 def _cell(summary: dict, k: str, scenario: str, method: str, metric: str, ci: bool = True) -> str:
     cell = summary.get(k, {}).get(scenario, {}).get(method, {}).get(metric)
-    if not cell or cell["mean"] != cell["mean"]:
+    if not cell or cell["mean"] is None or cell["mean"] != cell["mean"]:
         return "-"
-    if not ci or cell["ci95"] != cell["ci95"]:
+    if not ci or cell["ci95"] is None or cell["ci95"] != cell["ci95"]:  # one seed: no interval (null in JSON)
         return f"{cell['mean']:.3f}"
     return f"{cell['mean']:.3f} ±{cell['ci95']:.3f}"
 
