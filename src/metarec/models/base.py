@@ -122,26 +122,23 @@ class RatingModel(nn.Module):
 
     def _packed_items(self) -> PackedAttributes:
         """The catalogue's attributes packed for one-gather embedding (cached; rebuilt if a buffer changes)."""
-        buffers = [getattr(self, f"item_single__{c}") for c in self._item_single_cols]
-        buffers += [getattr(self, f"item_multi__{c}") for c in self._item_multi_cols]
-        key = tuple((b.data_ptr(), b._version, b.device) for b in buffers)
-        cached = self.__dict__.get("_packed_cache")
-        if cached is None or cached[0] != key:
-            single = {c: getattr(self, f"item_single__{c}") for c in self._item_single_cols}
-            multi = {c: getattr(self, f"item_multi__{c}") for c in self._item_multi_cols}
-            cached = (key, PackedAttributes(self.item_embedding, single, multi))
-            self.__dict__["_packed_cache"] = cached
-        return cached[1]
+        single = {c: getattr(self, f"item_single__{c}") for c in self._item_single_cols}
+        multi = {c: getattr(self, f"item_multi__{c}") for c in self._item_multi_cols}
+        return self._packed("_packed_cache", self.item_embedding, single, multi)
 
     def packed_users(self, users: FeatureTable) -> PackedAttributes:
         """``users``' attributes packed for one-gather embedding (cached for the last table seen; rebuilt if a
         tensor of it changes): the one-step kernel's user lookups."""
-        tensors = [*users.single.values(), *users.multi.values()]
-        key = (id(users), tuple((t.data_ptr(), t._version, t.device, tuple(t.shape)) for t in tensors))
-        cached = self.__dict__.get("_packed_users_cache")
+        return self._packed("_packed_users_cache", self.user_embedding, users.single, users.multi)
+
+    def _packed(self, slot: str, embedding: AttributeEmbedding, single: Mapping[str, torch.Tensor],
+                multi: Mapping[str, torch.Tensor]) -> PackedAttributes:
+        """The PackedAttributes of these tensors, cached in ``slot`` and rebuilt when one of them changes."""
+        key = tuple((t.data_ptr(), t._version, t.device, tuple(t.shape)) for t in [*single.values(), *multi.values()])
+        cached = self.__dict__.get(slot)
         if cached is None or cached[0] != key:
-            cached = (key, PackedAttributes(self.user_embedding, users.single, users.multi))
-            self.__dict__["_packed_users_cache"] = cached
+            cached = (key, PackedAttributes(embedding, single, multi))
+            self.__dict__[slot] = cached
         return cached[1]
 
     def embed_items(self, item_idx: torch.Tensor, *, vmap_safe: bool = False, as_new: bool = False) -> torch.Tensor:
