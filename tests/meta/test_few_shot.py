@@ -208,7 +208,11 @@ def test_history_scale_is_chosen_on_heavy_or_validation_users_new_items(tiny_spl
     # so the validation users' new-item ratings stand in, their old-item validation ratings as the history
     source, stand_in = split.history_choice_tasks()
     assert source == "validation_users" and stand_in.support_prior is not None and stand_in.support_prior.any()
-    scores = recipe.choose_history_scale(trainer, split)
+    # too few tasks choose nothing: the configured multiple stays
+    configured = trainer.learner.model.history_penalty_scale
+    assert recipe.choose_history_scale(trainer, split, min_tasks=len(stand_in) + 1) == {}
+    assert trainer.learner.model.history_penalty_scale == configured
+    scores = recipe.choose_history_scale(trainer, split, min_tasks=1)
     assert set(scores) == set(HISTORY_SCALES)
     assert trainer.learner.model.history_penalty_scale == min(scores, key=scores.get)
     # each score is that multiple's MAE on those tasks
@@ -220,7 +224,7 @@ def test_history_scale_is_chosen_on_heavy_or_validation_users_new_items(tiny_spl
     tasks = split.validation["new_users_new_items"]
     monkeypatch.setattr(ColdStartSplit, "heavy_new_item_tasks", lambda self, seed=0: tasks)
     assert split.history_choice_tasks()[0] == "heavy_users"
-    scores = recipe.choose_history_scale(trainer, split)
+    scores = recipe.choose_history_scale(trainer, split, min_tasks=1)
     assert set(scores) == set(HISTORY_SCALES)
     assert trainer.learner.model.history_penalty_scale == min(scores, key=scores.get)
 
@@ -233,7 +237,7 @@ def test_history_scale_is_chosen_on_heavy_or_validation_users_new_items(tiny_spl
         return pred * np.nan if self.model.history_penalty_scale == HISTORY_SCALES[0] else pred
 
     monkeypatch.setattr(type(learner), "predict_tasks", nan_at_the_first_scale)
-    scores = recipe.choose_history_scale(trainer, split)
+    scores = recipe.choose_history_scale(trainer, split, min_tasks=1)
     assert math.isnan(scores[HISTORY_SCALES[0]])
     finite = {k: v for k, v in scores.items() if not math.isnan(v)}
     assert trainer.learner.model.history_penalty_scale == min(finite, key=finite.get) != HISTORY_SCALES[0]

@@ -310,3 +310,52 @@ def test_without_heavy_users_the_validation_users_new_items_choose_the_history_m
     assert sorted(tasks.user_idx.tolist()) == enough.tolist()
     test_users = set(split.test_users.tolist()) | set(split.meta_train.user_idx.tolist())
     assert not test_users & set(tasks.user_idx.tolist())
+
+
+def test_published_split_never_chooses_the_history_multiple_on_test_ratings(tmp_path, ml100k):
+    """Under published splits a validation user is carved from the warm users, and the cold-item parts
+    hold warm users' ratings of new items: those are test data. The validation users' new-item tasks that
+    choose the history's multiple are made only of new-item ratings no part holds."""
+    import json
+
+    frame = ml100k.ratings
+    counts = frame.groupby("user_idx").size()
+    users = counts[(counts >= 80) & (counts <= 100)].index[:60].tolist()
+    sub = frame[frame["user_idx"].isin(users)]
+    new = (sub["item_idx"] % 3 == 0).to_numpy()
+    in_test = new & (np.arange(len(sub)) % 2 == 0)  # half of each user's new-item ratings are test data
+
+    def write(stem, rows):
+        rows = sub[rows]
+        items = {ml100k.user_vocab.ids[u]: [ml100k.item_vocab.ids[i] for i in g["item_idx"]] for u, g in rows.groupby("user_idx")}
+        ratings = {ml100k.user_vocab.ids[u]: g["rating"].astype(float).tolist() for u, g in rows.groupby("user_idx")}
+        (tmp_path / f"{stem}.json").write_text(json.dumps(items))
+        (tmp_path / f"{stem}_y.json").write_text(json.dumps(ratings))
+
+    warm = ~new & sub["user_idx"].isin(users[:5]).to_numpy() & (np.arange(len(sub)) % 4 == 1)
+    write("meta_training", ~new & ~warm)
+    write("warm_up", warm)
+    write("item_cold_testing", in_test)
+    cold = frame[frame["user_idx"].isin(counts[(counts >= 20) & (counts <= 60)].index[:20])]
+    for stem in ("user_cold_testing", "user_and_item_cold_testing"):
+        rows = cold[cold["item_idx"] % 3 != 0] if stem != "user_and_item_cold_testing" else cold[cold["item_idx"] % 3 == 0]
+        items = {ml100k.user_vocab.ids[u]: [ml100k.item_vocab.ids[i] for i in g["item_idx"]] for u, g in rows.groupby("user_idx")}
+        ratings = {ml100k.user_vocab.ids[u]: g["rating"].astype(float).tolist() for u, g in rows.groupby("user_idx")}
+        (tmp_path / f"{stem}.json").write_text(json.dumps(items))
+        (tmp_path / f"{stem}_y.json").write_text(json.dumps(ratings))
+    split = make_split(ml100k, SplitConfig(protocol="splits", split_dir=str(tmp_path), val_user_fraction=0.3))
+    assert set(split.val_users.tolist()) & set(split.test["new_items"].user_idx.tolist())  # the overlap exists
+    source, tasks = split.history_choice_tasks()
+    assert source == "validation_users" and len(tasks) >= 5
+    prior = tasks.support_prior.astype(bool)
+    support_task = np.repeat(np.arange(len(tasks)), tasks.support_sizes)
+    chosen_on = set(zip(tasks.user_idx[support_task[~prior]].tolist(), tasks.support_item[~prior].tolist()))
+    chosen_on |= set(zip(np.repeat(tasks.user_idx, tasks.query_sizes).tolist(), tasks.query_item.tolist()))
+    test = set()
+    for ts in split.test.values():
+        rows = ts.rows()
+        test |= set(zip(rows["user_idx"].tolist(), rows["item_idx"].tolist()))
+    val_new = sub[new & np.isin(sub["user_idx"], split.val_users)]
+    assert set(zip(val_new["user_idx"].tolist(), val_new["item_idx"].tolist())) & test  # there was test data to avoid
+    assert chosen_on and not chosen_on & test
+    assert all(split.leakage_checks().values())

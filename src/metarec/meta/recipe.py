@@ -51,6 +51,9 @@ SEARCH_SPACE: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
 # the history's penalty multiple (ModelConfig.history_penalty_scale), chosen after training: it changes
 # nothing the training sees, only how a known user's history meets a new-item support set
 HISTORY_SCALES = (1.0, 1.5, 2.0, 4.0, 8.0)
+# fewer tasks than this choose nothing: the multiple keeps its configured value (under MetaHIN's splits one
+# validation user's new-item ratings are left once the test tasks' are excluded)
+MIN_HISTORY_CHOICE_TASKS = 20
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
 
@@ -232,20 +235,24 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
     return result
 
 
-def choose_history_scale(trainer: Trainer, split: ColdStartSplit,
-                         candidates: Sequence[float] = HISTORY_SCALES) -> dict[float, float]:
+def choose_history_scale(trainer: Trainer, split: ColdStartSplit, candidates: Sequence[float] = HISTORY_SCALES,
+                         min_tasks: int = MIN_HISTORY_CHOICE_TASKS) -> dict[float, float]:
     """{scale: MAE} of the trained model on known users' new-item tasks that no test task uses
     (:meth:`ColdStartSplit.history_choice_tasks`: the heavy users', or where there are none - published
     splits - the validation users' new-item ratings with their old-item ratings as the history), each
     adapted with the history as the prior (the benchmark's rule) under that multiple of the learned
     penalty; the model keeps the best. Empty (nothing chosen) for a model without the fold-in, or a split
-    without such tasks."""
+    with fewer than ``min_tasks`` such tasks."""
     learner = trainer.restore_best()
     model = learner.model
     found = split.history_choice_tasks() if getattr(model, "fold_in", False) else None
     if found is None:
         return {}
     source, tasks = found
+    if len(tasks) < min_tasks:
+        log.info("history penalty scale: %d %s' new-item tasks (fewer than %d) choose nothing; kept %g",
+                 len(tasks), source.replace("_", " "), min_tasks, model.history_penalty_scale)
+        return {}
     out: dict[float, float] = {}
     for scale in candidates:
         model.history_penalty_scale = float(scale)

@@ -7,7 +7,9 @@ another kind that the history would outnumber). The defaults were chosen on vali
 among them ``heavy_user_new_item_tasks``: known users with long histories rating new items (the
 comparison is in docs/experiments/few-shot.md, "A known user's history"). Where there are none (published
 splits, a dataset without users above ``max_ratings``), ``validation_user_new_item_tasks`` stands in:
-validation users' new-item ratings, their old-item validation ratings playing the history.
+validation users' new-item ratings, their old-item validation ratings playing the history. Neither
+ever holds a rating a test task holds: under published splits a validation user (carved from the warm
+users) is often a test user of the cold-item parts, and their new-item ratings are that test data.
 """
 
 from __future__ import annotations
@@ -57,20 +59,37 @@ def add_user_history(tasks: TaskSet, history: TaskSet, known_items: np.ndarray, 
     return tasks.with_history(history, only=tasks_given_history(tasks, known_items, max_new_support), as_prior=prior)
 
 
+def rating_keys(user: np.ndarray, item: np.ndarray, n_items: int) -> np.ndarray:
+    """One int64 per (user, item) pair, for set operations on ratings."""
+    return np.asarray(user, np.int64) * n_items + np.asarray(item, np.int64)
+
+
+def task_rating_keys(tasks: TaskSet, n_items: int) -> np.ndarray:
+    """:func:`rating_keys` of every support and query rating of ``tasks``."""
+    rows = tasks.rows()
+    return rating_keys(rows["user_idx"], rows["item_idx"], n_items)
+
+
 def validation_user_new_item_tasks(dataset: RatingDataset, history: TaskSet, new_item_mask: np.ndarray,
-                                   config: SplitConfig, seed: int = 0) -> TaskSet | None:
+                                   config: SplitConfig, seed: int = 0,
+                                   exclude: np.ndarray | None = None) -> TaskSet | None:
     """The new-item scenario made of validation users, for a split without heavy users' unused new-item
     ratings (published splits; a dataset where nobody rates more than ``max_ratings``): each user of
     ``history`` (the validation users' old-item tasks) with enough ratings of new items in the dataset
     gives a task of those ratings (a random ``query_size`` as the query, the rest as the support), and
     ``history`` stands in for the meta-train ratings a known user brings. Validation users' data only:
-    no meta-train or test user, and no rating of ``history`` itself (those are of old items). Add the
-    history with ``TaskSet.with_history(history)``. None when no user has enough."""
+    no meta-train or test user, and no rating of ``history`` itself (those are of old items). ``exclude``
+    (:func:`rating_keys`): ratings never to use - the test tasks' (a published split's cold-item parts
+    hold warm users' new-item ratings, and a validation user may be one of them). Add the history with
+    ``TaskSet.with_history(history)``. None when no user has enough."""
     r = dataset.ratings
     user, item = r["user_idx"].to_numpy(), r["item_idx"].to_numpy()
     has_history = np.zeros(dataset.n_users, bool)
     has_history[history.user_idx] = True
-    rows = np.flatnonzero(has_history[user] & new_item_mask[item])
+    usable = has_history[user] & new_item_mask[item]
+    if exclude is not None and len(exclude):
+        usable &= ~np.isin(rating_keys(user, item, dataset.n_items), exclude)
+    rows = np.flatnonzero(usable)
     return _new_item_tasks("validation_new_items", user, item, r["rating"].to_numpy(np.float32), rows, config, seed)
 
 
@@ -90,13 +109,15 @@ def _new_item_tasks(name: str, user: np.ndarray, item: np.ndarray, rating: np.nd
 
 
 def heavy_user_new_item_tasks(dataset: RatingDataset, meta_train: TaskSet, new_item_mask: np.ndarray,
-                              config: SplitConfig, seed: int = 0) -> TaskSet | None:
+                              config: SplitConfig, seed: int = 0,
+                              exclude: np.ndarray | None = None) -> TaskSet | None:
     """Known users with long histories rating new items, made of data no scenario uses: a user with
     more than ``max_ratings`` ratings feeds meta-training with old items only (``heavy_users =
     "chunk"``), and their ratings of new items are in no task. Each such user with enough of them gives
     a task (a random ``query_size`` as the query, the rest as the support) - the new-item scenario
     (known users on new items) for validation, no test user involved. None under published splits or
-    when there are none. Add the history with ``TaskSet.with_history(meta_train)``."""
+    when there are none. ``exclude``: ratings never to use, as in :func:`validation_user_new_item_tasks`.
+    Add the history with ``TaskSet.with_history(meta_train)``."""
     if config.protocol == "splits":
         return None
     r = dataset.ratings
@@ -105,5 +126,8 @@ def heavy_user_new_item_tasks(dataset: RatingDataset, meta_train: TaskSet, new_i
     heavy = np.zeros(dataset.n_users, bool)
     heavy[meta_train.user_idx] = True  # known to training (a user whose chunks were all too small is not)
     heavy &= counts > config.max_ratings
-    rows = np.flatnonzero(heavy[user] & new_item_mask[item])
+    usable = heavy[user] & new_item_mask[item]
+    if exclude is not None and len(exclude):
+        usable &= ~np.isin(rating_keys(user, item, dataset.n_items), exclude)
+    rows = np.flatnonzero(usable)
     return _new_item_tasks("heavy_new_items", user, item, r["rating"].to_numpy(np.float32), rows, config, seed)

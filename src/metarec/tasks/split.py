@@ -17,7 +17,7 @@ import pandas as pd
 from metarec.data.dataset import RatingDataset
 from metarec.tasks.config import SplitConfig
 from metarec.tasks.history import (HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, add_user_history, heavy_user_new_item_tasks,
-                                   validation_user_new_item_tasks)
+                                   task_rating_keys, validation_user_new_item_tasks)
 from metarec.tasks.taskset import TaskSet, rank_within
 
 
@@ -68,21 +68,33 @@ class ColdStartSplit:
 
     def heavy_new_item_tasks(self, seed: int = 0) -> TaskSet | None:
         """Validation tasks of known heavy users on new items (:func:`heavy_user_new_item_tasks`)."""
-        return heavy_user_new_item_tasks(self.dataset, self.meta_train, self.new_item_mask, self.config, seed)
+        return heavy_user_new_item_tasks(self.dataset, self.meta_train, self.new_item_mask, self.config, seed,
+                                         exclude=self.test_rating_keys())
+
+    def test_rating_keys(self) -> np.ndarray:
+        """Every rating some test task holds, as sorted unique (user, item) keys
+        (:func:`~metarec.tasks.history.rating_keys`): what no validation choice may use."""
+        if "test_keys" not in self._cache:
+            keys = [task_rating_keys(ts, self.dataset.n_items) for ts in self.test.values()]
+            self._cache["test_keys"] = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        return self._cache["test_keys"]
 
     def history_choice_tasks(self, seed: int = 0) -> tuple[str, TaskSet] | None:
         """Known users on new items, each with the history a deployed model would hold, made of data no
         test task uses - what the history's penalty multiple is chosen on: (``"heavy_users"``, the heavy
         users' tasks with their meta-train history) where there are any, else (``"validation_users"``, the
         validation users' new-item ratings with their old-item validation tasks as the history,
-        :func:`~metarec.tasks.history.validation_user_new_item_tasks`); None when neither exists."""
+        :func:`~metarec.tasks.history.validation_user_new_item_tasks`); None when neither exists. Ratings a
+        test task holds are never among them (under MetaHIN's splits nearly all of the validation users'
+        new-item ratings are, so there the multiple keeps its configured value)."""
         heavy = self.heavy_new_item_tasks(seed)
         if heavy is not None and len(heavy):
             return "heavy_users", add_user_history(heavy, self.meta_train, self.known_items(), None, True)
         old_items = self.validation.get("new_users")
         if old_items is None or not len(old_items):
             return None
-        tasks = validation_user_new_item_tasks(self.dataset, old_items, self.new_item_mask, self.config, seed)
+        tasks = validation_user_new_item_tasks(self.dataset, old_items, self.new_item_mask, self.config, seed,
+                                               exclude=self.test_rating_keys())
         if tasks is None:
             return None
         return "validation_users", add_user_history(tasks, old_items, self.known_items(), None, True)
@@ -119,9 +131,23 @@ class ColdStartSplit:
             "support_query_disjoint": all(_support_query_disjoint(ts) for ts in all_sets),
             "scenario_items_match": _scenario_items_match(self),
             "scenario_users_match": _scenario_users_match(self, held_out),
+            "history_choice_not_in_test": self._history_choice_not_in_test(),
         }
         self._cache["leakage"] = checks
         return checks
+
+    def _history_choice_not_in_test(self) -> bool:
+        """No rating that chooses the history's multiple (:meth:`history_choice_tasks`) is in a test task."""
+        found = self.history_choice_tasks()
+        if found is None:
+            return True
+        tasks = found[1]
+        rows = tasks.rows()
+        chosen_on = rows["item_idx"] >= 0
+        if tasks.support_prior is not None:  # the history rows are the users' own validation ratings
+            chosen_on[: len(tasks.support_item)] = ~tasks.support_prior.astype(bool)
+        keys = task_rating_keys(tasks, self.dataset.n_items)[chosen_on]
+        return not np.isin(keys, self.test_rating_keys()).any()
 
     def fingerprint(self) -> str:
         """sha256 over every task's users, items and ratings: equal fingerprints mean identical splits."""
