@@ -35,7 +35,7 @@ def benchmark(
     attribute: List[str] = ATTRIBUTE_OPTION,
     rating_scale: Optional[str] = RATING_SCALE_OPTION,
     support_draws: Optional[int] = typer.Option(None, help="Seeded draws of the K support ratings per test task "
-                                                "(averaged); default 3, with --feedback implicit 1."),
+                                                "(averaged); default 3 (--quick: 1 with --feedback implicit)."),
     heavy_users: Optional[str] = typer.Option(None, help="drop (MeLU) or chunk: users above 100 ratings feed meta-training "
                                                "[default: the config's [split] heavy_users, else drop]."),
     support_sizes: str = typer.Option("1,3,5,10,20", help="Support sizes K of the K-curves."),
