@@ -90,17 +90,16 @@ def meta_gradients(model: FeatureMLP, params: Params, adapted: list[str], user_f
     with torch.no_grad():
         loss, head_grads, d_user, d_item = (compiled_meta_gradient(*args) if config.compile_kernel
                                             else one_step_meta_gradient(*args))
+        grads = dict(head_grads)
         if tables is not None:
             if rows is not None:  # the other tasks' users get no adjoint
                 d_user = d_user.new_zeros(user_vec.shape).index_add_(0, rows, d_user)
-            grads = dict(head_grads)
             grads.update(_table_gradients(tables, ((user_table, user_at, d_user), (item_table, item_at, d_item))))
     if tables is None:
         rest = [n for n in params if n not in head_grads]
         outputs = [(v, g) for v, g in ((task_user_vec, d_user), (item_vec, d_item)) if v.requires_grad]
         found = torch.autograd.grad([v for v, _ in outputs], [params[n] for n in rest], [g for _, g in outputs],
                                     allow_unused=True) if outputs and rest else [None] * len(rest)
-        grads = dict(head_grads)
         grads.update({n: (torch.zeros_like(params[n]) if g is None else g) for n, g in zip(rest, found)})
     grads = {n: grads[n] for n in params}  # model order
     loss = float(loss)
