@@ -4,9 +4,11 @@ metrics, checkpoint, model card), ``metarec recommend --item`` on it, and the fl
 from __future__ import annotations
 
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from implicit_tables import block_of, write_play_tables
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 from metarec.cli import app
 from metarec.data.loaders.registry import load_data
 from metarec.meta.checkpoint import load_checkpoint
+from metarec.meta.learner import MetaLearner
 from metarec.meta.run import DataConfig, RunConfig
 from metarec.errors import ConfigError
 
@@ -84,13 +87,78 @@ def test_recommend_refuses_ratings_for_an_implicit_model(implicit_run):
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--model", "neural-cf"], "--model"), (["--preset", "ml-1m"], "--preset"), (["--resume"], "--resume"),
+    (["--model", "neural-cf"], "--model"), (["--preset", "ml-1m"], "--preset"),
     (["--device", "cuda"], "--device"), (["--algorithm", "reptile"], "--algorithm"),
 ])
 def test_flags_that_do_not_apply_are_refused(tables, tmp_path, flags, named):
     result = run("train", "--feedback", "implicit", *tables, *flags, "--out", str(tmp_path / "run"))
     assert result.exit_code != 0 and named in result.output and "--feedback implicit" in result.output
     assert not (tmp_path / "run").exists()
+
+
+class Killed(Exception):
+    """What the test's dying meta-step raises: the process killed mid-epoch."""
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_runs_model(tables, implicit_run, tmp_path, monkeypatch):
+    """Killed in the middle of its second epoch (after the first epoch's checkpoint), the run continued by
+    ``--resume`` ends exactly where the fixture's run, never stopped (same tables, --epochs 2 --seed 1), ended."""
+    out = tmp_path / "run"
+    step, after_checkpoint = MetaLearner.meta_step, []
+
+    def dying_step(self, *args, **kwargs):
+        if (out / "last").is_dir():  # epoch 0 is saved: die on the second meta-batch of epoch 1
+            after_checkpoint.append(1)
+            if len(after_checkpoint) == 2:
+                raise Killed
+        return step(self, *args, **kwargs)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the fixture's run
+    try:
+        monkeypatch.setattr(MetaLearner, "meta_step", dying_step)
+        with pytest.raises(Killed):
+            run("train", "--feedback", "implicit", *tables, "--epochs", "2", "--seed", "1", "--out", str(out))
+        monkeypatch.setattr(MetaLearner, "meta_step", step)
+        assert load_checkpoint(out / "last").state["epoch"] == 1 and not (out / "MODEL_CARD.md").exists()
+        refused = run("train", "--feedback", "implicit", "--resume", "--epochs", "3", "--out", str(out))
+        assert refused.exit_code == 1 and "--epochs" in refused.output  # a resumed run keeps its settings
+        result = run("train", "--feedback", "implicit", "--resume", "--out", str(out))
+    finally:
+        torch.set_num_threads(previous)
+    assert result.exit_code == 0, result.output
+    assert "best epoch" in result.output and (out / "MODEL_CARD.md").exists()
+
+    def records(folder: Path) -> list[dict]:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert records(out) == records(implicit_run) and [r["epoch"] for r in records(out)] == [0, 1]
+    resumed, uninterrupted = load_checkpoint(out / "best"), load_checkpoint(implicit_run / "best")
+    for name, value in uninterrupted.learner.named_meta_parameters().items():
+        assert torch.equal(resumed.learner.named_meta_parameters()[name], value), name
+    assert resumed.state == uninterrupted.state
+
+
+def test_resume_needs_a_run_to_continue_on_its_own_split_and_data(implicit_run, tmp_path):
+    result = run("train", "--feedback", "implicit", "--resume", "--out", str(tmp_path / "none"))
+    assert result.exit_code == 1 and "no run to resume" in result.output
+    # a config.toml whose split is not the one this version builds for the run: not the same run
+    shutil.copytree(implicit_run, tmp_path / "split")
+    config = (tmp_path / "split" / "config.toml").read_text()
+    assert config.count("\nquery_size = 10\n") == 1
+    (tmp_path / "split" / "config.toml").write_text(config.replace("\nquery_size = 10\n", "\nquery_size = 8\n"))
+    result = run("train", "--feedback", "implicit", "--resume", "--out", str(tmp_path / "split"))
+    assert result.exit_code == 1 and "differs" in result.output and "'split'" in result.output
+    # the table it was trained on has changed since: its sizes, recorded in last/, no longer match
+    saved = RunConfig.from_toml(implicit_run / "config.toml")
+    plays = pd.read_csv(saved.data.dataset)
+    plays.iloc[: len(plays) - 50].to_csv(tmp_path / "fewer.csv", index=False)
+    shutil.copytree(implicit_run, tmp_path / "data")
+    config = (tmp_path / "data" / "config.toml").read_text()
+    (tmp_path / "data" / "config.toml").write_text(config.replace(str(saved.data.dataset), str(tmp_path / "fewer.csv")))
+    result = run("train", "--feedback", "implicit", "--resume", "--out", str(tmp_path / "data"))
+    assert result.exit_code == 1 and "the data differ" in result.output
 
 
 def test_bad_feedback_values_and_thresholds_are_refused(tables, tmp_path):

@@ -123,9 +123,20 @@ def train(
             from metarec.cli.train_implicit import refused_flags, train_implicit
 
             refused_flags({"--preset": preset is not None, "--no-search": not search, "--split-dir": split_dir is not None,
-                           "--model": model is not None, "--algorithm": algorithm is not None, "--resume": resume,
+                           "--model": model is not None, "--algorithm": algorithm is not None,
                            "--device": device not in (None, "cpu")})
-            check_run_folder(out, False, overwrite, [])
+            given = {"--config": config, "--dataset": dataset, "--data-dir": data_dir, "--users": users,
+                     "--items": items, "--column": column or None, "--attribute": attribute or None,
+                     "--rating-scale": rating_scale, "--protocol": protocol, "--adapt": adapt,
+                     "--inner-steps": inner_steps, "--inner-lr": inner_lr, "--outer-lr": outer_lr, "--l2": l2,
+                     "--meta-batch-size": meta_batch_size, "--query-loss": query_loss,
+                     "--item-ids": item_id_embedding, "--item-id-residual": item_id_residual, "--epochs": epochs,
+                     "--patience": patience, "--seed": seed, "--positive-threshold": positive_threshold}
+            check_run_folder(out, resume, overwrite, [flag for flag, value in given.items() if value is not None])
+            if resume:
+                from metarec.cli.train_implicit import resume_implicit
+
+                return resume_implicit(out, log_to)
             overrides = {"model": dict(item_id_embedding=item_id_embedding, item_id_residual=item_id_residual),
                          "meta": dict(adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
                                       meta_batch_size=meta_batch_size, query_loss=query_loss),

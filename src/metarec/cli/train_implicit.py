@@ -89,11 +89,47 @@ def train_implicit(out: Path, data: dict, positive_threshold: Optional[float], c
 
         if seed is None:  # the config file's [implicit] seed, else 0
             seed = int(overrides.get("implicit", {}).get("seed", 0))
-        run = train_implicit_run(data_config, seed=seed, protocol=protocol,
-                                 overrides=overrides, benchmark=benchmark, progress=batches, on_epoch=epoch)
+        run = train_implicit_run(data_config, seed=seed, protocol=protocol, overrides=overrides, benchmark=benchmark,
+                                 progress=batches, on_epoch=epoch, run_dir=out)
         write_implicit_run(run, out)
         loggers.log_params(run.config.to_dict())
         loggers.log_history(run.history)
+    report(run, out, metric)
+
+
+def resume_implicit(out: Path, log_to: list[str]) -> None:
+    """Continue the implicit run in ``out`` from ``last/`` with the settings of its ``config.toml``."""
+    from dataclasses import asdict
+
+    from metarec.eval.implicit.config import ImplicitBenchmarkConfig
+    from metarec.eval.implicit.train_run import train_implicit_run, write_implicit_run
+    from metarec.meta.loggers import make_logger
+    from metarec.meta.run import RunConfig
+
+    saved = RunConfig.from_toml(out / "config.toml")
+    if not saved.is_implicit:
+        raise ConfigError(f"{out}: an explicit run (no [implicit] section); resume it without --feedback implicit")
+    assert saved.implicit is not None
+    overrides = {"model": asdict(saved.model), "meta": asdict(saved.meta), "implicit": asdict(saved.implicit)}
+    benchmark = ImplicitBenchmarkConfig()
+    metric = benchmark.selection_metric
+    with progress_bars() as progress, make_logger(log_to, out) as loggers:
+        bar = progress.add_task("meta-training (implicit, resumed)", total=None)
+        epochs_bar = progress.add_task("epochs", total=saved.implicit.epochs)
+        run = train_implicit_run(
+            saved.data, seed=saved.implicit.seed, protocol=saved.split.protocol, overrides=overrides,
+            benchmark=benchmark, progress=lambda stage, done, total: progress.update(bar, completed=done, total=total),
+            on_epoch=lambda record: progress.update(epochs_bar, completed=record["epoch"] + 1,
+                                                    description=epoch_label(metric, record)),
+            run_dir=out, resume=True)
+        write_implicit_run(run, out)
+        loggers.log_params(run.config.to_dict())
+        loggers.log_history(run.history)
+    report(run, out, metric)
+
+
+def report(run, out: Path, metric: str) -> None:
+    """The one line a finished implicit run prints."""
     if run.best_epoch < 0:
         console.print(f"no epoch trained; run folder {out} holds the untrained model", highlight=False)
         return

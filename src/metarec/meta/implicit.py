@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,47 @@ class ImplicitTrainConfig:
             raise ConfigError("short_support_fraction must be in [0, 1] and short_support_max >= 1")
 
 
+@dataclass(frozen=True)
+class ImplicitTrainState:
+    """Where an implicit run stands after ``epoch`` epochs: with the learner (parameters and Adam moments)
+    and the best epoch's parameters, enough to continue it exactly (every epoch's draws are seeded by the
+    run's seed and the epoch's number alone). ``bad``: epochs since the best one."""
+
+    epoch: int
+    best_epoch: int
+    best_score: float
+    bad: int
+    history: tuple[dict, ...] = ()
+
+    def to_dict(self) -> dict:
+        """The JSON-able fields a checkpoint's state keeps (the history goes to metrics.jsonl)."""
+        return {"epoch": self.epoch, "best_epoch": self.best_epoch,
+                "best_val_score": self.best_score if math.isfinite(self.best_score) else None,
+                "epochs_without_improvement": self.bad}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, object], history: Sequence[dict]) -> "ImplicitTrainState":
+        """The state :meth:`to_dict` wrote, with the run's epoch records up to its epoch."""
+        epoch = int(state["epoch"])  # type: ignore[arg-type]
+        score = state.get("best_val_score")
+        return cls(epoch, int(state["best_epoch"]), -math.inf if score is None else float(score),  # type: ignore[arg-type]
+                   int(state["epochs_without_improvement"]),  # type: ignore[arg-type]
+                   tuple(dict(r) for r in history if int(r.get("epoch", -1)) < epoch))
+
+
+Checkpointer = Callable[[ImplicitTrainState, bool], None]  # after each epoch: (state, whether it is the best)
+
+
+@dataclass(frozen=True)
+class ImplicitResume:
+    """A run to continue: its ``state``, the learner of its last epoch (``last``: parameters and Adam
+    moments, e.g. a checkpoint's) and its best epoch's parameters (None before a best epoch)."""
+
+    state: ImplicitTrainState
+    last: MetaLearner
+    best_params: Mapping[str, torch.Tensor] | None
+
+
 @dataclass
 class ImplicitTrainResult:
     best_epoch: int
@@ -91,17 +132,28 @@ def epoch_tasks(tasks: TaskSet, n_items: int, config: ImplicitTrainConfig, epoch
 def train_implicit(learner: MetaLearner, tasks: TaskSet, n_items: int, config: ImplicitTrainConfig,
                    validate: Callable[[MetaLearner], float], *, candidates: np.ndarray | None = None,
                    popularity: np.ndarray | None = None, progress: Progress | None = None,
-                   on_epoch: Callable[[dict], None] | None = None) -> ImplicitTrainResult:
+                   on_epoch: Callable[[dict], None] | None = None, checkpoint: Checkpointer | None = None,
+                   start: ImplicitTrainState | None = None,
+                   best_params: Mapping[str, torch.Tensor] | None = None) -> ImplicitTrainResult:
     """Meta-train ``learner`` on ``tasks`` (positives only); keep the epoch whose ``validate`` score (higher is
     better, e.g. validation users' nDCG@20) is best, and stop after ``patience`` epochs without a better one.
     ``candidates``: the items negatives are drawn from (bool [n_items]; the training items). ``on_epoch``
-    sees each epoch's record (epoch, train_loss, val_score, seconds) as it ends."""
+    sees each epoch's record (epoch, train_loss, val_score, seconds) as it ends, after ``checkpoint`` has
+    seen the run's state (write it there to resume later). ``start``: continue a run from that state, the
+    learner already holding its parameters and Adam moments, ``best_params`` its best epoch's parameters."""
     device = next(learner.model.parameters()).device
     batch_size = learner.config.meta_batch_size
-    history: list[dict] = []
-    best = (-1, -math.inf, None)
-    bad = 0
-    for epoch in range(config.epochs):
+    history: list[dict] = [] if start is None else [dict(r) for r in start.history]
+    best = (-1, -math.inf, None) if start is None else (
+        start.best_epoch, start.best_score,
+        None if best_params is None else {n: v.detach().clone() for n, v in best_params.items()})
+    if start is not None and start.best_epoch >= 0 and best_params is None:
+        raise ValueError("resuming after a best epoch needs that epoch's parameters (best_params)")
+    bad = 0 if start is None else start.bad
+    first = 0 if start is None else start.epoch
+    for epoch in range(first, config.epochs):
+        if bad >= config.patience:  # a run resumed after it had stopped early
+            break
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         torch.manual_seed(config.seed * 100003 + epoch)
@@ -119,13 +171,16 @@ def train_implicit(learner: MetaLearner, tasks: TaskSet, n_items: int, config: I
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                   "val_score": score, "seconds": time.perf_counter() - start}
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(dict(record, epochs=config.epochs))
         log.info("implicit epoch %d: loss %.4f, validation %.4f", epoch, record["train_loss"], score)
-        if score > best[1] + 1e-6:
+        improved = score > best[1] + 1e-6
+        if improved:
             best, bad = (epoch, score, {n: p.detach().clone() for n, p in learner.named_meta_parameters().items()}), 0
         else:
             bad += 1
+        if checkpoint is not None:
+            checkpoint(ImplicitTrainState(epoch + 1, best[0], best[1], bad, tuple(history)), improved)
+        if on_epoch is not None:
+            on_epoch(dict(record, epochs=config.epochs))
         if progress:
             progress("epoch", epoch + 1, config.epochs)
         if bad >= config.patience:

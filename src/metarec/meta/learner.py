@@ -82,6 +82,19 @@ class MetaLearner:
         out.update({f"inner_lr.{n}": p for n, p in self.inner_lrs.items()})
         return out
 
+    def load_training_state(self, other: "MetaLearner") -> None:
+        """Take ``other``'s parameters, learned inner rates and Adam moments (a checkpoint loaded to resume
+        a run): training then continues exactly where ``other``'s stopped."""
+        self.model.load_state_dict(other.model.state_dict())
+        with torch.no_grad():
+            for n, p in self.inner_lrs.items():
+                p.copy_(other.inner_lrs[n])
+        names = self.named_meta_parameters()
+        self.optimizer.state.clear()
+        for n, p in other.named_meta_parameters().items():
+            if p in other.optimizer.state:
+                self.optimizer.state[names[n]] = other.optimizer.state[p]
+
     def split_params(self, params: Params) -> tuple[Params, Params]:
         """(fast, frozen): the parameters that adapt per task and the rest."""
         return maml.split(params, self.adapted)

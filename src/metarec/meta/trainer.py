@@ -200,15 +200,7 @@ class Trainer:
     def resume(self, directory: str | Path) -> None:
         """Continue from a ``last`` checkpoint: parameters, optimiser moments, epoch and best-so-far."""
         ckpt = load_checkpoint(directory, device=self.device)
-        self.learner.model.load_state_dict(ckpt.learner.model.state_dict())
-        with torch.no_grad():
-            for n, p in self.learner.inner_lrs.items():
-                p.copy_(ckpt.learner.inner_lrs[n])
-        names = self.learner.named_meta_parameters()
-        self.learner.optimizer.state.clear()
-        for n, p in ckpt.learner.named_meta_parameters().items():
-            if p in ckpt.learner.optimizer.state:
-                self.learner.optimizer.state[names[n]] = ckpt.learner.optimizer.state[p]
+        self.learner.load_training_state(ckpt.learner)
         self.state = dict(ckpt.state)
         self.state.setdefault("data", data_sizes(self.split))
         self.average = ({n: v.clone() for n, v in ckpt.average.items()}

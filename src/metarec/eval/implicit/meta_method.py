@@ -20,7 +20,8 @@ import torch
 
 from metarec.eval.implicit.method import Selection, support_positives, validation_score
 from metarec.meta.config import MetaConfig
-from metarec.meta.implicit import ImplicitTrainConfig, Progress, catalogue_scores, train_implicit
+from metarec.meta.implicit import (Checkpointer, ImplicitResume, ImplicitTrainConfig, Progress, catalogue_scores,
+                                   train_implicit)
 from metarec.meta.learner import MetaLearner
 from metarec.models import ModelConfig, build_model
 from metarec.models.new_item_order import NewItemOrder
@@ -59,13 +60,18 @@ class ImplicitMetaMethod:
         self.new_item_order: NewItemOrder | None = None
 
     def fit(self, split: ColdStartSplit, seed: int, progress: Progress | None = None,
-            on_epoch: Callable[[dict], None] | None = None) -> None:
+            on_epoch: Callable[[dict], None] | None = None, *, checkpoint: Checkpointer | None = None,
+            resume: ImplicitResume | None = None) -> None:
         """Meta-train on ``split.meta_train``, the epoch chosen on validation users. ``progress`` sees the
-        batches and epochs, ``on_epoch`` each epoch's record (with its validation score)."""
+        batches and epochs, ``on_epoch`` each epoch's record (with its validation score), ``checkpoint`` the
+        run's state after each epoch (:func:`~metarec.meta.implicit.train_implicit`); ``resume`` continues a
+        run from a saved state."""
         features = self.features = encode_features(split)
         model = build_model(self.model_config, features.user_encoder, features.item_encoder, features.item_features,
                             known_items=features.known_items, rating_scale=split.dataset.rating_scale, seed=seed)
         self.learner = MetaLearner(model, self.meta_config, features.user_features)
+        if resume is not None:
+            self.learner.load_training_state(resume.last)
         selection = self.config.selection(seed)
         known = np.asarray(split.known_items(), dtype=bool)
         popularity = np.bincount(split.meta_train.rows()["item_idx"], minlength=model.n_items).astype(np.float64)
@@ -75,7 +81,9 @@ class ImplicitMetaMethod:
             return validation_score(self.score, split, selection)[0]
 
         result = train_implicit(self.learner, split.meta_train, model.n_items, train, validate, candidates=known,
-                                popularity=popularity, progress=progress, on_epoch=on_epoch)
+                                popularity=popularity, progress=progress, on_epoch=on_epoch, checkpoint=checkpoint,
+                                start=None if resume is None else resume.state,
+                                best_params=None if resume is None else resume.best_params)
         self.history = result.history
         self.chosen = {"best_epoch": result.best_epoch, "validation": result.best_score,
                        "model": _plain(asdict(self.model_config)), "meta": _plain(asdict(self.meta_config)),

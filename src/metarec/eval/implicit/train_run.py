@@ -18,17 +18,18 @@ from typing import Any, Callable, Mapping
 
 from metarec._io import jsonable, write_text
 from metarec.data.dataset import RatingDataset
-from metarec.errors import ConfigError
+from metarec.errors import ConfigError, MetarecError
 from metarec.eval.implicit.config import ImplicitBenchmarkConfig
 from metarec.eval.implicit.meta_method import ImplicitMetaMethod
 from metarec.eval.implicit.method import validation_score
-from metarec.meta.checkpoint import Checkpoint, package_versions, save_checkpoint
+from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
 from metarec.meta.config import MetaConfig
-from metarec.meta.implicit import ImplicitTrainConfig
+from metarec.meta.implicit import Checkpointer, ImplicitResume, ImplicitTrainConfig, ImplicitTrainState
 from metarec.meta.model_card import checkpoint_card, data_sizes, write_model_card
 from metarec.meta.run import DataConfig, RunConfig, TrainConfig, typed_values
 from metarec.models.config import ModelConfig
 from metarec.tasks import make_split
+from metarec.tasks.split import ColdStartSplit
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,16 @@ def load_implicit_data(data: DataConfig) -> RatingDataset:
 def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None = None,
                        overrides: Mapping[str, Mapping[str, Any]] | None = None,
                        benchmark: ImplicitBenchmarkConfig | None = None, dataset: RatingDataset | None = None,
-                       progress: Progress | None = None, on_epoch: EpochReport | None = None) -> ImplicitRun:
+                       progress: Progress | None = None, on_epoch: EpochReport | None = None,
+                       run_dir: str | Path | None = None, resume: bool = False) -> ImplicitRun:
     """Fit :class:`ImplicitMetaMethod` on ``seed``'s split of ``data`` (the implicit benchmark's split,
     ``protocol`` melu or time) and keep its selected epoch as a checkpoint. ``dataset``: the positives
-    already loaded from ``data``; ``progress`` / ``on_epoch``: each meta-batch / each epoch's validation score."""
+    already loaded from ``data``; ``progress`` / ``on_epoch``: each meta-batch / each epoch's validation score.
+
+    ``run_dir``: ``config.toml`` is written there first and, after every epoch, ``best/`` (when the epoch is
+    the best so far), ``metrics.jsonl`` and ``last/`` (with the Adam moments), in that order, so that a run
+    killed at any point can be continued; ``resume``: continue the run there from ``last/`` (its
+    ``config.toml`` and data must be the ones given), ending where the uninterrupted run would have."""
     benchmark = benchmark or ImplicitBenchmarkConfig()
     split_config = benchmark.split_config(seed)
     if protocol is not None:
@@ -95,13 +102,18 @@ def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None 
         raise ConfigError(f"{dataset.name} holds explicit ratings; an implicit run needs its positives")
     split = make_split(dataset, split_config)
     method = ImplicitMetaMethod(benchmark, checked_overrides(overrides))
-    log.info("implicit run: %d meta-train tasks, %d items", len(split.meta_train), dataset.n_items)
-    method.fit(split, seed, progress=progress, on_epoch=on_epoch)
-    score, points = validation_score(method.score, split, benchmark.selection(seed))
     metric = benchmark.selection_metric
     train = replace(method.train_config, seed=seed)
     config = RunConfig(data=data, split=split_config, model=method.model_config, meta=method.meta_config,
                        train=TrainConfig(seed=seed), implicit=train)
+    log.info("implicit run: %d meta-train tasks, %d items", len(split.meta_train), dataset.n_items)
+    checkpoint, resumed = None, None
+    if run_dir is not None:
+        checkpoint, resumed = _run_folder(Path(run_dir), config, dataset, split, method, metric, resume)
+    elif resume:
+        raise ConfigError("resuming an implicit run needs its run folder")
+    method.fit(split, seed, progress=progress, on_epoch=on_epoch, checkpoint=checkpoint, resume=resumed)
+    score, points = validation_score(method.score, split, benchmark.selection(seed))
     history = [dict(r) for r in method.history]
     best_epoch = int(method.chosen.get("best_epoch", -1))
     state = {"epoch": len(history), "best_epoch": best_epoch, "best_val_score": score, "selection": metric,
@@ -115,13 +127,55 @@ def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None 
     return ImplicitRun(config, checkpoint, history, best_epoch, score, metric)
 
 
+def _run_folder(out: Path, config: RunConfig, dataset: RatingDataset, split: ColdStartSplit,
+                method: ImplicitMetaMethod, metric: str, resume: bool) -> tuple[Checkpointer, ImplicitResume | None]:
+    """The per-epoch writer of :func:`train_implicit_run`'s ``run_dir`` and, when resuming, where the run
+    stands (checked against what is given: a different config or data would not continue the same run)."""
+    sizes = data_sizes(split)
+    resumed = None
+    if resume:
+        saved = RunConfig.from_toml(out / "config.toml")
+        if saved != config:
+            differ = [k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v]
+            raise MetarecError(f"{out}: the run's config.toml differs from the run being resumed in {differ}")
+        last = load_checkpoint(out / "last")
+        if dict(last.state.get("data", {})) != sizes:
+            raise MetarecError(f"{out}: the data differ from the run's ({last.state.get('data')} then, {sizes} now)")
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()] if (out / "metrics.jsonl").exists() else []
+        state = ImplicitTrainState.from_dict(last.state, records)
+        best = load_checkpoint(out / "best").learner.named_meta_parameters() if state.best_epoch >= 0 else None
+        resumed = ImplicitResume(state, last.learner, best)
+        log.info("implicit run: resumed %s after epoch %d (best epoch %d)", out, state.epoch - 1, state.best_epoch)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.toml", config.to_toml())
+
+    def save(state: ImplicitTrainState, improved: bool) -> None:
+        assert method.learner is not None and method.features is not None  # fit builds them before training
+        checkpoint = Checkpoint(method.learner, method.features, dataset.user_vocab, dataset.item_vocab,
+                                method.model_config, dataset.rating_scale, config.to_dict(),
+                                {**state.to_dict(), "selection": metric, "data": sizes, "feedback": "implicit"})
+        if improved:  # before last/: a resumed run finds its best epoch's parameters wherever it stopped
+            save_checkpoint(checkpoint, out / "best", with_optimizer=False)
+        write_text(out / "metrics.jsonl", _jsonl(state.history))
+        save_checkpoint(checkpoint, out / "last")
+
+    return save, resumed
+
+
+def _jsonl(records) -> str:
+    return "".join(json.dumps(jsonable(r), allow_nan=False) + "\n" for r in records)
+
+
 def write_implicit_run(run: ImplicitRun, out: str | Path) -> Path:
     """``out`` as a run folder: ``config.toml``, ``metrics.jsonl`` (one line per epoch), ``best/`` (the
-    selected epoch's checkpoint; no optimiser moments: an implicit run is not resumed) and ``MODEL_CARD.md``."""
+    selected epoch's checkpoint, with the new items' order) and ``MODEL_CARD.md`` (``last/``, written during
+    training by :func:`train_implicit_run`'s ``run_dir``, is left as it is)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", run.config.to_toml())
-    write_text(out / "metrics.jsonl", "".join(json.dumps(jsonable(r), allow_nan=False) + "\n" for r in run.history))
+    write_text(out / "metrics.jsonl", _jsonl(run.history))
     save_checkpoint(run.checkpoint, out / "best", with_optimizer=False)
     write_model_card(out, checkpoint_card(run.checkpoint, versions=package_versions()))
     return out
