@@ -26,7 +26,10 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool, settings_given: l
         # a save killed between its two renames left last/ as its backup: put it back before looking (here,
         # once, before any rank of a distributed run reads the checkpoint)
         recover_dir(out / "last")
-        if not (out / "config.toml").is_file() or not (out / "last").is_dir():
+        from metarec.meta.search_journal import SearchJournal
+
+        searching = SearchJournal(out / "search").exists()  # a recipe search that was killed: it resumes
+        if not searching and (not (out / "config.toml").is_file() or not (out / "last").is_dir()):
             raise MetarecError(f"{out}: no run to resume (config.toml and last/ are missing)")
         if settings_given:
             raise MetarecError(f"--resume continues {out} with the settings in its config.toml; "
@@ -165,9 +168,16 @@ def train(
             preset_dict(preset)
         if main:
             check_run_folder(out, resume, overwrite, [flag for flag, value in settings.items() if value is not None])
+        journal = None
         if resume:
-            cfg = RunConfig.from_toml(out / "config.toml")
-            search = False
+            from metarec.meta.search_journal import SearchJournal
+
+            journal = SearchJournal(out / "search")
+            if journal.exists():  # the recipe search was killed: it continues from its journal
+                cfg, fixed = journal.settings()
+                search = True
+            else:
+                cfg, journal, search = RunConfig.from_toml(out / "config.toml"), None, False
         else:
             data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
             cfg, fixed = layered_run_config(config, preset, model, algorithm, data,
@@ -189,23 +199,30 @@ def train(
         bars = progress_bars()
         bars.disable = bars.disable or not main
         with bars as progress, make_logger(log_to if main else (), out) as loggers:
-            if search and not resume:
+            if search:
                 from metarec._io import write_json
+                from metarec.meta.distributed import launched
                 from metarec.meta.recipe import choose_recipe
+                from metarec.meta.search_journal import SearchJournal
 
                 split = split_of(cfg)
+                if journal is None and main and not launched():  # (under torchrun a killed search starts over)
+                    journal = SearchJournal(out / "search")
+                    journal.start(cfg, fixed)
                 bar = progress.add_task("choosing the recipe on validation users (trainings)", total=None)
 
                 def step(description: str, done: int, total: int) -> None:
                     progress.update(bar, completed=done, total=total)
 
-                chosen = choose_recipe(split, cfg, fixed=fixed, progress=step)
+                chosen = choose_recipe(split, cfg, fixed=fixed, progress=step, journal=journal)
                 trainer = chosen.trainer
                 loggers.log_params(chosen.config.to_dict())
                 loggers.log_history(trainer.history)  # the recipe trained in memory: its epochs, sent now
-                trainer.write_run(out)
                 if main:
                     write_json(out / "recipe.json", chosen.to_dict())
+                trainer.write_run(out)
+                if journal is not None:  # the run is written: a resume now continues it, not the search
+                    journal.remove()
                 state = trainer.state
                 console.print("recipe (chosen on validation users): "
                               + ", ".join(f"{k} = {v}" for k, v in min(chosen.trials, key=lambda t: t.val_score)

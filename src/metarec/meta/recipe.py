@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from metarec.errors import ConfigError
 from metarec.meta.run import RunConfig, tomllib
+from metarec.meta.search_journal import SearchJournal
 from metarec.meta.trainer import Trainer
 from metarec.tasks.split import ColdStartSplit
 
@@ -135,6 +136,16 @@ class RecipeTrial:
         return {"settings": dict(self.settings), "val_score": self.val_score, "best_epoch": self.best_epoch,
                 "epochs_run": self.epochs_run, "seconds": round(self.seconds, 2), "val_curve": dict(self.val_curve)}
 
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> "RecipeTrial":
+        """A trial :meth:`to_dict` wrote (a search journal's record; null scores are NaN again)."""
+        def number(value: Any) -> float:
+            return math.nan if value is None else float(value)
+
+        return cls(dict(record["settings"]), number(record["val_score"]), int(record["best_epoch"]),
+                   int(record["epochs_run"]), float(record["seconds"]),
+                   {k: number(v) for k, v in dict(record.get("val_curve", {})).items()})
+
 
 @dataclass
 class RecipeResult:
@@ -176,12 +187,14 @@ def train_candidate(config: RunConfig, split: ColdStartSplit, settings: Mapping[
 
 def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed: Sequence[str] = (),
                   space: Sequence[tuple[str, str, tuple[Any, ...]]] = SEARCH_SPACE,
-                  progress: Progress | None = None) -> RecipeResult:
+                  progress: Progress | None = None, journal: "SearchJournal | None" = None) -> RecipeResult:
     """Search ``space`` around ``base`` (default: :func:`recipe_base`) on ``split``'s validation users.
 
     ``fixed``: ``"section.key"`` names not to search (the caller's own settings). Returns the best
     trial's configuration and its trained :class:`Trainer` (its learner holds the selected epoch's
-    parameters after ``restore_best()``), so the chosen model need not be trained again."""
+    parameters after ``restore_best()``), so the chosen model need not be trained again. ``journal``:
+    each finished trial is recorded there, and trials it already records are replayed, not trained
+    (:mod:`metarec.meta.search_journal`: a killed search resumes)."""
     config = base or recipe_base()
     if not any(len(split.validation.get(name, ())) for name in split.validation):
         raise ConfigError(f"{split.dataset.name}: the split has no validation tasks to choose the recipe on "
@@ -196,8 +209,9 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
     trials: list[RecipeTrial] = []
     tried: set[tuple] = set()
 
-    def run(cfg: RunConfig) -> tuple[RecipeTrial, Trainer] | None:
-        """Train one candidate (None: already tried - it is the current best)."""
+    def run(cfg: RunConfig) -> tuple[RecipeTrial, Trainer | None] | None:
+        """Train one candidate (None: already tried - it is the current best). A trial the journal records
+        is replayed: its record, and no trainer (the best one's is restored from the journal at the end)."""
         key = tuple(setting_of(cfg, s, k) for s, k, _ in dims)
         if key in tried:
             return None
@@ -205,11 +219,22 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
         settings = {f"{s}.{k}": setting_of(cfg, s, k) for s, k, _ in dims}
         if progress:
             progress("choosing the recipe on validation users", len(trials), total)
-        trial, trainer = train_candidate(cfg, split, settings)
+        index = len(trials)
+        record = journal.replay(index, settings) if journal is not None else None
+        if record is not None:
+            log.info("trial %s: replayed from %s", settings, journal.folder)  # type: ignore[union-attr]
+            trial, trainer = RecipeTrial.from_dict(record), None
+        else:
+            trial, trainer = train_candidate(cfg, split, settings)
+            if journal is not None:
+                journal.record(index, trial.to_dict(), trainer,
+                               best=not trials or trial.val_score < min(t.val_score for t in trials))
         trials.append(trial)
         return trial, trainer
 
-    best_trial, best_trainer = run(config)
+    first = run(config)
+    assert first is not None  # nothing tried yet
+    (best_trial, best_trainer), best_index = first, 0
     for section, key, values in dims:
         if not _relevant(config, section, key):
             continue
@@ -217,7 +242,10 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
             candidate = apply_setting(config, section, key, value)
             outcome = run(candidate)
             if outcome is not None and outcome[0].val_score < best_trial.val_score:
-                (best_trial, best_trainer), config = outcome, candidate
+                (best_trial, best_trainer), config, best_index = outcome, candidate, len(trials) - 1
+    if best_trainer is None:  # the best trial was replayed: its trained run is the journal's
+        assert journal is not None
+        best_trainer = journal.trainer(best_index, config, split)
     scales: dict[float, float] = {}
     if "model.history_penalty_scale" not in set(fixed):
         scales = choose_history_scale(best_trainer, split)
