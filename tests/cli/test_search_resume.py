@@ -17,9 +17,14 @@ from typer.testing import CliRunner
 
 import metarec.meta.recipe as recipe
 from metarec.cli import app
+from metarec.cli.options import split_of
+from metarec.data.loaders.registry import load_data
+from metarec.errors import MetarecError
 from metarec.meta.checkpoint import load_checkpoint
 from metarec.meta.learner import MetaLearner
+from metarec.meta.run import RunConfig
 from metarec.meta.search_journal import SearchJournal
+from metarec.serve import ColdStartRecommender
 
 runner = CliRunner()
 
@@ -132,15 +137,53 @@ def test_a_killed_search_resumes_to_the_uninterrupted_searchs_run(kill, config, 
 
 
 def test_a_journal_from_another_search_is_refused(config, tmp_path):
-    """A journal whose recorded trial is not the one the search asks for (the data or the package changed)."""
-    out = tmp_path / "run"
-    journal = SearchJournal(out / "search")
-    journal.start(recipe.recipe_base(), ())
-    (out / "search" / "trials.jsonl").write_text(json.dumps(
+    """A journal is continued only by the search it records: same starting configuration, fixed settings,
+    data sizes and trial settings; anything else is an error saying what differs."""
+    base = RunConfig.from_toml(config)
+    split = split_of(base)
+    journal = SearchJournal(tmp_path / "run" / "search")
+    journal.open(base, (), split)
+    journal.open(base, (), split)  # the same search: continued
+    with pytest.raises(MetarecError, match=r"differs in meta\)"):
+        journal.open(base.override("meta", outer_lr=0.5), (), split)
+    with pytest.raises(MetarecError, match="fixed settings"):
+        journal.open(base, ("meta.outer_lr",), split)
+    ratings = pd.read_csv(base.data.dataset)
+    ratings.iloc[:-40].to_csv(tmp_path / "fewer.csv", index=False)
+    with pytest.raises(MetarecError, match=r"data \(then"):
+        journal.open(base, (), split_of(base.override("data", dataset=str(tmp_path / "fewer.csv"))))
+    (journal.folder / "trials.jsonl").write_text(json.dumps(
         {"index": 0, "settings": {"meta.outer_lr": 0.5}, "val_score": 1.0, "best_epoch": 0, "epochs_run": 1,
          "seconds": 1.0, "val_curve": {}, "best": True}) + "\n")
-    with pytest.raises(Exception, match="trial 0 ran with"):
+    with pytest.raises(MetarecError, match="trial 0 ran with"):
         journal.replay(0, {"meta.outer_lr": 0.003})
     assert journal.replay(1, {"meta.outer_lr": 0.003}) is None  # not recorded: it is trained
-    (out / "search" / "trials.jsonl").write_text('{"index": 0, "sett')  # a line cut short by a kill
+    (journal.folder / "trials.jsonl").write_text('{"index": 0, "sett')  # a line cut short by a kill
     assert journal.records() == []
+
+
+def test_fit_in_a_run_folder_continues_its_search(config, tmp_path, monkeypatch):
+    """``ColdStartRecommender.fit(run_dir=...)`` keeps the same journal: called again after a crash, it
+    replays what was recorded and gives the uninterrupted search's model."""
+    base = RunConfig.from_toml(config)
+    dataset = load_data(base.data)
+    run_dir, whole = tmp_path / "fit", tmp_path / "whole"
+    with one_thread():
+        ColdStartRecommender().fit(dataset, config=base, search=True, run_dir=whole)
+
+    def dying_history_choice(*args, **kwargs):
+        raise Killed
+
+    with one_thread():
+        monkeypatch.setattr(recipe, "choose_history_scale", dying_history_choice)
+        with pytest.raises(Killed):
+            ColdStartRecommender().fit(dataset, config=base, search=True, run_dir=run_dir)
+        monkeypatch.undo()
+        trained = []
+        candidate = recipe.train_candidate
+        monkeypatch.setattr(recipe, "train_candidate", lambda *a, **k: trained.append(1) or candidate(*a, **k))
+        ColdStartRecommender().fit(dataset, config=base, search=True, run_dir=run_dir)
+    assert trained == [] and not (run_dir / "search").exists()
+    a, b = load_checkpoint(run_dir / "best"), load_checkpoint(whole / "best")
+    for key, value in b.learner.named_meta_parameters().items():
+        assert torch.equal(a.learner.named_meta_parameters()[key], value), key

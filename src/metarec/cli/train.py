@@ -208,7 +208,6 @@ def train(
                 split = split_of(cfg)
                 if journal is None and main and not launched():  # (under torchrun a killed search starts over)
                     journal = SearchJournal(out / "search")
-                    journal.start(cfg, fixed)
                 bar = progress.add_task("choosing the recipe on validation users (trainings)", total=None)
 
                 def step(description: str, done: int, total: int) -> None:

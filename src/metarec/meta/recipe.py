@@ -199,6 +199,8 @@ def choose_recipe(split: ColdStartSplit, base: RunConfig | None = None, *, fixed
     if not any(len(split.validation.get(name, ())) for name in split.validation):
         raise ConfigError(f"{split.dataset.name}: the split has no validation tasks to choose the recipe on "
                           "(raise split.val_user_fraction, or pass a full configuration and no search)")
+    if journal is not None:  # before the id-only adjustment below: what the caller asked for is recorded
+        journal.open(config, fixed, split)
     if not split.dataset.item_schema and "model.item_ids" not in set(fixed):
         # id-only items: the id vector is all an item has (residual ids and no ids need attributes)
         log.info("%s: items have no attributes; their id vectors are the item tower's input", split.dataset.name)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from metarec._io import jsonable, write_json, write_text
 from metarec.errors import MetarecError
 from metarec.meta.checkpoint import load_checkpoint
+from metarec.meta.model_card import data_sizes
 from metarec.meta.run import RunConfig
 
 if TYPE_CHECKING:  # imported at use: the trainer pulls in the engine
@@ -36,12 +37,28 @@ class SearchJournal:
         self.folder = Path(folder)
 
     # ------------------------------------------------------------------ starting and resuming
-    def start(self, base: RunConfig, fixed: Sequence[str]) -> None:
-        """A new search from ``base``, not searching ``fixed``: its settings are written first."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_text(self.folder / "config.toml", base.to_toml())
-        write_json(self.folder / "search.json", {"fixed": list(fixed)})
-        write_text(self.folder / TRIALS, "")
+    def open(self, base: RunConfig, fixed: Sequence[str], split: "ColdStartSplit") -> None:
+        """Start a search from ``base`` (not searching ``fixed``) on ``split``, or continue the one recorded
+        here if it is that search: the same starting configuration, fixed settings and data sizes (a table
+        that changed since would replay scores measured on other data). Otherwise a :class:`MetarecError`
+        says what differs."""
+        sizes = data_sizes(split)
+        if not self.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_text(self.folder / "config.toml", base.to_toml())
+            write_json(self.folder / "search.json", {"fixed": list(fixed), "data": sizes})
+            write_text(self.folder / TRIALS, "")
+            return
+        saved, saved_fixed = self.settings()
+        recorded = json.loads((self.folder / "search.json").read_text(encoding="utf-8")).get("data")
+        differ = [k for k, v in base.to_dict().items() if saved.to_dict().get(k) != v]
+        if set(saved_fixed) != set(fixed):
+            differ.append("fixed settings")
+        if recorded != sizes:
+            differ.append(f"data (then {recorded}, now {sizes})")
+        if differ:
+            raise MetarecError(f"{self.folder}: a recipe search of another run is recorded here (it differs in "
+                               f"{', '.join(differ)}); remove it, or train into a new folder")
 
     def exists(self) -> bool:
         """Whether a search was started here (and has not finished)."""

@@ -33,6 +33,7 @@ def train_bundle(dataset: RatingDataset, config: RunConfig | None, run_dir: str 
     the dataset's items, its training popularity and its onboarding panel."""
     from metarec._io import write_json
     from metarec.meta.recipe import choose_recipe, layered_config
+    from metarec.meta.search_journal import SearchJournal
     from metarec.meta.trainer import Trainer
     from metarec.tasks import make_split
 
@@ -50,9 +51,13 @@ def train_bundle(dataset: RatingDataset, config: RunConfig | None, run_dir: str 
     with tempfile.TemporaryDirectory(prefix="metarec-fit-") as tmp:
         directory = Path(run_dir) if run_dir is not None else Path(tmp)
         if search:
-            chosen = choose_recipe(split, config, fixed=fixed)
-            chosen.trainer.write_run(directory)
+            # in a run folder the search keeps a journal: fit again after a crash continues it
+            journal = SearchJournal(directory / "search") if run_dir is not None else None
+            chosen = choose_recipe(split, config, fixed=fixed, journal=journal)
             write_json(directory / "recipe.json", chosen.to_dict())
+            chosen.trainer.write_run(directory)
+            if journal is not None:
+                journal.remove()
         else:
             Trainer(config, split=split, run_dir=directory).fit()
         ckpt_dir = best_checkpoint_dir(directory)
