@@ -96,6 +96,27 @@ def test_flags_that_do_not_apply_are_refused(tables, tmp_path, flags, named):
     assert not (tmp_path / "run").exists()
 
 
+def test_evaluate_ranks_the_catalogue_for_the_runs_test_users(implicit_run):
+    """``metarec evaluate`` of an implicit run: the benchmark's ranking metrics per scenario and K on the run's own
+    split. A user's positives all lie in their cluster's block of 20 of the 60 items, so a model that learned
+    the clusters finds far more of the held-out positives in its top 20 than a random order would."""
+    result = run("evaluate", str(implicit_run), "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert set(scores) == {"new_users"}  # every item is warm here: no new-item scenario
+    points = scores["new_users"]
+    assert set(points) == {"all", "k1", "k3", "k5"}  # supports of 4-8 positives: none is cut to 10
+    assert points["k5"]["tasks"] < points["k1"]["tasks"] == points["all"]["tasks"]  # fewer than 5: left out at K = 5
+    for row in points.values():
+        assert row["tasks"] > 0 and all(0.0 <= row[m] <= 1.0 for m in ("recall@20", "ndcg@20", "mrr", "hit@10"))
+        assert row["recall@10"] <= row["recall@20"] and row["hit@10"] <= row["hit@20"]
+    assert points["all"]["recall@20"] > 0.9 and points["k1"]["recall@20"] > 0.9  # a random order: 0.34-0.37
+    table = run("evaluate", str(implicit_run))
+    assert table.exit_code == 0 and "nDCG@20" in table.output and "K = 3" in table.output
+    refused = run("evaluate", str(implicit_run), "--steps", "2")
+    assert refused.exit_code == 1 and "closed-form" in refused.output
+
+
 class Killed(Exception):
     """What the test's dying meta-step raises: the process killed mid-epoch."""
 

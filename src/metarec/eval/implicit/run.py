@@ -115,7 +115,7 @@ def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConf
                         continue
                     rankings = [rank_scores(method.score, t, catalogue, config.ks) for t in tasks]
                     for metric in rankings[0].per_task:
-                        values = _mean_over_draws([r.per_task[metric] for r in rankings])
+                        values = mean_over_draws([r.per_task[metric] for r in rankings])
                         per_task.setdefault((scenario, k, name, metric), {})[seed] = values
                         rows.append(_row(seed, scenario, name, k, metric, _nanmean(values)))
                     for metric, value in catalogue_metrics(rankings[0], catalogue, popularity, config.ks).items():
@@ -156,7 +156,7 @@ def _checked(scores: np.ndarray, tasks: TaskSet, candidates: np.ndarray) -> np.n
     return scores
 
 
-def _mean_over_draws(draws: list[np.ndarray]) -> np.ndarray:
+def mean_over_draws(draws: list[np.ndarray]) -> np.ndarray:
     """Each task's metric averaged over the support draws (the same tasks in each; NaN stays NaN)."""
     if len(draws) == 1:
         return draws[0]
