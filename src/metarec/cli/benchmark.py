@@ -46,6 +46,8 @@ def benchmark(
                                       "items folded in from every test task's support ratings (<scenario>_pooled)."),
     epochs: Optional[int] = typer.Option(None, help="Override the meta-learners' maximum epochs."),
     quick: bool = typer.Option(False, "--quick", help="A small version (CI): 2 seeds, few methods, 2 epochs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the benchmark killed in --out (the same command): "
+                                "the methods it had finished on each seed (OUT/partial) are loaded, not fitted again."),
     feedback: str = typer.Option("explicit", help="explicit (rating prediction and ranking) or implicit (top-N "
                                  "ranking of held-out positives against the whole catalogue; no plots)."),
     positive_threshold: Optional[float] = typer.Option(None, help="With --feedback implicit: ratings >= this are the "
@@ -57,7 +59,7 @@ def benchmark(
     if feedback == "implicit":
         unused = {"--protocol splits": protocol == "splits", "--split-dir": split_dir is not None,
                   "--split-seed": split_seed is not None, "--config": config is not None, "--preset": preset is not None,
-                  "--item-fold-in": item_fold_in, "--epochs": epochs is not None}
+                  "--item-fold-in": item_fold_in, "--epochs": epochs is not None, "--resume": resume}
         given = [flag for flag, used in unused.items() if used]
         if given:
             raise typer.BadParameter(f"{', '.join(given)}: not used by the implicit benchmark (its splits are built from "
@@ -71,7 +73,8 @@ def benchmark(
         raise typer.BadParameter("only with --feedback implicit", param_hint="--positive-threshold")
     support_draws = 3 if support_draws is None else support_draws
     with errors():
-        from metarec.eval.benchmark import DEFAULT_METHODS, BenchmarkConfig, run_benchmark, write_results
+        from metarec.eval.benchmark import (DEFAULT_METHODS, BenchmarkConfig, BenchmarkJournal, config_dict, run_benchmark,
+                                            write_results)
         from metarec.errors import require_extra
         from metarec.meta.recipe import layered_config
 
@@ -93,6 +96,8 @@ def benchmark(
                                   methods=tuple(words(methods)) or DEFAULT_METHODS,
                                   run=run_config, search=search, fixed=fixed, support_draws=support_draws, **options)
         started = time.perf_counter()
+        journal = BenchmarkJournal(out / "partial")
+        journal.open(config_dict(cfg), resume)
 
         with progress_bars() as progress:
             bar = progress.add_task("benchmark", total=None)
@@ -103,8 +108,9 @@ def benchmark(
                     err_console.print(f"benchmark step {done}/{total}: {msg} (at {time.perf_counter() - started:.0f} s)",
                                       highlight=False)
 
-            result = run_benchmark(cfg, progress=report)
+            result = run_benchmark(cfg, progress=report, journal=journal)
         paths = write_results(result, out)
+        journal.remove()
         console.print(paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False)
         console.print(f"wrote {out} in {result.seconds:.0f} s")
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 
 from metarec._io import atomic_path, write_json, write_text
-from metarec.eval.benchmark.config import CURVE_SCENARIOS, method_label
+from metarec.eval.benchmark.config import CURVE_SCENARIOS, BenchmarkConfig, method_label
 from metarec.eval.benchmark.run import BenchmarkResult
 from metarec.eval.benchmark.stats import MIN_INTERVAL_SEEDS
 from metarec.errors import require_extra
@@ -292,13 +292,19 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def config_dict(config: BenchmarkConfig) -> dict:
+    """The benchmark's configuration as results.json (and a resumed run's journal) records it."""
+    cfg = asdict(config)
+    cfg["run"] = config.run.to_dict()
+    return cfg
+
+
 def write_results(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "results.csv") as tmp:
         result.rows.to_csv(tmp, index=False)
-    cfg = asdict(result.config)
-    cfg["run"] = result.config.run.to_dict()
+    cfg = config_dict(result.config)
     histories = {m: {str(seed): h for seed, h in by_seed.items()}
                  for m, by_seed in result.histories.items()}  # learning curves, baselines' validation grids
     write_json(out / "results.json", {"config": cfg, "summary": result.summary, "comparisons": result.comparisons,

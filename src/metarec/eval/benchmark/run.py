@@ -32,6 +32,7 @@ import pandas as pd
 from metarec.data.dataset import RatingDataset
 from metarec.errors import MetarecError
 from metarec.eval.benchmark.config import CURVE_SCENARIOS, RATING_METRICS, BenchmarkConfig, Progress
+from metarec.eval.benchmark.journal import BenchmarkJournal
 from metarec.eval.benchmark.meta_method import MetaMethod
 from metarec.eval.benchmark.method import Method, selection_score
 from metarec.eval.benchmark.methods import make_method
@@ -105,8 +106,10 @@ def _per_task_abs_error(method: Method, variant: str, tasks: TaskSet) -> np.ndar
 
 
 def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = None,
-                  progress: Progress | None = None) -> BenchmarkResult:
-    """Run every method on every seed; return long-format rows plus the aggregated summary."""
+                  progress: Progress | None = None, journal: BenchmarkJournal | None = None) -> BenchmarkResult:
+    """Run every method on every seed; return long-format rows plus the aggregated summary. ``journal``:
+    each finished (seed, method) unit is recorded there, and a unit it already records is loaded instead
+    of fitted again (:mod:`metarec.eval.benchmark.journal`: a killed benchmark resumes)."""
     from metarec.data.loaders.registry import load_data, load_dataset
 
     started = time.perf_counter()
@@ -118,7 +121,6 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
     val_score: dict[str, list[float]] = {}
     families: dict[str, str] = {}
     split: ColdStartSplit | None = None
-    sizes = config.selection_sizes()
     steps = 2 * len(config.seeds) * len(config.methods)
     for i_seed, seed in enumerate(config.seeds):
         if split is None or config.split_seed is None:  # a fixed split is drawn once
@@ -126,38 +128,24 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
             train = split.train_ratings()
             popularity = np.bincount(train["item_idx"].to_numpy(), minlength=dataset.n_items).astype(np.float64)
         for i_method, name in enumerate(config.methods):
-            method = make_method(name, config, seed)
-            if isinstance(method, MetaMethod):
-                method.config = method.config.override("train", seed=seed)
             step = 2 * (i_seed * len(config.methods) + i_method)  # each method: fitting, then scoring
-            if progress:
-                progress(f"seed {seed} ({i_seed + 1}/{len(config.seeds)}): {name} "
-                         f"({i_method + 1}/{len(config.methods)}), fitting", step, steps)
-            t0 = time.perf_counter()
-            method.fit(split)
-            if config.item_fold_in:
-                method.choose_pool_scale(split)
-            fit_seconds = time.perf_counter() - t0
-            histories.setdefault(name, {})[seed] = method.history
-            if progress:
-                progress(f"seed {seed} ({i_seed + 1}/{len(config.seeds)}): {name} "
-                         f"({i_method + 1}/{len(config.methods)}), scoring (fitted in {fit_seconds:.0f} s)", step + 1, steps)
-            for variant in method.variants():
-                families[variant] = method.family
-                rows.append(dict(seed=seed, scenario="_fit", method=variant, metric="seconds", value=fit_seconds, k=0))
-                if method.rates(variant) and any(len(v) for v in split.validation.values()):
-                    score = selection_score(lambda t, v=variant: method.predict(v, t), split, sizes)
-                    val_score.setdefault(variant, []).append(score)
-                    rows.append(dict(seed=seed, scenario="_validation", method=variant, metric="score", value=score, k=0))
-                for scenario, tasks, pooled in _scenarios(split, config.item_fold_in):
-                    with method.pooled(variant, tasks) if pooled else nullcontext():
-                        metrics, per_task = _scenario_metrics(method, variant, tasks, split, popularity,
-                                                              config.catalogue_k, True)
-                    rows.extend(dict(seed=seed, scenario=scenario, method=variant, metric=m, value=v, k=0)
-                                for m, v in metrics.items())
-                    if per_task is not None:
-                        errors.setdefault((scenario, variant), {})[seed] = per_task
-                _curve(method, variant, split, popularity, config, seed, rows, errors)
+            where = f"seed {seed} ({i_seed + 1}/{len(config.seeds)}): {name} ({i_method + 1}/{len(config.methods)})"
+            unit = journal.load(seed, name) if journal is not None else None
+            if unit is not None:
+                log.info("%s: loaded from %s", where, journal.folder)  # type: ignore[union-attr]
+                if progress:
+                    progress(f"{where}, done before the resume", step + 1, steps)
+            else:
+                unit = _run_unit(name, config, seed, split, popularity, where, step, steps, progress)
+                if journal is not None:
+                    journal.save(seed, name, unit)
+            histories.setdefault(name, {})[seed] = unit["history"]
+            families.update(unit["families"])
+            for variant, score in unit["val_score"].items():
+                val_score.setdefault(variant, []).append(_number(score))
+            rows.extend(dict(row, value=_number(row["value"])) for row in unit["rows"])
+            for scenario, variant, values in unit["errors"]:
+                errors.setdefault((scenario, variant), {})[seed] = np.asarray(values, dtype=np.float64)
     if progress:
         progress("comparing the methods", steps, steps)
     frame = pd.DataFrame(rows)
@@ -168,6 +156,53 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
     comparisons["curve"] = compare_curve(errors, meta, [b for b in config.curve_baselines if b in families],
                                          CURVE_SCENARIOS, config.support_sizes, config.bootstrap, seed=0)
     return BenchmarkResult(config, frame, summary, comparisons, histories, time.perf_counter() - started)
+
+
+def _run_unit(name: str, config: BenchmarkConfig, seed: int, split: ColdStartSplit, popularity: np.ndarray,
+              where: str, step: int, steps: int, progress: Progress | None) -> dict:
+    """Fit method ``name`` on ``seed``'s split and score every variant: what it adds to the results (its
+    rows, its per-task errors as ``[scenario, variant, values]``, each variant's validation score and
+    family, and the method's history), as one unit a journal can keep."""
+    sizes = config.selection_sizes()
+    method = make_method(name, config, seed)
+    if isinstance(method, MetaMethod):
+        method.config = method.config.override("train", seed=seed)
+    if progress:
+        progress(f"{where}, fitting", step, steps)
+    t0 = time.perf_counter()
+    method.fit(split)
+    if config.item_fold_in:
+        method.choose_pool_scale(split)
+    fit_seconds = time.perf_counter() - t0
+    if progress:
+        progress(f"{where}, scoring (fitted in {fit_seconds:.0f} s)", step + 1, steps)
+    rows: list[dict] = []
+    errors: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    val_score: dict[str, float] = {}
+    families: dict[str, str] = {}
+    for variant in method.variants():
+        families[variant] = method.family
+        rows.append(dict(seed=seed, scenario="_fit", method=variant, metric="seconds", value=fit_seconds, k=0))
+        if method.rates(variant) and any(len(v) for v in split.validation.values()):
+            score = selection_score(lambda t, v=variant: method.predict(v, t), split, sizes)
+            val_score[variant] = score
+            rows.append(dict(seed=seed, scenario="_validation", method=variant, metric="score", value=score, k=0))
+        for scenario, tasks, pooled in _scenarios(split, config.item_fold_in):
+            with method.pooled(variant, tasks) if pooled else nullcontext():
+                metrics, per_task = _scenario_metrics(method, variant, tasks, split, popularity,
+                                                      config.catalogue_k, True)
+            rows.extend(dict(seed=seed, scenario=scenario, method=variant, metric=m, value=v, k=0)
+                        for m, v in metrics.items())
+            if per_task is not None:
+                errors.setdefault((scenario, variant), {})[seed] = per_task
+        _curve(method, variant, split, popularity, config, seed, rows, errors)
+    return {"rows": rows, "errors": [[scenario, variant, by_seed[seed]] for (scenario, variant), by_seed in errors.items()],
+            "val_score": val_score, "families": families, "history": method.history}
+
+
+def _number(value) -> float:
+    """A journal's value back as a float (a JSON null, should one appear, is NaN)."""
+    return float("nan") if value is None else float(value)
 
 
 def _curve(method: Method, variant: str, split: ColdStartSplit, popularity: np.ndarray, config: BenchmarkConfig,
