@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -16,6 +17,23 @@ DATA_MARKERS = (
     "ml-1m-melu-extra/movies_extrainfos.dat",
     "hetrec2011-lastfm-2k/user_artists.dat",
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread in the test process, from the first test on. Configs with ``train.threads = 1``
+    (tests/cli/test_model_folder.py, tests/meta/test_few_shot.py, ...) make ``Trainer`` set it process-wide,
+    so every test after the first of them already ran on one thread and those before it on every core: a
+    test's speed depended on the order, and a file run alone could be 30x slower than in the suite. On a
+    busy 2-core machine OpenMP's spinning threads do that (the pooled-history sweep of
+    tests/test_validation_sweep.py: 7 s on one thread, 219 s on two beside a running benchmark). Subprocesses
+    keep their own setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _data_root() -> Path:
@@ -75,3 +93,28 @@ def tiny_trained():
     trainer = Trainer(cfg, split=split)
     trainer.fit()
     return split, trainer.restore_best()
+
+
+@pytest.fixture
+def mf_at_its_defaults(monkeypatch: pytest.MonkeyPatch) -> Callable[[object], None]:
+    """``patch(namespace)``: within the test, the ``make_method`` that ``namespace`` (a module that imported
+    it) calls makes MF with one candidate, its defaults (20 factors, reg 10, bias reg 3, the seed it is
+    given), instead of the 3 x 3 grid and the bias-penalty step: 11 ALS fits per seed become 1. For tests
+    whose property is not MF's grid (tests/eval/test_benchmark.py's quick benchmark test checks the grid);
+    every other method is the benchmark's own."""
+    from metarec.baselines import MatrixFactorizationConfig
+    from metarec.eval.benchmark import make_method
+
+    def make(name: str, config, seed: int = 0):
+        method = make_method(name, config, seed)
+        if name == "mf":
+            method.candidates, method.refine = method.candidates[4:5], None
+            made = method.candidates[0]().config
+            assert made == MatrixFactorizationConfig(seed=seed), f"the grid's 5th point is not MF's defaults: {made}"
+        return method
+
+    def patch(namespace: object) -> None:
+        assert getattr(namespace, "make_method") is make_method, namespace  # patch where it is called
+        monkeypatch.setattr(namespace, "make_method", make)
+
+    return patch

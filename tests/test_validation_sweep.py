@@ -81,9 +81,11 @@ def test_heavy_users_new_items_are_data_no_scenario_uses(sweep, data_dir):
     assert sweep.heavy_users_on_new_items(split, seed=0).query_item.tolist() == heavy.query_item.tolist()
 
 
-def test_pooled_history_sweep_scores_each_rule_strict_and_pooled(sweep, data_dir, capsys):
+def test_pooled_history_sweep_scores_each_rule_strict_and_pooled(sweep, data_dir, capsys, mf_at_its_defaults):
     """--pooled: each method fitted as the benchmark fits it, scored on the heavy users' tasks strict and
-    pooled, under each history rule; the strict rule changes the strict scores."""
+    pooled, under each history rule; the strict rule changes the strict scores. MF is fitted at its
+    defaults, which is what its grid chose on this split when this was written: the same model, 1 ALS fit
+    instead of 11."""
     import re
 
     from metarec.data import load_dataset
@@ -91,8 +93,11 @@ def test_pooled_history_sweep_scores_each_rule_strict_and_pooled(sweep, data_dir
     from metarec.tasks import SplitConfig, make_split
 
     split = make_split(load_dataset("ml-100k", data_dir=data_dir), SplitConfig(seed=0, heavy_users="chunk"))
-    run = RunConfig.preset("neural-cf", "maml").override("model", fold_in=True).override("train", epochs=2)
+    # one epoch (was 2): the rules are compared on one trained model, whatever its epochs; the strict
+    # scores still differ by rule (measured: 0.911 / 0.902 / 0.890 at 1 epoch, 0.902 / 0.893 / 0.885 at 2)
+    run = RunConfig.preset("neural-cf", "maml").override("model", fold_in=True).override("train", epochs=1)
     bench = BenchmarkConfig(run=run, search=False)  # this run as it is: the sweep compares rules, not recipes
+    mf_at_its_defaults(sweep)
     sweep.pooled_history_sweep(split, bench, sweep.heavy_users_on_new_items(split, seed=0), ["maml", "mf"], [0])
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["maml history always", "maml history below 0",

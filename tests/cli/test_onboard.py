@@ -16,8 +16,10 @@ runner = CliRunner()
 def test_onboard_experiment_json_and_errors(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("METAREC_DATA_DIR", str(data_dir))
     out = tmp_path / "run"
+    # --no-search: the onboarding commands are under test, not the recipe (tests/cli/test_own_tables.py's);
+    # one training instead of the search's several
     result = runner.invoke(app, ["train", "--dataset", "ml-100k", "--epochs", "1", "--item-ids", "--adapt", "head",
-                                 "--out", str(out)], catch_exceptions=False)
+                                 "--no-search", "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["onboard", str(out), "--experiment", "--users", "validation", "--budgets", "5,30",
                                  "--seeds", "0,1", "--strategies", "random,popular,greedy-info", "--json",

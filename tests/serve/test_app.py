@@ -128,10 +128,14 @@ def test_from_dir_without_api_key(saved_dir, recommender, popular_ids):
     import torch
 
     before = torch.get_num_threads()
-    with TestClient(create_app_from_dir(saved_dir)) as open_client:
-        assert open_client.get("/healthz").json()["model_version"] == recommender.model_version
-        assert _post(open_client, "/v1/recommend", _body(popular_ids), headers=None).status_code == 200
-    assert torch.get_num_threads() == before  # the caller's thread is left as it was
+    torch.set_num_threads(2)  # not the app's 1 (nor the suite's, conftest.py): a restore must show
+    try:
+        with TestClient(create_app_from_dir(saved_dir)) as open_client:
+            assert open_client.get("/healthz").json()["model_version"] == recommender.model_version
+            assert _post(open_client, "/v1/recommend", _body(popular_ids), headers=None).status_code == 200
+        assert torch.get_num_threads() == 2  # the caller's thread is left as it was
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_predict(client, popular_ids, user):
