@@ -21,13 +21,11 @@ DATA_MARKERS = (
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> Iterator[None]:
-    """One torch thread in the test process, from the first test on. Configs with ``train.threads = 1``
-    (tests/cli/test_model_folder.py, tests/meta/test_few_shot.py, ...) make ``Trainer`` set it process-wide,
-    so every test after the first of them already ran on one thread and those before it on every core: a
-    test's speed depended on the order, and a file run alone could be 30x slower than in the suite. On a
-    busy 2-core machine OpenMP's spinning threads do that (the pooled-history sweep of
-    tests/test_validation_sweep.py: 7 s on one thread, 219 s on two beside a running benchmark). Subprocesses
-    keep their own setting."""
+    """One torch thread in the test process, from the first test on, as the command line runs (a run's
+    ``train.threads``, 1 in the recipe). The library's Trainer applies it only while it trains, so scoring
+    would otherwise run on every core: on a busy 2-core machine OpenMP's spinning threads make that up to
+    30x slower (the pooled-history sweep of tests/test_validation_sweep.py: 7 s on one thread, 219 s on two
+    beside a running benchmark). Subprocesses keep their own setting."""
     import torch
 
     previous = torch.get_num_threads()

@@ -349,3 +349,26 @@ def test_global_model_stops_only_when_neither_use_improves(tiny_split, monkeypat
     # The fine-tuned MAE alone would have stopped after epoch 3 (4 epochs).
     assert trainer.state["epoch"] == 5 == len(trainer.history)
     assert trainer.state["best_epoch"] == 1 and trainer.state["best_unadapted_epoch"] == 2
+
+
+def test_fit_restores_the_callers_thread_count(tiny_trained):
+    """``train.threads`` holds while the Trainer trains; a library call leaves its process as it found it
+    (the command line sets the count for its whole command instead)."""
+    import torch
+
+    from metarec.meta.run import RunConfig
+    from metarec.meta.trainer import Trainer
+
+    split, _ = tiny_trained
+    previous = torch.get_num_threads()
+    seen: list[int] = []
+    try:
+        torch.set_num_threads(2)
+        config = RunConfig.preset("neural-cf", "maml").override("train", epochs=1, threads=1)
+        trainer = Trainer(config, split=split, progress=lambda stage, done, total: seen.append(torch.get_num_threads()))
+        assert torch.get_num_threads() == 2  # building it changes nothing
+        trainer.fit()
+        assert seen and set(seen) == {1}  # one thread while it trained
+        assert torch.get_num_threads() == 2  # and the caller's count after
+    finally:
+        torch.set_num_threads(previous)

@@ -10,7 +10,8 @@ import typer
 
 from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, HISTORY_AS_PRIOR_OPTION, HISTORY_MAX_NEW_SUPPORT_OPTION,
                                  ITEMS_OPTION, RATING_SCALE_OPTION, USER_HISTORY_OPTION, USERS_OPTION, console,
-                                 data_overrides, err_console, errors, history_limit, ints, progress_bars, words)
+                                 data_overrides, err_console, errors, history_limit, ints, process_threads, progress_bars,
+                                 words)
 from metarec.cli.presets import PRESET_OPTION
 
 
@@ -84,6 +85,7 @@ def benchmark(
         run_config = run_config.override("data", **data)
         if epochs is not None:
             run_config = run_config.override("train", epochs=epochs)
+        process_threads(run_config.train.threads)
         table = run_config.data if run_config.data.is_table else None
         options = dict(dataset=dataset, data_dir=data_dir, protocol=protocol, split_dir=split_dir, heavy_users=heavy_users,
                        user_history=user_history, history_max_new_support=history_limit(history_max_new_support),

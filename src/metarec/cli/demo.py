@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from metarec.cli.options import console, err_console, errors, history_rule, progress_bars
+from metarec.cli.options import console, err_console, errors, history_rule, process_threads, progress_bars
 
 if TYPE_CHECKING:
     from metarec.demo import DemoResult
@@ -25,7 +25,9 @@ def demo(
     """Meta-train on ML-100K (else the synthetic dataset), compare with two baselines, plot, recommend."""
     with errors():
         from metarec.demo import run_demo
+        from metarec.meta.recipe import recipe_base
 
+        process_threads(recipe_base().train.threads)  # the demo trains the recipe
         with progress_bars() as progress:
             bars: dict[str, int] = {}
 

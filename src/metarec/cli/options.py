@@ -40,6 +40,15 @@ def print_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
+def process_threads(threads: int | None) -> None:
+    """A command owns its process: a run's ``train.threads`` holds for all of it (fitting, scoring, the
+    baselines), where the library's Trainer applies it only while it trains. None: torch's default."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def progress_bars() -> Progress:
     """Bars with N/M steps, time so far and an estimate of the time left (on a terminal only)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

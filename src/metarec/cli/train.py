@@ -11,8 +11,8 @@ import typer
 from metarec._io import recover_dir
 from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, DATA_DIR_OPTION, DATASET_OPTION, ITEMS_OPTION,
                                  PROTOCOL_OPTION, RATING_SCALE_OPTION, SPLIT_DIR_OPTION, USERS_OPTION,
-                                 console, data_overrides, errors, layered_run_config, progress_bars,
-                                 split_of)
+                                 console, data_overrides, errors, layered_run_config, process_threads,
+                                 progress_bars, split_of)
 from metarec.cli.presets import PRESET_OPTION
 from metarec.errors import MetarecError
 
@@ -188,6 +188,7 @@ def train(
             cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
                                meta_batch_size=meta_batch_size, query_loss=query_loss)
             cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)
+        process_threads(cfg.train.threads)
         if cfg.data.feedback == "implicit" or cfg.model.implicit:
             raise MetarecError("the configuration is an implicit-feedback run's (data.feedback / model.implicit): "
                                "train it with --feedback implicit")

@@ -9,7 +9,8 @@ import typer
 
 from metarec.cli.options import (ATTRIBUTE_OPTION, COLUMN_OPTION, DATA_DIR_OPTION, DATASET_OPTION, ITEMS_OPTION,
                                  PROTOCOL_OPTION, RATING_SCALE_OPTION, SPLIT_DIR_OPTION, USERS_OPTION,
-                                 console, data_overrides, errors, layered_run_config, progress_bars, split_of)
+                                 console, data_overrides, errors, layered_run_config, process_threads,
+                                 progress_bars, split_of)
 from metarec.cli.presets import PRESET_OPTION
 
 
@@ -54,6 +55,7 @@ def tune(
         cfg, fixed = layered_run_config(config, preset, None, None, data,
                                         dict(protocol=protocol, seed=seed, split_dir=split_dir))
         cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed)
+        process_threads(cfg.train.threads)
         fixed = (*fixed, *(name for layer in layers for name in explicit_tune_settings(layer)))
         with progress_bars() as progress:
             split = split_of(cfg)

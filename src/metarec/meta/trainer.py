@@ -126,8 +126,6 @@ class Trainer:
         supervised training, and on ML-1M's validation users the average was worse for it."""
         self.config = config
         self.select_unadapted = select_unadapted
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
         if split is None:
             dataset = dataset or load_data(config.data)
             split = make_split(dataset, config.split)
@@ -217,7 +215,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def fit(self, *, max_epochs: int | None = None) -> TrainResult:
-        """Meta-train until ``train.epochs`` or early stopping; ``max_epochs`` stops early (for tests of resume)."""
+        """Meta-train until ``train.epochs`` or early stopping; ``max_epochs`` stops early (for tests of resume).
+        ``train.threads`` holds while it trains; the caller's torch thread count is restored after (a library
+        call does not change its process for good: the command line sets it for the whole command)."""
+        previous = torch.get_num_threads()
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
+        try:
+            return self._fit(max_epochs)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _fit(self, max_epochs: int | None) -> TrainResult:
         cfg = self.config.train
         if self.run_dir is not None and self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
