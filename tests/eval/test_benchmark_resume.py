@@ -44,7 +44,7 @@ def bench(table: Path, out: Path, *extra: str):
 def timeless(value):
     """``value`` without what differs between two runs of the same benchmark: seconds and the _fit rows."""
     if isinstance(value, dict):
-        return {k: timeless(v) for k, v in value.items() if k not in ("seconds", "_fit")}
+        return {k: timeless(v) for k, v in value.items() if not k.endswith("seconds") and k != "_fit"}
     if isinstance(value, list):
         return [timeless(v) for v in value]
     return value
@@ -91,3 +91,43 @@ def test_resume_needs_a_journal(table, tmp_path):
     assert result.exit_code == 1 and "no benchmark to resume" in result.output
     with pytest.raises(MetarecError, match="no benchmark to resume"):
         BenchmarkJournal(tmp_path / "none" / "partial").open({"seeds": [0]}, resume=True)
+
+
+def test_a_killed_implicit_benchmark_resumes_to_the_uninterrupted_runs_results(tmp_path, monkeypatch):
+    import metarec.eval.implicit.run as implicit_run
+
+    rng = np.random.default_rng(1)
+    rows = [(f"u{u}", f"i{(u % 3) * 20 + j}", float(rng.integers(1, 6)), 1_000_000 + 100 * u + int(j))
+            for u in range(240) for j in rng.choice(20, rng.integers(15, 19), replace=False)]
+    path = tmp_path / "plays.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(path, index=False)
+
+    def implicit(out: Path, *extra: str):
+        return runner.invoke(app, ["benchmark", "--dataset", str(path), "--feedback", "implicit", "--methods",
+                                   "popularity,item-knn,ials", "--seeds", "0,1", "--support-sizes", "1,3",
+                                   "--out", str(out), *extra], catch_exceptions=False)
+
+    whole = tmp_path / "whole"
+    assert implicit(whole).exit_code == 0 and not (whole / "partial").exists()
+    out = tmp_path / "killed"
+    unit, calls = implicit_run._run_unit, []
+
+    def dying_unit(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 5:  # seed 0's three methods and seed 1's popularity are done; die in seed 1's item-knn
+            raise Killed
+        return unit(*args, **kwargs)
+
+    monkeypatch.setattr(implicit_run, "_run_unit", dying_unit)
+    with pytest.raises(Killed):
+        implicit(out)
+    assert len(list((out / "partial").glob("seed-*"))) == 4 and not (out / "results.json").exists()
+    calls.clear()
+    result = implicit(out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert calls == ["item-knn", "ials"]  # only seed 1's unfinished methods were fitted
+    a, b = (json.loads((folder / "results.json").read_text()) for folder in (out, whole))
+    assert timeless(a) == timeless(b)
+    frames = [pd.read_csv(folder / "results.csv") for folder in (out, whole)]
+    frames = [f[f["scenario"] != "_fit"].reset_index(drop=True) for f in frames]
+    pd.testing.assert_frame_equal(frames[0], frames[1])

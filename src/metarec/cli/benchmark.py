@@ -60,7 +60,7 @@ def benchmark(
     if feedback == "implicit":
         unused = {"--protocol splits": protocol == "splits", "--split-dir": split_dir is not None,
                   "--split-seed": split_seed is not None, "--config": config is not None, "--preset": preset is not None,
-                  "--item-fold-in": item_fold_in, "--epochs": epochs is not None, "--resume": resume}
+                  "--item-fold-in": item_fold_in, "--epochs": epochs is not None}
         given = [flag for flag, used in unused.items() if used]
         if given:
             raise typer.BadParameter(f"{', '.join(given)}: not used by the implicit benchmark (its splits are built from "
@@ -68,7 +68,7 @@ def benchmark(
         with errors():
             data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
             _implicit(out, data, positive_threshold, protocol, heavy_users, seeds, methods, support_sizes,
-                      support_draws, quick)
+                      support_draws, quick, resume)
         return
     if positive_threshold is not None:
         raise typer.BadParameter("only with --feedback implicit", param_hint="--positive-threshold")
@@ -118,14 +118,16 @@ def benchmark(
 
 
 def _implicit(out: Path, data: dict, positive_threshold: Optional[float], protocol: str, heavy_users: Optional[str],
-              seeds: str, methods: Optional[str], support_sizes: str, support_draws: Optional[int], quick: bool) -> None:
+              seeds: str, methods: Optional[str], support_sizes: str, support_draws: Optional[int], quick: bool,
+              resume: bool) -> None:
     """``--feedback implicit``: the positives of the dataset (all interactions, or those rated >=
     ``--positive-threshold``), every implicit method on the K-curve (:mod:`metarec.eval.implicit`)."""
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from metarec.data.implicit import to_implicit
     from metarec.data.loaders.registry import load_data, load_dataset
     from metarec.errors import ConfigError
+    from metarec.eval.benchmark import BenchmarkJournal
     from metarec.eval.implicit import DEFAULT_METHODS, ImplicitBenchmarkConfig, run_implicit_benchmark, save
     from metarec.eval.implicit.methods import KNOWN_METHODS
     from metarec.meta.run import DataConfig
@@ -149,6 +151,9 @@ def _implicit(out: Path, data: dict, positive_threshold: Optional[float], protoc
     else:
         dataset = load_dataset(table.dataset, data_dir=table.data_dir, feedback="implicit",
                                positive_threshold=positive_threshold)
+    journal = BenchmarkJournal(out / "partial")
+    journal.open({"feedback": "implicit", "config": asdict(cfg), "data": data, "positive_threshold": positive_threshold,
+                  "sizes": [dataset.n_users, dataset.n_items, dataset.n_ratings]}, resume)
     with progress_bars() as progress:
         bar = progress.add_task("implicit benchmark", total=None)
 
@@ -158,7 +163,8 @@ def _implicit(out: Path, data: dict, positive_threshold: Optional[float], protoc
                 err_console.print(f"benchmark step {done}/{total}: {msg} (at {time.perf_counter() - started:.0f} s)",
                                   highlight=False)
 
-        result = run_implicit_benchmark(dataset, cfg, progress=report)
+        result = run_implicit_benchmark(dataset, cfg, progress=report, journal=journal)
     paths = save(result, out)
+    journal.remove()
     console.print(paths["md"].read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"wrote {out} in {result.seconds:.0f} s")

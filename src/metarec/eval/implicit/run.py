@@ -25,6 +25,7 @@ import pandas as pd
 
 from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError
+from metarec.eval.benchmark.journal import BenchmarkJournal
 from metarec.eval.benchmark.stats import summarise
 from metarec.eval.implicit.compare import compare
 from metarec.eval.implicit.config import ImplicitBenchmarkConfig, Progress
@@ -61,10 +62,13 @@ class ImplicitBenchmarkResult:
 
 
 def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConfig, progress: Progress | None = None,
-                           *, factories: Mapping[str, MethodFactory] | None = None) -> ImplicitBenchmarkResult:
+                           *, factories: Mapping[str, MethodFactory] | None = None,
+                           journal: BenchmarkJournal | None = None) -> ImplicitBenchmarkResult:
     """Run every method of ``config`` on every seed of ``dataset`` (positives, e.g. from
     ``load_dataset(name, feedback="implicit")``). ``factories`` adds or replaces methods by name (a
-    method built from the config; the defaults come from :func:`~metarec.eval.implicit.methods.make_method`)."""
+    method built from the config; the defaults come from :func:`~metarec.eval.implicit.methods.make_method`).
+    ``journal``: each finished (seed, method) unit is recorded there, and a unit it already records is
+    loaded instead of fitted again (:mod:`metarec.eval.benchmark.journal`: a killed benchmark resumes)."""
     started = time.perf_counter()
     if dataset.meta.get("feedback") != "implicit":
         raise ConfigError(f"{dataset.name} holds explicit ratings; load it with feedback='implicit' "
@@ -91,37 +95,22 @@ def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConf
         for i_method, name in enumerate(config.methods):
             step = 2 * (i_seed * len(config.methods) + i_method)
             where = f"seed {seed} ({i_seed + 1}/{len(config.seeds)}): {name} ({i_method + 1}/{len(config.methods)})"
-            if progress:
-                progress(f"{where}, fitting", step, steps)
-            method = factories[name](config) if name in factories else make_method(name, config)
-            t0 = time.perf_counter()
-            method.fit(fit_split, seed)
-            fit_seconds = time.perf_counter() - t0
-            score, points = validation_score(method.score, fit_split, config.selection(seed))
-            val_scores.setdefault(name, []).append(score)
-            choices.setdefault(name, {})[seed] = {"chosen": getattr(method, "chosen", None), "validation": score,
-                                                  "history": getattr(method, "history", None)}
-            rows.append(_row(seed, "_fit", name, 0, "seconds", fit_seconds))
-            rows.append(_row(seed, "_validation", name, 0, "selection", score))
-            rows.extend(_row(seed, "_validation", name, 0 if p == "all" else int(p[1:]), config.selection_metric, v)
-                        for p, v in points.items())
-            if progress:
-                progress(f"{where}, scoring (fitted in {fit_seconds:.0f} s)", step + 1, steps)
-            for scenario in config.scenarios:
-                catalogue = scenario_catalogue(split, scenario)
-                for k, draws in cuts.items():
-                    tasks = [cut.test.get(scenario) for cut in draws]
-                    if tasks[0] is None or not len(tasks[0]):
-                        continue
-                    rankings = [rank_scores(method.score, t, catalogue, config.ks) for t in tasks]
-                    for metric in rankings[0].per_task:
-                        values = mean_over_draws([r.per_task[metric] for r in rankings])
-                        per_task.setdefault((scenario, k, name, metric), {})[seed] = values
-                        rows.append(_row(seed, scenario, name, k, metric, _nanmean(values)))
-                    for metric, value in catalogue_metrics(rankings[0], catalogue, popularity, config.ks).items():
-                        rows.append(_row(seed, scenario, name, k, metric, value))
-                    scored = int((~np.isnan(rankings[0].per_task["mrr"])).sum())
-                    rows.append(_row(seed, scenario, name, k, "tasks", float(scored)))
+            unit = journal.load(seed, name) if journal is not None else None
+            if unit is not None:
+                log.info("%s: loaded from %s", where, journal.folder)  # type: ignore[union-attr]
+                if progress:
+                    progress(f"{where}, done before the resume", step + 1, steps)
+            else:
+                method = factories[name](config) if name in factories else make_method(name, config)
+                unit = _run_unit(method, name, config, seed, split, fit_split, popularity, cuts,
+                                 lambda msg, done: progress(f"{where}, {msg}", step + done, steps) if progress else None)
+                if journal is not None:
+                    journal.save(seed, name, unit)
+            val_scores.setdefault(name, []).append(_number(unit["validation"]))
+            choices.setdefault(name, {})[seed] = unit["choice"]
+            rows.extend(dict(row, value=_number(row["value"])) for row in unit["rows"])
+            for scenario, k, metric, values in unit["per_task"]:
+                per_task.setdefault((scenario, int(k), name, metric), {})[seed] = np.asarray(values, dtype=np.float64)
     if progress:
         progress("comparing the methods", steps, steps)
     frame = pd.DataFrame(rows, columns=["seed", "scenario", "method", "k_support", "metric", "value"])
@@ -131,6 +120,45 @@ def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConf
                           config.compare_metrics, config.bootstrap, seed=0)
     return ImplicitBenchmarkResult(config, dataset.name, frame, per_task, summary, comparisons, choices,
                                    time.perf_counter() - started)
+
+
+def _run_unit(method: ImplicitMethod, name: str, config: ImplicitBenchmarkConfig, seed: int, split, fit_split,
+              popularity: np.ndarray, cuts: Mapping[int, list], report: Callable[[str, int], None]) -> dict:
+    """Fit ``method`` on ``seed``'s split (without its test tasks) and score it on every scenario and K: what
+    it adds to the results (rows, per-task values as ``[scenario, K, metric, values]``, its validation score
+    and its choices), as one unit a journal can keep."""
+    report("fitting", 0)
+    t0 = time.perf_counter()
+    method.fit(fit_split, seed)
+    fit_seconds = time.perf_counter() - t0
+    score, points = validation_score(method.score, fit_split, config.selection(seed))
+    rows = [_row(seed, "_fit", name, 0, "seconds", fit_seconds), _row(seed, "_validation", name, 0, "selection", score)]
+    rows.extend(_row(seed, "_validation", name, 0 if p == "all" else int(p[1:]), config.selection_metric, v)
+                for p, v in points.items())
+    report(f"scoring (fitted in {fit_seconds:.0f} s)", 1)
+    per_task: list[list] = []
+    for scenario in config.scenarios:
+        catalogue = scenario_catalogue(split, scenario)
+        for k, draws in cuts.items():
+            tasks = [cut.test.get(scenario) for cut in draws]
+            if tasks[0] is None or not len(tasks[0]):
+                continue
+            rankings = [rank_scores(method.score, t, catalogue, config.ks) for t in tasks]
+            for metric in rankings[0].per_task:
+                values = mean_over_draws([r.per_task[metric] for r in rankings])
+                per_task.append([scenario, k, metric, values])
+                rows.append(_row(seed, scenario, name, k, metric, _nanmean(values)))
+            for metric, value in catalogue_metrics(rankings[0], catalogue, popularity, config.ks).items():
+                rows.append(_row(seed, scenario, name, k, metric, value))
+            scored = int((~np.isnan(rankings[0].per_task["mrr"])).sum())
+            rows.append(_row(seed, scenario, name, k, "tasks", float(scored)))
+    choice = {"chosen": getattr(method, "chosen", None), "validation": score, "history": getattr(method, "history", None)}
+    return {"rows": rows, "per_task": per_task, "validation": score, "choice": choice}
+
+
+def _number(value) -> float:
+    """A journal's value back as a float (a JSON null, should one appear, is NaN)."""
+    return float("nan") if value is None else float(value)
 
 
 def rank_scores(score: Callable[[TaskSet], np.ndarray], tasks: TaskSet, candidates: np.ndarray,
