@@ -12,14 +12,17 @@ journal is JSON with NaN kept as NaN (a unit must come back exactly as it was co
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from metarec._io import jsonable, write_json, write_text
 from metarec.errors import MetarecError
+
+log = logging.getLogger(__name__)
 
 
 class BenchmarkJournal:
@@ -66,6 +69,27 @@ class BenchmarkJournal:
     def remove(self) -> None:
         """The benchmark is written: the journal goes."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def journaled(journal: BenchmarkJournal | None, seed: int, method: str, compute: Callable[[], dict[str, Any]],
+              loaded: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The unit of ``method`` on ``seed``: the journal's if it holds it (``loaded`` is told), else what
+    ``compute()`` returns, recorded in the journal."""
+    unit = journal.load(seed, method) if journal is not None else None
+    if unit is not None:
+        log.info("seed %d, %s: loaded from %s", seed, method, journal.folder)  # type: ignore[union-attr]
+        if loaded is not None:
+            loaded()
+        return unit
+    unit = compute()
+    if journal is not None:
+        journal.save(seed, method, unit)
+    return unit
+
+
+def number(value: Any) -> float:
+    """A journal's value back as a float (a JSON null, should one appear, is NaN)."""
+    return float("nan") if value is None else float(value)
 
 
 def _plain(value: Any) -> Any:

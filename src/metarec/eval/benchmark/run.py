@@ -32,7 +32,7 @@ import pandas as pd
 from metarec.data.dataset import RatingDataset
 from metarec.errors import MetarecError
 from metarec.eval.benchmark.config import CURVE_SCENARIOS, RATING_METRICS, BenchmarkConfig, Progress
-from metarec.eval.benchmark.journal import BenchmarkJournal
+from metarec.eval.benchmark.journal import BenchmarkJournal, journaled, number
 from metarec.eval.benchmark.meta_method import MetaMethod
 from metarec.eval.benchmark.method import Method, selection_score
 from metarec.eval.benchmark.methods import make_method
@@ -130,20 +130,14 @@ def run_benchmark(config: BenchmarkConfig, *, dataset: RatingDataset | None = No
         for i_method, name in enumerate(config.methods):
             step = 2 * (i_seed * len(config.methods) + i_method)  # each method: fitting, then scoring
             where = f"seed {seed} ({i_seed + 1}/{len(config.seeds)}): {name} ({i_method + 1}/{len(config.methods)})"
-            unit = journal.load(seed, name) if journal is not None else None
-            if unit is not None:
-                log.info("%s: loaded from %s", where, journal.folder)  # type: ignore[union-attr]
-                if progress:
-                    progress(f"{where}, done before the resume", step + 1, steps)
-            else:
-                unit = _run_unit(name, config, seed, split, popularity, where, step, steps, progress)
-                if journal is not None:
-                    journal.save(seed, name, unit)
+            unit = journaled(journal, seed, name,
+                             lambda: _run_unit(name, config, seed, split, popularity, where, step, steps, progress),
+                             lambda: progress(f"{where}, done before the resume", step + 1, steps) if progress else None)
             histories.setdefault(name, {})[seed] = unit["history"]
             families.update(unit["families"])
             for variant, score in unit["val_score"].items():
-                val_score.setdefault(variant, []).append(_number(score))
-            rows.extend(dict(row, value=_number(row["value"])) for row in unit["rows"])
+                val_score.setdefault(variant, []).append(number(score))
+            rows.extend(dict(row, value=number(row["value"])) for row in unit["rows"])
             for scenario, variant, values in unit["errors"]:
                 errors.setdefault((scenario, variant), {})[seed] = np.asarray(values, dtype=np.float64)
     if progress:
@@ -198,11 +192,6 @@ def _run_unit(name: str, config: BenchmarkConfig, seed: int, split: ColdStartSpl
         _curve(method, variant, split, popularity, config, seed, rows, errors)
     return {"rows": rows, "errors": [[scenario, variant, by_seed[seed]] for (scenario, variant), by_seed in errors.items()],
             "val_score": val_score, "families": families, "history": method.history}
-
-
-def _number(value) -> float:
-    """A journal's value back as a float (a JSON null, should one appear, is NaN)."""
-    return float("nan") if value is None else float(value)
 
 
 def _curve(method: Method, variant: str, split: ColdStartSplit, popularity: np.ndarray, config: BenchmarkConfig,

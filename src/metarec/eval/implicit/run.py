@@ -25,7 +25,7 @@ import pandas as pd
 
 from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError
-from metarec.eval.benchmark.journal import BenchmarkJournal
+from metarec.eval.benchmark.journal import BenchmarkJournal, journaled, number
 from metarec.eval.benchmark.stats import summarise
 from metarec.eval.implicit.compare import compare
 from metarec.eval.implicit.config import ImplicitBenchmarkConfig, Progress
@@ -95,20 +95,17 @@ def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConf
         for i_method, name in enumerate(config.methods):
             step = 2 * (i_seed * len(config.methods) + i_method)
             where = f"seed {seed} ({i_seed + 1}/{len(config.seeds)}): {name} ({i_method + 1}/{len(config.methods)})"
-            unit = journal.load(seed, name) if journal is not None else None
-            if unit is not None:
-                log.info("%s: loaded from %s", where, journal.folder)  # type: ignore[union-attr]
-                if progress:
-                    progress(f"{where}, done before the resume", step + 1, steps)
-            else:
+
+            def compute() -> dict:
                 method = factories[name](config) if name in factories else make_method(name, config)
-                unit = _run_unit(method, name, config, seed, split, fit_split, popularity, cuts,
+                return _run_unit(method, name, config, seed, split, fit_split, popularity, cuts,
                                  lambda msg, done: progress(f"{where}, {msg}", step + done, steps) if progress else None)
-                if journal is not None:
-                    journal.save(seed, name, unit)
-            val_scores.setdefault(name, []).append(_number(unit["validation"]))
+
+            unit = journaled(journal, seed, name, compute,
+                             lambda: progress(f"{where}, done before the resume", step + 1, steps) if progress else None)
+            val_scores.setdefault(name, []).append(number(unit["validation"]))
             choices.setdefault(name, {})[seed] = unit["choice"]
-            rows.extend(dict(row, value=_number(row["value"])) for row in unit["rows"])
+            rows.extend(dict(row, value=number(row["value"])) for row in unit["rows"])
             for scenario, k, metric, values in unit["per_task"]:
                 per_task.setdefault((scenario, int(k), name, metric), {})[seed] = np.asarray(values, dtype=np.float64)
     if progress:
@@ -154,11 +151,6 @@ def _run_unit(method: ImplicitMethod, name: str, config: ImplicitBenchmarkConfig
             rows.append(_row(seed, scenario, name, k, "tasks", float(scored)))
     choice = {"chosen": getattr(method, "chosen", None), "validation": score, "history": getattr(method, "history", None)}
     return {"rows": rows, "per_task": per_task, "validation": score, "choice": choice}
-
-
-def _number(value) -> float:
-    """A journal's value back as a float (a JSON null, should one appear, is NaN)."""
-    return float("nan") if value is None else float(value)
 
 
 def rank_scores(score: Callable[[TaskSet], np.ndarray], tasks: TaskSet, candidates: np.ndarray,
