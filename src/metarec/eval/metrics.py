@@ -22,9 +22,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from metarec.eval.query_ranking import (RELEVANT_RATING, average_precision_at_k, map_at_k, ndcg_at_k,
+                                        precision_at_k, query_ranking_metrics)
+from metarec.eval.query_ranking import aligned as _aligned
+from metarec.eval.query_ranking import check_k as _check_k
 from metarec.tasks.taskset import TaskSet
 
-RELEVANT_RATING = 4.0
+__all__ = ["RELEVANT_RATING", "average_precision_at_k", "map_at_k", "ndcg_at_k", "precision_at_k",
+           "query_ranking_metrics"]  # within-query ranking lives in metarec.eval.query_ranking
 
 
 # ---------------------------------------------------------------------- rating error
@@ -81,88 +86,6 @@ def _ranked(scores: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _dcg(gains: np.ndarray, k: int) -> float:
     g = gains[:k]
     return float(np.sum(g / np.log2(np.arange(2, len(g) + 2))))
-
-
-def _check_k(k: int) -> None:
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-
-
-# ---------------------------------------------------------------------- within-query ranking (one task)
-def ndcg_at_k(true_ratings: np.ndarray, scores: np.ndarray, k: int) -> float:
-    """NDCG@k of one task's query, graded gain ``2**rating - 1`` (as MeLU and TaNP report it).
-
-    NaN when every gain is zero (nothing to rank).
-    """
-    _check_k(k)
-    gains = 2.0 ** np.asarray(true_ratings, dtype=np.float64) - 1.0
-    expected, _, _ = _ranked(scores, gains)
-    ideal = _dcg(np.sort(gains)[::-1], k)
-    return _dcg(expected, k) / ideal if ideal > 0 else float("nan")
-
-
-def precision_at_k(true_ratings: np.ndarray, scores: np.ndarray, k: int, threshold: float = RELEVANT_RATING) -> float:
-    """Fraction of the top-``k`` query items (``k`` capped at the query size) rated ``>= threshold``."""
-    _check_k(k)
-    rel = (np.asarray(true_ratings, dtype=np.float64) >= threshold).astype(np.float64)
-    if not len(rel):
-        return float("nan")
-    expected, _, _ = _ranked(scores, rel)
-    k = min(k, len(rel))
-    return float(expected[:k].sum() / k)
-
-
-def average_precision_at_k(
-    true_ratings: np.ndarray, scores: np.ndarray, k: int, threshold: float = RELEVANT_RATING
-) -> float:
-    """AP@k of one task: ``sum_{p<=k} rel_p * precision@p / min(R, k)``, ``R`` = relevant query items.
-
-    Under ties the expectation is exact: it needs ``E[rel_p rel_q]``, which for two positions in one tie
-    group of ``g`` items holding ``m`` relevant ones is ``m (m-1) / (g (g-1))``. NaN when ``R = 0``.
-    """
-    _check_k(k)
-    rel = (np.asarray(true_ratings, dtype=np.float64) >= threshold).astype(np.float64)
-    n_rel = int(rel.sum())
-    if n_rel == 0:
-        return float("nan")
-    expected, group, size = _ranked(scores, rel)
-    hits = np.bincount(group, weights=expected)  # relevant items per tie group (group mean * size)
-    same_pair = np.where(size > 1, hits * (hits - 1) / np.maximum(size * (size - 1), 1), 0.0)
-    k = min(k, len(rel))
-    total = 0.0
-    for p in range(k):
-        a_p = expected[p]
-        earlier = np.arange(p)
-        same = group[earlier] == group[p]
-        joint = a_p + same_pair[group[p]] * same.sum() + a_p * expected[earlier][~same].sum()
-        total += joint / (p + 1)
-    return float(total / min(n_rel, k))
-
-
-def map_at_k(
-    true_ratings: Sequence[np.ndarray], scores: Sequence[np.ndarray], k: int, threshold: float = RELEVANT_RATING
-) -> float:
-    """MAP@k: the mean of :func:`average_precision_at_k` over tasks (tasks without relevant items left out)."""
-    values = [average_precision_at_k(r, s, k, threshold) for r, s in zip(true_ratings, scores, strict=True)]
-    return _nanmean(values)
-
-
-def query_ranking_metrics(
-    tasks: TaskSet, predictions: np.ndarray, ks: Sequence[int] = (1, 3, 5), threshold: float = RELEVANT_RATING
-) -> dict[str, float]:
-    """Within-query ranking metrics averaged over tasks: ``ndcg@k``, ``precision@k``, ``map@k`` per ``k``."""
-    predictions = _aligned(tasks, predictions)
-    out: dict[str, list[float]] = {f"{name}@{k}": [] for k in ks for name in ("ndcg", "precision", "map")}
-    for t in range(len(tasks)):
-        q = slice(tasks.query_ptr[t], tasks.query_ptr[t + 1])
-        r, s = tasks.query_rating[q], predictions[q]
-        if not len(r):
-            continue
-        for k in ks:
-            out[f"ndcg@{k}"].append(ndcg_at_k(r, s, k))
-            out[f"precision@{k}"].append(precision_at_k(r, s, k, threshold))
-            out[f"map@{k}"].append(average_precision_at_k(r, s, k, threshold))
-    return {name: _nanmean(values) for name, values in out.items()}
 
 
 # ---------------------------------------------------------------------- full-catalogue ranking (one user)
@@ -317,13 +240,6 @@ def _pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarra
     if a.shape != b.shape:
         raise ValueError(f"y_true and y_pred differ in length: {len(a)} vs {len(b)}")
     return a, b
-
-
-def _aligned(tasks: TaskSet, predictions: np.ndarray) -> np.ndarray:
-    predictions = np.asarray(predictions, dtype=np.float64).ravel()
-    if len(predictions) != len(tasks.query_item):
-        raise ValueError(f"{len(predictions)} predictions for {len(tasks.query_item)} query ratings")
-    return predictions
 
 
 def _flat_top(recommendations: Sequence[np.ndarray] | np.ndarray, k: int) -> np.ndarray:
