@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from metarec.eval.catalogue_ranking import catalogue_ranking_per_task
 from metarec.eval.query_ranking import (RELEVANT_RATING, average_precision_at_k, map_at_k, ndcg_at_k,
                                         precision_at_k, query_ranking_metrics)
 from metarec.eval.query_ranking import aligned as _aligned
@@ -212,24 +213,21 @@ def catalogue_ranking_metrics(
     """Full-catalogue ranking over ``tasks``: for task ``t`` the candidates are ``catalogue`` minus its
     support items, ``score(t, candidates)`` scores them (e.g. a baseline's ``score_items``), relevant =
     its query items rated ``>= threshold``. Returns means over users of ``ndcg@k``, ``recall@k``, ``mrr``,
-    and over all users' top-``k`` lists ``coverage@k``, ``popularity_percentile@k``, ``long_tail@k``."""
+    and over all users' top-``k`` lists ``coverage@k``, ``popularity_percentile@k``, ``long_tail@k``.
+
+    The same values as :func:`catalogue_ndcg_at_k` & co. per user, computed for all users at once
+    (:mod:`metarec.eval.catalogue_ranking`); only ``score`` is still called once per task."""
     catalogue = np.unique(np.asarray(catalogue))
-    ndcg, recall, rr, lists = [], [], [], []
-    for t in range(len(tasks)):
-        s_items, _ = tasks.support_of(t)
-        q_items, q_ratings = tasks.query_of(t)
-        candidates = catalogue[~np.isin(catalogue, s_items)]
-        scores = np.asarray(score(t, candidates), dtype=np.float64)
-        relevant = q_items[q_ratings >= threshold]
-        lists.append(top_k_items(scores, candidates, k))
-        ndcg.append(catalogue_ndcg_at_k(scores, candidates, relevant, k))
-        recall.append(catalogue_recall_at_k(scores, candidates, relevant, k))
-        rr.append(catalogue_mrr(scores, candidates, relevant))
+    if len(tasks):
+        _check_k(k)
+    per_task, shown = catalogue_ranking_per_task(score, tasks, catalogue, k, threshold)
+    lists = [shown]  # every user's top-k list, concatenated: one list, taken whole below
     return {
-        f"ndcg@{k}": _nanmean(ndcg), f"recall@{k}": _nanmean(recall), "mrr": _nanmean(rr),
-        f"coverage@{k}": coverage_at_k(lists, catalogue, k),
-        f"popularity_percentile@{k}": mean_popularity_percentile(lists, popularity, catalogue, k),
-        f"long_tail@{k}": long_tail_share(lists, popularity, catalogue, k=k),
+        f"ndcg@{k}": _nanmean(per_task["ndcg"]), f"recall@{k}": _nanmean(per_task["recall"]),
+        "mrr": _nanmean(per_task["mrr"]),
+        f"coverage@{k}": coverage_at_k(lists, catalogue, len(shown)),
+        f"popularity_percentile@{k}": mean_popularity_percentile(lists, popularity, catalogue, len(shown)),
+        f"long_tail@{k}": long_tail_share(lists, popularity, catalogue, k=len(shown)),
     }
 
 
