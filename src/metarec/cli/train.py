@@ -174,6 +174,10 @@ def train(
 
             journal = SearchJournal(out / "search")
             if journal.exists():  # the recipe search was killed: it continues from its journal
+                from metarec.meta.distributed import launched
+
+                if launched():  # every rank would write the one journal
+                    raise MetarecError(f"{out}: a recipe search resumes in one process, not under torchrun")
                 cfg, fixed = journal.settings()
                 search = True
             else:
