@@ -187,3 +187,14 @@ def test_fit_in_a_run_folder_continues_its_search(config, tmp_path, monkeypatch)
     a, b = load_checkpoint(run_dir / "best"), load_checkpoint(whole / "best")
     for key, value in b.learner.named_meta_parameters().items():
         assert torch.equal(a.learner.named_meta_parameters()[key], value), key
+
+
+def test_a_search_journal_is_not_resumed_under_torchrun(config, tmp_path, monkeypatch):
+    """Every rank would write the one journal: a killed search resumes in one process."""
+    base = RunConfig.from_toml(config)
+    out = tmp_path / "run"
+    SearchJournal(out / "search").open(base, (), split_of(base))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = train("--out", str(out), "--resume")
+    assert result.exit_code == 1 and "not under torchrun" in result.output
