@@ -10,7 +10,10 @@ Protocol (what an evaluation loop may rely on):
   training learnt about that user (a prior the support refines);
 * ``score_items(support, candidates)`` scores arbitrary catalogue items for one user given their support
   ``(items, ratings)``, for full-catalogue ranking. Scores are *not* clipped: clipping would create ties
-  at the top of the scale and only monotone order matters for ranking.
+  at the top of the scale and only monotone order matters for ranking;
+* ``score_catalogue(tasks, catalogue)`` (optional) is ``score_items`` for every task of ``tasks`` and every
+  item of ``catalogue`` at once, as a ``[tasks, catalogue]`` matrix (possibly a read-only broadcast view):
+  full-catalogue ranking folds every user in with one batched call instead of one call per user.
 """
 
 from __future__ import annotations

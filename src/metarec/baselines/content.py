@@ -102,3 +102,10 @@ class ContentBased(BaselineBase):
         profile = self.fold_in(tasks)[tasks.query_task]
         z = self.profile_features[tasks.query_item]
         return self.item_base[tasks.query_item] + np.einsum("nd,nd->n", profile, z)
+
+    def score_catalogue(self, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
+        """Every task's ``score_items`` over ``catalogue`` ([tasks, catalogue]): one batched fold-in and
+        one matrix product instead of a fold-in and a gather per user."""
+        assert self.item_base is not None and self.profile_features is not None
+        profile = self.fold_in(tasks)
+        return self.item_base[catalogue][None, :] + profile @ self.profile_features[catalogue].T

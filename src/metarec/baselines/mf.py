@@ -137,3 +137,10 @@ class MatrixFactorization(BaselineBase):
         user = self.fold_in(tasks)[tasks.query_task]
         item = self.item_params[tasks.query_item]
         return self.stats.global_mean + user[:, 0] + item[:, 0] + np.einsum("nk,nk->n", user[:, 1:], item[:, 1:])
+
+    def score_catalogue(self, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
+        """Every task's ``score_items`` over ``catalogue`` ([tasks, catalogue]): one batched fold-in and
+        one matrix product instead of a fold-in and a gather per user."""
+        assert self.item_params is not None
+        user, item = self.fold_in(tasks), self.item_params[catalogue]
+        return self.stats.global_mean + user[:, :1] + item[:, 0][None, :] + user[:, 1:] @ item[:, 1:].T

@@ -37,6 +37,10 @@ class GlobalMean(BaselineBase):
     def _scores(self, tasks: TaskSet) -> np.ndarray:
         return np.full(len(tasks.query_item), self.stats.global_mean)
 
+    def score_catalogue(self, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
+        """Every task's ``score_items`` over ``catalogue``: one value, so a read-only broadcast view."""
+        return np.broadcast_to(np.float64(self.stats.global_mean), (len(tasks), len(catalogue)))
+
 
 @dataclass(frozen=True)
 class ItemMeanConfig:
@@ -71,6 +75,12 @@ class ItemMean(BaselineBase):
     def _scores(self, tasks: TaskSet) -> np.ndarray:
         assert self.item_mean is not None
         return self.item_mean[tasks.query_item]
+
+    def score_catalogue(self, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
+        """Every task's ``score_items`` over ``catalogue``: the support is unused, so one row broadcast
+        (read-only) to every task."""
+        assert self.item_mean is not None
+        return np.broadcast_to(self.item_mean[catalogue], (len(tasks), len(catalogue)))
 
     def with_new_items(self, tasks: TaskSet, scale: float = 1.0) -> "ItemMean":
         """A copy whose items unseen in training have the damped mean of their ratings in ``tasks``'
@@ -119,6 +129,10 @@ class MostPopular(BaselineBase):
 
     def _scores(self, tasks: TaskSet) -> np.ndarray:
         return self.popularity[tasks.query_item].astype(np.float64)
+
+    def score_catalogue(self, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
+        """Every task's ``score_items`` over ``catalogue``: one popularity row broadcast (read-only)."""
+        return np.broadcast_to(self.popularity[catalogue].astype(np.float64), (len(tasks), len(catalogue)))
 
     def with_new_items(self, tasks: TaskSet, scale: float = 1.0) -> "MostPopular":
         """A copy in which items unseen in training count their ratings in ``tasks``' support sets."""
