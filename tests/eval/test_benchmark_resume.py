@@ -50,6 +50,15 @@ def timeless(value):
     return value
 
 
+def assert_same_results(resumed: Path, whole: Path) -> None:
+    """Two benchmark folders hold the same results.json and results.csv, timings aside."""
+    a, b = (json.loads((folder / "results.json").read_text()) for folder in (resumed, whole))
+    assert timeless(a) == timeless(b)
+    frames = [pd.read_csv(folder / "results.csv") for folder in (resumed, whole)]
+    frames = [f[f["scenario"] != "_fit"].reset_index(drop=True) for f in frames]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
 def test_a_killed_benchmark_resumes_to_the_uninterrupted_runs_results(table, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     assert bench(table, whole).exit_code == 0
@@ -78,11 +87,7 @@ def test_a_killed_benchmark_resumes_to_the_uninterrupted_runs_results(table, tmp
     result = bench(table, out, "--resume")
     assert result.exit_code == 0, result.output
     assert calls == ["bias", "maml"]  # only seed 1's unfinished methods were fitted
-    a, b = (json.loads((folder / "results.json").read_text()) for folder in (out, whole))
-    assert timeless(a) == timeless(b)
-    rows = [pd.read_csv(folder / "results.csv") for folder in (out, whole)]
-    rows = [r[r["scenario"] != "_fit"].reset_index(drop=True) for r in rows]
-    pd.testing.assert_frame_equal(rows[0], rows[1])
+    assert_same_results(out, whole)
     assert not (out / "partial").exists()
 
 
@@ -126,8 +131,4 @@ def test_a_killed_implicit_benchmark_resumes_to_the_uninterrupted_runs_results(t
     result = implicit(out, "--resume")
     assert result.exit_code == 0, result.output
     assert calls == ["item-knn", "ials"]  # only seed 1's unfinished methods were fitted
-    a, b = (json.loads((folder / "results.json").read_text()) for folder in (out, whole))
-    assert timeless(a) == timeless(b)
-    frames = [pd.read_csv(folder / "results.csv") for folder in (out, whole)]
-    frames = [f[f["scenario"] != "_fit"].reset_index(drop=True) for f in frames]
-    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert_same_results(out, whole)

@@ -50,8 +50,8 @@ class SearchJournal:
             write_text(self.folder / TRIALS, "")
             return
         saved, saved_fixed = self.settings()
-        recorded = json.loads((self.folder / "search.json").read_text(encoding="utf-8")).get("data")
-        differ = [k for k, v in base.to_dict().items() if saved.to_dict().get(k) != v]
+        recorded, then = self._search_json().get("data"), saved.to_dict()
+        differ = [k for k, v in base.to_dict().items() if then.get(k) != v]
         if set(saved_fixed) != set(fixed):
             differ.append("fixed settings")
         if recorded != sizes:
@@ -65,12 +65,20 @@ class SearchJournal:
         return (self.folder / "config.toml").is_file() and (self.folder / "search.json").is_file()
 
     def settings(self) -> tuple[RunConfig, tuple[str, ...]]:
-        """The search's starting configuration and its fixed settings, as :meth:`start` wrote them."""
-        try:
-            fixed = json.loads((self.folder / "search.json").read_text(encoding="utf-8"))["fixed"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise MetarecError(f"{self.folder / 'search.json'}: unreadable ({exc})") from None
+        """The search's starting configuration and its fixed settings, as :meth:`open` wrote them."""
+        fixed = self._search_json()["fixed"]
         return RunConfig.from_toml(self.folder / "config.toml"), tuple(str(f) for f in fixed)
+
+    def _search_json(self) -> dict[str, Any]:
+        """search.json (fixed settings, data sizes), or an error naming it."""
+        path = self.folder / "search.json"
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(found, dict) or "fixed" not in found:
+                raise ValueError("no 'fixed' entry")
+            return found
+        except (OSError, ValueError) as exc:
+            raise MetarecError(f"{path}: unreadable ({exc})") from None
 
     def records(self) -> list[dict[str, Any]]:
         """The finished trials' records, in the order run (a line cut short by a kill is not one)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -66,6 +67,18 @@ class NewItemOrder:
     @cached_property
     def _new_attributes_t(self) -> sp.csc_matrix:
         return sp.csc_matrix(self.attributes[self._new_columns].T)
+
+
+def trained_order(state: Mapping[str, Any] | None, features: FeatureTable, encoder: FeatureEncoder,
+                  known_items: np.ndarray) -> "NewItemOrder | None":
+    """The order a trained implicit model applies: the weight its checkpoint state keeps
+    (``new_item_order.content_weight``, chosen on validation users) over its encoded item features. None
+    when the weight is 0 or absent, or there is nothing to order (no attribute, no new item)."""
+    weight = float(dict(state or {}).get("new_item_order", {}).get("content_weight", 0.0))
+    if weight <= 0:
+        return None
+    order = NewItemOrder.from_features(features, encoder, known_items, weight)
+    return order if order.attributes.shape[1] and order.new_items.any() else None
 
 
 def reorder_new_items(scores: np.ndarray, similarity: np.ndarray, new_items: np.ndarray, weight: float) -> np.ndarray:

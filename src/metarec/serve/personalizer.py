@@ -21,7 +21,7 @@ from metarec.data.encoding import UNKNOWN, FeatureTable
 from metarec.errors import DataError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.models.base import Params
-from metarec.models.new_item_order import NewItemOrder
+from metarec.models.new_item_order import NewItemOrder, trained_order
 from metarec.serve.checks import confidence_in_scale, rating_in_scale, support_pairs
 from metarec.serve.topk import ApproximateTopK, ExactTopK, Ranked
 from metarec.tasks.taskset import TaskBatch
@@ -150,12 +150,10 @@ class Personalizer:
         (:mod:`metarec.models.new_item_order`), with the weight chosen on validation users when it was
         trained (checkpoint state ``new_item_order``); None when that weight is 0 or absent. It applies to
         whole-catalogue rankings (exact top-k); an approximate top-k and scores of chosen items do not use it."""
-        weight = float(dict(self.checkpoint.state or {}).get("new_item_order", {}).get("content_weight", 0.0))
-        if not self.implicit or weight <= 0:
+        if not self.implicit:
             return None
         f = self.features
-        order = NewItemOrder.from_features(f.item_features, f.item_encoder, f.known_items.cpu().numpy(), weight)
-        return order if order.attributes.shape[1] and order.new_items.any() else None
+        return trained_order(self.checkpoint.state, f.item_features, f.item_encoder, f.known_items.cpu().numpy())
 
     def catalogue_score_tensor(self, params: Params, task: dict, rated: Sequence[np.ndarray]) -> torch.Tensor:
         """Scores [B, N] of every catalogue item for adapted users (``rated``: each one's support items), each

@@ -23,7 +23,7 @@ from metarec.eval.implicit.metrics import scenario_catalogue
 from metarec.eval.implicit.run import mean_over_draws, rank_scores
 from metarec.meta.checkpoint import Checkpoint
 from metarec.meta.implicit import catalogue_scores
-from metarec.models.new_item_order import NewItemOrder
+from metarec.models.new_item_order import trained_order
 from metarec.tasks.split import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -34,13 +34,9 @@ Progress = Callable[[str, int, int], None]  # (scenario, steps done, steps)
 
 def checkpoint_scorer(checkpoint: Checkpoint) -> Callable[[TaskSet], np.ndarray]:
     """Scores [tasks, catalogue] of an implicit checkpoint, as serving computes them."""
-    learner = checkpoint.learner
-    weight = float(dict(checkpoint.state or {}).get("new_item_order", {}).get("content_weight", 0.0))
-    order = None
-    if weight > 0:
-        features = checkpoint.features
-        order = NewItemOrder.from_features(features.item_features, features.item_encoder,
-                                           features.known_items.cpu().numpy(), weight)
+    learner, features = checkpoint.learner, checkpoint.features
+    order = trained_order(checkpoint.state, features.item_features, features.item_encoder,
+                          features.known_items.cpu().numpy())
 
     def score(tasks: TaskSet) -> np.ndarray:
         with torch.no_grad():
