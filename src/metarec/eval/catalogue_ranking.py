@@ -37,10 +37,10 @@ def catalogue_ranking_per_task(
     per_task = {name: np.full(n_tasks, np.nan) for name in ("ndcg", "recall", "mrr")}
     shown = []
     step = max(1, MAX_CELLS // max(n_cat, 1))
+    relevant = tasks.query_rating >= threshold
     for start in range(0, n_tasks, step):  # blocks of tasks, not one pass per task
         stop = min(start + step, n_tasks)
         keep = ~_membership(catalogue, tasks.support_ptr, tasks.support_item, start, stop)
-        relevant = tasks.query_rating >= threshold
         rel = _membership(catalogue, tasks.query_ptr, tasks.query_item, start, stop, relevant)[keep]
         sizes = keep.sum(axis=1)
         scores = np.empty(int(sizes.sum()))
