@@ -7,6 +7,8 @@ Rows (query MAE, mean over seeds, the recipe's base everywhere):
 * ``mf fold-in``: the benchmark's MF, its grid chosen on these validation users;
 * ``base``: the recipe's base (no search), one initialisation;
 * ``ensemble of M``: the mean prediction of M initialisations of the base (what averaging models buys);
+* ``blend W base + (1 - W) mf``: the base's and MF fold-in's predictions mixed (what a hybrid with the
+  strongest baseline buys);
 * ``base from MF``: the base started *at* MF fold-in (item id vectors = a 32-factor MF's item factors and
   biases, the towers' last layers zero, the penalty = MF's), then meta-trained: at epoch 0 it predicts what
   that MF predicts for a new user (printed as ``base from MF, untrained``);
@@ -32,6 +34,9 @@ from metarec.eval.benchmark import BenchmarkConfig, make_method
 from metarec.meta.recipe import recipe_base
 from metarec.meta.trainer import Trainer
 from metarec.tasks import make_split
+
+
+BLEND_WEIGHTS = (0.5, 0.7)
 
 
 def start_at_mf(trainer: Trainer, mf: MatrixFactorization) -> None:
@@ -73,13 +78,17 @@ def main() -> None:
         split = make_split(dataset, base.override("split", seed=seed).split)
         mf_method = make_method("mf", BenchmarkConfig(run=base, seeds=(seed,)), seed)
         mf_method.fit(split)
-        add("mf fold-in", validation_predictions(lambda t: mf_method.predict("mf", t), split))
+        mf_predictions = validation_predictions(lambda t: mf_method.predict("mf", t), split)
+        add("mf fold-in", mf_predictions)
         members = []
         for member in range(args.members):
             trainer = Trainer(base.override("train", seed=seed + 1000 * member), split=split)
             trainer.fit()
             members.append(validation_predictions(trainer.restore_best().predict_tasks, split))
         add("base", members[0])
+        for weight in BLEND_WEIGHTS:
+            add(f"blend {weight} base + {1 - weight:.1f} mf", {
+                key: (weight * p + (1 - weight) * mf_predictions[key][0], y) for key, (p, y) in members[0].items()})
         add(f"ensemble of {args.members}", {key: (np.mean([m[key][0] for m in members], axis=0), members[0][key][1])
                                             for key in members[0]})
         mf32 = MatrixFactorization(MatrixFactorizationConfig(factors=base.model.factors, reg=10.0, bias_reg=10.0,
