@@ -9,6 +9,8 @@ Rows (query MAE, mean over seeds, the recipe's base everywhere):
 * ``ensemble of M``: the mean prediction of M initialisations of the base (what averaging models buys);
 * ``blend W base + (1 - W) mf``: the base's and MF fold-in's predictions mixed (what a hybrid with the
   strongest baseline buys);
+* ``base, running average over 10 epochs`` / ``base, outer_lr 0.001``: one model with less noise in its
+  meta-steps (does it get what the ensemble gets?);
 * ``base from MF``: the base started *at* MF fold-in (item id vectors = a 32-factor MF's item factors and
   biases, the towers' last layers zero, the penalty = MF's), then meta-trained: at epoch 0 it predicts what
   that MF predicts for a new user (printed as ``base from MF, untrained``);
@@ -93,6 +95,12 @@ def main() -> None:
                                             for key in members[0]})
         mf32 = MatrixFactorization(MatrixFactorizationConfig(factors=base.model.factors, reg=10.0, bias_reg=10.0,
                                                              seed=seed)).fit(split)
+        # what an ensemble buys, from one model: less noise in its steps, or a longer average of them
+        for name, cfg in (("base, running average over 10 epochs", base.override("train", average_epochs=10.0)),
+                          ("base, outer_lr 0.001", base.override("meta", outer_lr=0.001))):
+            trainer = Trainer(cfg.override("train", seed=seed), split=split)
+            trainer.fit()
+            add(name, validation_predictions(trainer.restore_best().predict_tasks, split))
         warm = base.override("train", seed=seed).override("model", item_id_residual=True)
         trainer = Trainer(warm, split=split)
         start_at_mf(trainer, mf32)

@@ -16,8 +16,8 @@ from metarec.eval.benchmark.report import recipes_chosen
 
 CURVE = (("new_users", "new users"), ("new_users_new_items", "both new"))
 SCENARIOS = ("warm", "new_users", "new_items", "new_users_new_items")
-CURVE_METHODS = ("maml", "maml-gd", "mf", "bias", "item-mean")
-TABLE_METHODS = ("maml", "maml-gd", "mf", "bias", "content", "global-neural", "global-neural-finetune")
+CURVE_METHODS = ("maml", "maml-ensemble", "maml-gd", "mf", "bias", "item-mean")
+TABLE_METHODS = ("maml", "maml-ensemble", "maml-gd", "mf", "bias", "content", "global-neural", "global-neural-finetune")
 
 
 def _cell(summary: dict, k: str, scenario: str, method: str, metric: str, ci: bool = True) -> str:

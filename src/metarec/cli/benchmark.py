@@ -24,7 +24,8 @@ def benchmark(
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (each: a split and an initialisation)."),
     split_seed: Optional[int] = typer.Option(None, help="Score every seed on this seed's split: the seeds then vary "
                                              "only the training (initialisation, task order) [default: each its own]."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all but maml-ensemble, "
+                                           "the recipe's meta-learner from 3 initialisations, averaged)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A run.toml whose values override the meta-learner's "
                                           "recipe; the searched settings it sets are not searched."),
     preset: Optional[str] = PRESET_OPTION,

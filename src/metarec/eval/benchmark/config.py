@@ -15,6 +15,8 @@ BASELINES = ("global-mean", "item-mean", "popularity", "bias", "mf", "content")
 META = ("maml", "maml-gd", "fomaml", "reptile", "metasgd")
 GRADIENT_STEP_META = ("maml-gd", "fomaml", "reptile", "metasgd")
 DEFAULT_METHODS = (*BASELINES, "global-neural", *META)
+# run only when named: the recipe's meta-learner from ``ensemble_members`` initialisations (M times the training)
+EXTRA_METHODS = ("maml-ensemble",)
 # the scenarios whose K-curve is the headline: a newcomer with K ratings, on old items and on new ones
 CURVE_SCENARIOS = ("new_users", "new_users_new_items")
 RATING_METRICS = ("mae", "rmse")
@@ -66,13 +68,17 @@ class BenchmarkConfig:
     item_fold_in: bool = False
     search: bool = True
     fixed: tuple[str, ...] = ()
+    ensemble_members: int = 3  # ``maml-ensemble``'s initialisations
     run: RunConfig = field(default_factory=lambda: _recipe_base())
     data: DataConfig | None = None  # your own table (mapping, attribute tables, kinds); None: ``dataset``
 
     def __post_init__(self) -> None:
-        unknown = set(self.methods) - set(DEFAULT_METHODS)
+        unknown = set(self.methods) - set(DEFAULT_METHODS) - set(EXTRA_METHODS)
         if unknown:
-            raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(DEFAULT_METHODS)}")
+            raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: "
+                              f"{', '.join((*DEFAULT_METHODS, *EXTRA_METHODS))}")
+        if "maml-ensemble" in self.methods and self.ensemble_members < 2:
+            raise ConfigError(f"ensemble_members must be >= 2, got {self.ensemble_members}")
         if not self.seeds:
             raise ConfigError("at least one seed is needed")
         if self.history_max_new_support is not None and self.history_max_new_support < 0:

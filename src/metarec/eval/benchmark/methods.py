@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_SCORE_CELLS = 20_000_000  # tasks x catalogue scores held at once by a baseline's scorer (160 MB)
 
+from metarec.eval.benchmark.ensemble_method import EnsembleMethod
 from metarec.eval.benchmark.meta_method import MetaMethod
 from metarec.eval.benchmark.method import Method, selection_score
 
@@ -180,6 +181,13 @@ def make_method(name: str, config: BenchmarkConfig, seed: int = 0) -> Method:
         return MetaMethod(name, config.run, global_model=True, user_history=config.user_history)
     if name == "maml":  # the recipe: its dataset-dependent settings chosen on validation users
         return MetaMethod(name, config.run, search=config.search, fixed=config.fixed, **history)
+    if name == "maml-ensemble":  # the recipe's meta-learner from several initialisations, predictions averaged
+        def member(chosen):
+            if chosen is None:
+                return MetaMethod("maml", config.run, search=config.search, fixed=config.fixed, **history)
+            return MetaMethod("maml", chosen, **history)
+
+        return EnsembleMethod(name, config.ensemble_members, seed, member)
     base = gradient_step_config(config)
     meta = replace(base.meta, algorithm="maml" if name == "maml-gd" else name,
                    **({"query_loss": "squared"} if name == "reptile" else {}))
