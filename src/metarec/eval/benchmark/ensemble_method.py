@@ -16,6 +16,7 @@ import numpy as np
 
 from metarec.eval.benchmark.meta_method import MetaMethod
 from metarec.eval.benchmark.method import Method
+from metarec.meta.run import RunConfig
 from metarec.tasks import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
@@ -29,7 +30,7 @@ class EnsembleMethod(Method):
     family = "meta"
 
     def __init__(self, name: str, members: int, seed: int,
-                 make_member: Callable[[object], MetaMethod]) -> None:
+                 make_member: Callable[[RunConfig | None], MetaMethod]) -> None:
         if members < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {members}")
         self.name = name
