@@ -435,3 +435,25 @@ def test_encoded_attribute_vectors_match_the_content_baselines():
     ptr, support = np.array([0, 1, 3]), np.array([0, 1, 2])
     assert np.array_equal(order.apply(scores, ptr, support),
                           reorder_new_items(scores, order.similarity(ptr, support), order.new_items, 1.0))
+
+
+def test_the_implicit_ensemble_scores_its_members_mean_and_its_first_member_is_meta(clusters):
+    from metarec.eval.implicit.ensemble_method import MEMBER_SEED_STRIDE, ImplicitEnsembleMethod
+    from metarec.eval.implicit.meta_method import ImplicitMetaMethod
+
+    cfg = ImplicitBenchmarkConfig(seeds=(0,), support_sizes=(1,), methods=("meta", "meta-ensemble"), split=SPLIT)
+    split = make_split(clusters, SPLIT)
+    quick = {"implicit": {"epochs": 1}}
+    single = ImplicitMetaMethod(cfg, quick)
+    single.fit(split, 4)
+    ensemble = ImplicitEnsembleMethod(cfg, 3, quick)
+    ensemble.fit(split, 4)
+    assert ensemble.chosen["member_seeds"] == [4, 4 + MEMBER_SEED_STRIDE, 4 + 2 * MEMBER_SEED_STRIDE]
+    tasks = split.test["new_users_new_items"]
+    own = [m.model_scores(tasks) for m in ensemble.members]
+    np.testing.assert_array_equal(own[0], single.model_scores(tasks))  # the same seed: the meta method's model
+    assert not np.allclose(own[0], own[1])
+    np.testing.assert_allclose(ensemble.model_scores(tasks), np.mean(own, axis=0), rtol=0, atol=1e-6)
+    # the new items' order is chosen for the mean, on the both-new validation users
+    assert set(ensemble.chosen["content_weight_validation"]) and "content_weight" in ensemble.chosen
+    assert cfg.baselines() == ()  # an ensemble is compared, never a baseline

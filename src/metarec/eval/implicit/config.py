@@ -43,7 +43,7 @@ class ImplicitBenchmarkConfig:
     selection_scenario: str = "new_users"
     selection_sizes: tuple[int, ...] = (1, 3, 5)
     max_validation_tasks: int | None = 2000
-    compare: tuple[str, ...] = ("meta",)
+    compare: tuple[str, ...] = ("meta", "meta-ensemble")  # those run; meta-ensemble runs only when named
     compare_metrics: tuple[str, ...] = ("recall@20", "ndcg@20")
     bootstrap: int = 2000
     split: SplitConfig = field(default_factory=lambda: _recipe_split())

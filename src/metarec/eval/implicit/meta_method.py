@@ -122,11 +122,15 @@ class ImplicitMetaMethod:
         """The chosen ``w`` (0: new items keep the model's order)."""
         return 0.0 if self.new_item_order is None else self.new_item_order.weight
 
-    def score(self, tasks: TaskSet) -> np.ndarray:
+    def model_scores(self, tasks: TaskSet) -> np.ndarray:
+        """The model's own catalogue scores [len(tasks), n_items], before the new items' order."""
         if self.learner is None:
             raise RuntimeError("fit the method before scoring")
         with torch.no_grad():
-            scores = catalogue_scores(self.learner, tasks)
+            return catalogue_scores(self.learner, tasks)
+
+    def score(self, tasks: TaskSet) -> np.ndarray:
+        scores = self.model_scores(tasks)
         if self.new_item_order is None or self.new_item_order.weight == 0:
             return scores
         ptr, item, _ = support_positives(tasks)

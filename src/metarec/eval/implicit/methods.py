@@ -21,7 +21,8 @@ from metarec.tasks.taskset import TaskSet
 log = logging.getLogger(__name__)
 
 META = "meta"
-KNOWN_METHODS = (*IMPLICIT_BASELINE_NAMES, META)
+META_ENSEMBLE = "meta-ensemble"  # run only when named: ``meta`` from 3 initialisations, scores averaged
+KNOWN_METHODS = (*IMPLICIT_BASELINE_NAMES, META, META_ENSEMBLE)
 
 
 def training_interactions(split: ColdStartSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,4 +106,8 @@ def make_method(name: str, config: ImplicitBenchmarkConfig) -> ImplicitMethod:
         from metarec.eval.implicit.meta_method import ImplicitMetaMethod
 
         return ImplicitMetaMethod(config)
+    if name == META_ENSEMBLE:
+        from metarec.eval.implicit.ensemble_method import ImplicitEnsembleMethod
+
+        return ImplicitEnsembleMethod(config)
     raise ConfigError(f"unknown implicit method {name!r}; known: {', '.join(KNOWN_METHODS)}")
