@@ -74,3 +74,24 @@ def test_the_ensemble_runs_in_a_benchmark_and_is_a_candidate_meta_learner(table,
 def test_an_ensemble_needs_two_members():
     with pytest.raises(ConfigError, match="ensemble_members"):
         BenchmarkConfig(methods=("maml-ensemble",), ensemble_members=1)
+
+
+def test_the_ensembles_pooled_item_fold_in_folds_every_member(dataset):
+    """--item-fold-in: each member chooses its own item penalty, and inside ``pooled`` every member scores the
+    new items folded in from the tasks' supports; the ensemble's prediction is still the members' mean."""
+    from dataclasses import replace
+
+    config = BenchmarkConfig.quick(seeds=(3,), methods=("maml-ensemble",), item_fold_in=True)
+    split = make_split(dataset, replace(config.split_config(3), query_size=3, new_item_fraction=0.4))
+    ensemble = make_method("maml-ensemble", config, 3)
+    ensemble.fit(split)
+    ensemble.choose_pool_scale(split)
+    assert all(m.pool_penalty is not None for m in ensemble.members)
+    tasks = split.test["new_items"]
+    alone = ensemble.predict("maml-ensemble", tasks)
+    with ensemble.pooled("maml-ensemble", tasks):
+        pooled = ensemble.predict("maml-ensemble", tasks)
+        each = [m.predict("maml", tasks) for m in ensemble.members]
+    np.testing.assert_allclose(pooled, np.mean(each, axis=0), rtol=0, atol=1e-12)
+    assert not np.allclose(pooled, alone)  # the new items moved
+    np.testing.assert_array_equal(ensemble.predict("maml-ensemble", tasks), alone)  # and are put back after
