@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from metarec.eval.benchmark.meta_method import MetaMethod
-from metarec.eval.benchmark.method import Method
+from metarec.eval.benchmark.method import Method, catalogue_lookup
 from metarec.meta.run import RunConfig
 from metarec.tasks import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
@@ -60,10 +60,8 @@ class EnsembleMethod(Method):
         return np.mean([m.predict(m.name, tasks) for m in self.members], axis=0)
 
     def scorer(self, variant: str, tasks: TaskSet, catalogue: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
-        scores = np.mean([m.catalogue_scores(m.name, tasks, catalogue) for m in self.members], axis=0)
-        position = np.full(int(catalogue.max()) + 1, -1, np.int64)
-        position[catalogue] = np.arange(len(catalogue))
-        return lambda t, cand: scores[t, position[cand]]
+        return catalogue_lookup(lambda t, c: np.mean([m.catalogue_scores(m.name, t, c) for m in self.members], axis=0),
+                                tasks, catalogue)
 
     def choose_pool_scale(self, split: ColdStartSplit) -> None:
         for member in self.members:  # each member's item penalty is its own

@@ -22,7 +22,7 @@ from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
 
-from metarec.eval.benchmark.method import Method
+from metarec.eval.benchmark.method import Method, catalogue_lookup
 
 class MetaMethod(Method):
     """A meta-learner (or the global neural model); variants with and without per-user adaptation."""
@@ -178,10 +178,7 @@ class MetaMethod(Method):
             return self.learner.predict_tasks(self._tasks(variant, tasks), self._steps(variant), 512)
 
     def scorer(self, variant, tasks, catalogue):
-        scores = self.catalogue_scores(variant, tasks, catalogue)
-        position = np.full(int(catalogue.max()) + 1, -1, np.int64)
-        position[catalogue] = np.arange(len(catalogue))
-        return lambda t, cand: scores[t, position[cand]]
+        return catalogue_lookup(lambda t, c: self.catalogue_scores(variant, t, c), tasks, catalogue)
 
     def catalogue_scores(self, variant: str, tasks: TaskSet, catalogue: np.ndarray) -> np.ndarray:
         """Scores [tasks, catalogue] after adapting every task (batched, no per-user loop)."""

@@ -16,6 +16,9 @@ from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
 
+MAX_SCORE_CELLS = 20_000_000  # tasks x catalogue scores held at once by a scorer (160 MB)
+
+
 def selection_score(predict: Callable[[TaskSet], np.ndarray], split: ColdStartSplit,
                     support_sizes: Sequence[int] = ()) -> float:
     """A method's validation score (:func:`metarec.tasks.selection.validation_score`) from its
@@ -71,3 +74,27 @@ class Method:
             if m < best_mae:
                 best, best_mae = candidate, m
         return best
+
+
+def catalogue_lookup(score_catalogue: Callable[[TaskSet, np.ndarray], np.ndarray], tasks: TaskSet,
+                     catalogue: np.ndarray, max_cells: int = MAX_SCORE_CELLS) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``lambda t, cand: scores[t, position[cand]]`` over ``score_catalogue(tasks, catalogue)``'s
+    [tasks, catalogue] matrix. Past ``max_cells`` cells the matrix is made one block of tasks at
+    a time, when a task of the block is first asked for (the ranking asks in task order), so memory stays
+    bounded; every block is scored once if the calls come in order."""
+    position = np.full(int(catalogue.max()) + 1 if len(catalogue) else 1, -1, np.int64)
+    position[catalogue] = np.arange(len(catalogue))
+    step = max(1, max_cells // max(len(catalogue), 1))
+    if len(tasks) <= step:
+        scores = score_catalogue(tasks, catalogue)
+        return lambda t, cand: scores[t, position[cand]]
+    block: dict[str, object] = {"start": -1, "scores": None}
+
+    def lookup(t: int, cand: np.ndarray) -> np.ndarray:
+        start = t - t % step
+        if block["start"] != start:
+            block["start"] = start
+            block["scores"] = score_catalogue(tasks.subset(np.arange(start, min(start + step, len(tasks)))), catalogue)
+        return block["scores"][t - start, position[cand]]
+
+    return lookup

@@ -28,11 +28,10 @@ from metarec.tasks.taskset import TaskSet
 
 log = logging.getLogger(__name__)
 
-MAX_SCORE_CELLS = 20_000_000  # tasks x catalogue scores held at once by a baseline's scorer (160 MB)
 
 from metarec.eval.benchmark.ensemble_method import EnsembleMethod
 from metarec.eval.benchmark.meta_method import MetaMethod
-from metarec.eval.benchmark.method import Method, selection_score
+from metarec.eval.benchmark.method import MAX_SCORE_CELLS, Method, catalogue_lookup, selection_score
 
 class BaselineMethod(Method):
     """A baseline whose hyperparameters (if any) are chosen on the validation score from a small grid."""
@@ -90,7 +89,7 @@ class BaselineMethod(Method):
         model = self.model
         if not hasattr(model, "score_catalogue"):
             return lambda t, cand: model.score_items(tasks.support_of(t), cand, user_idx=int(tasks.user_idx[t]))
-        return catalogue_lookup(model.score_catalogue, tasks, np.asarray(catalogue, dtype=np.int64))
+        return catalogue_lookup(model.score_catalogue, tasks, np.asarray(catalogue, dtype=np.int64), MAX_SCORE_CELLS)
 
     def rates(self, variant: str) -> bool:
         return self.name != "popularity"
@@ -111,30 +110,6 @@ class BaselineMethod(Method):
             yield
         finally:
             self.model = model
-
-
-def catalogue_lookup(score_catalogue: Callable[[TaskSet, np.ndarray], np.ndarray], tasks: TaskSet,
-                     catalogue: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
-    """``lambda t, cand: scores[t, position[cand]]`` over ``score_catalogue(tasks, catalogue)``'s
-    [tasks, catalogue] matrix. Past :data:`MAX_SCORE_CELLS` cells the matrix is made one block of tasks at
-    a time, when a task of the block is first asked for (the ranking asks in task order), so memory stays
-    bounded; every block is scored once if the calls come in order."""
-    position = np.full(int(catalogue.max()) + 1 if len(catalogue) else 1, -1, np.int64)
-    position[catalogue] = np.arange(len(catalogue))
-    step = max(1, MAX_SCORE_CELLS // max(len(catalogue), 1))
-    if len(tasks) <= step:
-        scores = score_catalogue(tasks, catalogue)
-        return lambda t, cand: scores[t, position[cand]]
-    block: dict[str, object] = {"start": -1, "scores": None}
-
-    def lookup(t: int, cand: np.ndarray) -> np.ndarray:
-        start = t - t % step
-        if block["start"] != start:
-            block["start"] = start
-            block["scores"] = score_catalogue(tasks.subset(np.arange(start, min(start + step, len(tasks)))), catalogue)
-        return block["scores"][t - start, position[cand]]
-
-    return lookup
 
 
 def gradient_step_config(config: BenchmarkConfig) -> RunConfig:
