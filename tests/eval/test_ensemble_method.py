@@ -14,7 +14,7 @@ from metarec.cli import app
 from metarec.data.loaders.tabular import load_table
 from metarec.errors import ConfigError
 from metarec.eval.benchmark import BenchmarkConfig, make_method
-from metarec.eval.benchmark.ensemble_method import MEMBER_SEED_STRIDE
+from metarec.meta.ensemble import MEMBER_SEED_STRIDE
 from metarec.tasks import make_split
 
 

@@ -44,15 +44,19 @@ def evaluate(
                 def report(scenario: str, done: int, total: int) -> None:
                     progress.update(bar, completed=done, total=total, description=f"scoring test users: {scenario}")
 
+                from metarec.meta.ensemble import load_members
+
+                members = load_members(run, ckpt)  # an ensemble's other members: the prediction is their mean
                 results = evaluate_run(ckpt, split, steps, user_history=user_history, history_max_new_support=limit,
-                                       history_as_prior=history_as_prior, progress=report)
+                                       history_as_prior=history_as_prior, progress=report, members=members)
         if ckpt.model_config.implicit:
             return _print_implicit(run, ckpt, ranked, as_json)
         rule = history_rule(user_history, limit, history_as_prior)
         if as_json:
             print_json(results)
             return
-        table = scenario_table(f"{run} - best epoch {ckpt.state.get('best_epoch')}",
+        ensemble = f", an ensemble of {len(members) + 1} meta-learners" if members else ""
+        table = scenario_table(f"{run} - best epoch {ckpt.state.get('best_epoch')}{ensemble}",
                                ("tasks", "MAE", "RMSE", "MAE (no adaptation)", "RMSE (no adaptation)"))
         for name, m in results.items():
             table.add_row(name, str(m["tasks"]), f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mae_no_adapt']:.4f}", f"{m['rmse_no_adapt']:.4f}")

@@ -101,6 +101,10 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs."),
     patience: Optional[int] = typer.Option(None, help="Epochs without validation improvement before stopping."),
     seed: Optional[int] = typer.Option(None, help="Seed of the split, the initialisation and the batch order."),
+    members: Optional[int] = typer.Option(None, help="Train an ensemble of this many meta-learners (the chosen "
+                                          "configuration from other seeds, RUNDIR/members/M); a new user's "
+                                          "predictions are their mean. Costs M trainings and M adaptations per "
+                                          "request [default: 1]."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
@@ -161,7 +165,7 @@ def train(
                     "--algorithm": algorithm, "--adapt": adapt, "--inner-steps": inner_steps, "--inner-lr": inner_lr,
                     "--outer-lr": outer_lr, "--l2": l2, "--meta-batch-size": meta_batch_size,
                     "--query-loss": query_loss, "--item-ids": item_id_embedding, "--item-id-residual": item_id_residual,
-                    "--epochs": epochs, "--patience": patience, "--seed": seed}
+                    "--epochs": epochs, "--patience": patience, "--seed": seed, "--members": members}
         if preset is not None:  # an unknown name fails before --overwrite removes anything
             from metarec.meta.recipe import preset_dict
 
@@ -191,7 +195,7 @@ def train(
             cfg = cfg.override("model", item_id_embedding=item_id_embedding, item_id_residual=item_id_residual)
             cfg = cfg.override("meta", adapt=adapt, inner_steps=inner_steps, inner_lr=inner_lr, outer_lr=outer_lr, l2=l2,
                                meta_batch_size=meta_batch_size, query_loss=query_loss)
-            cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device)
+            cfg = cfg.override("train", epochs=epochs, patience=patience, seed=seed, device=device, members=members)
         process_threads(cfg.train.threads)
         if cfg.data.feedback == "implicit" or cfg.model.implicit:
             raise MetarecError("the configuration is an implicit-feedback run's (data.feedback / model.implicit): "
@@ -233,6 +237,7 @@ def train(
                                           .settings.items()), highlight=False)
                 console.print(f"best epoch {state['best_epoch']}: validation score {state['best_val_mae']:.4f} "
                               f"({state['epoch']} epochs, {len(chosen.trials)} trials); run folder {out}")
+                _train_members(chosen.config, split, out, progress)
                 return
             bar = progress.add_task("meta-training", total=None)
             epochs_bar = progress.add_task("epochs", total=cfg.train.epochs)
@@ -251,5 +256,17 @@ def train(
             if resume:
                 trainer.resume(out / "last")
             result = trainer.fit()
-        console.print(f"best epoch {result.best_epoch}: validation MAE {result.best_val_mae:.4f} "
-                      f"({result.epochs_run} epochs); run folder {out}")
+            console.print(f"best epoch {result.best_epoch}: validation MAE {result.best_val_mae:.4f} "
+                          f"({result.epochs_run} epochs); run folder {out}")
+            _train_members(cfg, trainer.split, out, progress)
+
+
+def _train_members(config, split, out: Path, progress) -> None:
+    """The ensemble's other members (``train.members`` > 1; :mod:`metarec.meta.ensemble`), after the run."""
+    if config.train.members < 2:
+        return
+    from metarec.meta.ensemble import train_members
+
+    bar = progress.add_task(f"ensemble: training {config.train.members - 1} more members", total=config.train.members - 1)
+    train_members(config, split, out, progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    console.print(f"ensemble of {config.train.members} meta-learners: the others in {out / 'members'}")

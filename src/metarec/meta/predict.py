@@ -3,7 +3,7 @@ predicted after adapting on its task's support set (validation, evaluation, the 
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -53,9 +53,13 @@ def predict_tasks(learner: MetaLearner, tasks: TaskSet, steps: int | None = None
     return out
 
 
-def evaluate(learner: MetaLearner, tasks: TaskSet, steps: int | None = None, batch_size: int = 256) -> dict[str, float]:
-    """Query MAE / RMSE over a TaskSet, rating-weighted (every query rating counts once)."""
+def evaluate(learner: MetaLearner, tasks: TaskSet, steps: int | None = None, batch_size: int = 256,
+             others: Sequence[MetaLearner] = ()) -> dict[str, float]:
+    """Query MAE / RMSE over a TaskSet, rating-weighted (every query rating counts once). ``others``: an
+    ensemble's other members (:mod:`metarec.meta.ensemble`); the prediction is then the members' mean."""
     pred = predict_tasks(learner, tasks, steps, batch_size)
+    if others:
+        pred = np.mean([pred, *(predict_tasks(m, tasks, steps, batch_size) for m in others)], axis=0)
     if not len(pred):
         return {"mae": float("nan"), "rmse": float("nan"), "n": 0}
     err = pred - tasks.query_rating.astype(np.float64)

@@ -23,6 +23,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+MAX_MEMBERS = 16  # an ensemble's members (train.members): each costs a training and an adaptation per request
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The outer loop's schedule: epochs over meta-train users, early stopping on validation users only.
@@ -63,8 +66,11 @@ class TrainConfig:
     short_support_max: int = 20
     select_on: Literal["all", "k-curve"] = "all"
     selection_support_sizes: tuple[int, ...] = (1, 3, 5, 10)
+    members: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise ConfigError(f"members must be in 1..{MAX_MEMBERS}, got {self.members}")
         if self.epochs < 0 or self.patience < 1 or self.pretrain_epochs < 0:
             raise ConfigError("epochs and pretrain_epochs must be >= 0 and patience >= 1")
         if not 0.0 <= self.average_decay < 1.0:

@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from metarec.meta import distributed
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
 from metarec.meta.learner import MetaLearner
 from metarec.meta.model_card import checkpoint_card, data_sizes, write_model_card
+from metarec.meta.predict import evaluate
 from metarec.meta.run import RunConfig
 from metarec.models.config import build_model
 from metarec.tasks.features import encode_features
@@ -371,8 +372,8 @@ def without_support(tasks: TaskSet, learner: MetaLearner) -> TaskSet:
 def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = None, *, user_history: bool = True,
                  history_max_new_support: int | None = HISTORY_MAX_NEW_SUPPORT,
                  history_as_prior: bool = HISTORY_AS_PRIOR,
-                 progress: Progress | None = None) -> dict[str, dict[str, float]]:
-    """MAE / RMSE per test scenario, adapted and not adapted. ``user_history``: a meta-train user's task
+                 progress: Progress | None = None, members: Sequence[Checkpoint] = ()) -> dict[str, dict[str, float]]:
+    """MAE / RMSE per test scenario, adapted and not adapted (an ensemble's ``members``: their mean). ``user_history``: a meta-train user's task
     adapts on their meta-train ratings too, by the benchmark's rule (``BenchmarkConfig.user_history``,
     ``history_max_new_support`` and ``history_as_prior``). ``progress(scenario, done, total)`` after each
     scenario: scoring takes seconds, and a caller may show it."""
@@ -384,8 +385,8 @@ def evaluate_run(ckpt: Checkpoint, split: ColdStartSplit, steps: int | None = No
             tasks_seen = split.with_user_history(tasks, history_max_new_support, history_as_prior)
         else:
             tasks_seen = tasks
-        adapted = ckpt.learner.evaluate(tasks_seen, steps=steps)
-        frozen = ckpt.learner.evaluate(without_support(tasks, ckpt.learner), steps=0)
+        adapted = evaluate(ckpt.learner, tasks_seen, steps, others=[m.learner for m in members])
+        frozen = evaluate(ckpt.learner, without_support(tasks, ckpt.learner), 0, others=[m.learner for m in members])
         out[name] = {"mae": adapted["mae"], "rmse": adapted["rmse"], "mae_no_adapt": frozen["mae"],
                      "rmse_no_adapt": frozen["rmse"], "ratings": adapted["n"], "tasks": len(tasks)}
     if progress:

@@ -13,6 +13,8 @@ what meta-training saw of it::
     MODEL_CARD.md        data, configuration, validation metrics, intended use and limits (for people)
     item_ratings.safetensors  ratings folded into new items while serving (:mod:`metarec.serve.item_ratings`;
                          absent when there are none)
+    members/1, members/2, ...  an ensemble's other members (:mod:`metarec.meta.ensemble`), checkpoints
+                         like ``checkpoint/`` (absent for one model)
 
 :func:`read_bundle` also reads a ``metarec train`` run folder or a checkpoint folder; the metadata,
 popularity and panel are then rebuilt from the run's dataset when it can still be loaded. Every command
@@ -35,6 +37,7 @@ import pandas as pd
 from metarec._io import atomic_dir, jsonable, sha256_file, write_json
 from metarec.errors import MetarecError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
+from metarec.meta.ensemble import MEMBERS_DIR, check_members, load_members, member_checkpoint_dirs
 from metarec.meta.model_card import checkpoint_card, write_model_card
 from metarec.meta.run import RunConfig
 from metarec.onboarding.catalogue import newcomer_like_ratings, training_counts
@@ -63,12 +66,16 @@ class Bundle:
     model_version: str | None = None
     versions: Mapping[str, str] | None = None
     ratings: ItemRatings | None = None  # ratings folded into items while serving (none: None)
+    members: tuple[Checkpoint, ...] = ()  # an ensemble's other members (one model: none)
 
 
 def complete_bundle(bundle: Bundle) -> Bundle:
     """``bundle`` with its items aligned to the vocabulary, its counts and panel checked, and defaults
     filled in: without counts, the items meta-training saw count 1 (onboarding in catalogue order). Its
     checkpoint scores rated items with their folded-in offsets (:func:`with_offsets`)."""
+    if bundle.members and bundle.ratings is not None and bundle.ratings.stats:
+        raise MetarecError("ratings folded into items apply to one model, not to an ensemble's members")
+    check_members(bundle.checkpoint, bundle.members)
     checkpoint = with_offsets(bundle.checkpoint, bundle.ratings)
     n = len(checkpoint.item_vocab)
     counts = bundle.train_counts
@@ -80,8 +87,9 @@ def complete_bundle(bundle: Bundle) -> Bundle:
     return Bundle(checkpoint, _align_items(bundle.items, checkpoint.item_vocab.ids), counts,
                   _check_panel(bundle.panel, n),
                   bundle.dataset_name or str(checkpoint.run_config.get("data", {}).get("dataset", "unknown")),
-                  bundle.model_version or tensor_version(checkpoint), dict(bundle.versions or package_versions()),
-                  bundle.ratings)
+                  bundle.model_version or ensemble_version(tensor_version(checkpoint),
+                                                           [tensor_version(m) for m in bundle.members]),
+                  dict(bundle.versions or package_versions()), bundle.ratings, tuple(bundle.members))
 
 
 def write_bundle(directory: str | Path, bundle: Bundle) -> Path:
@@ -91,6 +99,8 @@ def write_bundle(directory: str | Path, bundle: Bundle) -> Path:
     ids = list(checkpoint.item_vocab.ids)
     with atomic_dir(directory) as tmp:
         save_checkpoint(checkpoint, tmp / "checkpoint", with_optimizer=False)
+        for m, member in enumerate(bundle.members, start=1):
+            save_checkpoint(member, tmp / MEMBERS_DIR / str(m), with_optimizer=False)
         if bundle.ratings is not None and bundle.ratings.stats:
             write_ratings(tmp / RATINGS, bundle.ratings)
         version = _saved_version(tmp)
@@ -121,7 +131,9 @@ def read_bundle(directory: str | Path, device: str = "cpu") -> Bundle:
     checkpoint = load_checkpoint(ckpt_dir, device=device)
     items, counts, panel = _run_catalogue(checkpoint)
     versions = json.loads((ckpt_dir / "checkpoint.json").read_text(encoding="utf-8")).get("versions")
-    return Bundle(checkpoint, items, counts, panel, None, file_version(ckpt_dir / "model.safetensors"), versions)
+    members = load_members(directory, checkpoint, device) if ckpt_dir != directory else ()
+    return Bundle(checkpoint, items, counts, panel, None, _weights_version(ckpt_dir, directory), versions,
+                  members=members)
 
 
 def _read_saved(directory: Path, spec: dict, device: str) -> Bundle:
@@ -147,12 +159,29 @@ def _read_saved(directory: Path, spec: dict, device: str) -> Bundle:
         width = int(getattr(checkpoint.learner.model, "factors", -2)) + 1  # a model with no item vectors: none fits
         ratings = read_ratings(directory / RATINGS, vocab.ids, width)
     return Bundle(checkpoint, items, counts, panel, spec.get("dataset"), _saved_version(directory),
-                  spec.get("versions"), ratings)
+                  spec.get("versions"), ratings, load_members(directory, checkpoint, device))
+
+
+def ensemble_version(first: str, members: Sequence[str]) -> str:
+    """An ensemble's ``model_version``: the first member's weights' version and a digest of the others'
+    (one model: its own version)."""
+    if not members:
+        return first
+    digest = hashlib.sha256("\n".join(members).encode("utf-8")).hexdigest()[:8]
+    return f"{first}+e{len(members) + 1}.{digest}"
+
+
+def _weights_version(ckpt_dir: Path, directory: Path) -> str:
+    """The version of the weights a model folder serves: the checkpoint's file digest, and its ensemble
+    members' (:func:`ensemble_version`)."""
+    members = member_checkpoint_dirs(directory) if ckpt_dir != directory else []
+    return ensemble_version(file_version(ckpt_dir / "model.safetensors"),
+                            [file_version(d / "model.safetensors") for d in members])
 
 
 def _saved_version(directory: Path) -> str:
     """A saved folder's ``model_version``: its weights', and its folded-in ratings' when it has some."""
-    version = file_version(directory / "checkpoint" / "model.safetensors")
+    version = _weights_version(directory / "checkpoint", directory)
     if (directory / RATINGS).exists():
         version += "+r." + sha256_file(directory / RATINGS)[:8]
     return version

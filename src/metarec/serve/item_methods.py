@@ -105,11 +105,12 @@ class ItemMethods:
                 raise DataError(f"item {item_id!r} is already in the catalogue", field="item_id")
             record = {k: v for k, v in metadata.items() if k in self._item_encodings}
             checkpoint = with_new_item(bundle.checkpoint, item_id, record)
+            members = tuple(with_new_item(m, item_id, record) for m in bundle.members)  # every member scores it
             added = [*self._added, item_id]
             version = items_version(self._model_version.split("+")[0], added)
             self._bind(Bundle(checkpoint, with_new_metadata(bundle.items, item_id, metadata),
                               grown_counts(bundle.train_counts), bundle.panel, bundle.dataset_name, version,
-                              bundle.versions, bundle.ratings))
+                              bundle.versions, bundle.ratings, members))
             self._added = added
         return self.item(item_id)
 
@@ -123,6 +124,9 @@ class ItemMethods:
         checkpoint: Checkpoint = self._require_fitted()
         if checkpoint.model_config.implicit:  # the item fold-in fits ratings; an implicit model has none
             raise MetarecError("this model was trained on implicit feedback: ratings cannot be folded into an item")
+        if self._bundle.members:  # each member's vector would need its own fold-in: not done
+            raise MetarecError(f"this model is an ensemble of {len(self._bundle.members) + 1} meta-learners: ratings "
+                               "cannot be folded into an item (train it with members = 1)")
         if not supports_item_fold_in(checkpoint.learner):
             raise MetarecError(f"this {checkpoint.model_config.kind} model is not linear in an item vector: "
                                "ratings cannot be folded into an item (train the neural-cf preset)")

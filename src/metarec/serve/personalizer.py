@@ -9,7 +9,7 @@ no rated item is known at all; an empty support set still gives the meta-learned
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from metarec.data.encoding import UNKNOWN, FeatureTable
-from metarec.errors import DataError, UnknownIdError
+from metarec.errors import DataError, MetarecError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.models.base import Params
 from metarec.models.new_item_order import NewItemOrder, trained_order
@@ -31,13 +31,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AdaptedUser:
-    """One user's personalised parameters and what they rated."""
+    """One user's personalised parameters and what they rated; for an ensemble, ``members``: the same user
+    adapted by the other members (every score is then the members' mean)."""
 
     personalizer: "Personalizer"
     params: Params
     task: dict
     rated_idx: np.ndarray
     unknown_item_ids: list[str]
+    members: list["AdaptedUser"] = field(default_factory=list)
 
     def predict(self, item_ids: Sequence[object]) -> np.ndarray:
         """Predicted ratings of ``item_ids`` (unknown ids raise :class:`UnknownIdError`)."""
@@ -49,6 +51,11 @@ class AdaptedUser:
         idx = np.asarray(idx)
         if len(idx) == len(p.item_vocab) and p.catalogue_vec is not None and np.array_equal(idx, p.all_idx):
             return self.catalogue_score_tensor()[0].cpu().numpy()  # the whole catalogue: no gathers
+        own = self._own_prediction(idx)
+        return np.mean([own, *(m._own_prediction(idx) for m in self.members)], axis=0) if self.members else own
+
+    def _own_prediction(self, idx: np.ndarray) -> np.ndarray:
+        p = self.personalizer
         vec = proj = None
         items = torch.as_tensor(idx, dtype=torch.long, device=p.device)
         if p.catalogue_vec is not None:
@@ -59,10 +66,12 @@ class AdaptedUser:
 
     def catalogue_score_tensor(self) -> torch.Tensor:
         """Scores [1, N] of every catalogue item (for :mod:`metarec.serve.topk`), new items in their order."""
-        return self.personalizer.catalogue_score_tensor(self.params, self.task, [self.rated_idx])
+        return _member_mean([u.personalizer.catalogue_score_tensor(u.params, u.task, [self.rated_idx])
+                             for u in (self, *self.members)])
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(w [1, F], c [1])`` of a model linear in the item vector (for the approximate top-k)."""
+        _one_model(self.members)
         return self.personalizer.learner.user_weights(self.params, self.task)
 
     def recommend(self, k: int = 10, exclude_rated: bool = True, candidates: Sequence[object] | None = None) -> list[tuple[str, float]]:
@@ -89,6 +98,7 @@ class AdaptedUsers:
     task: dict
     rated_idx: list[np.ndarray]
     unknown_item_ids: list[list[str]]
+    members: list["AdaptedUsers"] = field(default_factory=list)  # an ensemble's other members (see AdaptedUser)
 
     def __len__(self) -> int:
         return len(self.rated_idx)
@@ -98,9 +108,11 @@ class AdaptedUsers:
         return self.catalogue_score_tensor().cpu().numpy()
 
     def catalogue_score_tensor(self) -> torch.Tensor:
-        return self.personalizer.catalogue_score_tensor(self.params, self.task, self.rated_idx)
+        return _member_mean([u.personalizer.catalogue_score_tensor(u.params, u.task, self.rated_idx)
+                             for u in (self, *self.members)])
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        _one_model(self.members)
         return self.personalizer.learner.user_weights(self.params, self.task)
 
     def recommend(self, k: int | Sequence[int] = 10, exclude_rated: bool | Sequence[bool] = True) -> list[list[tuple[str, float]]]:
@@ -114,14 +126,28 @@ class AdaptedUsers:
         return [p.ranked_ids(top) for top in p.ranker.search(self, [int(k_) for k_ in ks], excluded)]
 
 
+def _member_mean(scores: list[torch.Tensor]) -> torch.Tensor:
+    """An ensemble's score: its members' mean (one model: its own)."""
+    return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
+
+
+def _one_model(members: list) -> None:
+    if members:
+        raise MetarecError("an ensemble's score is the mean of its members' and has no single user vector: "
+                           "use the exact top-k")
+
+
 class Personalizer:
-    """A loaded checkpoint bound to its vocabularies and encoders."""
+    """A loaded checkpoint bound to its vocabularies and encoders; with ``members``, an ensemble's first
+    member and personalizers of the others (:mod:`metarec.meta.ensemble`): every user is adapted by each
+    and scored by their mean."""
 
     def __init__(self, checkpoint: Checkpoint, ranker: "ExactTopK | ApproximateTopK | None" = None,
-                 like: "Personalizer | None" = None) -> None:
+                 like: "Personalizer | None" = None, members: Sequence["Personalizer"] = ()) -> None:
         """``ranker``: the catalogue top-k (:mod:`metarec.serve.topk`; default exact), shared by replicas.
         ``like``: a personalizer of the same checkpoint whose read-only catalogue structures (the new items'
         attribute vectors) this one shares instead of building its own."""
+        self.members = list(members)
         self.checkpoint = checkpoint
         self.learner = checkpoint.learner
         self.item_vocab = checkpoint.item_vocab
@@ -274,9 +300,14 @@ class Personalizer:
         batch = TaskBatch(torch.zeros(1, dtype=torch.long, device=self.device), items, rating, mask,
                           items[:, :0], rating[:, :0], mask[:, :0])
         users = self._encode_user(user_attributes)
-        params, task = self.learner.adapt(batch, steps=steps if known_idx else 0, users=users,
-                                          item_table=self._item_table)
-        return AdaptedUser(self, params, task, rated, unknown)
+        steps = steps if known_idx else 0
+        return AdaptedUser(self, *self._adapted(batch, users, steps), rated, unknown,
+                           [AdaptedUser(m, *m._adapted(batch, users, steps), rated, unknown) for m in self.members])
+
+    def _adapted(self, batch: TaskBatch, users: FeatureTable, steps: int | None) -> tuple[Params, dict]:
+        """This model's parameters adapted to ``batch``'s supports (a member's: the first's encodings serve it,
+        the members share the split's encoders)."""
+        return self.learner.adapt(batch, steps=steps, users=users, item_table=self._item_table)
 
     def adapt_many(
         self,
@@ -323,6 +354,7 @@ class Personalizer:
         mask_t = torch.from_numpy(mask).to(self.device)
         batch = TaskBatch(torch.arange(n, device=self.device), item_t, rating_t, mask_t,
                           item_t[:, :0], rating_t[:, :0], mask_t[:, :0])
-        params, task = self.learner.adapt(batch, steps=steps, users=encoded, item_table=self._item_table)
-        return AdaptedUsers(self, params, task, [np.asarray(u[0], dtype=np.int64) for u in users],
-                            [list(u[2]) for u in users])
+        rated = [np.asarray(u[0], dtype=np.int64) for u in users]
+        unknown = [list(u[2]) for u in users]
+        return AdaptedUsers(self, *self._adapted(batch, encoded, steps), rated, unknown,
+                            [AdaptedUsers(m, *m._adapted(batch, encoded, steps), rated, unknown) for m in self.members])

@@ -102,7 +102,7 @@ class ColdStartRecommender(ItemMethods):
         members = (None, None) if panel is None else (panel["panel_user"].to_numpy(), panel["item_idx"].to_numpy())
         questionnaire = AdaptiveQuestionnaire.from_panel(*members, bundle.train_counts)
         # ``checkpoint`` itself stays untouched (for save() and info()): calls run on replicas
-        pool, batch_factory, ranker = personalizer_pool(checkpoint, self._replicas, self._top_k, self._hnsw, self._ranker)
+        pool, batch_factory, ranker = personalizer_pool(checkpoint, self._replicas, self._top_k, self._hnsw, self._ranker, bundle.members)
         with self._batch_lock:
             self._meta, self._bundle, self._items, self._model_version = meta, bundle, bundle.items, bundle.model_version
             self._user_encodings = {c.name: c for c in checkpoint.features.user_encoder.columns}
@@ -234,7 +234,7 @@ class ColdStartRecommender(ItemMethods):
             "training": {k: jsonable(state[k]) for k in ("epoch", "best_epoch", "best_val_mae", "best_val_score", "selection")
                          if k in state},
             "versions": {"metarec": dict(self._bundle.versions).get("metarec")},  # not every library's: no fingerprint
-            "top_k": self._ranker.describe(),
+            "top_k": self._ranker.describe(), "ensemble_members": 1 + len(self._bundle.members),
         }
 
     # ------------------------------------------------------------------ using the model

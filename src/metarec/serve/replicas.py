@@ -14,8 +14,9 @@ import copy
 import dataclasses
 import queue
 import threading
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
+from metarec.errors import MetarecError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.serve.personalizer import Personalizer
 from metarec.serve.topk import ApproximateTopK, ExactTopK, HNSWConfig, make_top_k
@@ -68,7 +69,7 @@ class ReplicaPool(Generic[T]):
 
 
 def personalizer_pool(checkpoint: Checkpoint, size: int, top_k: str = "exact", hnsw: HNSWConfig | None = None,
-                      previous: ExactTopK | ApproximateTopK | None = None
+                      previous: ExactTopK | ApproximateTopK | None = None, members: Sequence[Checkpoint] = ()
                       ) -> tuple[ReplicaPool[Personalizer], Callable[[], Personalizer], ExactTopK | ApproximateTopK]:
     """A pool of up to ``size`` personalizers for single calls, a factory of one more (a batch's; each
     holds the catalogue's Gram matrix, up to ~60 MB, so it is made on first use) and their top-k.
@@ -76,13 +77,20 @@ def personalizer_pool(checkpoint: Checkpoint, size: int, top_k: str = "exact", h
     All are replicas of a private template no call uses: copying (or saving) a module while another
     thread is inside functional_call on it would see that thread's swapped-in tensors. They share one
     catalogue top-k (:mod:`metarec.serve.topk`: an approximate one's index is built here, once per
-    catalogue, or kept from ``previous`` when few items changed)."""
+    catalogue, or kept from ``previous`` when few items changed). ``members``: an ensemble's other
+    members; each personalizer then holds a replica of every one (the exact top-k only)."""
+    if members and top_k != "exact":
+        raise MetarecError(f"an ensemble of {len(members) + 1} meta-learners scores the catalogue by the mean of its "
+                           "members: the approximate top-k needs one model's user vector (use the exact top-k)")
     template = replica(checkpoint)
-    first = Personalizer(replica(template))
+    member_templates = [replica(m) for m in members]
+    first_members = [Personalizer(replica(t)) for t in member_templates]
+    first = Personalizer(replica(template), members=first_members)
     ranker = make_top_k(top_k, first.learner, first.catalogue_vec, hnsw, previous)
     first.ranker = ranker
 
     def make() -> Personalizer:
-        return Personalizer(replica(template), ranker, like=first)
+        return Personalizer(replica(template), ranker, like=first,
+                            members=[Personalizer(replica(t), like=f) for t, f in zip(member_templates, first_members)])
 
     return ReplicaPool(first, make, size), make, ranker

@@ -5,7 +5,8 @@ On validation users the meta-learner's initialisations disagree more than its se
 mean of 5 is 0.002-0.004 below one of them; Last.fm: the mean of 3 is 0.006 below, and a longer running
 average or a smaller step does not get it, docs/experiments/few-shot.md). The recipe is chosen once, by
 the first member (the same search, seed and model as the ``maml`` method); the others train the chosen
-configuration from other seeds. Only the benchmark has it: ``metarec train`` writes one model."""
+configuration from other seeds, by the rule ``metarec train --members M`` trains its members by
+(:func:`metarec.meta.ensemble.member_config`): the benchmark's ensemble is the model that command writes."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import numpy as np
 
 from metarec.eval.benchmark.meta_method import MetaMethod
 from metarec.eval.benchmark.method import Method, catalogue_lookup
+from metarec.meta.ensemble import member_config
 from metarec.meta.run import RunConfig
 from metarec.tasks import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
 
-MEMBER_SEED_STRIDE = 1000  # member m trains from seed + 1000 m (member 0: the maml method's own seed)
 
 
 class EnsembleMethod(Method):
@@ -47,7 +48,7 @@ class EnsembleMethod(Method):
         self.members = [first]
         self.history = list(first.history)
         for m in range(1, self.n_members):
-            member = self.make_member(first.config.override("train", seed=self.seed + MEMBER_SEED_STRIDE * m))
+            member = self.make_member(member_config(first.config, m))
             member.fit(split)
             self.members.append(member)
             self.history.append({"ensemble_member": m, "train_seed": member.config.train.seed,

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from metarec.eval.benchmark.ensemble_method import MEMBER_SEED_STRIDE
+from metarec.meta.ensemble import MEMBER_SEED_STRIDE
 from metarec.eval.implicit.meta_method import ImplicitMetaMethod
 from metarec.tasks.split import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
