@@ -52,7 +52,7 @@ def test_the_run_folder_is_an_implicit_run(implicit_run):
     saved = tomllib.loads((implicit_run / "config.toml").read_text())
     assert saved["data"]["feedback"] == "implicit" and saved["model"]["implicit"] is True
     assert saved["implicit"]["epochs"] == 2 and saved["implicit"]["seed"] == 1
-    assert set(saved["train"]) <= {"seed", "device", "threads"}  # the schedule is [implicit]'s
+    assert set(saved["train"]) <= {"seed", "device", "threads", "members"}  # the schedule is [implicit]'s
     config = RunConfig.from_toml(implicit_run / "config.toml")
     assert config.is_implicit and config.split.seed == 1
     assert RunConfig.from_dict(config.to_dict()) == config  # the round trip is exact

@@ -68,6 +68,7 @@ def test_members_are_run_folders_trained_from_their_own_seeds(ensemble_run):
         config = RunConfig.from_toml(ensemble_run / "members" / str(m) / "config.toml")
         assert config.train.seed == m * MEMBER_SEED_STRIDE and config.train.members == 1
     assert RunConfig.from_toml(ensemble_run / "config.toml").train.members == 3
+    assert "**Ensemble:** 3 meta-learners" in (ensemble_run / "MODEL_CARD.md").read_text()
     weights = [load_checkpoint(d).learner.model.state_dict() for d in (ensemble_run / "best", *member_checkpoint_dirs(ensemble_run))]
     name = next(n for n, v in weights[0].items() if v.is_floating_point() and v.numel() > 10)
     assert not any(np.allclose(weights[0][name].numpy(), w[name].numpy()) for w in weights[1:])
@@ -165,3 +166,17 @@ def test_resume_trains_only_the_members_missing(ensemble_run, tmp_path):
     for name in ("best", "members/2/best"):
         assert ((out / name / "model.safetensors").read_bytes()
                 == (ensemble_run / name / "model.safetensors").read_bytes()), name
+
+
+def test_fit_with_members_trains_and_serves_an_ensemble(tmp_path):
+    from metarec.data import load_dataset
+
+    config = RunConfig.preset("neural-cf").override("train", epochs=1, threads=1, members=2)
+    rec = ColdStartRecommender().fit(load_dataset("synthetic"), config=config, run_dir=tmp_path / "run")
+    assert rec.info()["ensemble_members"] == 2 and "+e2." in rec.model_version
+    assert [p.parent.name for p in member_checkpoint_dirs(tmp_path / "run")] == ["1"]
+    ids = list(rec.items.index)
+    ratings = {ids[0]: 4.0}
+    singles = [ColdStartRecommender.load(d) for d in (tmp_path / "run" / "best", *member_checkpoint_dirs(tmp_path / "run"))]
+    own = np.mean([s.predict(ratings, ids[:10])["score"].to_numpy() for s in singles], axis=0)
+    np.testing.assert_allclose(rec.predict(ratings, ids[:10])["score"].to_numpy(), own, rtol=0, atol=1e-5)

@@ -24,12 +24,14 @@ def evaluate(
     """MAE and RMSE per test scenario, with and without adaptation, on the run's own split (an implicit-feedback
     run: Recall, nDCG and MRR of the whole catalogue ranked, per scenario and support size)."""
     with errors():
+        from metarec.meta.ensemble import load_members
         from metarec.meta.trainer import evaluate_run
 
         limit = history_limit(history_max_new_support)
         with progress_bars() as progress:  # loading and scoring take seconds: say so
             bar = progress.add_task("loading the run and rebuilding its split", total=None)
             split, ckpt = load_run(run)
+            members = load_members(run, ckpt)  # an ensemble's other members: the score is their mean
             if ckpt.model_config.implicit:
                 if steps is not None:
                     raise MetarecError("--steps: an implicit model's fold-in is closed-form; it has no inner steps")
@@ -39,14 +41,11 @@ def evaluate(
                     progress.update(bar, completed=done, total=total,
                                     description=f"ranking the catalogue for test users: {scenario}")
 
-                ranked = evaluate_implicit_run(ckpt, split, progress=ranking)
+                ranked = evaluate_implicit_run(ckpt, split, progress=ranking, members=members)
             else:
                 def report(scenario: str, done: int, total: int) -> None:
                     progress.update(bar, completed=done, total=total, description=f"scoring test users: {scenario}")
 
-                from metarec.meta.ensemble import load_members
-
-                members = load_members(run, ckpt)  # an ensemble's other members: the prediction is their mean
                 results = evaluate_run(ckpt, split, steps, user_history=user_history, history_max_new_support=limit,
                                        history_as_prior=history_as_prior, progress=report, members=members)
         if ckpt.model_config.implicit:

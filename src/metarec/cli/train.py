@@ -138,7 +138,8 @@ def train(
                      "--inner-steps": inner_steps, "--inner-lr": inner_lr, "--outer-lr": outer_lr, "--l2": l2,
                      "--meta-batch-size": meta_batch_size, "--query-loss": query_loss,
                      "--item-ids": item_id_embedding, "--item-id-residual": item_id_residual, "--epochs": epochs,
-                     "--patience": patience, "--seed": seed, "--positive-threshold": positive_threshold}
+                     "--patience": patience, "--seed": seed, "--positive-threshold": positive_threshold,
+                     "--members": members}
             check_run_folder(out, resume, overwrite, [flag for flag, value in given.items() if value is not None])
             if resume:
                 from metarec.cli.train_implicit import resume_implicit
@@ -151,7 +152,7 @@ def train(
             overrides = {k: {n: v for n, v in values.items() if v is not None} for k, values in overrides.items()}
             data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
             return train_implicit(out, data, positive_threshold, config, {k: v for k, v in overrides.items() if v},
-                                  protocol, seed, log_to)
+                                  protocol, seed, log_to, members)
         from metarec.meta.distributed import is_main_process
         from metarec.meta.loggers import make_logger
         from metarec.meta.run import RunConfig

@@ -54,7 +54,7 @@ def epoch_label(metric: str, record: Mapping[str, Any] | None) -> str:
 
 def train_implicit(out: Path, data: dict, positive_threshold: Optional[float], config: Optional[Path],
                    overrides: dict[str, dict[str, Any]], protocol: Optional[str], seed: Optional[int],
-                   log_to: list[str]) -> None:
+                   log_to: list[str], members: Optional[int] = None) -> None:
     """Load the positives, fit, write ``out`` and say where the run went and how it scored."""
     from metarec.eval.implicit.config import ImplicitBenchmarkConfig
     from metarec.eval.implicit.train_run import checked_overrides, train_implicit_run, write_implicit_run
@@ -90,7 +90,7 @@ def train_implicit(out: Path, data: dict, positive_threshold: Optional[float], c
         if seed is None:  # the config file's [implicit] seed, else 0
             seed = int(overrides.get("implicit", {}).get("seed", 0))
         run = train_implicit_run(data_config, seed=seed, protocol=protocol, overrides=overrides, benchmark=benchmark,
-                                 progress=batches, on_epoch=epoch, run_dir=out)
+                                 progress=batches, on_epoch=epoch, run_dir=out, members=members or 1)
         write_implicit_run(run, out)
         loggers.log_params(run.config.to_dict())
         loggers.log_history(run.history)
@@ -121,7 +121,7 @@ def resume_implicit(out: Path, log_to: list[str]) -> None:
             benchmark=benchmark, progress=lambda stage, done, total: progress.update(bar, completed=done, total=total),
             on_epoch=lambda record: progress.update(epochs_bar, completed=record["epoch"] + 1,
                                                     description=epoch_label(metric, record)),
-            run_dir=out, resume=True)
+            run_dir=out, resume=True, members=saved.train.members)
         write_implicit_run(run, out)
         loggers.log_params(run.config.to_dict())
         loggers.log_history(run.history)
@@ -133,5 +133,7 @@ def report(run, out: Path, metric: str) -> None:
     if run.best_epoch < 0:
         console.print(f"no epoch trained; run folder {out} holds the untrained model", highlight=False)
         return
+    members = run.config.train.members
+    ensemble = f", an ensemble of {members} meta-learners (the others in {out / 'members'})" if members > 1 else ""
     console.print(f"best epoch {run.best_epoch}: validation {metric} {run.best_score:.4f} "
-                  f"({len(run.history)} epochs); run folder {out}", highlight=False)
+                  f"({len(run.history)} epochs){ensemble}; run folder {out}", highlight=False)

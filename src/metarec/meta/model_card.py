@@ -76,6 +76,10 @@ def render_model_card(run_config: Mapping[str, Any], state: Mapping[str, Any], *
         lines.append(f"- **Recipe** (chosen on validation users only, {recipe.get('trials', '?')} trainings): {chosen}")
     else:
         lines.append("- **Recipe:** none searched; the configuration below was trained as given")
+    members = int(train.get("members", 1))
+    if members > 1:
+        lines.append(f"- **Ensemble:** {members} meta-learners (this configuration from seeds s, s + 1000, ...; "
+                     "the others in `members/`); a user's prediction is the mean of the members adapted to them")
     lines += ["", "<details><summary>Full run configuration</summary>", "", "```toml",
               tomli_w.dumps(_toml_ready(run_config)).rstrip(), "```", "", "</details>", "",
               "## Validation", ""]

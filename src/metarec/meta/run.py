@@ -143,7 +143,7 @@ class DataConfig:
 
 
 # what [train] holds in an implicit run: its schedule is the [implicit] section
-IMPLICIT_TRAIN_KEYS = ("seed", "device", "threads")
+IMPLICIT_TRAIN_KEYS = ("seed", "device", "threads", "members")
 
 
 @dataclass(frozen=True)

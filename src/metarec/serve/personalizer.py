@@ -66,8 +66,7 @@ class AdaptedUser:
 
     def catalogue_score_tensor(self) -> torch.Tensor:
         """Scores [1, N] of every catalogue item (for :mod:`metarec.serve.topk`), new items in their order."""
-        return _member_mean([u.personalizer.catalogue_score_tensor(u.params, u.task, [self.rated_idx])
-                             for u in (self, *self.members)])
+        return self.personalizer.catalogue_score_tensor(self.params, self.task, [self.rated_idx], self.members)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(w [1, F], c [1])`` of a model linear in the item vector (for the approximate top-k)."""
@@ -108,8 +107,7 @@ class AdaptedUsers:
         return self.catalogue_score_tensor().cpu().numpy()
 
     def catalogue_score_tensor(self) -> torch.Tensor:
-        return _member_mean([u.personalizer.catalogue_score_tensor(u.params, u.task, self.rated_idx)
-                             for u in (self, *self.members)])
+        return self.personalizer.catalogue_score_tensor(self.params, self.task, self.rated_idx, self.members)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         _one_model(self.members)
@@ -181,17 +179,25 @@ class Personalizer:
         f = self.features
         return trained_order(self.checkpoint.state, f.item_features, f.item_encoder, f.known_items.cpu().numpy())
 
-    def catalogue_score_tensor(self, params: Params, task: dict, rated: Sequence[np.ndarray]) -> torch.Tensor:
+    def catalogue_score_tensor(self, params: Params, task: dict, rated: Sequence[np.ndarray],
+                               members: Sequence["AdaptedUser | AdaptedUsers"] = ()) -> torch.Tensor:
         """Scores [B, N] of every catalogue item for adapted users (``rated``: each one's support items), each
-        user's new items in their order (:meth:`_new_item_order`)."""
-        scores = self.learner.predict_items(params, task, self.all_items, self.catalogue_vec, self.catalogue_proj,
-                                            self.catalogue_gram)
+        user's new items in their order (:meth:`_new_item_order`). ``members``: the same users adapted by an
+        ensemble's other members; the model scores are then their mean, and the new items' order (the
+        ensemble's, kept in the first member's checkpoint) applies once, to that mean."""
+        scores = _member_mean([self.model_scores(params, task),
+                               *(m.personalizer.model_scores(m.params, m.task) for m in members)])
         if self.new_item_order is None:
             return scores
         ptr = np.concatenate([[0], np.cumsum([len(r) for r in rated])]).astype(np.int64)
         items = np.concatenate([np.asarray(r, dtype=np.int64) for r in rated]) if len(rated) else np.zeros(0, np.int64)
         out = self.new_item_order.apply(scores.detach().cpu().numpy(), ptr, items)
         return torch.as_tensor(out, dtype=scores.dtype, device=scores.device)
+
+    def model_scores(self, params: Params, task: dict) -> torch.Tensor:
+        """The model's own scores [B, N] of every catalogue item for adapted users (no new-item order)."""
+        return self.learner.predict_items(params, task, self.all_items, self.catalogue_vec, self.catalogue_proj,
+                                          self.catalogue_gram)
 
     def _encode_user(self, attributes: Mapping[str, object] | None) -> FeatureTable:
         """The encoded attribute table of one new user: ``transform_record``'s result, computed without

@@ -32,7 +32,7 @@ def train_bundle(dataset: RatingDataset, config: RunConfig | None, run_dir: str 
     """Meta-train on ``dataset`` (see :meth:`ColdStartRecommender.fit`) and bundle the best checkpoint with
     the dataset's items, its training popularity and its onboarding panel."""
     from metarec._io import write_json
-    from metarec.meta.ensemble import load_members, train_members
+    from metarec.meta.ensemble import load_members, member_checkpoint_dirs, train_members
     from metarec.meta.recipe import choose_recipe, layered_config
     from metarec.meta.search_journal import SearchJournal
     from metarec.meta.trainer import Trainer
@@ -66,6 +66,7 @@ def train_bundle(dataset: RatingDataset, config: RunConfig | None, run_dir: str 
         ckpt_dir = best_checkpoint_dir(directory)
         checkpoint = load_checkpoint(ckpt_dir, device=config.train.device)
         members = load_members(directory, checkpoint, device=config.train.device)
-        version = ensemble_version(file_version(ckpt_dir / "model.safetensors"), members)
+        version = ensemble_version(file_version(ckpt_dir / "model.safetensors"),
+                                   [file_version(d / "model.safetensors") for d in member_checkpoint_dirs(directory)])
     counts, panel = split_catalogue(split)
     return Bundle(checkpoint, dataset.items, counts, panel, dataset.name, version, members=members)

@@ -4,8 +4,8 @@ then ordered as ``meta`` orders them, with a content weight chosen for the mean 
 users. The first member is the ``meta`` method's own model (same seed); the others train from seed + 1000 m.
 
 Why: the explicit benchmark's ensemble (:mod:`metarec.eval.benchmark.ensemble_method`) turned ties into wins
-where one initialisation's noise was the margin; this measures the same on implicit feedback. Only the
-benchmark has it: ``metarec train --feedback implicit`` writes one model."""
+where one initialisation's noise was the margin; this measures the same on implicit feedback. The
+model ``metarec train --feedback implicit --members M`` serves is built by :meth:`ImplicitEnsembleMethod.adopt`."""
 
 from __future__ import annotations
 
@@ -37,11 +37,20 @@ class ImplicitEnsembleMethod(ImplicitMetaMethod):
             resume=None) -> None:
         if checkpoint is not None or resume is not None:
             raise ValueError("the ensemble has no checkpoint or resume of its own")
-        self.members = []
+        members = []
         for m in range(self.n_members):
             member = ImplicitMetaMethod(self.config, self.overrides)
             member.fit(split, seed + MEMBER_SEED_STRIDE * m, progress, on_epoch)
-            self.members.append(member)
+            members.append(member)
+        self.adopt(members, split, seed)
+
+    def adopt(self, members: list[ImplicitMetaMethod], split: ColdStartSplit, seed: int) -> None:
+        """Make fitted ``members`` (member m trained from seed + 1000 m) this ensemble: its content weight is
+        chosen for their mean on the both-new validation users. ``metarec train --feedback implicit
+        --members M`` builds the model it serves this way."""
+        if len(members) != self.n_members:
+            raise ValueError(f"expected {self.n_members} members, got {len(members)}")
+        self.members = list(members)
         first = self.members[0]
         self.features, self.learner = first.features, first.learner
         self.history = [{"member": m, "seed": seed + MEMBER_SEED_STRIDE * m, "chosen": member.chosen}

@@ -11,7 +11,7 @@ K-curve with the same seeded draws), so its numbers are the benchmark's ``meta``
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,15 +32,18 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (scenario, steps done, steps)
 
 
-def checkpoint_scorer(checkpoint: Checkpoint) -> Callable[[TaskSet], np.ndarray]:
-    """Scores [tasks, catalogue] of an implicit checkpoint, as serving computes them."""
-    learner, features = checkpoint.learner, checkpoint.features
+def checkpoint_scorer(checkpoint: Checkpoint, members: Sequence[Checkpoint] = ()) -> Callable[[TaskSet], np.ndarray]:
+    """Scores [tasks, catalogue] of an implicit checkpoint, as serving computes them (an ensemble's other
+    ``members``: the mean of the members' scores, then the new items' order the first checkpoint keeps)."""
+    learners, features = [checkpoint.learner, *(m.learner for m in members)], checkpoint.features
     order = trained_order(checkpoint.state, features.item_features, features.item_encoder,
                           features.known_items.cpu().numpy())
 
     def score(tasks: TaskSet) -> np.ndarray:
         with torch.no_grad():
-            scores = catalogue_scores(learner, tasks)
+            scores = catalogue_scores(learners[0], tasks)
+            if len(learners) > 1:
+                scores = np.mean([scores, *(catalogue_scores(learner, tasks) for learner in learners[1:])], axis=0)
         if order is None:
             return scores
         ptr, item, _ = support_positives(tasks)
@@ -51,14 +54,15 @@ def checkpoint_scorer(checkpoint: Checkpoint) -> Callable[[TaskSet], np.ndarray]
 
 def evaluate_implicit_run(checkpoint: Checkpoint, split: ColdStartSplit,
                           config: ImplicitBenchmarkConfig | None = None,
-                          progress: Progress | None = None) -> dict[str, dict[str, dict[str, float]]]:
+                          progress: Progress | None = None, members: Sequence[Checkpoint] = ()
+                          ) -> dict[str, dict[str, dict[str, float]]]:
     """{scenario: {"all" | "k<K>": {metric: mean over test users, "tasks": users scored}}} on ``split``'s
     test tasks, with the whole support and cut to each K of ``config.support_sizes`` (the mean over
     ``config.support_draws`` seeded draws; users with fewer than K positives are left out at that K)."""
     if not checkpoint.model_config.implicit:
         raise MetarecError("an explicit-feedback model predicts ratings: evaluate it by MAE (metarec evaluate)")
     config = config or ImplicitBenchmarkConfig()
-    score = checkpoint_scorer(checkpoint)
+    score = checkpoint_scorer(checkpoint, members)
     cuts: dict[str, list[ColdStartSplit]] = {"all": [split]}
     cuts.update({f"k{k}": [split.with_support_size(k, d) for d in range(config.support_draws)]
                  for k in config.support_sizes})

@@ -16,14 +16,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from metarec._io import jsonable, write_text
+from metarec._io import atomic_dir, jsonable, write_text
 from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError, MetarecError
 from metarec.eval.implicit.config import ImplicitBenchmarkConfig
+from metarec.eval.implicit.ensemble_method import ImplicitEnsembleMethod
 from metarec.eval.implicit.meta_method import ImplicitMetaMethod
 from metarec.eval.implicit.method import validation_score
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
 from metarec.meta.config import MetaConfig
+from metarec.meta.ensemble import MEMBER_SEED_STRIDE, member_dir
 from metarec.meta.implicit import Checkpointer, ImplicitResume, ImplicitTrainConfig, ImplicitTrainState
 from metarec.meta.model_card import checkpoint_card, data_sizes, write_model_card
 from metarec.meta.run import DataConfig, RunConfig, TrainConfig, typed_values
@@ -81,7 +83,7 @@ def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None 
                        overrides: Mapping[str, Mapping[str, Any]] | None = None,
                        benchmark: ImplicitBenchmarkConfig | None = None, dataset: RatingDataset | None = None,
                        progress: Progress | None = None, on_epoch: EpochReport | None = None,
-                       run_dir: str | Path | None = None, resume: bool = False) -> ImplicitRun:
+                       run_dir: str | Path | None = None, resume: bool = False, members: int = 1) -> ImplicitRun:
     """Fit :class:`ImplicitMetaMethod` on ``seed``'s split of ``data`` (the implicit benchmark's split,
     ``protocol`` melu or time) and keep its selected epoch as a checkpoint. ``dataset``: the positives
     already loaded from ``data``; ``progress`` / ``on_epoch``: each meta-batch / each epoch's validation score.
@@ -89,7 +91,12 @@ def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None 
     ``run_dir``: ``config.toml`` is written there first and, after every epoch, ``best/`` (when the epoch is
     the best so far), ``metrics.jsonl`` and ``last/`` (with the Adam moments), in that order, so that a run
     killed at any point can be continued; ``resume``: continue the run there from ``last/`` (its
-    ``config.toml`` and data must be the ones given), ending where the uninterrupted run would have."""
+    ``config.toml`` and data must be the ones given), ending where the uninterrupted run would have.
+
+    ``members`` > 1: an ensemble (:mod:`metarec.meta.ensemble`): members 1 .. M-1 train from seed + 1000 m
+    after the first (each written whole to ``run_dir/members/m`` when it has finished; a resumed run keeps
+    them), the new items' content weight is chosen for the members' mean, and the returned checkpoint (the
+    first member) keeps that weight and the ensemble's validation score."""
     benchmark = benchmark or ImplicitBenchmarkConfig()
     split_config = benchmark.split_config(seed)
     if protocol is not None:
@@ -105,7 +112,7 @@ def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None 
     metric = benchmark.selection_metric
     train = replace(method.train_config, seed=seed)
     config = RunConfig(data=data, split=split_config, model=method.model_config, meta=method.meta_config,
-                       train=TrainConfig(seed=seed), implicit=train)
+                       train=TrainConfig(seed=seed, members=members), implicit=train)
     log.info("implicit run: %d meta-train tasks, %d items", len(split.meta_train), dataset.n_items)
     checkpoint, resumed = None, None
     if run_dir is not None:
@@ -113,18 +120,63 @@ def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None 
     elif resume:
         raise ConfigError("resuming an implicit run needs its run folder")
     method.fit(split, seed, progress=progress, on_epoch=on_epoch, checkpoint=checkpoint, resume=resumed)
+    if members > 1:
+        method = _ensemble(method, members, config, dataset, split, benchmark, seed, overrides, run_dir, progress)
     score, points = validation_score(method.score, split, benchmark.selection(seed))
     history = [dict(r) for r in method.history]
     best_epoch = int(method.chosen.get("best_epoch", -1))
     state = {"epoch": len(history), "best_epoch": best_epoch, "best_val_score": score, "selection": metric,
              "best_val": {f"val_{metric}" if p == "all" else f"val_{p}_{metric}": v for p, v in points.items()},
              "data": data_sizes(split), "feedback": "implicit",
-             "new_item_order": {"content_weight": float(method.content_weight)}}
+             "new_item_order": {"content_weight": float(method.content_weight)}, "ensemble_members": members}
     assert method.learner is not None  # fitted above
     assert method.features is not None
     checkpoint = Checkpoint(method.learner, method.features, dataset.user_vocab, dataset.item_vocab,
                             method.model_config, dataset.rating_scale, config.to_dict(), state)
     return ImplicitRun(config, checkpoint, history, best_epoch, score, metric)
+
+
+def _ensemble(first: ImplicitMetaMethod, members: int, config: RunConfig, dataset: RatingDataset,
+              split: ColdStartSplit, benchmark: ImplicitBenchmarkConfig, seed: int,
+              overrides: Mapping[str, Mapping[str, Any]] | None, run_dir: str | Path | None,
+              progress: Progress | None) -> ImplicitEnsembleMethod:
+    """``first`` and members 1 .. M-1 (trained, or read back from ``run_dir/members/m``) as one ensemble."""
+    others = []
+    for m in range(1, members):
+        target = None if run_dir is None else member_dir(run_dir, m)
+        member = ImplicitMetaMethod(benchmark, checked_overrides(overrides))
+        if target is not None and (target / "best" / "checkpoint.json").is_file():
+            saved = load_checkpoint(target / "best")
+            member.learner, member.features = saved.learner, saved.features
+        else:
+            member_seed = seed + MEMBER_SEED_STRIDE * m
+            log.info("implicit run: training ensemble member %d of %d (seed %d)", m + 1, members, member_seed)
+            member.fit(split, member_seed, progress=progress)
+            if target is not None:
+                with atomic_dir(target) as tmp:
+                    own = replace(config, train=TrainConfig(seed=member_seed),
+                                  implicit=replace(config.implicit, seed=member_seed))
+                    write_implicit_run(_fitted_run(member, own, dataset, split, benchmark, member_seed), tmp)
+        others.append(member)
+    ensemble = ImplicitEnsembleMethod(benchmark, members, checked_overrides(overrides))
+    ensemble.adopt([first, *others], split, seed)
+    ensemble.history = list(first.history)  # the run's metrics.jsonl: the first member's epochs
+    ensemble.chosen = {**first.chosen, "content_weight": ensemble.content_weight, "ensemble_members": members}
+    return ensemble
+
+
+def _fitted_run(method: ImplicitMetaMethod, config: RunConfig, dataset: RatingDataset, split: ColdStartSplit,
+                benchmark: ImplicitBenchmarkConfig, seed: int) -> ImplicitRun:
+    """A fitted method (one ensemble member) as a run: its own selection score and new items' order."""
+    score, points = validation_score(method.score, split, benchmark.selection(seed))
+    metric = benchmark.selection_metric
+    state = {"epoch": len(method.history), "best_epoch": int(method.chosen.get("best_epoch", -1)),
+             "best_val_score": score, "selection": metric, "data": data_sizes(split), "feedback": "implicit",
+             "new_item_order": {"content_weight": float(method.content_weight)}}
+    assert method.learner is not None and method.features is not None
+    checkpoint = Checkpoint(method.learner, method.features, dataset.user_vocab, dataset.item_vocab,
+                            method.model_config, dataset.rating_scale, config.to_dict(), state)
+    return ImplicitRun(config, checkpoint, [dict(r) for r in method.history], state["best_epoch"], score, metric)
 
 
 def _run_folder(out: Path, config: RunConfig, dataset: RatingDataset, split: ColdStartSplit,
