@@ -53,6 +53,12 @@ def onboard(
                          checkpoint.model_config.implicit)
             return
         runs = [(run, split, checkpoint.learner)]
+        from metarec.meta.ensemble import member_checkpoint_dirs
+
+        for ensemble in [run, *(pool_runs or [])]:
+            if member_checkpoint_dirs(ensemble):  # the experiment adapts with one model
+                console.print(f"{ensemble} is an ensemble: the experiment scores with its first member only",
+                              highlight=False)
         for other in pool_runs or []:
             other_split, other_checkpoint = load_run(other)
             runs.append((other, other_split, other_checkpoint.learner))

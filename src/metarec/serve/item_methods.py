@@ -73,14 +73,14 @@ class ItemMethods:
 
     def item_vectors(self) -> pd.DataFrame:
         """Every item's vector from the model's item tower: ``item_id``, ``bias`` and ``vector`` (float32), for
-        an ANN index or a downstream model. :class:`MetarecError` for a model without item vectors
-        (:mod:`metarec.serve.item_vectors` says which have them)."""
+        an ANN index or a downstream model (an ensemble: its first member's). :class:`MetarecError` for a
+        model without item vectors (:mod:`metarec.serve.item_vectors` says which have them)."""
         vocab, _, q, bias = self._vectors()
         return vectors_frame(vocab.ids, q, bias)
 
     def similar_items(self, item_id: object, k: int = 10) -> list[dict[str, Any]]:
-        """The ``k`` items closest to ``item_id`` by cosine similarity of their vectors (``score``), best first,
-        with their metadata; :class:`UnknownIdError` for an id outside the catalogue."""
+        """The ``k`` items closest to ``item_id`` by cosine similarity of their vectors (``score``; an ensemble:
+        its first member's), best first, with their metadata; :class:`UnknownIdError` for an id outside the catalogue."""
         check_count(k, "k")
         vocab, index, _, _ = self._vectors()
         nearest = index.nearest(vocab.index(item_id), int(k))
