@@ -164,6 +164,24 @@ def test_two_ranks_equal_one_process(one_epoch_run, tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # the initialisation and epoch 0, once
 
 
+def test_two_ranks_train_an_ensemble_as_one_process_does(tmp_path):
+    """``--members 2`` under torchrun: every rank trains each member, rank 0 writes it; the members equal
+    one process's (:mod:`metarec.meta.ensemble`)."""
+    from metarec.meta.ensemble import member_config, member_checkpoint_dirs
+
+    (tmp_path / "run.toml").write_text(CLI_CONFIG)
+    torchrun("-m", "metarec", "train", "--config", str(tmp_path / "run.toml"), "--no-search", "--members", "2",
+             "--out", str(tmp_path / "run"))
+    run = tmp_path / "run"
+    assert [d.parent.name for d in member_checkpoint_dirs(run)] == ["1"]
+    assert [p.name for p in (run / "members").iterdir()] == ["1"]  # no rank left a folder half-written
+    config = RunConfig.from_toml(run / "config.toml")
+    assert config.train.members == 2
+    reference = single_process_run(member_config(config, 1), tmp_path / "one")
+    found = relative_difference(saved(reference, "best"), saved(run / "members" / "1", "best"))
+    assert found <= TOLERANCE, found
+
+
 def test_a_resumed_distributed_run_equals_an_uninterrupted_one(one_epoch_run, tmp_path):
     """Stopped after epoch 1 (its config said 1 epoch), given 3, resumed under torchrun: one process's 3 epochs."""
     run = tmp_path / "run"

@@ -59,8 +59,8 @@ def train_members(config: RunConfig, split: ColdStartSplit, run_dir: str | Path,
             if is_main_process():
                 with atomic_dir(target) as tmp:
                     Trainer(cfg, split=split, run_dir=tmp).fit()
-            else:
-                Trainer(cfg, split=split).fit()
+            else:  # the same run folder as rank 0 (what a trainer does depends on having one); it writes nothing
+                Trainer(cfg, split=split, run_dir=target).fit()
         folders.append(target)
         if progress:
             progress(m, total - 1)
