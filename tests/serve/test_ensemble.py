@@ -180,3 +180,27 @@ def test_fit_with_members_trains_and_serves_an_ensemble(tmp_path):
     singles = [ColdStartRecommender.load(d) for d in (tmp_path / "run" / "best", *member_checkpoint_dirs(tmp_path / "run"))]
     own = np.mean([s.predict(ratings, ids[:10])["score"].to_numpy() for s in singles], axis=0)
     np.testing.assert_allclose(rec.predict(ratings, ids[:10])["score"].to_numpy(), own, rtol=0, atol=1e-5)
+
+
+def test_a_broken_ensemble_folder_is_refused_naming_what_is_wrong(ensemble_run, tmp_path):
+    gap = tmp_path / "gap"
+    shutil.copytree(ensemble_run, gap)
+    shutil.rmtree(gap / "members" / "1")
+    with pytest.raises(MetarecError, match=r"numbered 1, 2, \.\.\. without gaps, found \[2\]"):
+        ColdStartRecommender.load(gap)
+    empty = tmp_path / "empty"
+    shutil.copytree(ensemble_run, empty)
+    shutil.rmtree(empty / "members" / "2" / "best")
+    shutil.rmtree(empty / "members" / "2" / "last")
+    with pytest.raises(MetarecError, match="an ensemble member without a checkpoint"):
+        ColdStartRecommender.load(empty)
+    other = tmp_path / "other"  # a member of another architecture
+    shutil.copytree(ensemble_run, other)
+    shutil.rmtree(other / "members" / "2")
+    result = run("train", "--dataset", "synthetic", "--model", "feature-mlp", "--epochs", "1",
+                 "--out", str(other / "members" / "2"))
+    assert result.exit_code == 0, result.output
+    with pytest.raises(MetarecError, match="ensemble member 2 is another model than member 0"):
+        ColdStartRecommender.load(other)
+    result = run("train", *FAST, "--members", "0", "--out", str(tmp_path / "zero"))
+    assert result.exit_code != 0 and "members must be in 1..16" in result.output
