@@ -438,7 +438,8 @@ def test_encoded_attribute_vectors_match_the_content_baselines():
 
 
 def test_the_implicit_ensemble_scores_its_members_mean_and_its_first_member_is_meta(clusters):
-    from metarec.eval.implicit.ensemble_method import MEMBER_SEED_STRIDE, ImplicitEnsembleMethod
+    from metarec.eval.implicit.ensemble_method import ImplicitEnsembleMethod
+    from metarec.meta.ensemble import MEMBER_SEED_STRIDE
     from metarec.eval.implicit.meta_method import ImplicitMetaMethod
 
     cfg = ImplicitBenchmarkConfig(seeds=(0,), support_sizes=(1,), methods=("meta", "meta-ensemble"), split=SPLIT)

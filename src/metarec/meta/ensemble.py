@@ -31,11 +31,16 @@ MEMBERS_DIR = "members"
 MemberProgress = Callable[[int, int], None]  # (members done, members in all) after each member
 
 
+def member_seed_of(seed: int, member: int) -> int:
+    """The seed member ``member`` trains from (member 0: the run's own)."""
+    return seed + MEMBER_SEED_STRIDE * member
+
+
 def member_config(config: RunConfig, member: int) -> RunConfig:
     """The configuration member ``member`` trains: the run's, from its own seed (one model: members = 1)."""
     if member < 1:
         raise ValueError(f"member 0 is the run itself; members are numbered from 1, got {member}")
-    return config.override("train", seed=config.train.seed + MEMBER_SEED_STRIDE * member, members=1)
+    return config.override("train", seed=member_seed_of(config.train.seed, member), members=1)
 
 
 def member_dir(run_dir: str | Path, member: int) -> Path:

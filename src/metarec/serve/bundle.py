@@ -132,7 +132,7 @@ def read_bundle(directory: str | Path, device: str = "cpu") -> Bundle:
     items, counts, panel = _run_catalogue(checkpoint)
     versions = json.loads((ckpt_dir / "checkpoint.json").read_text(encoding="utf-8")).get("versions")
     members = load_members(directory, checkpoint, device) if ckpt_dir != directory else ()
-    return Bundle(checkpoint, items, counts, panel, None, _weights_version(ckpt_dir, directory), versions,
+    return Bundle(checkpoint, items, counts, panel, None, weights_version(ckpt_dir, directory), versions,
                   members=members)
 
 
@@ -171,8 +171,8 @@ def ensemble_version(first: str, members: Sequence[str]) -> str:
     return f"{first}+e{len(members) + 1}.{digest}"
 
 
-def _weights_version(ckpt_dir: Path, directory: Path) -> str:
-    """The version of the weights a model folder serves: the checkpoint's file digest, and its ensemble
+def weights_version(ckpt_dir: Path, directory: Path) -> str:
+    """``model_version`` of a model folder ``directory`` whose checkpoint is ``ckpt_dir``: the version of the weights a model folder serves: the checkpoint's file digest, and its ensemble
     members' (:func:`ensemble_version`)."""
     members = member_checkpoint_dirs(directory) if ckpt_dir != directory else []
     return ensemble_version(file_version(ckpt_dir / "model.safetensors"),
@@ -181,7 +181,7 @@ def _weights_version(ckpt_dir: Path, directory: Path) -> str:
 
 def _saved_version(directory: Path) -> str:
     """A saved folder's ``model_version``: its weights', and its folded-in ratings' when it has some."""
-    version = _weights_version(directory / "checkpoint", directory)
+    version = weights_version(directory / "checkpoint", directory)
     if (directory / RATINGS).exists():
         version += "+r." + sha256_file(directory / RATINGS)[:8]
     return version

@@ -11,7 +11,7 @@ from metarec.data.dataset import RatingDataset
 from metarec.errors import ConfigError, DataError
 from metarec.meta.checkpoint import load_checkpoint
 from metarec.meta.run import RunConfig
-from metarec.serve.bundle import Bundle, best_checkpoint_dir, ensemble_version, file_version, split_catalogue
+from metarec.serve.bundle import Bundle, best_checkpoint_dir, split_catalogue, weights_version
 
 
 def as_dataset(interactions: pd.DataFrame | RatingDataset, user_attributes: pd.DataFrame | None,
@@ -32,7 +32,7 @@ def train_bundle(dataset: RatingDataset, config: RunConfig | None, run_dir: str 
     """Meta-train on ``dataset`` (see :meth:`ColdStartRecommender.fit`) and bundle the best checkpoint with
     the dataset's items, its training popularity and its onboarding panel."""
     from metarec._io import write_json
-    from metarec.meta.ensemble import load_members, member_checkpoint_dirs, train_members
+    from metarec.meta.ensemble import load_members, train_members
     from metarec.meta.recipe import choose_recipe, layered_config
     from metarec.meta.search_journal import SearchJournal
     from metarec.meta.trainer import Trainer
@@ -66,7 +66,6 @@ def train_bundle(dataset: RatingDataset, config: RunConfig | None, run_dir: str 
         ckpt_dir = best_checkpoint_dir(directory)
         checkpoint = load_checkpoint(ckpt_dir, device=config.train.device)
         members = load_members(directory, checkpoint, device=config.train.device)
-        version = ensemble_version(file_version(ckpt_dir / "model.safetensors"),
-                                   [file_version(d / "model.safetensors") for d in member_checkpoint_dirs(directory)])
+        version = weights_version(ckpt_dir, directory)
     counts, panel = split_catalogue(split)
     return Bundle(checkpoint, dataset.items, counts, panel, dataset.name, version, members=members)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from metarec.meta.ensemble import MEMBER_SEED_STRIDE
+from metarec.meta.ensemble import member_seed_of
 from metarec.eval.implicit.meta_method import ImplicitMetaMethod
 from metarec.tasks.split import ColdStartSplit
 from metarec.tasks.taskset import TaskSet
@@ -40,7 +40,7 @@ class ImplicitEnsembleMethod(ImplicitMetaMethod):
         members = []
         for m in range(self.n_members):
             member = ImplicitMetaMethod(self.config, self.overrides)
-            member.fit(split, seed + MEMBER_SEED_STRIDE * m, progress, on_epoch)
+            member.fit(split, member_seed_of(seed, m), progress, on_epoch)
             members.append(member)
         self.adopt(members, split, seed)
 
@@ -53,10 +53,9 @@ class ImplicitEnsembleMethod(ImplicitMetaMethod):
         self.members = list(members)
         first = self.members[0]
         self.features, self.learner = first.features, first.learner
-        self.history = [{"member": m, "seed": seed + MEMBER_SEED_STRIDE * m, "chosen": member.chosen}
-                        for m, member in enumerate(self.members)]
-        self.chosen = {"members": self.n_members, "member_seeds": [seed + MEMBER_SEED_STRIDE * m
-                                                                    for m in range(self.n_members)]}
+        seeds = [member_seed_of(seed, m) for m in range(self.n_members)]
+        self.history = [{"member": m, "seed": seeds[m], "chosen": member.chosen} for m, member in enumerate(self.members)]
+        self.chosen = {"members": self.n_members, "member_seeds": seeds}
         self._choose_content_weight(split, self.config.selection(seed))
 
     def model_scores(self, tasks: TaskSet) -> np.ndarray:

@@ -25,7 +25,7 @@ from metarec.eval.implicit.meta_method import ImplicitMetaMethod
 from metarec.eval.implicit.method import validation_score
 from metarec.meta.checkpoint import Checkpoint, load_checkpoint, package_versions, save_checkpoint
 from metarec.meta.config import MetaConfig
-from metarec.meta.ensemble import MEMBER_SEED_STRIDE, member_dir
+from metarec.meta.ensemble import member_dir, member_seed_of
 from metarec.meta.implicit import Checkpointer, ImplicitResume, ImplicitTrainConfig, ImplicitTrainState
 from metarec.meta.model_card import checkpoint_card, data_sizes, write_model_card
 from metarec.meta.run import DataConfig, RunConfig, TrainConfig, typed_values
@@ -122,18 +122,7 @@ def train_implicit_run(data: DataConfig, *, seed: int = 0, protocol: str | None 
     method.fit(split, seed, progress=progress, on_epoch=on_epoch, checkpoint=checkpoint, resume=resumed)
     if members > 1:
         method = _ensemble(method, members, config, dataset, split, benchmark, seed, overrides, run_dir, progress)
-    score, points = validation_score(method.score, split, benchmark.selection(seed))
-    history = [dict(r) for r in method.history]
-    best_epoch = int(method.chosen.get("best_epoch", -1))
-    state = {"epoch": len(history), "best_epoch": best_epoch, "best_val_score": score, "selection": metric,
-             "best_val": {f"val_{metric}" if p == "all" else f"val_{p}_{metric}": v for p, v in points.items()},
-             "data": data_sizes(split), "feedback": "implicit",
-             "new_item_order": {"content_weight": float(method.content_weight)}, "ensemble_members": members}
-    assert method.learner is not None  # fitted above
-    assert method.features is not None
-    checkpoint = Checkpoint(method.learner, method.features, dataset.user_vocab, dataset.item_vocab,
-                            method.model_config, dataset.rating_scale, config.to_dict(), state)
-    return ImplicitRun(config, checkpoint, history, best_epoch, score, metric)
+    return _fitted_run(method, config, dataset, split, benchmark, seed, ensemble_members=members)
 
 
 def _ensemble(first: ImplicitMetaMethod, members: int, config: RunConfig, dataset: RatingDataset,
@@ -149,7 +138,7 @@ def _ensemble(first: ImplicitMetaMethod, members: int, config: RunConfig, datase
             saved = load_checkpoint(target / "best")
             member.learner, member.features = saved.learner, saved.features
         else:
-            member_seed = seed + MEMBER_SEED_STRIDE * m
+            member_seed = member_seed_of(seed, m)
             log.info("implicit run: training ensemble member %d of %d (seed %d)", m + 1, members, member_seed)
             member.fit(split, member_seed, progress=progress)
             if target is not None:
@@ -166,17 +155,20 @@ def _ensemble(first: ImplicitMetaMethod, members: int, config: RunConfig, datase
 
 
 def _fitted_run(method: ImplicitMetaMethod, config: RunConfig, dataset: RatingDataset, split: ColdStartSplit,
-                benchmark: ImplicitBenchmarkConfig, seed: int) -> ImplicitRun:
-    """A fitted method (one ensemble member) as a run: its own selection score and new items' order."""
+                benchmark: ImplicitBenchmarkConfig, seed: int, **extra_state: Any) -> ImplicitRun:
+    """A fitted method (the run's model, or one ensemble member) as a run: its selected epoch, its validation
+    score and the new items' order, in the checkpoint's state (with ``extra_state``)."""
     score, points = validation_score(method.score, split, benchmark.selection(seed))
     metric = benchmark.selection_metric
-    state = {"epoch": len(method.history), "best_epoch": int(method.chosen.get("best_epoch", -1)),
-             "best_val_score": score, "selection": metric, "data": data_sizes(split), "feedback": "implicit",
-             "new_item_order": {"content_weight": float(method.content_weight)}}
-    assert method.learner is not None and method.features is not None
+    best_epoch = int(method.chosen.get("best_epoch", -1))
+    state = {"epoch": len(method.history), "best_epoch": best_epoch, "best_val_score": score, "selection": metric,
+             "best_val": {f"val_{metric}" if p == "all" else f"val_{p}_{metric}": v for p, v in points.items()},
+             "data": data_sizes(split), "feedback": "implicit",
+             "new_item_order": {"content_weight": float(method.content_weight)}, **extra_state}
+    assert method.learner is not None and method.features is not None  # fitted
     checkpoint = Checkpoint(method.learner, method.features, dataset.user_vocab, dataset.item_vocab,
                             method.model_config, dataset.rating_scale, config.to_dict(), state)
-    return ImplicitRun(config, checkpoint, [dict(r) for r in method.history], state["best_epoch"], score, metric)
+    return ImplicitRun(config, checkpoint, [dict(r) for r in method.history], best_epoch, score, metric)
 
 
 def _run_folder(out: Path, config: RunConfig, dataset: RatingDataset, split: ColdStartSplit,
