@@ -14,6 +14,7 @@ from metarec.cli import app
 from metarec.data.loaders.tabular import load_table
 from metarec.errors import ConfigError
 from metarec.eval.benchmark import BenchmarkConfig, make_method
+from metarec.eval.implicit import ImplicitBenchmarkConfig
 from metarec.meta.ensemble import MEMBER_SEED_STRIDE
 from metarec.tasks import make_split
 
@@ -59,10 +60,11 @@ def test_the_ensemble_is_the_mean_of_members_whose_first_is_the_maml_model(datas
 def test_the_ensemble_runs_in_a_benchmark_and_is_a_candidate_meta_learner(table, tmp_path):
     out = tmp_path / "bench"
     result = CliRunner().invoke(app, ["benchmark", "--dataset", str(table), "--methods",
-                                      "mf,maml,maml-ensemble", "--seeds", "0", "--support-sizes", "1,3",
-                                      "--no-search", "--epochs", "2", "--out", str(out)], catch_exceptions=False)
+                                      "mf,maml,maml-ensemble", "--members", "2", "--seeds", "0", "--support-sizes",
+                                      "1,3", "--no-search", "--epochs", "2", "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())
+    assert summary["config"]["ensemble_members"] == 2  # --members
     rows = pd.read_csv(out / "results.csv")
     val = rows[rows["scenario"] == "_validation"].set_index("method")["value"]
     assert {"maml", "maml-ensemble"} <= set(val.index)
@@ -71,9 +73,20 @@ def test_the_ensemble_runs_in_a_benchmark_and_is_a_candidate_meta_learner(table,
     assert "maml-ensemble" in set(rows.loc[rows["k"] == 1, "method"])
 
 
-def test_an_ensemble_needs_two_members():
+@pytest.mark.parametrize("members", [1, 17])
+def test_an_ensemble_needs_two_to_sixteen_members(members):
     with pytest.raises(ConfigError, match="ensemble_members"):
-        BenchmarkConfig(methods=("maml-ensemble",), ensemble_members=1)
+        BenchmarkConfig(methods=("maml-ensemble",), ensemble_members=members)
+    with pytest.raises(ConfigError, match="ensemble_members"):
+        ImplicitBenchmarkConfig(ensemble_members=members)
+
+
+@pytest.mark.parametrize("feedback", ["explicit", "implicit"])
+def test_the_cli_refuses_one_member_before_training(table, tmp_path, feedback):
+    result = CliRunner().invoke(app, ["benchmark", "--dataset", str(table), "--feedback", feedback, "--members", "1",
+                                      "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "ensemble_members must be in 2..16, got 1" in result.output, result.output
+    assert not (tmp_path / "b").exists()
 
 
 def test_the_ensembles_pooled_item_fold_in_folds_every_member(dataset):

@@ -26,6 +26,8 @@ def benchmark(
                                              "only the training (initialisation, task order) [default: each its own]."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all but maml-ensemble, "
                                            "the recipe's meta-learner from 3 initialisations, averaged)."),
+    members: Optional[int] = typer.Option(None, help="maml-ensemble's (meta-ensemble's) initialisations, "
+                                          "2-16 [default: 3]."),
     config: Optional[Path] = typer.Option(None, "--config", help="A run.toml whose values override the meta-learner's "
                                           "recipe; the searched settings it sets are not searched."),
     preset: Optional[str] = PRESET_OPTION,
@@ -69,11 +71,12 @@ def benchmark(
         with errors():
             data = data_overrides(dataset, data_dir, users, items, column, attribute, rating_scale)
             _implicit(out, data, positive_threshold, protocol, heavy_users, seeds, methods, support_sizes,
-                      support_draws, quick, resume)
+                      support_draws, members, quick, resume)
         return
     if positive_threshold is not None:
         raise typer.BadParameter("only with --feedback implicit", param_hint="--positive-threshold")
     support_draws = 3 if support_draws is None else support_draws
+    ensemble = {} if members is None else dict(ensemble_members=members)
     with errors():
         from metarec.eval.benchmark import (DEFAULT_METHODS, BenchmarkConfig, BenchmarkJournal, config_dict, run_benchmark,
                                             write_results)
@@ -97,7 +100,8 @@ def benchmark(
         else:
             cfg = BenchmarkConfig(seeds=ints(seeds, "seeds"), support_sizes=ints(support_sizes, "support-sizes"),
                                   methods=tuple(words(methods)) or DEFAULT_METHODS,
-                                  run=run_config, search=search, fixed=fixed, support_draws=support_draws, **options)
+                                  run=run_config, search=search, fixed=fixed, support_draws=support_draws, **ensemble,
+                                  **options)
         started = time.perf_counter()
         journal = BenchmarkJournal(out / "partial")
         journal.open(config_dict(cfg), resume)
@@ -119,8 +123,8 @@ def benchmark(
 
 
 def _implicit(out: Path, data: dict, positive_threshold: Optional[float], protocol: str, heavy_users: Optional[str],
-              seeds: str, methods: Optional[str], support_sizes: str, support_draws: Optional[int], quick: bool,
-              resume: bool) -> None:
+              seeds: str, methods: Optional[str], support_sizes: str, support_draws: Optional[int],
+              members: Optional[int], quick: bool, resume: bool) -> None:
     """``--feedback implicit``: the positives of the dataset (all interactions, or those rated >=
     ``--positive-threshold``), every implicit method on the K-curve (:mod:`metarec.eval.implicit`)."""
     from dataclasses import asdict, replace
@@ -140,6 +144,8 @@ def _implicit(out: Path, data: dict, positive_threshold: Optional[float], protoc
         raise ConfigError(f"unknown implicit method(s) {unknown}; known: {', '.join(KNOWN_METHODS)}")
     if support_draws is not None:
         options["support_draws"] = support_draws
+    if members is not None:
+        options["ensemble_members"] = members
     if quick:
         cfg = ImplicitBenchmarkConfig.quick(**options)
     else:

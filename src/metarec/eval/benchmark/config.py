@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 from metarec.errors import ConfigError
-from metarec.meta.run import DataConfig, RunConfig
+from metarec.meta.run import MAX_MEMBERS, DataConfig, RunConfig
 from metarec.tasks import HISTORY_AS_PRIOR, HISTORY_MAX_NEW_SUPPORT, SplitConfig
 
 BASELINES = ("global-mean", "item-mean", "popularity", "bias", "mf", "content")
@@ -77,8 +77,8 @@ class BenchmarkConfig:
         if unknown:
             raise ConfigError(f"unknown method(s) {sorted(unknown)}; known: "
                               f"{', '.join((*DEFAULT_METHODS, *EXTRA_METHODS))}")
-        if "maml-ensemble" in self.methods and self.ensemble_members < 2:
-            raise ConfigError(f"ensemble_members must be >= 2, got {self.ensemble_members}")
+        if not 2 <= self.ensemble_members <= MAX_MEMBERS:
+            raise ConfigError(f"ensemble_members must be in 2..{MAX_MEMBERS}, got {self.ensemble_members}")
         if not self.seeds:
             raise ConfigError("at least one seed is needed")
         if self.history_max_new_support is not None and self.history_max_new_support < 0:

@@ -8,6 +8,7 @@ from typing import Callable, Mapping, Sequence
 from metarec.errors import ConfigError
 from metarec.eval.implicit.method import Selection
 from metarec.eval.implicit.metrics import KS
+from metarec.meta.run import MAX_MEMBERS
 from metarec.tasks import SCENARIOS, SplitConfig
 
 IMPLICIT_BASELINE_NAMES = ("popularity", "item-knn", "ease", "ials", "content")
@@ -44,6 +45,7 @@ class ImplicitBenchmarkConfig:
     selection_sizes: tuple[int, ...] = (1, 3, 5)
     max_validation_tasks: int | None = 2000
     compare: tuple[str, ...] = ("meta", "meta-ensemble")  # those run; meta-ensemble runs only when named
+    ensemble_members: int = 3  # ``meta-ensemble``'s initialisations
     compare_metrics: tuple[str, ...] = ("recall@20", "ndcg@20")
     bootstrap: int = 2000
     split: SplitConfig = field(default_factory=lambda: _recipe_split())
@@ -65,6 +67,8 @@ class ImplicitBenchmarkConfig:
             raise ConfigError(f"support_draws must be >= 1, got {self.support_draws}")
         if self.bootstrap < 1:
             raise ConfigError(f"bootstrap must be >= 1, got {self.bootstrap}")
+        if not 2 <= self.ensemble_members <= MAX_MEMBERS:
+            raise ConfigError(f"ensemble_members must be in 2..{MAX_MEMBERS}, got {self.ensemble_members}")
         self.selection()  # checks the selection metric and sizes
         for metric in self.compare_metrics:
             name, _, k = metric.partition("@")

@@ -109,5 +109,5 @@ def make_method(name: str, config: ImplicitBenchmarkConfig) -> ImplicitMethod:
     if name == META_ENSEMBLE:
         from metarec.eval.implicit.ensemble_method import ImplicitEnsembleMethod
 
-        return ImplicitEnsembleMethod(config)
+        return ImplicitEnsembleMethod(config, config.ensemble_members)
     raise ConfigError(f"unknown implicit method {name!r}; known: {', '.join(KNOWN_METHODS)}")
