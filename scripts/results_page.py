@@ -2,6 +2,7 @@
 
     python scripts/results_page.py runs/bench-ml1m --title "ML-1M + IMDb, MeLU's protocol" \
         --command "metarec benchmark --dataset ml-1m-imdb ..." >> section.md
+    python scripts/results_page.py --ensemble "ML-100K=runs/ml100k-ens5" "Last.fm=runs/lastfm-ens5" ...
 
 Every number is read from the folder's results.json (what `metarec benchmark` wrote); nothing is typed in.
 """
@@ -85,13 +86,61 @@ def section(folder: Path, title: str, command: str) -> str:
     return "\n".join(out)
 
 
+def _short(cell: dict | None) -> str:
+    """A difference, bold without its interval where the interval is below 0 (a win), else with it."""
+    if not cell:
+        return "-"
+    low, high = cell["ci95"]
+    if high < 0:
+        return f"**{cell['mae_difference']:+.3f}**"
+    return f"{cell['mae_difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def ensemble_tables(runs: list[tuple[str, Path]], ks: tuple[str, ...] = ("1", "3", "5", "10", "all")) -> str:
+    """One row per dataset: the best meta-learner (the ensemble) minus MF and minus bias on the K-curve,
+    then every scenario with the whole support, from each run folder's results.json."""
+    results = [(name, json.loads((folder / "results.json").read_text(encoding="utf-8"))) for name, folder in runs]
+    columns = [f"{label} {'all' if k == 'all' else f'K={k}'}" for _, label in CURVE for k in ks]
+    out: list[str] = []
+    for base in ("mf", "bias"):
+        out += [f"| ensemble − {base} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        for name, result in results:
+            curve = result["comparisons"].get("curve", {})
+            cells = [_short(curve.get(scenario, {}).get(k, {}).get(base)) for scenario, _ in CURVE for k in ks]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    cat = [(scenario, label, k) for scenario, label in CURVE for k in ("1", "3", "5")]
+    out += ["| full-catalogue nDCG@10, ensemble / MF | " + " | ".join(f"{label} K={k}" for _, label, k in cat) + " |",
+            "|---|" + "---|" * len(cat)]
+    for name, result in results:
+        meta = result["comparisons"].get("best_meta_learner")
+        cells = [f"{_cell(result['summary'], k, s, meta, 'catalogue_ndcg@10', ci=False)} / "
+                 f"{_cell(result['summary'], k, s, 'mf', 'catalogue_ndcg@10', ci=False)}" for s, _, k in cat]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out.append("")
+    out += ["| whole support: query MAE, ensemble / MF | " + " | ".join(s.replace("_", " ") for s in SCENARIOS) + " |",
+            "|---|" + "---|" * len(SCENARIOS)]
+    for name, result in results:
+        meta = result["comparisons"].get("best_meta_learner")
+        cells = [f"{_cell(result['summary'], '0', s, meta, 'mae', ci=False)} / {_cell(result['summary'], '0', s, 'mf', 'mae', ci=False)}"
+                 for s in SCENARIOS]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--title", required=True)
-    parser.add_argument("--command", required=True)
+    parser.add_argument("folder", type=Path, nargs="?")
+    parser.add_argument("--title")
+    parser.add_argument("--command")
+    parser.add_argument("--ensemble", nargs="+", metavar="NAME=FOLDER", help="the ensemble's tables, one row per run")
     args = parser.parse_args()
-    print(section(args.folder, args.title, args.command))
+    if args.ensemble:
+        print(ensemble_tables([(spec.split("=", 1)[0], Path(spec.split("=", 1)[1])) for spec in args.ensemble]))
+    elif args.folder and args.title and args.command:
+        print(section(args.folder, args.title, args.command))
+    else:
+        parser.error("give a folder with --title and --command, or --ensemble NAME=FOLDER ...")
 
 
 if __name__ == "__main__":

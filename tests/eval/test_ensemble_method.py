@@ -4,6 +4,8 @@ the chosen configuration from other seeds, and its prediction is the members' me
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -71,6 +73,18 @@ def test_the_ensemble_runs_in_a_benchmark_and_is_a_candidate_meta_learner(table,
     best = summary["comparisons"]["best_meta_learner"]
     assert best == min(("maml", "maml-ensemble"), key=lambda m: val[m]), dict(val)  # unadapted variants aren't candidates
     assert "maml-ensemble" in set(rows.loc[rows["k"] == 1, "method"])
+    # the results page's tables are read from this folder: one row per run, the differences as results.json has them
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        from results_page import ensemble_tables
+    finally:
+        sys.path.pop(0)
+    tables = ensemble_tables([("tiny", out)], ks=("1", "3", "all"))
+    diff = summary["comparisons"]["curve"]["new_users"]["1"]["mf"]
+    row = next(line for line in tables.splitlines() if line.startswith("| tiny |"))
+    assert row.split(" | ")[1].strip("*").startswith(f"{diff['mae_difference']:+.3f}"), row
+    assert ("**" in row.split(" | ")[1]) == (diff["ci95"][1] < 0), row
+    assert tables.count("| tiny |") == 4  # - mf, - bias, nDCG@10, whole support
 
 
 @pytest.mark.parametrize("members", [1, 17])
