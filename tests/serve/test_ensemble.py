@@ -131,9 +131,29 @@ def test_what_an_ensemble_cannot_do_is_refused(ensemble_run, rec):
     ids = list(rec.items.index)
     with pytest.raises(MetarecError, match="ensemble of 3"):
         rec.add_item_ratings("fresh", [Rater(rating=4.0, ratings={ids[0]: 5.0})])
+
+
+def test_an_approximate_top_k_searches_the_members_vectors_side_by_side(ensemble_run, rec):
+    """One index over every member's item vectors (MemberMeanCatalogue); what it finds is scored as the exact
+    ensemble scores it, and the lists agree with the exact top-k's."""
     pytest.importorskip("faiss")
-    with pytest.raises(MetarecError, match="exact top-k"):
-        ColdStartRecommender.load(ensemble_run, top_k="approximate")
+    from metarec.serve.topk import HNSWConfig
+
+    approx = ColdStartRecommender.load(ensemble_run, top_k="approximate", hnsw=HNSWConfig(build_threads=1))
+    assert approx.info()["top_k"]["mode"] == "approximate"
+    ids = list(rec.items.index)
+    overlap = []
+    for u in range(8):
+        ratings = {ids[(7 * u) % len(ids)]: 5.0, ids[(7 * u + 3) % len(ids)]: 2.0}
+        want = rec.recommend(ratings, k=10)
+        got = approx.recommend(ratings, k=10)
+        assert not set(got["item_id"]) & set(ratings)
+        exact_scores = rec.predict(ratings, list(got["item_id"]))["score"].to_numpy()
+        np.testing.assert_allclose(got["score"].to_numpy(), exact_scores, rtol=1e-5, atol=1e-5)
+        kth = want["score"].min()
+        overlap.append(np.mean([i in set(want["item_id"]) or s >= kth - 1e-5 for i, s in zip(got["item_id"], got["score"])]))
+    assert np.mean(overlap) >= 0.9, overlap
+    assert approx.info()["top_k"]["items_indexed"] == approx.n_items
 
 
 def test_evaluate_scores_test_users_by_the_members_mean(ensemble_run, singles):

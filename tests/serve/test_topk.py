@@ -18,7 +18,7 @@ from metarec.cli import app as cli_app
 from metarec.errors import ConfigError, MissingExtraError
 from metarec.serve import ColdStartRecommender, create_app
 from metarec.serve.topk import (ApproximateTopK, ExactTopK, HNSWConfig, LinearCatalogue, LinearUsers,
-                                approximate_recall, top_of_row)
+                                MemberMeanCatalogue, approximate_recall, top_of_row)
 
 pytest.importorskip("faiss")
 SMALL = HNSWConfig(m=16, ef_construction=64, ef_search=64, build_threads=1)  # fast to build, recall ~0.98 here
@@ -66,6 +66,31 @@ def test_both_skip_excluded_items_and_answer_alike(random_index):
             want = catalogue.scores(user.w, user.c)[0].numpy()[idx]  # the model's exact scores, not the index's
             np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
         assert found[0].tolist() == exact[0].tolist() or len(set(found[0]) & set(exact[0])) >= 8
+
+
+def test_an_ensembles_index_holds_the_members_side_by_side_and_ranks_their_mean():
+    """MemberMeanCatalogue: the members' mean of clamped scores (as the exact top-k of an ensemble computes
+    it); its index (vectors side by side, biases summed) finds that mean's best items. Scores mostly inside
+    the scale, as a trained model's are (the index orders by the unclamped mean)."""
+    members = tuple(LinearCatalogue(_catalogue(2000, width=17, seed=s).vectors, scale=(1.0, 5.0)) for s in (4, 5, 6))
+    catalogue = MemberMeanCatalogue(members)
+    assert catalogue.vectors.shape == (2000, 3 * 16 + 1) and len(catalogue) == 2000
+    torch.testing.assert_close(catalogue.vectors[:, -1], sum(m.vectors[:, -1] for m in members))
+    g = torch.Generator().manual_seed(7)
+    ws = [torch.randn(20, 16, generator=g) * 0.3 for _ in members]
+    cs = [torch.randn(20, generator=g) * 0.3 + 3 for _ in members]
+    w, c = torch.cat(ws, dim=1), torch.stack(cs, dim=1)
+    mean = torch.stack([m.scores(wm, cm) for m, wm, cm in zip(members, ws, cs)]).mean(0)
+    torch.testing.assert_close(catalogue.scores(w, c), mean)
+    rows = np.array([5, 1, 1999])
+    torch.testing.assert_close(catalogue.scores(w, c, rows), mean[:, rows])
+    approx = ApproximateTopK(catalogue, SMALL)
+    users = [LinearUsers(catalogue, w[i:i + 1], c[i:i + 1]) for i in range(20)]
+    assert approximate_recall(ExactTopK(), approx, users, k=10) >= 0.9
+    (idx, scores), = approx.search(users[0], [10], [None])
+    np.testing.assert_allclose(scores, mean[0].numpy()[idx], rtol=1e-5, atol=1e-6)  # rescored: the exact mean
+    with pytest.raises(ValueError, match="same items"):
+        MemberMeanCatalogue((members[0], LinearCatalogue(members[1].vectors[:10])))
 
 
 def test_k_beyond_what_is_left_and_ties_in_catalogue_order():

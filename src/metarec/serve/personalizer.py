@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from metarec.data.encoding import UNKNOWN, FeatureTable
-from metarec.errors import DataError, MetarecError, UnknownIdError
+from metarec.errors import DataError, UnknownIdError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.models.base import Params
 from metarec.models.new_item_order import NewItemOrder, trained_order
@@ -69,9 +69,9 @@ class AdaptedUser:
         return self.personalizer.catalogue_score_tensor(self.params, self.task, [self.rated_idx], self.members)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(w [1, F], c [1])`` of a model linear in the item vector (for the approximate top-k)."""
-        _one_model(self.members)
-        return self.personalizer.learner.user_weights(self.params, self.task)
+        """``(w [1, F], c [1])`` of a model linear in the item vector (for the approximate top-k); an
+        ensemble's: its members' side by side (``c`` [1, M], :class:`~metarec.serve.topk.MemberMeanCatalogue`)."""
+        return _member_weights(self, self.members)
 
     def recommend(self, k: int = 10, exclude_rated: bool = True, candidates: Sequence[object] | None = None) -> list[tuple[str, float]]:
         """The ``k`` best-scored items (of the catalogue, by the personalizer's top-k, or of ``candidates``),
@@ -110,8 +110,7 @@ class AdaptedUsers:
         return self.personalizer.catalogue_score_tensor(self.params, self.task, self.rated_idx, self.members)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        _one_model(self.members)
-        return self.personalizer.learner.user_weights(self.params, self.task)
+        return _member_weights(self, self.members)
 
     def recommend(self, k: int | Sequence[int] = 10, exclude_rated: bool | Sequence[bool] = True) -> list[list[tuple[str, float]]]:
         """Per user, :meth:`AdaptedUser.recommend` of the whole catalogue (``k`` and ``exclude_rated``
@@ -129,10 +128,12 @@ def _member_mean(scores: list[torch.Tensor]) -> torch.Tensor:
     return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
 
 
-def _one_model(members: list) -> None:
-    if members:
-        raise MetarecError("an ensemble's score is the mean of its members' and has no single user vector: "
-                           "use the exact top-k")
+def _member_weights(user: "AdaptedUser | AdaptedUsers", members: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """One model's ``(w [B, F], c [B])``; an ensemble's: ``(w [B, F_1 + ... + F_M], c [B, M])``."""
+    own = [u.personalizer.learner.user_weights(u.params, u.task) for u in (user, *members)]
+    if not members:
+        return own[0]
+    return torch.cat([w for w, _ in own], dim=1), torch.stack([c for _, c in own], dim=1)
 
 
 class Personalizer:

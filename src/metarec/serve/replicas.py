@@ -16,7 +16,6 @@ import queue
 import threading
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
-from metarec.errors import MetarecError
 from metarec.meta.checkpoint import Checkpoint
 from metarec.serve.personalizer import Personalizer
 from metarec.serve.topk import ApproximateTopK, ExactTopK, HNSWConfig, make_top_k
@@ -78,15 +77,14 @@ def personalizer_pool(checkpoint: Checkpoint, size: int, top_k: str = "exact", h
     thread is inside functional_call on it would see that thread's swapped-in tensors. They share one
     catalogue top-k (:mod:`metarec.serve.topk`: an approximate one's index is built here, once per
     catalogue, or kept from ``previous`` when few items changed). ``members``: an ensemble's other
-    members; each personalizer then holds a replica of every one (the exact top-k only)."""
-    if members and top_k != "exact":
-        raise MetarecError(f"an ensemble of {len(members) + 1} meta-learners scores the catalogue by the mean of its "
-                           "members: the approximate top-k needs one model's user vector (use the exact top-k)")
+    members; each personalizer then holds a replica of every one (an approximate top-k indexes every
+    member's item vectors side by side)."""
     template = replica(checkpoint)
     member_templates = [replica(m) for m in members]
     first_members = [Personalizer(replica(t)) for t in member_templates]
     first = Personalizer(replica(template), members=first_members)
-    ranker = make_top_k(top_k, first.learner, first.catalogue_vec, hnsw, previous)
+    ranker = make_top_k(top_k, first.learner, first.catalogue_vec, hnsw, previous,
+                        members=[(m.learner, m.catalogue_vec) for m in first_members])
     first.ranker = ranker
 
     def make() -> Personalizer:

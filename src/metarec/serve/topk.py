@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -119,6 +120,33 @@ class LinearCatalogue:
         return out if self.scale is None else out.clamp(*self.scale)
 
 
+@dataclass(frozen=True)
+class MemberMeanCatalogue:
+    """An ensemble of linear models' items: the members' mean score (each clamped first, as the exact top-k
+    scores it), users' weights side by side (``w`` [B, F_1 + ... + F_M], ``c`` [B, M]). ``vectors`` =
+    ``[q^1_v, ..., q^M_v, b^1_v + ... + b^M_v]``: with ``[w, 1]``, M times the unclamped mean less a
+    constant per user, so the same order for the index (clamping aside; found items are rescored)."""
+
+    members: tuple[LinearCatalogue, ...]
+
+    def __post_init__(self) -> None:
+        if not self.members or len({len(m) for m in self.members}) != 1:
+            raise ValueError("an ensemble's catalogues must hold the same items, and at least one")
+
+    def __len__(self) -> int:
+        return len(self.members[0])
+
+    @cached_property
+    def vectors(self) -> torch.Tensor:
+        factors = [m.vectors[:, :-1] for m in self.members]
+        return torch.cat([*factors, sum(m.vectors[:, -1:] for m in self.members)], dim=1)
+
+    def scores(self, w: torch.Tensor, c: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        """[B, N] the members' mean score of every item (or [B, len(rows)] of ``rows``)."""
+        parts = torch.split(w, [m.vectors.shape[1] - 1 for m in self.members], dim=1)
+        return torch.stack([m.scores(part, c[:, i], rows) for i, (m, part) in enumerate(zip(self.members, parts))]).mean(0)
+
+
 @dataclass
 class LinearUsers:
     """Users given by their weights ``(w [B, F], c [B])`` over a :class:`LinearCatalogue` (benchmarks, tests)."""
@@ -185,7 +213,7 @@ class ApproximateTopK:
 
     mode = "approximate"
 
-    def __init__(self, catalogue: LinearCatalogue, config: HNSWConfig | None = None,
+    def __init__(self, catalogue: "LinearCatalogue | MemberMeanCatalogue", config: HNSWConfig | None = None,
                  previous: "ApproximateTopK | None" = None) -> None:
         self.faiss = require_extra("faiss", "ann", "approximate top-k (top_k='approximate')")
         self.catalogue, self.config = catalogue, config or HNSWConfig()
@@ -264,7 +292,7 @@ class ApproximateTopK:
             "; a larger ef_search or m, or metric l2, may suit this catalogue better" if recall < 0.9 else "")
         return recall
 
-    def _stale_rows(self, catalogue: LinearCatalogue) -> np.ndarray | None:
+    def _stale_rows(self, catalogue: "LinearCatalogue | MemberMeanCatalogue") -> np.ndarray | None:
         """Rows of ``catalogue`` this index does not hold as they are now (changed vectors, new items);
         None for another model's catalogue (another width, or fewer items)."""
         n, width = int(self.index.ntotal), catalogue.vectors.shape[1]
@@ -326,24 +354,32 @@ class ApproximateTopK:
 
 
 def make_top_k(mode: str, learner: Any, catalogue_vec: torch.Tensor | None, config: HNSWConfig | None = None,
-               previous: "ExactTopK | ApproximateTopK | None" = None) -> "ExactTopK | ApproximateTopK":
-    """The top-k a personalizer of ``learner`` uses; ``approximate`` for a model without item vectors
-    shared by all users falls back to exact and logs why."""
+               previous: "ExactTopK | ApproximateTopK | None" = None,
+               members: Sequence[tuple[Any, torch.Tensor | None]] = ()) -> "ExactTopK | ApproximateTopK":
+    """The top-k a personalizer of ``learner`` (and an ensemble's other ``members``' ``(learner, catalogue_vec)``:
+    :class:`MemberMeanCatalogue`) uses; ``approximate`` without item vectors shared by all users falls back
+    to exact and logs why."""
     if check_top_k(mode) == "exact":
         return ExactTopK()
-    model = learner.model
-    kind = type(model).__name__
-    reason = None
-    if not getattr(model, "linear_in_item", False):
-        reason = f"this {kind} model is not linear in an item vector (train the neural-cf preset)"
-    elif catalogue_vec is None or learner.batched:
-        reason = f"this {kind} model adapts its item side per user: no item vector is shared by all users"
-    if reason is not None:
-        log.warning("approximate top-k asked for, ranking exactly: %s", reason)
-        return ExactTopK(reason)
-    scale = None if model.implicit else tuple(float(v) for v in model.rating_scale)
-    return ApproximateTopK(LinearCatalogue(catalogue_vec, scale), config,  # type: ignore[arg-type]
-                           previous if isinstance(previous, ApproximateTopK) else None)
+    catalogues = []
+    for one, vec in [(learner, catalogue_vec), *members]:
+        reason = _not_linear(one, vec)
+        if reason is not None:
+            log.warning("approximate top-k asked for, ranking exactly: %s", reason)
+            return ExactTopK(reason)
+        scale = None if one.model.implicit else tuple(float(v) for v in one.model.rating_scale)
+        catalogues.append(LinearCatalogue(vec, scale))  # type: ignore[arg-type]
+    catalogue = catalogues[0] if len(catalogues) == 1 else MemberMeanCatalogue(tuple(catalogues))
+    return ApproximateTopK(catalogue, config, previous if isinstance(previous, ApproximateTopK) else None)
+
+
+def _not_linear(learner: Any, catalogue_vec: torch.Tensor | None) -> str | None:
+    """Why ``learner``'s scores are not one inner product with a shared item vector (None: they are)."""
+    if not getattr(learner.model, "linear_in_item", False):
+        return f"this {type(learner.model).__name__} model is not linear in an item vector (train the neural-cf preset)"
+    if catalogue_vec is None or learner.batched:
+        return f"this {type(learner.model).__name__} model adapts its item side per user: no item vector is shared by all users"
+    return None
 
 
 def approximate_recall(exact: Any, approx: Any, users: Sequence[ScoredUsers], k: int = 10,
