@@ -148,10 +148,12 @@ def test_fold_in_config_is_checked():
         ModelConfig(item_id_dropout=1.0)
 
 
+@pytest.mark.parametrize("tasks", [5, 1])
 @pytest.mark.parametrize("fold_in,steps", [(True, 0), (True, 2), (False, 0), (False, 1)])
-def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fold_in, steps):
+def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fold_in, steps, tasks):
     """NeuralCF is linear in the item vector: scoring a catalogue through (w, c) per user - batched
-    directly when nothing adapted, vmapped otherwise - equals the model's score of every item."""
+    directly when nothing adapted, vmapped otherwise - equals the model's score of every item. One task
+    (a served request): adapt(steps=0)'s views are the parameters under a new axis, found as unadapted."""
     from torch.func import vmap
 
     split, feats = tiny_split
@@ -160,12 +162,13 @@ def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fo
         if fold_in:
             model.head["log_reg"].weight.normal_()
     learner = MetaLearner(model, MetaConfig(inner_steps=steps, **({"inner_lr": 0.1} if steps else {})), feats.user_features)
-    batch = split.validation["new_users"].packed().select(torch.arange(5))
+    batch = split.validation["new_users"].packed().select(torch.arange(tasks))
     batch = TaskBatch(*(t.double() if t is not None and t.is_floating_point() else t for t in vars(batch).values()))
     items = torch.arange(feats.item_features.single[next(iter(feats.item_features.single))].shape[0])
     item_vec = learner.catalogue_vectors(items)
     adapted, task = learner.adapt(batch)
-    assert all(v.stride(0) == 0 for v in adapted.values()) == (steps == 0)
+    assert all(v.stride(0) == 0 for v in adapted.values()) == (steps == 0 and tasks > 1)
+    assert learner._unadapted(adapted) == (steps == 0)  # the batched call, no vmap
     fast = learner.predict_items(adapted, task, items, item_vec)
     frozen = {n: p.detach() for n, p in model.named_parameters() if n not in adapted}
     with torch.no_grad():

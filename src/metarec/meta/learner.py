@@ -292,11 +292,26 @@ class MetaLearner:
         score(v) = q_v . w + b_v + c. Nothing adapted (adapt(steps=0)'s views) and vectors hoisted: one
         batched call, no vmap."""
         with torch.no_grad():
-            unadapted = all(v.dim() > 0 and v.stride(0) == 0 for v in adapted.values())
-            if unadapted and "user_vec" in task:
+            if self._unadapted(adapted) and "user_vec" in task:
                 return task_user_weights(self.model, None, task)
             return vmap(lambda a, fr, t: task_user_weights(self.model, {**fr, **a}, t), in_dims=(0, None, 0),
                         randomness="different")(adapted, self._frozen(adapted), task)
+
+    def _unadapted(self, adapted: Params) -> bool:
+        """Whether ``adapted`` is adapt(steps=0)'s views of the model's own parameters: expanded (stride 0),
+        or, for one task, the parameter itself under a new leading axis (a served request's usual case)."""
+        own = dict(self.model.named_parameters())
+
+        def view(name: str, v: torch.Tensor) -> bool:
+            if v.dim() == 0:
+                return False
+            if v.stride(0) == 0:
+                return True
+            p = own.get(name)
+            return (v.shape[0] == 1 and p is not None and v.data_ptr() == p.data_ptr() and v.shape[1:] == p.shape
+                    and v.stride()[1:] == p.stride())
+
+        return all(view(n, v) for n, v in adapted.items())
 
     def _frozen(self, adapted: Params) -> Params:
         return {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
