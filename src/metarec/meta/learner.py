@@ -300,13 +300,15 @@ class MetaLearner:
     def _unadapted(self, adapted: Params) -> bool:
         """Whether ``adapted`` is adapt(steps=0)'s views of the model's own parameters: expanded (stride 0),
         or, for one task, the parameter itself under a new leading axis (a served request's usual case)."""
-        own = dict(self.model.named_parameters())
+        # the parameters are kept, not walked per call; one replaced since only makes its view look adapted
+        cached = self.__dict__.get("_own_parameters")
+        if cached is None or cached[0] is not self.model:
+            cached = self.__dict__["_own_parameters"] = (self.model, dict(self.model.named_parameters()))
+        own = cached[1]
 
         def view(name: str, v: torch.Tensor) -> bool:
-            if v.dim() == 0:
-                return False
-            if v.stride(0) == 0:
-                return True
+            if v.dim() == 0 or v.stride(0) == 0:
+                return v.dim() > 0
             p = own.get(name)
             return (v.shape[0] == 1 and p is not None and v.data_ptr() == p.data_ptr() and v.shape[1:] == p.shape
                     and v.stride()[1:] == p.stride())
