@@ -104,7 +104,7 @@ def train(
     members: Optional[int] = typer.Option(None, help="Train an ensemble of this many meta-learners (the chosen "
                                           "configuration from other seeds, RUNDIR/members/M); a new user's "
                                           "predictions are their mean. Costs M trainings and M adaptations per "
-                                          "request [default: 1]."),
+                                          "request; 5 gave the few-shot results in docs/results.md [default: 1]."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out."),
