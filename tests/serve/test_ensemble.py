@@ -154,6 +154,13 @@ def test_an_approximate_top_k_searches_the_members_vectors_side_by_side(ensemble
         overlap.append(np.mean([i in set(want["item_id"]) or s >= kth - 1e-5 for i, s in zip(got["item_id"], got["score"])]))
     assert np.mean(overlap) >= 0.9, overlap
     assert approx.info()["top_k"]["items_indexed"] == approx.n_items
+    approx.add_item("fresh", {})  # every member's vector of it, scored beside the index, not a rebuild
+    assert approx.info()["top_k"]["items_scored_beside"] == 1
+    ratings = {ids[0]: 5.0}
+    got = approx.recommend(ratings, k=approx.n_items - 1)
+    assert "fresh" in set(got["item_id"])
+    fresh = got.loc[got["item_id"] == "fresh", "score"].to_numpy()
+    np.testing.assert_allclose(fresh, approx.predict(ratings, ["fresh"])["score"].to_numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_evaluate_scores_test_users_by_the_members_mean(ensemble_run, singles):
