@@ -153,7 +153,7 @@ def test_fold_in_config_is_checked():
 def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fold_in, steps, tasks):
     """NeuralCF is linear in the item vector: scoring a catalogue through (w, c) per user - batched
     directly when nothing adapted, vmapped otherwise - equals the model's score of every item. One task
-    (a served request): adapt(steps=0)'s views are the parameters under a new axis, found as unadapted."""
+    (a served request) as five: adapt(steps=0)'s views are the parameters under a stride-0 axis."""
     from torch.func import vmap
 
     split, feats = tiny_split
@@ -167,8 +167,11 @@ def test_catalogue_scores_by_user_weights_equal_scoring_each_item(tiny_split, fo
     items = torch.arange(feats.item_features.single[next(iter(feats.item_features.single))].shape[0])
     item_vec = learner.catalogue_vectors(items)
     adapted, task = learner.adapt(batch)
-    assert all(v.stride(0) == 0 for v in adapted.values()) == (steps == 0 and tasks > 1)
+    assert all(v.stride(0) == 0 for v in adapted.values()) == (steps == 0)  # one task too: a stride-0 axis
     assert learner._unadapted(adapted) == (steps == 0)  # the batched call, no vmap
+    # equal across tasks is not unadapted: a copy of the parameters under a stride-0 axis takes vmap
+    copies = {n: v[0].clone().expand(tasks, *v.shape[1:]) for n, v in adapted.items()}
+    assert not learner._unadapted(copies)
     fast = learner.predict_items(adapted, task, items, item_vec)
     frozen = {n: p.detach() for n, p in model.named_parameters() if n not in adapted}
     with torch.no_grad():

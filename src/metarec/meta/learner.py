@@ -29,6 +29,13 @@ from metarec.tasks.taskset import TaskBatch
 log = logging.getLogger(__name__)
 
 
+def unadapted_view(p: torch.Tensor, n_tasks: int) -> torch.Tensor:
+    """``p`` repeated for ``n_tasks`` tasks without a copy: a stride-0 leading axis even for one task
+    (``expand`` keeps a size-1 axis's stride), which is how :meth:`MetaLearner.user_weights` tells that
+    nothing was adapted and takes the one batched call instead of ``vmap``."""
+    return torch.as_strided(p, (n_tasks, *p.shape), (0, *p.stride()), p.storage_offset())
+
+
 def adapted_names(model: RatingModel, scope: str) -> list[str]:
     """Names of the parameters that adapt per task under ``scope`` (all / head / embeddings)."""
     groups = model.parameter_groups()
@@ -222,7 +229,7 @@ class MetaLearner:
             return adapted, task
         fast, _ = self.split_params(params)
         if steps == 0:  # nothing to adapt (a closed-form fold-in, if any, happens when scoring): views, no vmap
-            return {n: p.unsqueeze(0).expand(len(batch), *p.shape) for n, p in fast.items()}, task
+            return {n: unadapted_view(p, len(batch)) for n, p in fast.items()}, task
         return maml.adapt(self.predict_task, params, self.adapted, task, steps, self._alpha(detach=True),
                           self.config.inner_loss), task
 
@@ -298,22 +305,11 @@ class MetaLearner:
                         randomness="different")(adapted, self._frozen(adapted), task)
 
     def _unadapted(self, adapted: Params) -> bool:
-        """Whether ``adapted`` is adapt(steps=0)'s views of the model's own parameters: expanded (stride 0),
-        or, for one task, the parameter itself under a new leading axis (a served request's usual case)."""
-        # the parameters are kept, not walked per call; one replaced since only makes its view look adapted
-        cached = self.__dict__.get("_own_parameters")
-        if cached is None or cached[0] is not self.model:
-            cached = self.__dict__["_own_parameters"] = (self.model, dict(self.model.named_parameters()))
-        own = cached[1]
-
-        def view(name: str, v: torch.Tensor) -> bool:
-            if v.dim() == 0 or v.stride(0) == 0:
-                return v.dim() > 0
-            p = own.get(name)
-            return (v.shape[0] == 1 and p is not None and v.data_ptr() == p.data_ptr() and v.shape[1:] == p.shape
-                    and v.stride()[1:] == p.stride())
-
-        return all(view(n, v) for n, v in adapted.items())
+        """Whether ``adapted`` is adapt(steps=0)'s views: every entry the model's own parameter repeated
+        along a stride-0 task axis (any other tensor, even one equal across tasks, counts as adapted)."""
+        own = self._params
+        return all(v.dim() > 0 and v.stride(0) == 0 and n in own and v.data_ptr() == own[n].data_ptr()
+                   for n, v in adapted.items())
 
     def _frozen(self, adapted: Params) -> Params:
         return {n: p.detach() for n, p in self.model.named_parameters() if n not in adapted}
