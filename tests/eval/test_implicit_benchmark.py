@@ -217,8 +217,26 @@ class Random:
         return self.rng.random((len(tasks), self.n_items)).astype(np.float32)
 
 
+class KnownItemsOracle(Oracle):
+    """The oracle on items seen in training, and the reverse on new items (their positives ranked last):
+    the best baseline for new users, the worst for new users on new items."""
+
+    name = "known"
+
+    def fit(self, split, seed: int) -> None:
+        self.n_items = split.dataset.n_items
+        train = split.meta_train
+        self.known = np.zeros(self.n_items, bool)
+        self.known[np.r_[train.support_item, train.query_item]] = True
+
+    def score(self, tasks: TaskSet) -> np.ndarray:
+        out = super().score(tasks)
+        out[:, ~self.known] *= -1.0
+        return out
+
+
 SEEN: list[Oracle] = []
-DOUBLES = {"oracle": Oracle, "random": Random}
+DOUBLES = {"oracle": Oracle, "random": Random, "known": KnownItemsOracle}
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +294,36 @@ def test_paired_bootstrap_separates_oracle_from_random(doubles_result):
     assert pairs["new_users"]["all"]["recall@20"]["tasks"] == counted
     per_task = doubles_result.per_task[("new_users", 0, "oracle", "recall@20")]
     assert set(per_task) == {0, 1} and np.allclose(per_task[0], 1.0)
+
+
+def test_each_scenario_is_compared_with_its_own_best_baseline(clusters, tmp_path):
+    """The best baseline is chosen per scenario on that scenario's validation users: a baseline perfect on
+    known items and hopeless on new ones is new users' best, random is both new's."""
+    cfg = ImplicitBenchmarkConfig(seeds=(0, 1), support_sizes=(1,), support_draws=1, methods=("oracle", "random", "known"),
+                                  compare=("oracle",), bootstrap=300, split=SPLIT)
+    seen = list(SEEN)  # the doubles' oracle instances of the module's result, left as they were
+    try:
+        result = run_implicit_benchmark(clusters, cfg, factories=DOUBLES)
+    finally:
+        SEEN[:] = seen
+    comp = result.comparisons
+    assert comp["best_baselines"] == {"new_users": "known", "new_users_new_items": "random"}
+    assert comp["best_baseline"] == "known"  # the selection scenario's (new users)
+    val = comp["scenario_validation"]
+    assert val["new_users"]["known"] == pytest.approx(1.0)  # its positives last among ~20 new items: below random
+    assert val["new_users_new_items"]["known"] < val["new_users_new_items"]["random"] - 0.2
+    assert set(val["new_users"]) == {"random", "known"}  # baselines only
+    users, both = comp["pairs"]["oracle"]["new_users"], comp["pairs"]["oracle"]["new_users_new_items"]
+    for k in ("all", "1"):
+        assert users[k]["recall@20"]["difference"] == pytest.approx(0.0) and not users[k]["recall@20"]["excludes_zero"]
+        assert both[k]["ndcg@20"]["difference"] > 0.3 and both[k]["ndcg@20"]["excludes_zero"]
+    md = save(result, tmp_path / "out")["md"].read_text()
+    assert "oracle minus known, paired by test user" in md and "oracle minus random, paired by test user" in md
+    assert "new users **known**, new users on new items **random**" in md
+    # without per-scenario scores (a run journaled before them) every scenario falls back to the one choice
+    again = implicit_run.compare(result.per_task, {"random": [0.3, 0.3], "known": [0.9, 0.9]}, ["oracle"],
+                                 ["random", "known"], cfg.scenarios, cfg.support_sizes, cfg.compare_metrics, 100)
+    assert again["best_baselines"] == {"new_users": "known", "new_users_new_items": "known"}
 
 
 def test_test_users_never_reach_fit(clusters, doubles_result):

@@ -1,4 +1,4 @@
-"""Paired comparisons of the implicit benchmark: a method minus the best baseline, per test task.
+"""Paired comparisons of the implicit benchmark: a method minus each scenario's best baseline, per test task.
 
 The bootstrap is :func:`metarec.eval.benchmark.stats.paired_difference` (over tasks, seeds pooled, plus the
 per-seed t-interval), called as baseline minus method because it is written for an error (lower is
@@ -52,24 +52,32 @@ def best_baseline(val_scores: Mapping[str, Sequence[float]], baselines: Sequence
 
 def compare(per_task: PerTask, val_scores: Mapping[str, Sequence[float]], methods: Sequence[str],
             baselines: Sequence[str], scenarios: Sequence[str], support_sizes: Sequence[int],
-            metrics: Sequence[str], draws: int, seed: int = 0) -> dict:
-    """``{"best_baseline", "validation": {method: mean score}, "pairs": {method: {scenario: {K: {metric:
+            metrics: Sequence[str], draws: int, seed: int = 0,
+            scenario_val_scores: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> dict:
+    """``{"best_baseline", "best_baselines", "validation", "pairs": {method: {scenario: {K: {metric:
     paired_gain}}}}}`` with K "all" (the whole support) and each support size; each compared method
-    against the best baseline."""
+    against the best baseline of each scenario: the best on that scenario's validation users
+    (``scenario_val_scores``: scenario -> method -> score per seed), else on ``val_scores`` (the
+    selection scenario's), which also gives ``best_baseline``."""
     best = best_baseline(val_scores, list(baselines))
-    out: dict = {"best_baseline": best, "compared": [m for m in methods if m != best],
+    per_scenario = {s: best_baseline((scenario_val_scores or {}).get(s, val_scores), list(baselines)) for s in scenarios}
+    out: dict = {"best_baseline": best, "best_baselines": per_scenario, "compared": list(methods),
                  "validation": {m: float(np.nanmean(v)) if any(x == x for x in v) else math.nan
                                 for m, v in val_scores.items()},
+                 "scenario_validation": {s: {m: float(np.nanmean(v)) if any(x == x for x in v) else math.nan
+                                             for m, v in by_method.items() if m in baselines}
+                                         for s, by_method in (scenario_val_scores or {}).items()},
                  "pairs": {}}
-    if best is None:
-        return out
     rng = np.random.default_rng(seed)
     for method in out["compared"]:
         for scenario in scenarios:
+            base = per_scenario[scenario]
+            if base is None or base == method:
+                continue
             for k in (0, *support_sizes):
                 for metric in metrics:
                     cell = paired_gain(per_task.get((scenario, k, method, metric), {}),
-                                       per_task.get((scenario, k, best, metric), {}), draws, rng)
+                                       per_task.get((scenario, k, base, metric), {}), draws, rng)
                     if cell is not None:
                         (out["pairs"].setdefault(method, {}).setdefault(scenario, {})
                          .setdefault(str(k) if k else "all", {}))[metric] = cell

@@ -27,7 +27,8 @@ def results_markdown(result: ImplicitBenchmarkResult) -> str:
              f"initialisation; with fewer than {MIN_INTERVAL_SEEDS} seeds the range over seeds instead). K = the "
              "support positives a test user gives (\"all\": the whole support; users with fewer left out). Every "
              f"method selected on validation users only, on {cfg.selection_metric} (new users, K = "
-             f"{', '.join(map(str, cfg.selection_sizes))} and all); best baseline: **{comp.get('best_baseline') or '-'}**.",
+             f"{', '.join(map(str, cfg.selection_sizes))} and all). Each scenario's methods are compared with its best "
+             f"baseline, chosen on that scenario's validation users: {_best_baselines(comp, cfg.scenarios)}.",
              ""]
     curve = _curve_metrics(cfg.compare_metrics, cfg.ks)
     columns = [*cfg.support_sizes, 0]
@@ -72,7 +73,8 @@ def _comparison_table(result: ImplicitBenchmarkResult, scenario: str, columns: S
         metrics = [m for m in result.config.compare_metrics if any(m in c for c in cells.values())]
         if not metrics:
             continue
-        lines += [f"### {method} minus {comp['best_baseline']}, paired by test user", "",
+        base = comp.get("best_baselines", {}).get(scenario) or comp["best_baseline"]
+        lines += [f"### {method} minus {base}, paired by test user", "",
                   "Bootstrap 95% interval over test users (seeds pooled); \"yes\": the interval excludes 0 (above 0: "
                   f"{method} is better).", "",
                   "| K | " + " | ".join(f"{m} difference | 95% CI | excludes 0" for m in metrics) + " | users |",
@@ -108,6 +110,12 @@ def _small_k_table(result: ImplicitBenchmarkResult, scenario: str, order: Sequen
             lines.append(f"| {m} | {k} | " + " | ".join(_fmt(_cell(result, k, scenario, m, x)) for x in metrics) + " |")
     lines.append("")
     return lines
+
+
+def _best_baselines(comp: Mapping, scenarios: Sequence[str]) -> str:
+    """``new users **ials**, ... **content**``: each scenario's best baseline (results of old runs: the one)."""
+    chosen = comp.get("best_baselines") or {s: comp.get("best_baseline") for s in scenarios}
+    return ", ".join(f"{SCENARIO_TITLES.get(s, s).split(' (')[0]} **{chosen.get(s) or '-'}**" for s in scenarios)
 
 
 def _choices(result: ImplicitBenchmarkResult) -> list[str]:

@@ -80,6 +80,7 @@ def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConf
     rows: list[dict] = []
     per_task: dict = {}
     val_scores: dict[str, list[float]] = {}
+    scenario_scores: dict[str, dict[str, list[float]]] = {}  # the baselines' validation score in each scenario
     choices: dict[str, dict[int, dict]] = {}
     steps = 2 * len(config.seeds) * len(config.methods)
     for i_seed, seed in enumerate(config.seeds):
@@ -104,6 +105,9 @@ def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConf
             unit = journaled(journal, seed, name, compute,
                              lambda: progress(f"{where}, done before the resume", step + 1, steps) if progress else None)
             val_scores.setdefault(name, []).append(number(unit["validation"]))
+            for scenario in config.scenarios:  # a unit journaled before per-scenario scores: its one score
+                value = unit.get("scenario_validation", {}).get(scenario, unit["validation"])
+                scenario_scores.setdefault(scenario, {}).setdefault(name, []).append(number(value))
             choices.setdefault(name, {})[seed] = unit["choice"]
             rows.extend(dict(row, value=number(row["value"])) for row in unit["rows"])
             for scenario, k, metric, values in unit["per_task"]:
@@ -114,7 +118,7 @@ def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConf
     summary = summarise(frame.rename(columns={"k_support": "k"}))
     compared = [m for m in config.compare if m in config.methods]
     comparisons = compare(per_task, val_scores, compared, config.baselines(), config.scenarios, config.support_sizes,
-                          config.compare_metrics, config.bootstrap, seed=0)
+                          config.compare_metrics, config.bootstrap, seed=0, scenario_val_scores=scenario_scores)
     return ImplicitBenchmarkResult(config, dataset.name, frame, per_task, summary, comparisons, choices,
                                    time.perf_counter() - started)
 
@@ -150,7 +154,25 @@ def _run_unit(method: ImplicitMethod, name: str, config: ImplicitBenchmarkConfig
             scored = int((~np.isnan(rankings[0].per_task["mrr"])).sum())
             rows.append(_row(seed, scenario, name, k, "tasks", float(scored)))
     choice = {"chosen": getattr(method, "chosen", None), "validation": score, "history": getattr(method, "history", None)}
-    return {"rows": rows, "per_task": per_task, "validation": score, "choice": choice}
+    by_scenario = scenario_validation(method, name, config, seed, fit_split, score)
+    rows.extend(_row(seed, "_validation", name, 0, f"selection:{s}", v) for s, v in by_scenario.items())
+    return {"rows": rows, "per_task": per_task, "validation": score, "scenario_validation": by_scenario, "choice": choice}
+
+
+def scenario_validation(method: ImplicitMethod, name: str, config: ImplicitBenchmarkConfig, seed: int, fit_split,
+                        score: float) -> dict[str, float]:
+    """A baseline's validation score in each compared scenario (the selection on that scenario's validation
+    users; ``score`` for the selection scenario itself): the best baseline of a scenario is chosen on it, so
+    new items are not compared with a baseline chosen on new users (iALS cannot rank new items). Empty for
+    the compared methods (meta-learners), which need no such choice."""
+    if name not in config.baselines():
+        return {}
+    out = {config.selection_scenario: score}
+    for scenario in config.scenarios:
+        if scenario not in out and len(fit_split.validation.get(scenario, ())):
+            out[scenario] = validation_score(method.score, fit_split,
+                                             replace(config.selection(seed), scenario=scenario))[0]
+    return out
 
 
 def rank_scores(score: Callable[[TaskSet], np.ndarray], tasks: TaskSet, candidates: np.ndarray,
