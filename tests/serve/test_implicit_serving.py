@@ -213,3 +213,44 @@ def test_replicas_share_one_new_item_order(implicit_dir):
     with pool.borrow() as first, pool.borrow() as second:
         assert first is not second and first.new_item_order is not None
         assert second.new_item_order is first.new_item_order and make().new_item_order is first.new_item_order
+
+
+@pytest.mark.parametrize("weight", [1.0, 1e6])
+def test_an_approximate_top_k_re_orders_new_items_as_the_exact_one(implicit_dir, weight):
+    """The approximate top-k scores every new item beside its index and re-orders them as the exact top-k
+    does: the same items with the same scores (a small catalogue: the index finds every known item). The
+    tables' new items share their block's attributes, which the model already follows, so the order here
+    is over random attribute vectors: it changes every list."""
+    pytest.importorskip("faiss")
+    from dataclasses import replace
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    from metarec.meta.checkpoint import load_checkpoint
+    from metarec.models.new_item_order import NewItemOrder
+    from metarec.serve.replicas import personalizer_pool
+    from metarec.serve.topk import HNSWConfig
+
+    checkpoint = load_checkpoint(implicit_dir / "best")
+    checkpoint = replace(checkpoint, state={**checkpoint.state, "new_item_order": {"content_weight": weight}})
+    exact_pool, _, _ = personalizer_pool(checkpoint, 1)
+    approx_pool, _, ranker = personalizer_pool(checkpoint, 1, top_k="approximate", hnsw=HNSWConfig(build_threads=1))
+    assert ranker.describe()["mode"] == "approximate"
+    with exact_pool.borrow() as exact, approx_pool.borrow() as approx:
+        trained = approx.new_item_order
+        assert trained is not None and trained.new_items.any()
+        n = len(approx.item_vocab)
+        attributes = np.random.default_rng(0).random((n, 6))
+        order = NewItemOrder(sp.csr_matrix(attributes / np.linalg.norm(attributes, axis=1, keepdims=True)),
+                             trained.new_items, weight)
+        exact.new_item_order = approx.new_item_order = order
+        for support in (SUPPORT, ["i7"], ["i1", "i30", "i44"]):
+            want, got = exact.adapt(support), approx.adapt(support)
+            scores = got.catalogue_score_tensor()[0].numpy()
+            model = approx.model_scores(got.params, got.task)[0].numpy()
+            assert not np.array_equal(scores[order.new_items], model[order.new_items])  # the order matters here
+            for k in (10, n - len(support)):  # a short list, and every item but the support
+                want_list, got_list = want.recommend(k), got.recommend(k)
+                assert [i for i, _ in got_list] == [i for i, _ in want_list], (support, k)
+                np.testing.assert_allclose([s for _, s in got_list], [s for _, s in want_list], rtol=1e-5, atol=1e-6)

@@ -56,17 +56,26 @@ class NewItemOrder:
     def apply(self, scores: np.ndarray, support_ptr: np.ndarray, support_item: np.ndarray) -> np.ndarray:
         """``scores`` [B, N] with each row's new items re-ordered (module docstring). Only the new items'
         similarities are computed (a served request: one sparse product against them)."""
+        return _reorder(scores, self._new_similarity(support_ptr, support_item), self.new_columns, self.weight)
+
+    def order_new_scores(self, new_scores: np.ndarray, support_ptr: np.ndarray, support_item: np.ndarray) -> np.ndarray:
+        """:meth:`apply` given only the new items' scores [B, len(new_columns)] (the approximate top-k scores
+        the new items alone, beside its index): the same scores, re-ordered the same way."""
+        return _reorder(new_scores, self._new_similarity(support_ptr, support_item),
+                        np.arange(len(self.new_columns)), self.weight)
+
+    def _new_similarity(self, support_ptr: np.ndarray, support_item: np.ndarray) -> np.ndarray:
         profile = self._profile(support_ptr, support_item)
-        similarity = np.asarray((profile @ self._new_attributes_t).toarray(), dtype=np.float64)
-        return _reorder(scores, similarity, self._new_columns, self.weight)
+        return np.asarray((profile @ self._new_attributes_t).toarray(), dtype=np.float64)
 
     @cached_property
-    def _new_columns(self) -> np.ndarray:
+    def new_columns(self) -> np.ndarray:
+        """The catalogue indices of the new items, ascending."""
         return np.flatnonzero(self.new_items)
 
     @cached_property
     def _new_attributes_t(self) -> sp.csc_matrix:
-        return sp.csc_matrix(self.attributes[self._new_columns].T)
+        return sp.csc_matrix(self.attributes[self.new_columns].T)
 
 
 def trained_order(state: Mapping[str, Any] | None, features: FeatureTable, encoder: FeatureEncoder,

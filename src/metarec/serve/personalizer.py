@@ -73,6 +73,10 @@ class AdaptedUser:
         ensemble's: its members' side by side (``c`` [1, M], :class:`~metarec.serve.topk.MemberMeanCatalogue`)."""
         return _member_weights(self, self.members)
 
+    def new_item_order(self) -> tuple[NewItemOrder, np.ndarray, np.ndarray] | None:
+        """The personalizer's new-item order with this user's support (for the approximate top-k)."""
+        return self.personalizer.support_order([self.rated_idx])
+
     def recommend(self, k: int = 10, exclude_rated: bool = True, candidates: Sequence[object] | None = None) -> list[tuple[str, float]]:
         """The ``k`` best-scored items (of the catalogue, by the personalizer's top-k, or of ``candidates``),
         best first."""
@@ -111,6 +115,9 @@ class AdaptedUsers:
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return _member_weights(self, self.members)
+
+    def new_item_order(self) -> tuple[NewItemOrder, np.ndarray, np.ndarray] | None:
+        return self.personalizer.support_order(self.rated_idx)
 
     def recommend(self, k: int | Sequence[int] = 10, exclude_rated: bool | Sequence[bool] = True) -> list[list[tuple[str, float]]]:
         """Per user, :meth:`AdaptedUser.recommend` of the whole catalogue (``k`` and ``exclude_rated``
@@ -174,7 +181,7 @@ class Personalizer:
         """The implicit meta-learner's order of new items by attribute similarity
         (:mod:`metarec.models.new_item_order`), with the weight chosen on validation users when it was
         trained (checkpoint state ``new_item_order``); None when that weight is 0 or absent. It applies to
-        whole-catalogue rankings (exact top-k); an approximate top-k and scores of chosen items do not use it."""
+        whole-catalogue rankings (exact or approximate top-k); scores of chosen items do not use it."""
         if not self.implicit:
             return None
         f = self.features
@@ -188,12 +195,20 @@ class Personalizer:
         ensemble's, kept in the first member's checkpoint) applies once, to that mean."""
         scores = _member_mean([self.model_scores(params, task),
                                *(m.personalizer.model_scores(m.params, m.task) for m in members)])
-        if self.new_item_order is None:
+        ordering = self.support_order(rated)
+        if ordering is None:
             return scores
+        order, ptr, items = ordering
+        out = order.apply(scores.detach().cpu().numpy(), ptr, items)
+        return torch.as_tensor(out, dtype=scores.dtype, device=scores.device)
+
+    def support_order(self, rated: Sequence[np.ndarray]) -> tuple[NewItemOrder, np.ndarray, np.ndarray] | None:
+        """(the new-item order, the users' support items as CSR ptr / items), None without an order."""
+        if self.new_item_order is None:
+            return None
         ptr = np.concatenate([[0], np.cumsum([len(r) for r in rated])]).astype(np.int64)
         items = np.concatenate([np.asarray(r, dtype=np.int64) for r in rated]) if len(rated) else np.zeros(0, np.int64)
-        out = self.new_item_order.apply(scores.detach().cpu().numpy(), ptr, items)
-        return torch.as_tensor(out, dtype=scores.dtype, device=scores.device)
+        return self.new_item_order, ptr, items
 
     def model_scores(self, params: Params, task: dict) -> torch.Tensor:
         """The model's own scores [B, N] of every catalogue item for adapted users (no new-item order)."""

@@ -14,7 +14,8 @@ neighbours (widened when filtering leaves fewer than ``k``), and the found items
 model's exact score: only recall is approximate (:func:`approximate_recall` measures it). Other models
 have no such vector and rank exactly, with the reason logged. Items added or refolded while serving are
 scored exactly beside the index until they are too many (then it is rebuilt), so ``add_item`` does not
-rebuild a million-item graph.
+rebuild a million-item graph. An implicit model that re-orders its new items by attribute similarity
+(:mod:`metarec.models.new_item_order`) has every new item scored exactly and re-ordered beside the index.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cached_property
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from metarec.errors import ConfigError, require_extra
+from metarec.models.new_item_order import NewItemOrder
+from metarec.serve.hnsw import HNSWConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,11 @@ class ScoredUsers(Protocol):
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:  # (w [B, F], c [B]) of a linear model
         ...
 
+    def new_item_order(self) -> "tuple[NewItemOrder, np.ndarray, np.ndarray] | None":
+        """(order, support ptr, support items) when new items are re-ordered after scoring (an implicit
+        model's :mod:`~metarec.models.new_item_order`): the approximate top-k applies it too."""
+        ...
+
 
 def check_top_k(mode: str) -> str:
     """``mode`` checked before anything loads: a wrong name is a :class:`ConfigError`, ``approximate``
@@ -57,47 +65,6 @@ def check_top_k(mode: str) -> str:
     if mode == "approximate":
         require_extra("faiss", "ann", "approximate top-k (top_k='approximate')")
     return mode
-
-
-@dataclass(frozen=True)
-class HNSWConfig:
-    """The index's parameters. Larger ``m`` / ``ef_construction``: a better graph, a slower build; larger
-    ``ef_search``: higher recall, slower queries (raised to the number of neighbours asked for). ``seed``
-    draws the nodes' levels; ``build_threads`` = 1 makes the graph identical between builds (None: every
-    CPU). Defaults: recall@10 about 0.99 on 100k random 33-wide vectors (docs/performance.md).
-
-    ``metric``: an inner-product graph (``ip``) is the better one for a top-10 over spread-out vectors, but
-    its pruning leaves items far inside the catalogue's convex hull with no way in, which costs recall
-    at larger ``k`` on clustered (trained) vectors; ``l2`` indexes the equivalent nearest-neighbour
-    problem (``[x, sqrt(R^2 - |x|^2)]`` against ``[w, 1, 0]``, Bachrach et al. 2014): a connected metric
-    graph, at lower recall on spread-out vectors."""
-
-    m: int = 32
-    ef_construction: int = 200
-    ef_search: int = 128
-    seed: int = 12345
-    build_threads: int | None = None
-    max_stale: float = 0.01  # rebuild once items scored beside the index exceed this share (and 256)
-    metric: str = "ip"  # or "l2" (see above)
-    check_queries: int = 100  # users (items' own vectors) of the recall@10 estimate made after a build; 0: none
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, object]) -> "HNSWConfig":
-        """From ``{name: value}`` (the CLI's ``--hnsw m=16``); :class:`ConfigError` for an unknown name or value."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown HNSW setting(s) {unknown}: use {', '.join(known)}")
-        kinds = {"max_stale": float, "metric": str}
-        try:
-            out = cls(**{k: None if k == "build_threads" and v is None else kinds.get(k, int)(v)  # type: ignore[operator]
-                         for k, v in values.items()})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"HNSW settings other than metric must be numbers: {exc}") from None
-        if min(out.m, out.ef_construction, out.ef_search, out.build_threads or 1) < 1 or out.metric not in ("ip", "l2"):
-            raise ConfigError(f"HNSW m, ef_construction, ef_search and build_threads must be >= 1 and metric "
-                              f"ip or l2: {dict(values)}")
-        return out
 
 
 @dataclass(frozen=True)
@@ -160,6 +127,9 @@ class LinearUsers:
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.w, self.c
+
+    def new_item_order(self) -> None:
+        return None
 
 
 def _excluded(excluded: np.ndarray | None) -> np.ndarray:
@@ -316,10 +286,27 @@ class ApproximateTopK:
         w, c = users.weights()
         w, c = w.detach(), c.detach()
         queries = self._queries(w)
-        return [self._one(queries[b:b + 1], w[b:b + 1], c[b:b + 1], int(k), _excluded(excl))
+        placed = self._placed_new_items(users, w, c)
+        return [self._one(queries[b:b + 1], w[b:b + 1], c[b:b + 1], int(k), _excluded(excl),
+                          None if placed is None else (placed[0], placed[1][b]))
                 for b, (k, excl) in enumerate(zip(ks, excluded))]
 
-    def _one(self, query: np.ndarray, w: torch.Tensor, c: torch.Tensor, k: int, drop: np.ndarray) -> Ranked:
+    def _placed_new_items(self, users: ScoredUsers, w: torch.Tensor, c: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """(new items, [B, n_new] their scores in the users' order) when ``users`` re-order new items: every
+        new item is scored exactly and re-ordered as the exact top-k does, the index serving the known
+        items. The re-order only permutes the new items' own scores, so an item outside the index's best
+        ``k + |excluded|`` still cannot enter the top k."""
+        ordering = users.new_item_order()
+        if ordering is None:
+            return None
+        order, ptr, items = ordering
+        if len(order.new_items) != len(self.catalogue):
+            raise ValueError(f"the new-item order covers {len(order.new_items)} items, the catalogue {len(self.catalogue)}")
+        new = order.new_columns
+        return new, order.order_new_scores(self.catalogue.scores(w, c, new).cpu().numpy(), ptr, items)
+
+    def _one(self, query: np.ndarray, w: torch.Tensor, c: torch.Tensor, k: int, drop: np.ndarray,
+             placed: tuple[np.ndarray, np.ndarray] | None = None) -> Ranked:
         k = min(k, len(self.catalogue) - len(drop))
         if k <= 0:
             return NO_ITEMS
@@ -327,6 +314,11 @@ class ApproximateTopK:
         if len(self.stale):  # scored exactly, beside the index
             extra, unwanted = self.stale[~np.isin(self.stale, drop)], np.union1d(drop, self.stale)
         ask = min(k + int(np.count_nonzero(unwanted < self.n_indexed)), self.n_indexed)
+        fixed_rows, fixed_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if placed is not None:  # new items: their re-ordered scores, not the index's
+            keep = ~np.isin(placed[0], drop)
+            fixed_rows, fixed_scores = placed[0][keep], placed[1][keep]
+            extra, unwanted = extra[~np.isin(extra, placed[0])], np.union1d(unwanted, placed[0])
         while True:
             params = self.faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, ask))
             _, found = self.index.search(query, ask, params=params)
@@ -334,15 +326,19 @@ class ApproximateTopK:
             exhausted = len(hits) < ask  # the graph reached no more items: widening would not help
             if len(unwanted):
                 hits = hits[~np.isin(hits, unwanted, assume_unique=True)]
-            if len(hits) + len(extra) >= k or ask >= self.n_indexed or exhausted:
+            if len(hits) + len(extra) + len(fixed_rows) >= k or ask >= self.n_indexed or exhausted:
                 break
             ask = min(2 * ask, self.n_indexed)  # too many of the neighbours were excluded: widen
             log.debug("approximate top-k: widening to %d neighbours", ask)
-        if len(hits) + len(extra) < k:  # the graph reached too few items: rank this user exactly
+        if len(hits) + len(extra) + len(fixed_rows) < k:  # the graph reached too few items: rank this user exactly
             log.debug("approximate top-k: %d of %d items found, ranking exactly", len(hits) + len(extra), k)
-            return top_of_row(self.catalogue.scores(w, c)[0], k, drop)
+            row = self.catalogue.scores(w, c)[0]
+            if placed is not None:
+                row[torch.as_tensor(placed[0], device=row.device)] = torch.as_tensor(placed[1], dtype=row.dtype, device=row.device)
+            return top_of_row(row, k, drop)
         rows = np.concatenate([hits.astype(np.int64), extra])
-        scores = self.catalogue.scores(w, c, rows)[0].cpu().numpy()
+        scores = np.concatenate([self.catalogue.scores(w, c, rows)[0].cpu().numpy(), fixed_scores])
+        rows = np.concatenate([rows, fixed_rows])
         order = np.lexsort((rows, -scores))[:k]
         return rows[order], scores[order].astype(np.float32)
 
