@@ -1,5 +1,5 @@
-"""The approximate top-k's HNSW index settings (:class:`metarec.serve.topk.ApproximateTopK`), kept apart
-so the CLI and the service can check them before anything loads."""
+"""The approximate top-k's HNSW index settings (:class:`metarec.serve.topk.ApproximateTopK`): one frozen
+config, parsed from the CLI's ``--hnsw name=value`` and the service's settings."""
 
 from __future__ import annotations
 
