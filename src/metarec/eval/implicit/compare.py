@@ -65,7 +65,7 @@ def compare(per_task: PerTask, val_scores: Mapping[str, Sequence[float]], method
                  "validation": {m: float(np.nanmean(v)) if any(x == x for x in v) else math.nan
                                 for m, v in val_scores.items()},
                  "scenario_validation": {s: {m: float(np.nanmean(v)) if any(x == x for x in v) else math.nan
-                                             for m, v in by_method.items() if m in baselines}
+                                             for m, v in by_method.items()}
                                          for s, by_method in (scenario_val_scores or {}).items()},
                  "pairs": {}}
     rng = np.random.default_rng(seed)

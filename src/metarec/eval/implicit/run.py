@@ -105,7 +105,8 @@ def run_implicit_benchmark(dataset: RatingDataset, config: ImplicitBenchmarkConf
             unit = journaled(journal, seed, name, compute,
                              lambda: progress(f"{where}, done before the resume", step + 1, steps) if progress else None)
             val_scores.setdefault(name, []).append(number(unit["validation"]))
-            for scenario in config.scenarios:  # a unit journaled before per-scenario scores: its one score
+            for scenario in config.scenarios if name in config.baselines() else ():
+                # a unit journaled before per-scenario scores: its one score
                 value = unit.get("scenario_validation", {}).get(scenario, unit["validation"])
                 scenario_scores.setdefault(scenario, {}).setdefault(name, []).append(number(value))
             choices.setdefault(name, {})[seed] = unit["choice"]
