@@ -11,7 +11,7 @@ import torch
 
 from metarec.errors import ConfigError
 from metarec.meta.recipe import (HISTORY_SCALES, SEARCH_SPACE, apply_setting, choose_recipe, config_over_recipe,
-                                 explicit_settings, item_id_mode, preset, recipe_base)
+                                 explicit_settings, few_shot_parts, item_id_mode, preset, recipe_base)
 from metarec.meta.run import RunConfig, TrainConfig
 from metarec.meta.trainer import Trainer, validation_mae
 from metarec.models import Context
@@ -63,6 +63,23 @@ def test_item_id_modes_set_both_fields():
         assert item_id_mode(apply_setting(cfg, "model", "item_ids", mode)) == mode
     with pytest.raises(ConfigError, match="item_ids"):
         apply_setting(cfg, "model", "item_ids", "sideways")
+
+
+def test_few_shot_parts_switch_the_short_supports_and_the_penalty_slope_together():
+    base = recipe_base()
+    assert few_shot_parts(base) == "on"
+    off = apply_setting(base, "train", "few_shot_parts", "off")
+    assert few_shot_parts(off) == "off"
+    assert off.train.short_support_fraction == 0.0 and not off.model.penalty_by_support_size
+    assert off.model.penalty_rate == 1.0
+    assert off.meta == base.meta and off.train.epochs == base.train.epochs  # nothing else moves
+    assert apply_setting(off, "train", "few_shot_parts", "on") == base  # back to the base's values
+    with pytest.raises(ConfigError, match="few_shot_parts"):
+        apply_setting(base, "train", "few_shot_parts", "half")
+    # a TOML that sets any of the fields fixes the dimension (the search leaves the file's values alone)
+    assert explicit_settings({"model": {"penalty_rate": 3.0}}) == ("train.few_shot_parts",)
+    assert explicit_settings({"train": {"short_support_fraction": 0.2}}) == ("train.few_shot_parts",)
+    assert explicit_settings({"train": {"epochs": 3}}) == ()
 
 
 # ---------------------------------------------------------------------- model
@@ -171,7 +188,7 @@ def test_recipe_search_is_greedy_on_validation_and_keeps_the_chosen_model(tiny_s
     split, _ = tiny_split_new_items
     base = small(recipe_base(), epochs=1)
     result = choose_recipe(split, base)
-    # 3 learning rates, 2 more item-id modes, the id dropout where ids exist, the other loss
+    # 3 learning rates, 2 more item-id modes, the id dropout where ids exist, the other loss, few-shot parts off
     dims = [d for d in SEARCH_SPACE]
     assert len(result.trials) in (sum(len(v) - 1 for _, _, v in dims) + 1, sum(len(v) - 1 for _, _, v in dims))
     best = min(result.trials, key=lambda t: t.val_score)
@@ -186,7 +203,12 @@ def test_recipe_search_is_greedy_on_validation_and_keeps_the_chosen_model(tiny_s
     assert record["chosen"]["meta.outer_lr"] == best.settings["meta.outer_lr"] and len(record["trials"]) == len(result.trials)
     # fixed settings are not searched
     fixed = choose_recipe(split, base, fixed=("meta.outer_lr", "model.item_ids", "model.item_id_dropout"))
-    assert len(fixed.trials) == 2 and all(t.settings.keys() == {"meta.query_loss"} for t in fixed.trials)
+    assert len(fixed.trials) == 3
+    assert all(t.settings.keys() == {"meta.query_loss", "train.few_shot_parts"} for t in fixed.trials)
+    # the last stage switches both few-shot parts off from the best so far
+    last = fixed.trials[-1].settings
+    assert last["train.few_shot_parts"] == "off" and all(t.settings["train.few_shot_parts"] == "on"
+                                                          for t in fixed.trials[:-1])
 
 
 def _setting(config, section, key):

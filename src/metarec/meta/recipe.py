@@ -12,10 +12,14 @@ small, fixed space around it on the split's validation users:
 * ``model.item_ids``: warm items' id vectors fed into the item tower, added to its output, or none;
 * ``model.item_id_dropout``: a warm item's id vector dropped in training (DropoutNet), so the attributes
   alone learn to predict - all a new item has - or kept;
-* ``meta.query_loss``: the absolute error MAE measures, or the squared error.
+* ``meta.query_loss``: the absolute error MAE measures, or the squared error;
+* ``train.few_shot_parts``: the base's two few-shot parts (meta-train supports cut to newcomer lengths, and
+  the fold-in penalty's support-size slope at a fast rate) on, or both off: they buy new users' first
+  ratings and cost the whole support and both new, and on ML-1M + IMDb's validation users only both off
+  together score better (one at a time neither moves the score).
 
-The search is greedy, one dimension at a time in that order, each from the best so far: 3 + 2 + 1 + 1 =
-7 trainings (6 when the items end up without id vectors). Every trial is scored by the trainer's own selection score (``train.select_on = "k-curve"``:
+The search is greedy, one dimension at a time in that order, each from the best so far: 3 + 2 + 1 + 1 + 1 =
+8 trainings (7 when the items end up without id vectors). Every trial is scored by the trainer's own selection score (``train.select_on = "k-curve"``:
 the mean validation MAE over K = 1, 3, 5, 10 support ratings and the whole support), so the recipe and
 early stopping optimise the same thing; test users are never seen. Settings fixed by the caller (a TOML
 that sets them, or ``fixed``) are not searched.
@@ -27,12 +31,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from metarec.errors import ConfigError
-from metarec.meta.run import RunConfig, tomllib
+from metarec.meta.presets import (load_toml_values, preset, preset_dict, preset_names, preset_summary,  # noqa: F401
+                                   recipe_base, recipe_base_dict)
+from metarec.meta.run import RunConfig
 from metarec.meta.search_journal import SearchJournal
 from metarec.meta.trainer import Trainer
 from metarec.tasks.split import ColdStartSplit
@@ -48,7 +53,11 @@ SEARCH_SPACE: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
     ("model", "item_ids", ("input", "residual", "none")),
     ("model", "item_id_dropout", (0.3, 0.0)),  # searched only where items have id vectors
     ("meta", "query_loss", ("absolute", "squared")),
+    ("train", "few_shot_parts", ("on", "off")),
 )
+# train.few_shot_parts = "off": the fields it sets; "on" takes them from the recipe's base
+FEW_SHOT_PARTS_OFF = {"train": {"short_support_fraction": 0.0},
+                      "model": {"penalty_by_support_size": False, "penalty_rate": 1.0}}
 # the history's penalty multiple (ModelConfig.history_penalty_scale), chosen after training: it changes
 # nothing the training sees, only how a known user's history meets a new-item support set
 HISTORY_SCALES = (1.0, 1.5, 2.0, 4.0, 8.0)
@@ -58,47 +67,6 @@ MIN_HISTORY_CHOICE_TASKS = 20
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
 
-def recipe_base() -> RunConfig:
-    """The recipe's base configuration (package data ``metarec/presets/recipe.toml``)."""
-    return preset("recipe")
-
-
-def recipe_base_dict() -> dict[str, dict[str, Any]]:
-    return preset_dict("recipe")
-
-
-def preset_names() -> list[str]:
-    """The presets shipped with the package (``metarec/presets/*.toml``), so they work from a wheel too."""
-    return sorted(p.name[:-5] for p in resources.files("metarec.presets").iterdir() if p.name.endswith(".toml"))
-
-
-def preset_dict(name: str) -> dict[str, dict[str, Any]]:
-    """The values of a preset shipped with the package (``metarec/presets/NAME.toml``)."""
-    known = preset_names()
-    if name not in known:  # also refuses names that are paths ("../x")
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(known)}")
-    path = resources.files("metarec.presets").joinpath(f"{name}.toml")
-    return tomllib.loads(path.read_text(encoding="utf-8"))
-
-
-def preset_summary(name: str) -> str:
-    """A preset's first sentence of its leading comment (what ``metarec presets`` shows beside its name)."""
-    text = resources.files("metarec.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
-    lines = []
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line.lstrip("#").strip())
-    comment = " ".join(lines)
-    end = comment.find(". ")
-    return comment if end < 0 else comment[:end + 1]
-
-
-def preset(name: str) -> RunConfig:
-    """A preset shipped with the package as a :class:`RunConfig`."""
-    return RunConfig.from_dict(preset_dict(name))
-
-
 def item_id_mode(config: RunConfig) -> str:
     """The ``model.item_ids`` value a configuration has (see ``ITEM_ID_MODES``)."""
     if not config.model.item_id_embedding:
@@ -106,18 +74,43 @@ def item_id_mode(config: RunConfig) -> str:
     return "residual" if config.model.item_id_residual else "input"
 
 
+def few_shot_parts_fields(value: str) -> dict[str, dict[str, Any]]:
+    """The fields ``train.few_shot_parts`` sets: ``"off"`` switches both parts off, ``"on"`` is the
+    recipe base's values of the same fields."""
+    if value == "off":
+        return FEW_SHOT_PARTS_OFF
+    if value == "on":
+        base = recipe_base()
+        return {section: {key: getattr(getattr(base, section), key) for key in fields}
+                for section, fields in FEW_SHOT_PARTS_OFF.items()}
+    raise ConfigError(f"train.few_shot_parts must be 'on' or 'off', got {value!r}")
+
+
+def few_shot_parts(config: RunConfig) -> str:
+    """The ``train.few_shot_parts`` value a configuration has: ``"off"`` when neither part is on."""
+    on = config.train.short_support_fraction > 0 or config.model.penalty_by_support_size
+    return "on" if on else "off"
+
+
 def apply_setting(config: RunConfig, section: str, key: str, value: Any) -> RunConfig:
-    """``config`` with one searched setting; ``model.item_ids`` sets the two item-id fields."""
+    """``config`` with one searched setting; ``model.item_ids`` sets the two item-id fields,
+    ``train.few_shot_parts`` the short supports and the penalty's slope and rate."""
     if (section, key) == ("model", "item_ids"):
         if value not in ITEM_ID_MODES:
             raise ConfigError(f"model.item_ids must be one of {sorted(ITEM_ID_MODES)}, got {value!r}")
         return config.override("model", **ITEM_ID_MODES[value])
+    if (section, key) == ("train", "few_shot_parts"):
+        for part, fields in few_shot_parts_fields(value).items():
+            config = config.override(part, **fields)
+        return config
     return config.override(section, **{key: value})
 
 
 def setting_of(config: RunConfig, section: str, key: str) -> Any:
     if (section, key) == ("model", "item_ids"):
         return item_id_mode(config)
+    if (section, key) == ("train", "few_shot_parts"):
+        return few_shot_parts(config)
     return getattr(getattr(config, section), key)
 
 
@@ -309,12 +302,16 @@ def _relevant(config: RunConfig, section: str, key: str) -> bool:
 
 def explicit_settings(toml_values: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
     """The searched settings a TOML sets itself (``model.item_ids`` counts as set when either item-id
-    field is): those the recipe leaves as the file says."""
+    field is, ``train.few_shot_parts`` when any field it sets is): those the recipe leaves as the file says."""
     out = []
     for section, key, _ in SEARCH_SPACE:
         values = toml_values.get(section, {})
         if (section, key) == ("model", "item_ids"):
             if "item_id_embedding" in values or "item_id_residual" in values:
+                out.append(f"{section}.{key}")
+        elif (section, key) == ("train", "few_shot_parts"):
+            if any(field in toml_values.get(part, {}) for part, fields in FEW_SHOT_PARTS_OFF.items()
+                   for field in fields):
                 out.append(f"{section}.{key}")
         elif key in values:
             out.append(f"{section}.{key}")
@@ -334,19 +331,6 @@ def config_over_recipe(toml_values: Mapping[str, Mapping[str, Any]] | None) -> t
             base.pop("average_epochs", None)
         base.update(values)
     return RunConfig.from_dict(merged), explicit_settings(toml_values or {})
-
-
-def load_toml_values(path) -> dict[str, dict[str, Any]]:
-    """The sections and values a TOML file sets (nothing filled in), with a clear error for a bad file."""
-    from pathlib import Path
-
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
 
 
 def layered_config(config: str | Path | None = None, preset_name: str | None = None, model: str | None = None,
