@@ -1,6 +1,6 @@
 """Hyperparameter search with Optuna, scored exactly as the automatic recipe scores its trials.
 
-Why beside the recipe: the recipe (:mod:`metarec.meta.recipe`) tries 7 fixed candidates, enough for the
+Why beside the recipe: the recipe (:mod:`metarec.meta.recipe`) tries 8 fixed candidates, enough for the
 settings that differ most between datasets; a user with a time budget may want a wider, continuous
 search (learning rate, factors, id dropout, L2). Every trial is trained by
 :func:`metarec.meta.recipe.train_candidate` and scored by the trainer's own selection score (the
