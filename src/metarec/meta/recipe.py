@@ -19,9 +19,9 @@ small, fixed space around it on the split's validation users:
   together score better (one at a time neither moves the score).
 
 The search is greedy, one dimension at a time in that order, each from the best so far: 3 + 2 + 1 + 1 + 1 =
-8 trainings (7 when the items end up without id vectors). Every trial is scored by the trainer's own selection score (``train.select_on = "k-curve"``:
-the mean validation MAE over K = 1, 3, 5, 10 support ratings and the whole support), so the recipe and
-early stopping optimise the same thing; test users are never seen. Settings fixed by the caller (a TOML
+8 trainings (7 when the items end up without id vectors). Every trial is scored by the trainer's own
+selection score (``train.select_on = "k-curve"``: the mean validation MAE over K = 1, 3, 5, 10 support
+ratings and the whole support), so the recipe and early stopping optimise the same thing; test users are never seen. Settings fixed by the caller (a TOML
 that sets them, or ``fixed``) are not searched.
 """
 
