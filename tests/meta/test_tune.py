@@ -42,6 +42,8 @@ def test_the_search_leaves_fixed_and_irrelevant_settings_alone(tiny_split_new_it
     assert "model.factors" not in mlp  # neural-cf's
     assert explicit_tune_settings({"model": {"factors": 8, "item_id_residual": True}, "meta": {}}) == (
         "model.factors", "model.item_ids")
+    assert "train.few_shot_parts" in names  # the recipe's fifth setting, searched here too
+    assert explicit_tune_settings({"train": {"short_support_fraction": 0.1}}) == ("train.few_shot_parts",)
 
 
 def test_two_trials_on_validation_users_and_a_best_toml_train_accepts(tiny_split_new_items, tmp_path):

@@ -2,7 +2,7 @@
 
 Why beside the recipe: the recipe (:mod:`metarec.meta.recipe`) tries 8 fixed candidates, enough for the
 settings that differ most between datasets; a user with a time budget may want a wider, continuous
-search (learning rate, factors, id dropout, L2). Every trial is trained by
+search (learning rate, factors, id dropout, L2, the few-shot parts). Every trial is trained by
 :func:`metarec.meta.recipe.train_candidate` and scored by the trainer's own selection score (the
 validation K-curve under the recipe's base), so a tuned configuration and the recipe's choice are
 compared on one number, and test users are never seen. Optuna is the ``[tune]`` extra.
@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from metarec._io import write_json, write_text
 from metarec.errors import ConfigError, require_extra
-from metarec.meta.recipe import apply_setting, choose_history_scale, setting_of, train_candidate
+from metarec.meta.recipe import FEW_SHOT_PARTS_OFF, apply_setting, choose_history_scale, setting_of, train_candidate
 from metarec.meta.run import RunConfig
 from metarec.tasks.split import ColdStartSplit
 
@@ -32,6 +32,7 @@ TUNE_SPACE: tuple[tuple[str, str, str, tuple[Any, ...]], ...] = (
     ("model", "item_id_dropout", "float", (0.0, 0.5)),
     ("meta", "query_loss", "choice", ("absolute", "squared")),
     ("meta", "l2", "log", (1e-6, 1e-3)),
+    ("train", "few_shot_parts", "choice", ("on", "off")),
 )
 Progress = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -60,6 +61,10 @@ def explicit_tune_settings(values: Mapping[str, Mapping[str, Any]]) -> tuple[str
     out = []
     for section, key, _, _ in TUNE_SPACE:
         given = values.get(section, {})
+        if (section, key) == ("train", "few_shot_parts"):  # set when the file sets any field it sets
+            if any(field in values.get(part, {}) for part, fields in FEW_SHOT_PARTS_OFF.items() for field in fields):
+                out.append(f"{section}.{key}")
+            continue
         keys = ("item_id_embedding", "item_id_residual") if (section, key) == ("model", "item_ids") else (key,)
         if any(k in given for k in keys):
             out.append(f"{section}.{key}")
